@@ -1,0 +1,427 @@
+"""The local batch runner: slide set in, per-cell predictions and per-sample counts out.
+
+Pipeline (memory stays flat however large the batch): slides are cut into fixed chunks of
+``chunk_size`` files in file-name order; a thread pool reads, hashes and decodes a bounded number
+of chunks ahead (Pillow and torch release the GIL, so decoding overlaps the forward pass); the
+main thread classifies each chunk in one batched forward pass and, when a slide's last chunk is
+done, writes the slide as one part file of the working run. Because a slide is always cut into
+the same chunks, its predictions do not depend on what else was in the batch or on whether the
+run was interrupted, so a resumed run gives the same bytes as an uninterrupted one.
+
+Output tables (Parquet) are described by ``PREDICTION_SCHEMA``, ``COUNT_COLUMNS`` and
+``SKIPPED_SCHEMA``; ``validation`` reads them, never this module's internals.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import polars as pl
+import torch
+from tqdm import tqdm
+
+from inference.artifact import LoadedModel
+from inference.combine import ABSTAIN_REASONS, UNCLASSIFIED_INDEX, combine
+from inference.decode import DEFAULT_MAX_PIXELS, CellRejected, decode_cell
+from inference.errors import WbcvError
+from inference.runstore import AlreadySealed, WorkingRun, read_run_record, software_info
+from inference.slideset import CellEntry, Sample, SlideSet
+from inference.taxonomy import CELL_CLASSES, LINEAGES, OUTCOMES, UNCLASSIFIED
+
+PREDICTIONS_FILE: Final[str] = "predictions.parquet"
+COUNTS_FILE: Final[str] = "counts.parquet"
+SKIPPED_FILE: Final[str] = "skipped.parquet"
+INPUTS_FILE: Final[str] = "inputs.parquet"
+
+#: Per-cell predictions, one row per decoded cell (skipped files are in SKIPPED_SCHEMA).
+PREDICTION_SCHEMA: Final[dict[str, pl.DataType]] = {
+    "sample_id": pl.String(),
+    "cell_path": pl.String(),  # relative to the batch directory, POSIX separators
+    "sha256": pl.String(),  # content hash of the image file
+    "bytes": pl.Int64(),
+    "source_mode": pl.String(),  # Pillow mode as stored: RGB, L, RGBA, I;16 ...
+    "source_width": pl.Int32(),
+    "source_height": pl.Int32(),
+    "expert_label": pl.String(),  # from cell_labels.csv, when given
+    "predicted_class": pl.Enum(list(OUTCOMES)),
+    "unclassified": pl.Boolean(),
+    "abstain_reason": pl.String(),  # null when classified; see inference.combine
+    "confidence": pl.Float32(),  # max combined probability
+    **{f"p_{c}": pl.Float32() for c in CELL_CLASSES},
+    **{f"ova_{c}": pl.Float32() for c in CELL_CLASSES},
+    **{f"lineage_{g}": pl.Float32() for g in LINEAGES},
+    "model_id": pl.String(),
+}
+#: Files and folders that were given but not classified, each with its reason.
+SKIPPED_SCHEMA: Final[dict[str, pl.DataType]] = {
+    "level": pl.Enum(["cell", "folder"]),
+    "sample_id": pl.String(),
+    "path": pl.String(),
+    "sha256": pl.String(),
+    "bytes": pl.Int64(),
+    "reason": pl.String(),
+}
+#: Part files hold both: prediction columns plus the skip reason (null for a decoded cell).
+PART_SCHEMA: Final[dict[str, pl.DataType]] = {**PREDICTION_SCHEMA, "skip_reason": pl.String()}
+#: Manifest fields carried into the counts table, so validation needs nothing but the run.
+SAMPLE_FIELDS: Final[dict[str, pl.DataType]] = {
+    "imaged_volume_ul": pl.Float64(),
+    "calibration_factor": pl.Float64(),
+    "scanner": pl.String(),
+    "date": pl.String(),
+    "notes": pl.String(),
+}
+COUNT_COLUMNS: Final[tuple[str, ...]] = (
+    "sample_id", "slide_dir", "n_files", "n_skipped", "n_cells", "n_classified", "n_unclassified",
+    *(f"k_{c}" for c in CELL_CLASSES),
+    *(f"fraction_{c}" for c in CELL_CLASSES),
+    "unclassified_fraction", *SAMPLE_FIELDS, "model_id",
+)
+
+
+def default_threads() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+
+
+@dataclass(frozen=True)
+class InferenceParams:
+    """Knobs of a run. All of them are recorded; those in ``identity()`` also name the run."""
+
+    chunk_size: int = 256
+    num_threads: int = field(default_factory=default_threads)
+    decode_workers: int = field(default_factory=default_threads)
+    max_image_pixels: int = DEFAULT_MAX_PIXELS
+
+    def __post_init__(self) -> None:
+        for name in ("chunk_size", "num_threads", "decode_workers", "max_image_pixels"):
+            if getattr(self, name) < 1:
+                raise WbcvError(f"parameter {name} must be at least 1, got {getattr(self, name)}")
+
+    def identity(self) -> dict[str, int]:
+        """Parameters that can change a single output bit (thread count: float reduction order)."""
+        return {"chunk_size": self.chunk_size, "num_threads": self.num_threads, "max_image_pixels": self.max_image_pixels}
+
+
+@dataclass(frozen=True)
+class InferenceResult:
+    run_dir: Path
+    record: dict[str, Any]
+    resumed: bool
+    slides_done_before: int
+    already_finished: bool = False
+
+
+@dataclass
+class _Chunk:
+    sample_index: int
+    is_last: bool
+    meta: list[dict[str, Any]]
+    pixels: np.ndarray  # (k, size, size, 3) uint8, one per meta entry without skip_reason
+
+
+def _decode_chunk(sample_index: int, is_last: bool, entries: tuple[CellEntry, ...], size: int, max_pixels: int) -> _Chunk:
+    meta: list[dict[str, Any]] = []
+    images: list[np.ndarray] = []
+    for entry in entries:
+        m: dict[str, Any] = {"cell_path": entry.rel_path, "sha256": None, "bytes": entry.size, "skip_reason": entry.rejected}
+        meta.append(m)
+        if entry.rejected is not None and entry.abs_path.is_dir():
+            continue
+        try:
+            data = entry.abs_path.read_bytes()
+        except OSError as e:
+            m["skip_reason"] = m["skip_reason"] or f"cannot read file: {e.strerror}"
+            continue
+        m["sha256"], m["bytes"] = hashlib.sha256(data).hexdigest(), len(data)
+        if entry.rejected is not None:
+            continue
+        try:
+            cell = decode_cell(data, size, max_pixels)
+        except CellRejected as e:
+            m["skip_reason"] = str(e)
+            continue
+        m.update(source_mode=cell.source_mode, source_width=cell.source_width, source_height=cell.source_height)
+        images.append(cell.pixels)
+    pixels = np.stack(images) if images else np.empty((0, size, size, 3), dtype=np.uint8)
+    return _Chunk(sample_index, is_last, meta, pixels)
+
+
+def _chunks(samples: list[tuple[int, Sample]], chunk_size: int) -> Iterator[tuple[int, bool, tuple[CellEntry, ...]]]:
+    for index, sample in samples:
+        cells = sample.cells
+        starts = list(range(0, len(cells), chunk_size)) or [0]
+        for j, start in enumerate(starts):
+            yield index, j == len(starts) - 1, cells[start : start + chunk_size]
+
+
+def _prefetched(pool: ThreadPoolExecutor, jobs: Iterator[tuple[Any, ...]], depth: int, fn: Any) -> Iterator[_Chunk]:
+    """Run ``fn`` over ``jobs`` in the pool, at most ``depth`` ahead, yielding results in order."""
+    pending: deque[Future[_Chunk]] = deque()
+    for job in jobs:
+        pending.append(pool.submit(fn, *job))
+        if len(pending) >= depth:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+def _classify(model: LoadedModel, pixels: np.ndarray) -> dict[str, np.ndarray]:
+    with torch.inference_mode():
+        out = combine(model.net(torch.from_numpy(pixels)), model.calibration, model.thresholds)
+    cols: dict[str, np.ndarray] = {
+        "predicted": out.predicted.numpy(),
+        "reason": out.abstain_reason.numpy(),
+        "confidence": out.confidence.numpy(),
+    }
+    for i, c in enumerate(CELL_CLASSES):
+        cols[f"p_{c}"] = out.probabilities[:, i].numpy()
+        cols[f"ova_{c}"] = out.ova_scores[:, i].numpy()
+    for i, g in enumerate(LINEAGES):
+        cols[f"lineage_{g}"] = out.lineage_probabilities[:, i].numpy()
+    return cols
+
+
+def _slide_frame(
+    sample: Sample, metas: list[dict[str, Any]], scores: list[dict[str, np.ndarray]], model_id: str,
+    labels: dict[tuple[str, str], str],
+) -> pl.DataFrame:
+    """One slide's rows in file order; decoded cells take their scores in the same order."""
+    merged = {k: np.concatenate([s[k] for s in scores]) for k in scores[0]} if scores else {}
+    rows: dict[str, list[Any]] = {name: [] for name in PART_SCHEMA}
+    k = 0
+    for m in metas:
+        name = m["cell_path"].rsplit("/", 1)[-1]
+        base = {
+            "sample_id": sample.sample_id, "cell_path": m["cell_path"], "sha256": m["sha256"], "bytes": m["bytes"],
+            "source_mode": m.get("source_mode"), "source_width": m.get("source_width"),
+            "source_height": m.get("source_height"), "expert_label": labels.get((sample.sample_id, name)),
+            "model_id": model_id, "skip_reason": m["skip_reason"],
+        }
+        if m["skip_reason"] is None:
+            pred = int(merged["predicted"][k])
+            reason = int(merged["reason"][k])
+            base.update(
+                predicted_class=UNCLASSIFIED if pred == UNCLASSIFIED_INDEX else CELL_CLASSES[pred],
+                unclassified=pred == UNCLASSIFIED_INDEX,
+                abstain_reason=ABSTAIN_REASONS[reason] or None,
+                confidence=float(merged["confidence"][k]),
+                **{c: float(merged[c][k]) for c in PART_SCHEMA if c.startswith(("p_", "ova_", "lineage_"))},
+            )
+            k += 1
+        for name_ in PART_SCHEMA:
+            rows[name_].append(base.get(name_))
+    return pl.DataFrame(rows, schema=PART_SCHEMA)
+
+
+def run_key(slides: SlideSet, model: LoadedModel, params: InferenceParams) -> str:
+    payload = json.dumps(
+        {"batch": slides.fingerprint(), "model": model.sha256, "params": params.identity()}, sort_keys=True
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _counts(slides: SlideSet, parts: pl.DataFrame, model_id: str) -> pl.DataFrame:
+    """Per-sample counts; every manifest sample has a row, also one whose cells were all skipped.
+
+    fraction_c = k_c / n_classified (the differential among cells the model committed to);
+    unclassified_fraction = n_unclassified / n_cells.
+    """
+    samples = pl.DataFrame(
+        {
+            "sample_id": [s.sample_id for s in slides.samples],
+            "slide_dir": [s.slide_dir for s in slides.samples],
+            **{f: [s.fields.get(f) for s in slides.samples] for f in SAMPLE_FIELDS},
+        },
+        schema={"sample_id": pl.String(), "slide_dir": pl.String(), **SAMPLE_FIELDS},
+    )
+    decoded = pl.col("skip_reason").is_null()
+    per_sample = parts.group_by("sample_id").agg(
+        n_files=pl.len().cast(pl.Int64),
+        n_skipped=(~decoded).sum().cast(pl.Int64),
+        n_cells=decoded.sum().cast(pl.Int64),
+        n_unclassified=(decoded & pl.col("unclassified")).sum().cast(pl.Int64),
+        **{f"k_{c}": (pl.col("predicted_class") == c).sum().cast(pl.Int64) for c in CELL_CLASSES},
+    )
+    counts = samples.join(per_sample, on="sample_id", how="left", maintain_order="left").with_columns(
+        pl.col("^n_.*$", "^k_.*$").fill_null(0)
+    )
+    n_classified = pl.col("n_cells") - pl.col("n_unclassified")
+    counts = counts.with_columns(n_classified=n_classified).with_columns(
+        *(
+            pl.when(pl.col("n_classified") > 0).then(pl.col(f"k_{c}") / pl.col("n_classified")).alias(f"fraction_{c}")
+            for c in CELL_CLASSES
+        ),
+        unclassified_fraction=pl.when(pl.col("n_cells") > 0).then(pl.col("n_unclassified") / pl.col("n_cells")),
+        model_id=pl.lit(model_id),
+    )
+    return counts.select(COUNT_COLUMNS)
+
+
+def _skipped(slides: SlideSet, parts: pl.DataFrame) -> pl.DataFrame:
+    cells = parts.filter(pl.col("skip_reason").is_not_null()).select(
+        level=pl.lit("cell"), sample_id="sample_id", path="cell_path", sha256="sha256", bytes="bytes",
+        reason="skip_reason",
+    )
+    folders = pl.DataFrame(
+        {
+            "level": ["folder"] * len(slides.unlisted_dirs),
+            "sample_id": [None] * len(slides.unlisted_dirs),
+            "path": [f"{d}/" for d in slides.unlisted_dirs],
+            "sha256": [None] * len(slides.unlisted_dirs),
+            "bytes": [None] * len(slides.unlisted_dirs),
+            "reason": ["folder is not listed in the manifest; its images were not processed"]
+            * len(slides.unlisted_dirs),
+        },
+        schema=SKIPPED_SCHEMA,
+    )
+    return pl.concat([cells.cast(SKIPPED_SCHEMA), folders])  # type: ignore[arg-type]
+
+
+def _inputs(slides: SlideSet, parts: pl.DataFrame) -> tuple[pl.DataFrame, str]:
+    """Every input file with its content hash, and one hash over the whole list (sha256sum style)."""
+    side = [slides.manifest_path] + ([slides.cell_labels_path] if slides.cell_labels_path else [])
+    extra = pl.DataFrame(
+        {
+            "path": [p.name for p in side],
+            "sha256": [hashlib.sha256(p.read_bytes()).hexdigest() for p in side],
+            "bytes": [p.stat().st_size for p in side],
+        },
+        schema={"path": pl.String(), "sha256": pl.String(), "bytes": pl.Int64()},
+    )
+    cells = parts.filter(pl.col("sha256").is_not_null()).select(path="cell_path", sha256="sha256", bytes="bytes")
+    table = pl.concat([extra, cells]).sort("path")
+    listing = "".join(f"{h}  {p}\n" for p, h in zip(table["path"], table["sha256"], strict=True))
+    return table, hashlib.sha256(listing.encode()).hexdigest()
+
+
+def run_inference(
+    slides: SlideSet,
+    model: LoadedModel,
+    runs_dir: Path | str,
+    params: InferenceParams | None = None,
+    progress: bool = True,
+) -> InferenceResult:
+    """Classify every cell of ``slides`` into a new (or resumed) run under ``runs_dir``."""
+    params = params or InferenceParams()
+    runs_dir = Path(runs_dir)
+    key = run_key(slides, model, params)
+    created = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    started = {
+        "run_id": f"{created:%Y%m%dT%H%M%SZ}-{key[:8]}",
+        "created_utc": created.isoformat(),
+        "key": key,
+        "parameters": asdict(params),
+    }
+    try:
+        work, resumed = WorkingRun.open(runs_dir, key, started)
+    except AlreadySealed as done:
+        return InferenceResult(done.run_dir, read_run_record(done.run_dir), True, len(slides.samples), True)
+    t0 = time.perf_counter()
+    with work.locked():
+        started = work.started
+        done = work.finished_parts()
+        todo = [(i, s) for i, s in enumerate(slides.samples) if i not in done]
+        now = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
+        work.log(f"{now} {'resumed' if resumed else 'started'}: {len(done)} of {len(slides.samples)} slides done")
+        _process(slides, model, params, work, todo, progress)
+
+        parts = work.read_parts(list(range(len(slides.samples))))
+        predictions = parts.filter(pl.col("skip_reason").is_null()).select(list(PREDICTION_SCHEMA))
+        counts = _counts(slides, parts, model.model_id)
+        skipped = _skipped(slides, parts)
+        inputs, inputs_hash = _inputs(slides, parts)
+        finished = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
+        work.log(f"{finished} finished: {predictions.height} cells classified, {skipped.height} skipped")
+        record = {
+            "kind": "inference",
+            "created_utc": started["created_utc"],
+            "finished_utc": finished,
+            "batch": {
+                "path": str(slides.root.resolve()),
+                "batch_id": slides.batch_id,
+                "manifest": slides.manifest_path.name,
+                "cell_labels": slides.cell_labels_path.name if slides.cell_labels_path else None,
+                "inputs_sha256": inputs_hash,
+                "n_samples": len(slides.samples),
+                "n_files": slides.n_files,
+                "unlisted_dirs": list(slides.unlisted_dirs),
+            },
+            "model": {
+                "id": model.model_id,
+                "name": model.name,
+                "sha256": model.sha256,
+                "path": str(model.path.resolve()),
+                "input_size": model.input.size,
+            },
+            "parameters": started["parameters"],
+            "software": software_info(),
+            "summary": {
+                "n_samples": len(slides.samples),
+                "n_cells": predictions.height,
+                "n_unclassified": int(predictions["unclassified"].sum()),
+                "n_skipped_cells": int((skipped["level"] == "cell").sum()),
+                "n_unlisted_folders": len(slides.unlisted_dirs),
+                "resumed": resumed,
+                "wall_seconds_last_session": round(time.perf_counter() - t0, 3),
+            },
+        }
+        run_dir = work.seal(
+            runs_dir,
+            started["run_id"],
+            {PREDICTIONS_FILE: predictions, COUNTS_FILE: counts, SKIPPED_FILE: skipped, INPUTS_FILE: inputs},
+            record,
+        )
+    return InferenceResult(run_dir, read_run_record(run_dir), resumed, len(done))
+
+
+def _process(
+    slides: SlideSet,
+    model: LoadedModel,
+    params: InferenceParams,
+    work: WorkingRun,
+    todo: list[tuple[int, Sample]],
+    progress: bool,
+) -> None:
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(params.num_threads)
+    n_total = sum(len(s.cells) for _, s in todo)
+    bar = tqdm(total=n_total, unit="cell", desc="classifying", disable=not progress, smoothing=0.1, dynamic_ncols=True)
+    size, model_id = model.input.size, model.model_id
+    metas: list[dict[str, Any]] = []
+    scores: list[dict[str, np.ndarray]] = []
+    slides_done, t_start = 0, time.perf_counter()
+    try:
+        with ThreadPoolExecutor(params.decode_workers, thread_name_prefix="wbcv-decode") as pool:
+            jobs = ((i, last, cells, size, params.max_image_pixels) for i, last, cells in _chunks(todo, params.chunk_size))
+            for chunk in _prefetched(pool, jobs, depth=2 * params.decode_workers + 1, fn=_decode_chunk):
+                metas.extend(chunk.meta)
+                if len(chunk.pixels):
+                    scores.append(_classify(model, chunk.pixels))
+                bar.update(len(chunk.meta))
+                if not chunk.is_last:
+                    continue
+                sample = slides.samples[chunk.sample_index]
+                frame = _slide_frame(sample, metas, scores, model_id, slides.cell_labels)
+                work.write_part(chunk.sample_index, frame)
+                n_skip = frame["skip_reason"].is_not_null().sum()
+                if n_skip:
+                    work.log(f"sample {sample.sample_id}: {n_skip} file(s) skipped")
+                metas, scores = [], []
+                slides_done += 1
+                elapsed = time.perf_counter() - t_start
+                bar.set_postfix_str(f"slides {slides_done}/{len(todo)} ({slides_done / elapsed:.1f}/s)")
+    finally:
+        bar.close()
+        torch.set_num_threads(previous_threads)
+

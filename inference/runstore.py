@@ -1,0 +1,252 @@
+"""The run store: one directory per run, written atomically, sealed when finished.
+
+Life of a run directory::
+
+    RUNS/.incomplete-<key>/        while working (key: hash of inputs, model and parameters)
+      .lock                        flock held by the process working on it
+      started.json                 creation time and parameters, written once
+      parts/00000042.parquet       one finished slide each, written by rename
+    RUNS/<run_id>/                 after the final rename, read-only from then on
+      run.json                     the run record: inputs, model, software, parameters, file hashes
+      predictions.parquet, counts.parquet, skipped.parquet, inputs.parquet, log.txt
+
+Every file is written to a temporary name, flushed to disk and renamed into place, so a reader
+(or a process killed with SIGKILL) sees either the whole file or none of it. The final directory
+appears by one rename of the finished working directory; before that rename its files are made
+read-only. A run killed at any moment is picked up again by the same command (same key): slides
+whose part exists are not redone.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import platform
+import stat
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Final
+
+import polars as pl
+
+from inference.errors import WbcvError
+
+RUN_FORMAT: Final[str] = "wbcv-run/1"
+RUN_RECORD: Final[str] = "run.json"
+INCOMPLETE_PREFIX: Final[str] = ".incomplete-"
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+
+
+def atomic_write_parquet(path: Path, frame: pl.DataFrame) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    # Fixed compression and statistics so the same frame always gives the same bytes.
+    frame.write_parquet(tmp, compression="zstd", compression_level=3, statistics=True)
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def software_info() -> dict[str, Any]:
+    """Versions of wbcv and the libraries whose arithmetic is in the results, plus the git commit."""
+    def version(dist: str) -> str | None:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return None
+
+    repo = Path(__file__).resolve().parent.parent
+    commit = dirty = None
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip() or None
+        dirty = bool(
+            subprocess.run(
+                ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                capture_output=True, text=True, timeout=5, check=True,
+            ).stdout.strip()
+        )
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {
+        "wbcv": version("wbcv"),
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "python": platform.python_version(),
+        "torch": version("torch"),
+        "polars": version("polars"),
+        "numpy": version("numpy"),
+        "pillow": version("pillow"),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+    }
+
+
+class AlreadySealed(Exception):  # noqa: N818 - a signal, not an error
+    """The run for this key was finished (sealed) before the process stopped."""
+
+    def __init__(self, run_dir: Path) -> None:
+        super().__init__(str(run_dir))
+        self.run_dir = run_dir
+
+
+class WorkingRun:
+    """A run directory that is still being written; see the module docstring."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.parts = path / "parts"
+        self._lock_fd: int | None = None
+
+    @classmethod
+    def open(cls, runs_dir: Path, key: str, started: dict[str, Any]) -> tuple[WorkingRun, bool]:
+        """Return the working run for ``key`` and whether it is resumed (True) or new."""
+        try:
+            runs_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise WbcvError(f"{runs_dir}: cannot create the runs directory: {e.strerror}") from None
+        path = runs_dir / f"{INCOMPLETE_PREFIX}{key[:16]}"
+        resumed = (path / "started.json").is_file()
+        if resumed:
+            previous = json.loads((path / "started.json").read_text())
+            finished = runs_dir / previous["run_id"]
+            if (finished / RUN_RECORD).is_file():
+                # Killed between the final rename and the clean-up: that run is finished.
+                _remove_tree(path)
+                raise AlreadySealed(finished)
+        run = cls(path)
+        path.mkdir(exist_ok=True)
+        run.parts.mkdir(exist_ok=True)
+        if not resumed:
+            atomic_write_json(path / "started.json", started)
+        return run, resumed
+
+    @property
+    def started(self) -> dict[str, Any]:
+        return json.loads((self.path / "started.json").read_text())
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno in (errno.EAGAIN, errno.EACCES):
+                raise WbcvError(
+                    f"{self.path}: another wbcv process is working on this run; wait for it or stop it first"
+                ) from None
+            raise
+        self._lock_fd = fd
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+            self._lock_fd = None
+
+    def part_path(self, index: int) -> Path:
+        return self.parts / f"{index:08d}.parquet"
+
+    def finished_parts(self) -> set[int]:
+        return {int(p.stem) for p in self.parts.glob("*.parquet") if p.stem.isdigit()}
+
+    def write_part(self, index: int, frame: pl.DataFrame) -> None:
+        atomic_write_parquet(self.part_path(index), frame)
+
+    def read_parts(self, indices: list[int]) -> pl.DataFrame:
+        return pl.concat([pl.read_parquet(self.part_path(i)) for i in indices], how="vertical")
+
+    def log(self, line: str) -> None:
+        with open(self.path / "log.txt", "a", encoding="utf-8") as f:
+            f.write(line.rstrip("\n") + "\n")
+
+    def seal(self, runs_dir: Path, run_id: str, tables: dict[str, pl.DataFrame], record: dict[str, Any]) -> Path:
+        """Write the final run into a staging folder, make it read-only and rename it into place.
+
+        The rename is the commit point. A process killed before it leaves the working run intact
+        (the next attempt seals again); one killed after it leaves a working run whose run id
+        already exists, which ``WorkingRun.open`` recognises and removes.
+        """
+        staging = runs_dir / f".sealing-{run_id}"
+        if staging.exists():
+            _remove_tree(staging)
+        staging.mkdir()
+        files: dict[str, str] = {}
+        for name, frame in tables.items():
+            atomic_write_parquet(staging / name, frame)
+            files[name] = sha256_of(staging / name)
+        log = self.path / "log.txt"
+        if log.exists():
+            atomic_write_bytes(staging / "log.txt", log.read_bytes())
+        record = {**record, "format": RUN_FORMAT, "run_id": run_id, "files": files}
+        atomic_write_json(staging / RUN_RECORD, record)
+        for p in staging.iterdir():
+            p.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+        fsync_dir(staging)
+        staging.chmod(0o555)
+        final = runs_dir / run_id
+        if final.exists():
+            raise WbcvError(f"{final}: a run with this id already exists")
+        os.rename(staging, final)
+        fsync_dir(runs_dir)
+        _remove_tree(self.path)
+        return final
+
+
+def _remove_tree(path: Path) -> None:
+    for p in sorted(path.rglob("*"), key=lambda q: len(q.parts), reverse=True):
+        if p.is_dir() and not p.is_symlink():
+            p.chmod(0o755)
+            p.rmdir()
+        else:
+            p.unlink()
+    path.chmod(0o755)
+    path.rmdir()
+
+
+def read_run_record(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / RUN_RECORD
+    if not path.is_file():
+        raise WbcvError(f"{run_dir}: not a finished wbcv run ({RUN_RECORD} is missing)")
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise WbcvError(f"{path}: unreadable run record: {e}") from None
+    if record.get("format") != RUN_FORMAT:
+        raise WbcvError(f"{path}: unknown run format {record.get('format')!r}; expected {RUN_FORMAT!r}")
+    return record

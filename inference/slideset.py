@@ -1,0 +1,416 @@
+"""Reading a batch of slide sets from disk and checking it before any cell is classified.
+
+Layout (the contract a QA engineer prepares)::
+
+    BATCH/
+      manifest.csv | manifest.yaml   which samples belong to the batch (required)
+      cell_labels.csv                optional expert labels: sample_id,file,label
+      <slide_dir>/                   one folder per sample (default name: the sample id)
+        *.jpg | *.jpeg | *.png       one image per cell
+
+Manifest fields (CSV header or YAML keys of each entry under ``samples:``):
+
+=====================  ========  ==============================================================
+field                  required  meaning
+=====================  ========  ==============================================================
+sample_id              yes       must match the reference analyzer's ``Sample No.``
+slide_dir              no        folder of this sample's cells, relative to BATCH; default sample_id
+imaged_volume_ul       no        blood volume imaged on the slide (µL), for the volumetric count
+calibration_factor     no        WBC (10^3/µL) per cell found, the volumetric alternative
+scanner                no        scanner id or model
+date                   no        acquisition date, ISO 8601 (YYYY-MM-DD)
+notes                  no        free text
+=====================  ========  ==============================================================
+
+A YAML manifest may also carry ``batch_id`` and ``description`` at the top level.
+
+Everything wrong with the batch as a whole (missing or malformed manifest, unknown fields,
+duplicate sample ids, a slide folder that is missing, empty, unreadable or outside BATCH) is
+collected and raised as one ``WbcvError`` listing every problem. Files inside a slide folder that
+cannot be cells (other extensions, sub-folders, links leading outside BATCH) are kept as
+rejected entries so that the run records them, and folders no sample claims are listed too.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import difflib
+import hashlib
+import io
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Final
+
+import yaml
+
+from inference.decode import IMAGE_EXTENSIONS
+from inference.errors import WbcvError
+
+MANIFEST_NAMES: Final[tuple[str, ...]] = ("manifest.csv", "manifest.yaml", "manifest.yml")
+CELL_LABELS_NAME: Final[str] = "cell_labels.csv"
+CELL_LABEL_COLUMNS: Final[tuple[str, ...]] = ("sample_id", "file", "label")
+TOP_LEVEL_KEYS: Final[tuple[str, ...]] = ("batch_id", "description", "samples")
+REQUIRED_FIELDS: Final[tuple[str, ...]] = ("sample_id",)
+OPTIONAL_FIELDS: Final[tuple[str, ...]] = (
+    "slide_dir",
+    "imaged_volume_ul",
+    "calibration_factor",
+    "scanner",
+    "date",
+    "notes",
+)
+MANIFEST_FIELDS: Final[tuple[str, ...]] = REQUIRED_FIELDS + OPTIONAL_FIELDS
+POSITIVE_NUMBER_FIELDS: Final[tuple[str, ...]] = ("imaged_volume_ul", "calibration_factor")
+
+
+@dataclass(frozen=True)
+class CellEntry:
+    """One file in a slide folder. ``rejected`` is set when it cannot be a cell at all."""
+
+    rel_path: str  # POSIX path relative to BATCH: what every table and report shows
+    abs_path: Path
+    size: int
+    mtime_ns: int
+    rejected: str | None = None
+
+
+@dataclass(frozen=True)
+class Sample:
+    sample_id: str
+    slide_dir: str
+    where: str  # "manifest.csv row 4": where this sample was declared, for messages
+    fields: dict[str, Any]
+    cells: tuple[CellEntry, ...]
+
+    @property
+    def images(self) -> tuple[CellEntry, ...]:
+        return tuple(c for c in self.cells if c.rejected is None)
+
+
+@dataclass(frozen=True)
+class SlideSet:
+    root: Path
+    manifest_path: Path
+    batch_id: str | None
+    samples: tuple[Sample, ...]
+    unlisted_dirs: tuple[str, ...]  # folders in BATCH that no sample claims
+    cell_labels: dict[tuple[str, str], str] = field(default_factory=dict)  # (sample_id, file) -> label
+    cell_labels_path: Path | None = None
+
+    @property
+    def n_files(self) -> int:
+        return sum(len(s.cells) for s in self.samples)
+
+    def fingerprint(self) -> str:
+        """sha256 of the manifest, labels and every file's path, size and mtime.
+
+        Cheap (no file is read) and changes whenever a cell is added, removed or rewritten; used
+        to recognise an interrupted run of the same batch. Content hashes of every cell are
+        computed during inference and recorded in the run.
+        """
+        h = hashlib.sha256()
+        h.update(self.manifest_path.read_bytes())
+        if self.cell_labels_path is not None:
+            h.update(self.cell_labels_path.read_bytes())
+        for s in self.samples:
+            h.update(f"\0sample\0{s.sample_id}\0{s.slide_dir}\n".encode())
+            for c in s.cells:
+                h.update(f"{c.rel_path}\0{c.size}\0{c.mtime_ns}\0{c.rejected}\n".encode())
+        return h.hexdigest()
+
+
+def suggest(word: str, choices: Iterable[str]) -> str:
+    """' (did you mean 'x'?)' for the closest valid name, or ''."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _find_manifest(root: Path) -> Path:
+    found = [root / n for n in MANIFEST_NAMES if (root / n).is_file()]
+    if not found:
+        raise WbcvError(
+            f"{root}: no manifest; expected one of {', '.join(MANIFEST_NAMES)} listing the batch's "
+            "sample ids (see `wbcv infer --help` for the fields)"
+        )
+    if len(found) > 1:
+        raise WbcvError(f"{root}: several manifests ({', '.join(p.name for p in found)}); keep exactly one")
+    return found[0]
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise WbcvError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    except OSError as e:
+        raise WbcvError(f"{path}: cannot read: {e.strerror}") from None
+
+
+def _manifest_rows_csv(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    reader = csv.reader(io.StringIO(_read_text(path)))
+    rows = [r for r in reader]
+    if not rows or not any(cell.strip() for cell in rows[0]):
+        raise WbcvError(f"{path}: empty manifest; expected a header row with at least 'sample_id'")
+    header = [h.strip() for h in rows[0]]
+    problems = [
+        f"{path}: unknown column {h!r}{suggest(h, MANIFEST_FIELDS)}; valid columns are {', '.join(MANIFEST_FIELDS)}"
+        for h in header
+        if h not in MANIFEST_FIELDS
+    ]
+    problems += [f"{path}: required column {r!r} is missing" for r in REQUIRED_FIELDS if r not in header]
+    dupes = sorted({h for h in header if header.count(h) > 1})
+    problems += [f"{path}: column {h!r} appears more than once" for h in dupes]
+    if problems:
+        raise WbcvError("\n".join(problems))
+    out: list[tuple[str, dict[str, Any]]] = []
+    for lineno, r in enumerate(rows[1:], start=2):
+        if not any(cell.strip() for cell in r):
+            continue  # blank lines are layout, not samples
+        if len(r) != len(header):
+            raise WbcvError(f"{path} row {lineno}: {len(r)} values but the header has {len(header)} columns")
+        out.append((f"{path.name} row {lineno}", {h: (v.strip() or None) for h, v in zip(header, r, strict=True)}))
+    return out
+
+
+def _manifest_rows_yaml(path: Path) -> tuple[str | None, list[tuple[str, dict[str, Any]]]]:
+    try:
+        doc = yaml.safe_load(_read_text(path))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise WbcvError(f"{path}{where}: invalid YAML: {getattr(e, 'problem', e)}") from None
+    if not isinstance(doc, dict):
+        raise WbcvError(f"{path}: expected a mapping with a 'samples' list at the top level")
+    unknown = [k for k in doc if k not in TOP_LEVEL_KEYS]
+    if unknown:
+        raise WbcvError(
+            "\n".join(
+                f"{path}: unknown key {str(k)!r}{suggest(str(k), TOP_LEVEL_KEYS)}; valid top-level keys are "
+                f"{', '.join(TOP_LEVEL_KEYS)}"
+                for k in unknown
+            )
+        )
+    samples = doc.get("samples")
+    if not isinstance(samples, list) or not samples:
+        raise WbcvError(f"{path}: key 'samples' must be a non-empty list of sample entries")
+    out: list[tuple[str, dict[str, Any]]] = []
+    problems: list[str] = []
+    for i, entry in enumerate(samples):
+        where = f"{path.name} samples[{i}]"
+        if not isinstance(entry, dict):
+            problems.append(f"{path}: samples[{i}] must be a mapping with at least 'sample_id'")
+            continue
+        for k in entry:
+            if k not in MANIFEST_FIELDS:
+                problems.append(
+                    f"{path}: samples[{i}] has unknown field {str(k)!r}{suggest(str(k), MANIFEST_FIELDS)}; "
+                    f"valid fields are {', '.join(MANIFEST_FIELDS)}"
+                )
+        out.append((where, {k: (None if v is None else v) for k, v in entry.items()}))
+    if problems:
+        raise WbcvError("\n".join(problems))
+    batch_id = doc.get("batch_id")
+    return (None if batch_id is None else str(batch_id)), out
+
+
+def _check_fields(manifest: Path, where: str, raw: dict[str, Any], problems: list[str]) -> dict[str, Any] | None:
+    fields: dict[str, Any] = {}
+    sid = raw.get("sample_id")
+    if sid is None or str(sid).strip() == "":
+        problems.append(f"{manifest.parent / where}: field 'sample_id' is missing or empty")
+        return None
+    fields["sample_id"] = str(sid).strip()
+    for key in POSITIVE_NUMBER_FIELDS:
+        v = raw.get(key)
+        if v is None:
+            continue
+        try:
+            x = float(v)
+        except (TypeError, ValueError):
+            problems.append(f"{manifest.parent / where}: field {key!r} is {v!r}; expected a positive number")
+            continue
+        if not x > 0 or x != x or x == float("inf"):
+            problems.append(f"{manifest.parent / where}: field {key!r} is {v!r}; expected a positive number")
+            continue
+        fields[key] = x
+    d = raw.get("date")
+    if d is not None:
+        if isinstance(d, dt.date):
+            fields["date"] = d.isoformat()
+        else:
+            try:
+                fields["date"] = dt.date.fromisoformat(str(d).strip()).isoformat()
+            except ValueError:
+                problems.append(f"{manifest.parent / where}: field 'date' is {d!r}; expected YYYY-MM-DD")
+    for key in ("slide_dir", "scanner", "notes"):
+        if raw.get(key) is not None:
+            fields[key] = str(raw[key]).strip()
+    if "imaged_volume_ul" in fields and "calibration_factor" in fields:
+        problems.append(
+            f"{manifest.parent / where}: give either 'imaged_volume_ul' or 'calibration_factor', not both"
+        )
+    return fields
+
+
+def _safe_slide_dir(root: Path, rel: str, where: str, problems: list[str]) -> Path | None:
+    """Resolve a manifest's slide_dir, refusing anything that leads outside the batch."""
+    pure = PurePosixPath(rel.replace("\\", "/"))
+    if pure.is_absolute() or (len(rel) > 1 and rel[1] == ":"):
+        problems.append(f"{where}: slide_dir {rel!r} is an absolute path; expected a folder inside {root}")
+        return None
+    if ".." in pure.parts:
+        problems.append(f"{where}: slide_dir {rel!r} contains '..'; expected a folder inside {root}")
+        return None
+    candidate = root.joinpath(*pure.parts)
+    resolved = candidate.resolve()
+    if not resolved.is_relative_to(root.resolve()):
+        problems.append(
+            f"{where}: slide_dir {rel!r} leads outside the batch (to {resolved}, through a symbolic link); "
+            f"expected a folder inside {root}"
+        )
+        return None
+    return candidate
+
+
+def _list_slide(root: Path, slide: Path, where: str, problems: list[str]) -> tuple[CellEntry, ...]:
+    root_resolved = root.resolve()
+    if not slide.exists():
+        problems.append(f"{where}: slide folder {slide} does not exist")
+        return ()
+    if not slide.is_dir():
+        problems.append(f"{where}: {slide} is not a folder; expected a folder of cell images")
+        return ()
+    try:
+        entries = sorted(os.scandir(slide), key=lambda e: e.name)
+    except OSError as e:
+        problems.append(f"{where}: cannot read slide folder {slide}: {e.strerror}")
+        return ()
+    cells: list[CellEntry] = []
+    for e in entries:
+        rel = (Path(e.path).relative_to(root)).as_posix()
+        path = Path(e.path)
+        try:
+            st = e.stat(follow_symlinks=True)
+        except OSError as err:
+            cells.append(CellEntry(rel, path, 0, 0, f"cannot read file: {err.strerror}"))
+            continue
+        reason = None
+        if e.is_dir(follow_symlinks=True):
+            reason = "sub-folder inside a slide folder; cells must lie directly in the slide folder"
+        elif path.suffix.lower() not in IMAGE_EXTENSIONS:
+            reason = f"not a cell image file (extension {path.suffix or 'none'!r}; expected {', '.join(IMAGE_EXTENSIONS)})"
+        elif e.is_symlink() and not path.resolve().is_relative_to(root_resolved):
+            reason = "symbolic link leading outside the batch directory"
+        cells.append(CellEntry(rel, path, st.st_size, st.st_mtime_ns, reason))
+    if not any(c.rejected is None for c in cells):
+        extra = f" ({len(cells)} other file(s))" if cells else ""
+        problems.append(
+            f"{where}: slide folder {slide} has no cell images{extra}; expected at least one "
+            f"{', '.join(IMAGE_EXTENSIONS)} file"
+        )
+    return tuple(cells)
+
+
+def _read_cell_labels(path: Path, samples: dict[str, Sample], problems: list[str]) -> dict[tuple[str, str], str]:
+    reader = csv.reader(io.StringIO(_read_text(path)))
+    rows = list(reader)
+    if not rows:
+        problems.append(f"{path}: empty file; expected a header {','.join(CELL_LABEL_COLUMNS)}")
+        return {}
+    header = [h.strip() for h in rows[0]]
+    if header != list(CELL_LABEL_COLUMNS):
+        problems.append(f"{path}: header is {','.join(header)}; expected exactly {','.join(CELL_LABEL_COLUMNS)}")
+        return {}
+    labels: dict[tuple[str, str], str] = {}
+    for lineno, r in enumerate(rows[1:], start=2):
+        if not any(c.strip() for c in r):
+            continue
+        if len(r) != 3 or not all(c.strip() for c in r):
+            problems.append(f"{path} row {lineno}: expected three non-empty values sample_id,file,label")
+            continue
+        sid, file, label = (c.strip() for c in r)
+        sample = samples.get(sid)
+        if sample is None:
+            problems.append(f"{path} row {lineno}: sample_id {sid!r} is not in the manifest")
+            continue
+        names = {PurePosixPath(c.rel_path).name for c in sample.cells}
+        if file not in names:
+            problems.append(f"{path} row {lineno}: file {file!r} is not in slide folder {sample.slide_dir!r}")
+            continue
+        if (sid, file) in labels:
+            problems.append(f"{path} row {lineno}: duplicate label for {sid}/{file}")
+            continue
+        labels[(sid, file)] = label
+    return labels
+
+
+def read_slide_set(batch_dir: Path | str) -> SlideSet:
+    """Read and check a batch; raises one WbcvError listing every batch-level problem."""
+    root = Path(batch_dir)
+    if not root.exists():
+        raise WbcvError(f"{root}: batch directory does not exist")
+    if not root.is_dir():
+        raise WbcvError(f"{root}: not a directory; expected a batch directory with a manifest")
+    if not os.access(root, os.R_OK | os.X_OK):
+        raise WbcvError(f"{root}: batch directory is not readable")
+    manifest = _find_manifest(root)
+    if manifest.suffix == ".csv":
+        batch_id, rows = None, _manifest_rows_csv(manifest)
+    else:
+        batch_id, rows = _manifest_rows_yaml(manifest)
+    if not rows:
+        raise WbcvError(f"{manifest}: the manifest lists no samples")
+
+    problems: list[str] = []
+    first_seen: dict[str, str] = {}
+    dir_seen: dict[str, str] = {}
+    samples: list[Sample] = []
+    for where, raw in rows:
+        fields = _check_fields(manifest, where, raw, problems)
+        if fields is None:
+            continue
+        sid = fields["sample_id"]
+        if sid in first_seen:
+            problems.append(f"{root / where}: duplicate sample_id {sid!r} (first at {first_seen[sid]})")
+            continue
+        first_seen[sid] = where
+        rel = fields.pop("slide_dir", sid)
+        slide = _safe_slide_dir(root, rel, str(root / where), problems)
+        if slide is None:
+            continue
+        key = slide.resolve().as_posix()
+        if key in dir_seen:
+            problems.append(f"{root / where}: slide folder {rel!r} is also used by {dir_seen[key]}")
+            continue
+        dir_seen[key] = where
+        cells = _list_slide(root, slide, str(root / where), problems)
+        fields.pop("sample_id")
+        samples.append(Sample(sid, PurePosixPath(rel.replace("\\", "/")).as_posix(), where, fields, cells))
+
+    claimed = {PurePosixPath(s.slide_dir).parts[0] for s in samples}
+    try:
+        unlisted = tuple(
+            sorted(e.name for e in os.scandir(root) if e.is_dir() and e.name not in claimed and not e.name.startswith("."))
+        )
+    except OSError as e:
+        raise WbcvError(f"{root}: cannot list the batch directory: {e.strerror}") from None
+
+    labels: dict[tuple[str, str], str] = {}
+    labels_path = root / CELL_LABELS_NAME
+    if labels_path.is_file():
+        labels = _read_cell_labels(labels_path, {s.sample_id: s for s in samples}, problems)
+    if problems:
+        head = f"{root}: the batch cannot be processed ({len(problems)} problem{'s' if len(problems) > 1 else ''}):"
+        raise WbcvError("\n".join([head, *(f"  - {p}" for p in problems)]))
+    return SlideSet(
+        root=root,
+        manifest_path=manifest,
+        batch_id=batch_id,
+        samples=tuple(samples),
+        unlisted_dirs=unlisted,
+        cell_labels=labels,
+        cell_labels_path=labels_path if labels_path.is_file() else None,
+    )

@@ -1,0 +1,1 @@
+"""Reference ingestion, validation protocol, method-comparison statistics, verdicts and reports."""

@@ -1,0 +1,117 @@
+"""The ``wbcv`` command line: parses arguments, calls the packages, prints. No logic of its own.
+
+Exit status: 0 success; 2 usage or input error (message, no traceback); 3 the run completed but
+failed acceptance; 130 interrupted (the same command resumes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from inference.errors import WbcvError
+from wbcv import __version__
+
+EXIT_OK = 0
+EXIT_INPUT_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of at least 1, got {value}")
+    return value
+
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    from inference.artifact import load_artifact
+    from inference.runner import InferenceParams, run_inference
+    from inference.slideset import read_slide_set
+
+    slides = read_slide_set(args.batch_dir)
+    model = load_artifact(args.model)
+    defaults = InferenceParams()
+    params = InferenceParams(
+        chunk_size=args.chunk_size or defaults.chunk_size,
+        num_threads=args.threads or defaults.num_threads,
+        decode_workers=args.decode_workers or defaults.decode_workers,
+        max_image_pixels=args.max_image_pixels or defaults.max_image_pixels,
+    )
+    n_cells = sum(len(s.images) for s in slides.samples)
+    print(f"batch {slides.root}: {len(slides.samples)} samples, {n_cells} cell images; model {model.model_id}")
+    if slides.unlisted_dirs:
+        print(
+            f"warning: {len(slides.unlisted_dirs)} folder(s) not listed in {slides.manifest_path.name} are not "
+            f"processed: {', '.join(slides.unlisted_dirs[:5])}{' ...' if len(slides.unlisted_dirs) > 5 else ''}",
+            file=sys.stderr,
+        )
+    result = run_inference(slides, model, args.out, params, progress=not args.no_progress)
+    s = result.record["summary"]
+    if result.already_finished:
+        print(f"this run had already finished: {result.run_dir}")
+    elif result.resumed:
+        print(f"resumed: {result.slides_done_before} of {s['n_samples']} slides were already done")
+    print(
+        f"run {result.record['run_id']}: {s['n_cells']} cells classified in {s['n_samples']} samples, "
+        f"{s['n_unclassified']} unclassified, {s['n_skipped_cells']} file(s) skipped"
+        + (f", {s['n_unlisted_folders']} unlisted folder(s)" if s["n_unlisted_folders"] else "")
+    )
+    if s["n_skipped_cells"] or s["n_unlisted_folders"]:
+        print(f"  skipped files and folders, with reasons: {result.run_dir / 'skipped.parquet'}")
+    print(f"  {result.run_dir}")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wbcv",
+        description="Verification and validation of image-based white-blood-cell differential analyzers.",
+    )
+    parser.add_argument("--version", action="version", version=f"wbcv {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser(
+        "infer",
+        help="classify every cell of a batch of slide sets into a new run",
+        description=(
+            "Classify every cell image of a batch into a new run directory under --out: per-cell "
+            "predictions and per-sample counts (Parquet), skipped files with reasons, and the inputs' "
+            "content hashes. BATCH_DIR holds manifest.csv or manifest.yaml (field sample_id; optional "
+            "slide_dir, imaged_volume_ul, calibration_factor, scanner, date, notes) and one folder of "
+            "cell images per sample. An interrupted run resumes when the same command is run again."
+        ),
+    )
+    p.add_argument("batch_dir", type=Path, metavar="BATCH_DIR")
+    p.add_argument("--model", help="model artifact directory or bundled model name (default: the bundled default)")
+    p.add_argument("--out", type=Path, default=Path("runs"), metavar="RUNS_DIR", help="where runs go (default: ./runs)")
+    p.add_argument("--threads", type=_positive_int, help="torch threads (default: all cores)")
+    p.add_argument("--decode-workers", type=_positive_int, help="image-decoding threads (default: all cores)")
+    p.add_argument("--chunk-size", type=_positive_int, help="cells per forward pass (default: 256)")
+    p.add_argument("--max-image-pixels", type=_positive_int, help="refuse larger images (default: 4096*4096)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_infer)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except WbcvError as e:
+        print(f"wbcv {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_INPUT_ERROR
+    except KeyboardInterrupt:
+        print(f"\nwbcv {args.command}: interrupted; run the same command again to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
