@@ -208,7 +208,9 @@ def _require(card: dict[str, Any], key: str, kind: type, where: Path) -> Any:
     if key not in card:
         raise WbcvError(f"{where}: model card has no {key!r} field; expected a {ARTIFACT_FORMAT} card")
     if not isinstance(card[key], kind):
-        raise WbcvError(f"{where}: model card field {key!r} should be a {kind.__name__}, got {type(card[key]).__name__}")
+        raise WbcvError(
+            f"{where}: model card field {key!r} should be a {kind.__name__}, got {type(card[key]).__name__}"
+        )
     return card[key]
 
 
@@ -229,8 +231,15 @@ def read_card(model_dir: Path) -> dict[str, Any]:
     fmt = card.get("format")
     if fmt != ARTIFACT_FORMAT:
         raise WbcvError(f"{card_path}: unknown artifact format {fmt!r}; expected {ARTIFACT_FORMAT!r}")
-    for key, kind in (("name", str), ("classes", list), ("architecture", dict), ("input", dict),
-                      ("calibration", dict), ("thresholds", dict), ("weights", dict)):
+    for key, kind in (
+        ("name", str),
+        ("classes", list),
+        ("architecture", dict),
+        ("input", dict),
+        ("calibration", dict),
+        ("thresholds", dict),
+        ("weights", dict),
+    ):
         _require(card, key, kind, card_path)
     if card["classes"] != list(CELL_CLASSES):
         raise WbcvError(

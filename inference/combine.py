@@ -113,5 +113,3 @@ def combine(logits: EnsembleLogits, cal: Calibration, thr: Thresholds) -> Combin
         reason = torch.where(rules[code - 1], torch.full_like(reason, code), reason)
     predicted = torch.where(reason == 0, best, torch.full_like(best, UNCLASSIFIED_INDEX))
     return CombinedOutput(p, s, q, predicted, reason, confidence)
-
-

@@ -95,9 +95,7 @@ class Bottle2neck(nn.Module):
         self.scale = cfg.scale
         self.is_first = stride > 1 or in_ch != out_ch
         self.conv1 = conv_norm_act(in_ch, width * cfg.scale, 1, 1, cfg)
-        self.convs = nn.ModuleList(
-            conv_norm_act(width, width, 3, stride, cfg) for _ in range(cfg.scale - 1)
-        )
+        self.convs = nn.ModuleList(conv_norm_act(width, width, 3, stride, cfg) for _ in range(cfg.scale - 1))
         # In the first block of a stage the last split is not convolved; it is pooled to match.
         self.pool = nn.AvgPool2d(3, stride=stride, padding=1) if self.is_first and stride > 1 else None
         self.conv3 = conv_norm_act(width * cfg.scale, out_ch, 1, 1, cfg, act=False)
@@ -202,4 +200,4 @@ def variant(name: str) -> Res2NetConfig:
         raise ValueError(f"unknown Res2Net variant {name!r}; expected one of {sorted(VARIANTS)}") from None
 
 
-__all__ = ["Bottle2neck", "Res2NetBackbone", "Res2NetConfig", "VARIANTS", "fold_batchnorm", "variant"]
+__all__ = ["VARIANTS", "Bottle2neck", "Res2NetBackbone", "Res2NetConfig", "fold_batchnorm", "variant"]

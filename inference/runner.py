@@ -83,10 +83,18 @@ SAMPLE_FIELDS: Final[dict[str, pl.DataType]] = {
     "notes": pl.String(),
 }
 COUNT_COLUMNS: Final[tuple[str, ...]] = (
-    "sample_id", "slide_dir", "n_files", "n_skipped", "n_cells", "n_classified", "n_unclassified",
+    "sample_id",
+    "slide_dir",
+    "n_files",
+    "n_skipped",
+    "n_cells",
+    "n_classified",
+    "n_unclassified",
     *(f"k_{c}" for c in CELL_CLASSES),
     *(f"fraction_{c}" for c in CELL_CLASSES),
-    "unclassified_fraction", *SAMPLE_FIELDS, "model_id",
+    "unclassified_fraction",
+    *SAMPLE_FIELDS,
+    "model_id",
 )
 
 
@@ -110,7 +118,11 @@ class InferenceParams:
 
     def identity(self) -> dict[str, int]:
         """Parameters that can change a single output bit (thread count: float reduction order)."""
-        return {"chunk_size": self.chunk_size, "num_threads": self.num_threads, "max_image_pixels": self.max_image_pixels}
+        return {
+            "chunk_size": self.chunk_size,
+            "num_threads": self.num_threads,
+            "max_image_pixels": self.max_image_pixels,
+        }
 
 
 @dataclass(frozen=True)
@@ -130,11 +142,18 @@ class _Chunk:
     pixels: np.ndarray  # (k, size, size, 3) uint8, one per meta entry without skip_reason
 
 
-def _decode_chunk(sample_index: int, is_last: bool, entries: tuple[CellEntry, ...], size: int, max_pixels: int) -> _Chunk:
+def _decode_chunk(
+    sample_index: int, is_last: bool, entries: tuple[CellEntry, ...], size: int, max_pixels: int
+) -> _Chunk:
     meta: list[dict[str, Any]] = []
     images: list[np.ndarray] = []
     for entry in entries:
-        m: dict[str, Any] = {"cell_path": entry.rel_path, "sha256": None, "bytes": entry.size, "skip_reason": entry.rejected}
+        m: dict[str, Any] = {
+            "cell_path": entry.rel_path,
+            "sha256": None,
+            "bytes": entry.size,
+            "skip_reason": entry.rejected,
+        }
         meta.append(m)
         if entry.rejected is not None and entry.abs_path.is_dir():
             continue
@@ -193,7 +212,10 @@ def _classify(model: LoadedModel, pixels: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def _slide_frame(
-    sample: Sample, metas: list[dict[str, Any]], scores: list[dict[str, np.ndarray]], model_id: str,
+    sample: Sample,
+    metas: list[dict[str, Any]],
+    scores: list[dict[str, np.ndarray]],
+    model_id: str,
     labels: dict[tuple[str, str], str],
 ) -> pl.DataFrame:
     """One slide's rows in file order; decoded cells take their scores in the same order."""
@@ -203,10 +225,16 @@ def _slide_frame(
     for m in metas:
         name = m["cell_path"].rsplit("/", 1)[-1]
         base = {
-            "sample_id": sample.sample_id, "cell_path": m["cell_path"], "sha256": m["sha256"], "bytes": m["bytes"],
-            "source_mode": m.get("source_mode"), "source_width": m.get("source_width"),
-            "source_height": m.get("source_height"), "expert_label": labels.get((sample.sample_id, name)),
-            "model_id": model_id, "skip_reason": m["skip_reason"],
+            "sample_id": sample.sample_id,
+            "cell_path": m["cell_path"],
+            "sha256": m["sha256"],
+            "bytes": m["bytes"],
+            "source_mode": m.get("source_mode"),
+            "source_width": m.get("source_width"),
+            "source_height": m.get("source_height"),
+            "expert_label": labels.get((sample.sample_id, name)),
+            "model_id": model_id,
+            "skip_reason": m["skip_reason"],
         }
         if m["skip_reason"] is None:
             pred = int(merged["predicted"][k])
@@ -270,7 +298,11 @@ def _counts(slides: SlideSet, parts: pl.DataFrame, model_id: str) -> pl.DataFram
 
 def _skipped(slides: SlideSet, parts: pl.DataFrame) -> pl.DataFrame:
     cells = parts.filter(pl.col("skip_reason").is_not_null()).select(
-        level=pl.lit("cell"), sample_id="sample_id", path="cell_path", sha256="sha256", bytes="bytes",
+        level=pl.lit("cell"),
+        sample_id="sample_id",
+        path="cell_path",
+        sha256="sha256",
+        bytes="bytes",
         reason="skip_reason",
     )
     folders = pl.DataFrame(
@@ -403,7 +435,9 @@ def _process(
     slides_done, t_start = 0, time.perf_counter()
     try:
         with ThreadPoolExecutor(params.decode_workers, thread_name_prefix="wbcv-decode") as pool:
-            jobs = ((i, last, cells, size, params.max_image_pixels) for i, last, cells in _chunks(todo, params.chunk_size))
+            jobs = (
+                (i, last, cells, size, params.max_image_pixels) for i, last, cells in _chunks(todo, params.chunk_size)
+            )
             for chunk in _prefetched(pool, jobs, depth=2 * params.decode_workers + 1, fn=_decode_chunk):
                 metas.extend(chunk.meta)
                 if len(chunk.pixels):
@@ -424,4 +458,3 @@ def _process(
     finally:
         bar.close()
         torch.set_num_threads(previous_threads)
-

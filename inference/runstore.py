@@ -82,6 +82,7 @@ def sha256_of(path: Path) -> str:
 
 def software_info() -> dict[str, Any]:
     """Versions of wbcv and the libraries whose arithmetic is in the results, plus the git commit."""
+
     def version(dist: str) -> str | None:
         try:
             return metadata.version(dist)
@@ -91,13 +92,19 @@ def software_info() -> dict[str, Any]:
     repo = Path(__file__).resolve().parent.parent
     commit = dirty = None
     try:
-        commit = subprocess.run(
-            ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
-        ).stdout.strip() or None
+        commit = (
+            subprocess.run(
+                ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+            ).stdout.strip()
+            or None
+        )
         dirty = bool(
             subprocess.run(
                 ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-                capture_output=True, text=True, timeout=5, check=True,
+                capture_output=True,
+                text=True,
+                timeout=5,
+                check=True,
             ).stdout.strip()
         )
     except (OSError, subprocess.SubprocessError):
@@ -116,7 +123,7 @@ def software_info() -> dict[str, Any]:
     }
 
 
-class AlreadySealed(Exception):  # noqa: N818 - a signal, not an error
+class AlreadySealed(Exception):
     """The run for this key was finished (sealed) before the process stopped."""
 
     def __init__(self, run_dir: Path) -> None:

@@ -249,9 +249,7 @@ def _check_fields(manifest: Path, where: str, raw: dict[str, Any], problems: lis
         if raw.get(key) is not None:
             fields[key] = str(raw[key]).strip()
     if "imaged_volume_ul" in fields and "calibration_factor" in fields:
-        problems.append(
-            f"{manifest.parent / where}: give either 'imaged_volume_ul' or 'calibration_factor', not both"
-        )
+        problems.append(f"{manifest.parent / where}: give either 'imaged_volume_ul' or 'calibration_factor', not both")
     return fields
 
 
@@ -301,7 +299,9 @@ def _list_slide(root: Path, slide: Path, where: str, problems: list[str]) -> tup
         if e.is_dir(follow_symlinks=True):
             reason = "sub-folder inside a slide folder; cells must lie directly in the slide folder"
         elif path.suffix.lower() not in IMAGE_EXTENSIONS:
-            reason = f"not a cell image file (extension {path.suffix or 'none'!r}; expected {', '.join(IMAGE_EXTENSIONS)})"
+            reason = (
+                f"not a cell image file (extension {path.suffix or 'none'!r}; expected {', '.join(IMAGE_EXTENSIONS)})"
+            )
         elif e.is_symlink() and not path.resolve().is_relative_to(root_resolved):
             reason = "symbolic link leading outside the batch directory"
         cells.append(CellEntry(rel, path, st.st_size, st.st_mtime_ns, reason))
@@ -393,14 +393,16 @@ def read_slide_set(batch_dir: Path | str) -> SlideSet:
     claimed = {PurePosixPath(s.slide_dir).parts[0] for s in samples}
     try:
         unlisted = tuple(
-            sorted(e.name for e in os.scandir(root) if e.is_dir() and e.name not in claimed and not e.name.startswith("."))
+            sorted(
+                e.name for e in os.scandir(root) if e.is_dir() and e.name not in claimed and not e.name.startswith(".")
+            )
         )
     except OSError as e:
         raise WbcvError(f"{root}: cannot list the batch directory: {e.strerror}") from None
 
     labels: dict[tuple[str, str], str] = {}
     labels_path = root / CELL_LABELS_NAME
-    if labels_path.is_file():
+    if labels_path.is_file() and not problems:  # labels refer to samples: check them once those are sound
         labels = _read_cell_labels(labels_path, {s.sample_id: s for s in samples}, problems)
     if problems:
         head = f"{root}: the batch cannot be processed ({len(problems)} problem{'s' if len(problems) > 1 else ''}):"

@@ -37,6 +37,4 @@ UNCLASSIFIED: Final[str] = "unclassified"
 OUTCOMES: Final[tuple[str, ...]] = (*CELL_CLASSES, UNCLASSIFIED)
 
 #: Index of each class's lineage in LINEAGES, aligned with CELL_CLASSES.
-LINEAGE_INDEX_OF_CLASS: Final[tuple[int, ...]] = tuple(
-    LINEAGES.index(LINEAGE_OF_CLASS[c]) for c in CELL_CLASSES
-)
+LINEAGE_INDEX_OF_CLASS: Final[tuple[int, ...]] = tuple(LINEAGES.index(LINEAGE_OF_CLASS[c]) for c in CELL_CLASSES)

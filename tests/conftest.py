@@ -1,0 +1,51 @@
+"""Shared fixtures: the real PBC cell library (../shared/data/pbc) and small model artifacts."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from inference.artifact import InputSpec, make_card, save_artifact
+from inference.ensemble import WbcEnsembleNet
+from inference.library import LabelledCell, read_cell_library
+from inference.res2net import variant
+
+REPO = Path(__file__).resolve().parent.parent
+PBC_DIR = Path(os.environ.get("WBCV_PBC_DIR", REPO.parent / "shared" / "data" / "pbc"))
+
+
+@pytest.fixture(scope="session")
+def pbc_cells() -> list[LabelledCell]:
+    if not (PBC_DIR / "manifest.csv").is_file():
+        pytest.fail(f"the PBC cell library is expected at {PBC_DIR} (set WBCV_PBC_DIR to override)")
+    return read_cell_library(PBC_DIR)
+
+
+def write_test_artifact(out_dir: Path, seed: int = 0, norm: str = "batch", name: str = "test-untrained") -> Path:
+    """A small, randomly initialised artifact in the real format (the trained model is its own issue).
+
+    BatchNorm running statistics are perturbed so that folding them is a real transformation.
+    """
+    torch.manual_seed(seed)
+    cfg = dataclasses.replace(variant("res2net_wbc_tiny"), norm=norm)  # type: ignore[arg-type]
+    spec = InputSpec(size=64)
+    net = WbcEnsembleNet(cfg, spec.mean, spec.std)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+            torch.nn.init.uniform_(m.weight, 0.5, 1.5)
+    # Larger head weights spread the untrained outputs, so some cells are classified and some not.
+    for head in (net.ova_head, net.lineage_head):
+        torch.nn.init.normal_(head.weight, std=3.0)
+    save_artifact(net, make_card(name, cfg, spec), out_dir)
+    return out_dir
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_test_artifact(tmp_path_factory.mktemp("model") / "test-untrained")

@@ -1,0 +1,116 @@
+"""The command line as a user meets it: exit codes, messages without tracebacks, kill and resume."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fixtures.slidesets import build_slide_set
+from inference.runner import COUNTS_FILE, INPUTS_FILE, PREDICTIONS_FILE, SKIPPED_FILE
+
+
+def wbcv(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "wbcv.cli", *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def batch(tmp_path_factory, pbc_cells) -> Path:
+    return build_slide_set(
+        pbc_cells, tmp_path_factory.mktemp("cli") / "batch", n_samples=10, cells_per_slide=24, seed=3
+    )
+
+
+SLOW = ["--chunk-size", "8", "--threads", "1", "--decode-workers", "1", "--no-progress"]
+
+
+def test_infer_writes_a_run_and_says_where(batch, model_dir, tmp_path):
+    r = wbcv("infer", str(batch), "--model", str(model_dir), "--out", str(tmp_path / "runs"), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    run_dirs = list((tmp_path / "runs").iterdir())
+    assert len(run_dirs) == 1 and str(run_dirs[0]) in r.stdout
+    assert "240 cells classified in 10 samples" in r.stdout
+    assert (run_dirs[0] / PREDICTIONS_FILE).is_file() and (run_dirs[0] / COUNTS_FILE).is_file()
+
+
+@pytest.mark.parametrize(
+    "setup, expected",
+    [
+        (lambda b: (b / "manifest.csv").write_text("sample_id,volume\nS00000,1\n"), "unknown column 'volume'"),
+        (lambda b: (b / "manifest.csv").write_text("sample_id\nS00000\nS00000\n"), "duplicate sample_id 'S00000'"),
+        (lambda b: (b / "manifest.csv").write_text("sample_id,slide_dir\nS00000,../../etc\n"), "contains '..'"),
+        (lambda b: (b / "manifest.csv").unlink(), "no manifest"),
+    ],
+)
+def test_bad_batch_exits_2_with_a_message_and_no_traceback(tmp_path, pbc_cells, model_dir, setup, expected):
+    b = build_slide_set(pbc_cells, tmp_path / "b", n_samples=2, cells_per_slide=3, seed=0)
+    setup(b)
+    r = wbcv("infer", str(b), "--model", str(model_dir), "--out", str(tmp_path / "runs"))
+    assert r.returncode == 2
+    assert expected in r.stderr and "Traceback" not in r.stderr
+    assert r.stderr.startswith("wbcv infer: error: ")
+
+
+def test_unknown_or_tampered_model_exits_2(batch, model_dir, tmp_path):
+    r = wbcv("infer", str(batch), "--model", str(tmp_path / "no-such-model"), "--out", str(tmp_path / "runs"))
+    assert r.returncode == 2 and "unknown model" in r.stderr and "Traceback" not in r.stderr
+    bad = tmp_path / "bad-model"
+    bad.mkdir()
+    for f in model_dir.iterdir():
+        (bad / f.name).write_bytes(f.read_bytes())
+    (bad / "weights.pt").write_bytes((bad / "weights.pt").read_bytes()[:-10])
+    r = wbcv("infer", str(batch), "--model", str(bad), "--out", str(tmp_path / "runs"))
+    assert r.returncode == 2 and "truncated" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_bad_option_value_is_a_usage_error(batch, model_dir):
+    r = wbcv("infer", str(batch), "--model", str(model_dir), "--chunk-size", "0")
+    assert r.returncode == 2 and "expected a number of at least 1" in r.stderr
+
+
+def _wait_for(predicate, timeout: float = 120) -> None:
+    end = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > end:
+            raise TimeoutError("condition not reached")
+        time.sleep(0.01)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(batch, model_dir, tmp_path_factory) -> Path:
+    runs = tmp_path_factory.mktemp("reference-runs")
+    r = wbcv("infer", str(batch), "--model", str(model_dir), "--out", str(runs), *SLOW)
+    assert r.returncode == 0, r.stderr
+    return next(runs.iterdir())
+
+
+@pytest.mark.parametrize("kill_when", ["while starting", "after 1 slide", "after half the slides"])
+def test_sigkill_at_any_moment_then_rerun_gives_identical_outputs(batch, model_dir, tmp_path, uninterrupted, kill_when):
+    runs = tmp_path / "runs"
+    args = [sys.executable, "-m", "wbcv.cli", "infer", str(batch), "--model", str(model_dir), "--out", str(runs), *SLOW]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def parts() -> int:
+        return len(list(runs.glob(".incomplete-*/parts/*.parquet")))
+
+    if kill_when == "while starting":
+        time.sleep(0.3)
+    else:
+        _wait_for(lambda: parts() >= (1 if kill_when == "after 1 slide" else 5) or proc.poll() is not None)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed; slow it down"
+    done_before = parts()
+
+    r = wbcv("infer", str(batch), "--model", str(model_dir), "--out", str(runs), *SLOW)
+    assert r.returncode == 0, r.stderr
+    finished = [p for p in runs.iterdir()]
+    assert len(finished) == 1, f"expected exactly one run, found {finished}"
+    if done_before:
+        assert f"resumed: {done_before} of 10 slides were already done" in r.stdout
+    for name in (PREDICTIONS_FILE, COUNTS_FILE, SKIPPED_FILE, INPUTS_FILE):
+        assert (finished[0] / name).read_bytes() == (uninterrupted / name).read_bytes(), name
