@@ -4,9 +4,11 @@ A cell image becomes a square uint8 RGB array of the model's input size:
 
 1. identify the format from the bytes (JPEG or PNG; the file extension is not trusted);
 2. refuse images larger than ``max_pixels`` before decoding anything (decompression bombs);
-3. for JPEG, ask libjpeg for a reduced-size decode (``Image.draft``: DCT scaling by 1/2, 1/4 or
-   1/8, the largest reduction that still leaves at least the input size): a 360x363 slide crop
-   decodes at 90x91 for a 64-pixel model, four times fewer pixels and several times faster;
+3. for JPEG, ask libjpeg-turbo for a reduced-size decode (DCT scaling by 1/2, 1/4 or 1/8, the
+   largest reduction that still leaves at least the input size): a 360x363 slide crop decodes at
+   90x91 for a 64-pixel model, sixteen times fewer pixels. simplejpeg does this about twice as
+   fast as Pillow's ``draft`` and releases the GIL, so decoding threads scale; JPEGs it cannot
+   take (CMYK, unusual headers) go through Pillow's ``draft`` instead;
 4. bring any mode to 8-bit RGB: grayscale and palette are expanded, transparency is composited
    over white (the colour of an empty slide), 16-bit samples are scaled by 255/65535, not clipped;
 5. centre-crop to a square and resize (bilinear with antialiasing) to the input size.
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
+import simplejpeg
 from PIL import Image, UnidentifiedImageError
 
 #: Formats a scanner saves cells in; anything else is rejected with this list in the message.
@@ -68,19 +71,56 @@ def _to_rgb(im: Image.Image) -> Image.Image:
 
 def _square_resize(im: Image.Image, size: int) -> Image.Image:
     w, h = im.size
+    if w == h == size:
+        return im
     side = min(w, h)
-    if w != h:
-        left, top = (w - side) // 2, (h - side) // 2
-        im = im.crop((left, top, left + side, top + side))
-    if side != size:
-        im = im.resize((size, size), Image.Resampling.BILINEAR)
-    return im
+    left, top = (w - side) // 2, (h - side) // 2
+    return im.resize((size, size), Image.Resampling.BILINEAR, box=(left, top, left + side, top + side))
+
+
+def _too_large(width: int, height: int, max_pixels: int) -> CellRejected:
+    return CellRejected(
+        f"image is {width}x{height} = {width * height:,} pixels, above the limit of {max_pixels:,} "
+        "(possible decompression bomb); a single-cell crop is expected"
+    )
+
+
+def _too_small(width: int, height: int) -> CellRejected:
+    return CellRejected(f"image is only {width}x{height} pixels; expected a single-cell crop of at least 8x8")
+
+
+_JPEG_MAGIC: Final[bytes] = b"\xff\xd8\xff"
+_FAST_JPEG_COLORSPACES: Final[dict[str, str]] = {"YCbCr": "RGB", "Gray": "L"}
+
+
+def _decode_jpeg_fast(data: bytes, size: int, max_pixels: int) -> DecodedCell | None:
+    """The libjpeg-turbo path; None hands the file to Pillow (which also words the errors)."""
+    try:
+        height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+    except ValueError:
+        return None
+    if colorspace not in _FAST_JPEG_COLORSPACES:
+        return None
+    if width * height > max_pixels:
+        raise _too_large(width, height, max_pixels)
+    if width < 8 or height < 8:
+        raise _too_small(width, height)
+    try:
+        rgb = simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=size, min_width=size, strict=True)
+    except ValueError as e:
+        raise CellRejected(f"corrupt or truncated image: {e}") from None
+    pixels = np.asarray(_square_resize(Image.fromarray(rgb), size), dtype=np.uint8)
+    return DecodedCell(pixels, _FAST_JPEG_COLORSPACES[colorspace], width, height)
 
 
 def decode_cell(data: bytes, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedCell:
     """Decode one image file's bytes into a (size, size, 3) uint8 array, or raise CellRejected."""
     if not data:
         raise CellRejected("empty file (0 bytes)")
+    if data.startswith(_JPEG_MAGIC):
+        fast = _decode_jpeg_fast(data, size, max_pixels)
+        if fast is not None:
+            return fast
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -93,12 +133,9 @@ def decode_cell(data: bytes, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) ->
         raise CellRejected(f"unsupported image format {im.format}; expected {' or '.join(ACCEPTED_FORMATS)}")
     width, height = im.size
     if width * height > max_pixels:
-        raise CellRejected(
-            f"image is {width}x{height} = {width * height:,} pixels, above the limit of {max_pixels:,} "
-            "(possible decompression bomb); a single-cell crop is expected"
-        )
+        raise _too_large(width, height, max_pixels)
     if width < 8 or height < 8:
-        raise CellRejected(f"image is only {width}x{height} pixels; expected a single-cell crop of at least 8x8")
+        raise _too_small(width, height)
     source_mode = im.mode
     try:
         if im.format == "JPEG":

@@ -1,12 +1,15 @@
 """The local batch runner: slide set in, per-cell predictions and per-sample counts out.
 
 Pipeline (memory stays flat however large the batch): slides are cut into fixed chunks of
-``chunk_size`` files in file-name order; a thread pool reads, hashes and decodes a bounded number
-of chunks ahead (Pillow and torch release the GIL, so decoding overlaps the forward pass); the
-main thread classifies each chunk in one batched forward pass and, when a slide's last chunk is
-done, writes the slide as one part file of the working run. Because a slide is always cut into
-the same chunks, its predictions do not depend on what else was in the batch or on whether the
-run was interrupted, so a resumed run gives the same bytes as an uninterrupted one.
+``chunk_size`` files in file-name order; ``workers`` threads each take a chunk, read, hash and
+decode its files and classify them in one batched forward pass with ``threads_per_worker`` torch
+threads. simplejpeg, Pillow and torch release the GIL, so the workers run in parallel, and with
+one torch thread each there are never more busy threads than cores (a two-thread forward pass
+beside two decoding threads measured 25 % slower on 2 cores: the cores were oversubscribed).
+At most ``2 * workers + 1`` chunks are in flight; the main thread takes results in order and,
+when a slide's last chunk is done, writes the slide as one part file. Because a slide is always
+cut into the same chunks, its predictions do not depend on what else was in the batch or on
+whether the run was interrupted, so a resumed run gives the same bytes as an uninterrupted one.
 
 Output tables (Parquet) are described by ``PREDICTION_SCHEMA``, ``COUNT_COLUMNS`` and
 ``SKIPPED_SCHEMA``; ``validation`` reads them, never this module's internals.
@@ -37,7 +40,7 @@ from inference.decode import DEFAULT_MAX_PIXELS, CellRejected, decode_cell
 from inference.errors import WbcvError
 from inference.runstore import AlreadySealed, WorkingRun, read_run_record, software_info
 from inference.slideset import CellEntry, Sample, SlideSet
-from inference.taxonomy import CELL_CLASSES, LINEAGES, OUTCOMES, UNCLASSIFIED
+from inference.taxonomy import CELL_CLASSES, LINEAGES, OUTCOMES
 
 PREDICTIONS_FILE: Final[str] = "predictions.parquet"
 COUNTS_FILE: Final[str] = "counts.parquet"
@@ -98,8 +101,8 @@ COUNT_COLUMNS: Final[tuple[str, ...]] = (
 )
 
 
-def default_threads() -> int:
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)
@@ -107,12 +110,12 @@ class InferenceParams:
     """Knobs of a run. All of them are recorded; those in ``identity()`` also name the run."""
 
     chunk_size: int = 256
-    num_threads: int = field(default_factory=default_threads)
-    decode_workers: int = field(default_factory=default_threads)
+    workers: int = field(default_factory=available_cores)
+    threads_per_worker: int = 1
     max_image_pixels: int = DEFAULT_MAX_PIXELS
 
     def __post_init__(self) -> None:
-        for name in ("chunk_size", "num_threads", "decode_workers", "max_image_pixels"):
+        for name in ("chunk_size", "workers", "threads_per_worker", "max_image_pixels"):
             if getattr(self, name) < 1:
                 raise WbcvError(f"parameter {name} must be at least 1, got {getattr(self, name)}")
 
@@ -120,7 +123,7 @@ class InferenceParams:
         """Parameters that can change a single output bit (thread count: float reduction order)."""
         return {
             "chunk_size": self.chunk_size,
-            "num_threads": self.num_threads,
+            "threads_per_worker": self.threads_per_worker,
             "max_image_pixels": self.max_image_pixels,
         }
 
@@ -139,12 +142,13 @@ class _Chunk:
     sample_index: int
     is_last: bool
     meta: list[dict[str, Any]]
-    pixels: np.ndarray  # (k, size, size, 3) uint8, one per meta entry without skip_reason
+    scores: dict[str, np.ndarray] | None  # one row per meta entry without skip_reason
 
 
-def _decode_chunk(
-    sample_index: int, is_last: bool, entries: tuple[CellEntry, ...], size: int, max_pixels: int
+def _decode_and_classify(
+    sample_index: int, is_last: bool, entries: tuple[CellEntry, ...], model: LoadedModel, max_pixels: int
 ) -> _Chunk:
+    size = model.input.size
     meta: list[dict[str, Any]] = []
     images: list[np.ndarray] = []
     for entry in entries:
@@ -172,8 +176,8 @@ def _decode_chunk(
             continue
         m.update(source_mode=cell.source_mode, source_width=cell.source_width, source_height=cell.source_height)
         images.append(cell.pixels)
-    pixels = np.stack(images) if images else np.empty((0, size, size, 3), dtype=np.uint8)
-    return _Chunk(sample_index, is_last, meta, pixels)
+    scores = _classify(model, np.stack(images)) if images else None
+    return _Chunk(sample_index, is_last, meta, scores)
 
 
 def _chunks(samples: list[tuple[int, Sample]], chunk_size: int) -> Iterator[tuple[int, bool, tuple[CellEntry, ...]]]:
@@ -218,38 +222,36 @@ def _slide_frame(
     model_id: str,
     labels: dict[tuple[str, str], str],
 ) -> pl.DataFrame:
-    """One slide's rows in file order; decoded cells take their scores in the same order."""
+    """One slide's rows in file order; the decoded cells' scores are joined on by row position."""
+    columns: dict[str, list[Any]] = {
+        "sample_id": [sample.sample_id] * len(metas),
+        "cell_path": [m["cell_path"] for m in metas],
+        "sha256": [m["sha256"] for m in metas],
+        "bytes": [m["bytes"] for m in metas],
+        "source_mode": [m.get("source_mode") for m in metas],
+        "source_width": [m.get("source_width") for m in metas],
+        "source_height": [m.get("source_height") for m in metas],
+        "expert_label": [labels.get((sample.sample_id, m["cell_path"].rsplit("/", 1)[-1])) for m in metas],
+        "model_id": [model_id] * len(metas),
+        "skip_reason": [m["skip_reason"] for m in metas],
+    }
+    frame = pl.DataFrame(columns, schema={k: PART_SCHEMA[k] for k in columns}).with_row_index("_row")
+    rows = [i for i, m in enumerate(metas) if m["skip_reason"] is None]
     merged = {k: np.concatenate([s[k] for s in scores]) for k in scores[0]} if scores else {}
-    rows: dict[str, list[Any]] = {name: [] for name in PART_SCHEMA}
-    k = 0
-    for m in metas:
-        name = m["cell_path"].rsplit("/", 1)[-1]
-        base = {
-            "sample_id": sample.sample_id,
-            "cell_path": m["cell_path"],
-            "sha256": m["sha256"],
-            "bytes": m["bytes"],
-            "source_mode": m.get("source_mode"),
-            "source_width": m.get("source_width"),
-            "source_height": m.get("source_height"),
-            "expert_label": labels.get((sample.sample_id, name)),
-            "model_id": model_id,
-            "skip_reason": m["skip_reason"],
+    predicted = merged.get("predicted", np.empty(0, dtype=np.int64))
+    outcome_index = np.where(predicted == UNCLASSIFIED_INDEX, len(CELL_CLASSES), predicted)
+    reasons = [ABSTAIN_REASONS[r] or None for r in merged.get("reason", [])]
+    float_columns = [c for c in PART_SCHEMA if c == "confidence" or c.startswith(("p_", "ova_", "lineage_"))]
+    scored = pl.DataFrame(
+        {
+            "_row": pl.Series(rows, dtype=pl.UInt32),
+            "predicted_class": pl.Series([OUTCOMES[i] for i in outcome_index], dtype=PART_SCHEMA["predicted_class"]),
+            "unclassified": pl.Series(predicted == UNCLASSIFIED_INDEX, dtype=pl.Boolean),
+            "abstain_reason": pl.Series(reasons, dtype=pl.String),
+            **{c: pl.Series(merged.get(c, np.empty(0, np.float32)), dtype=pl.Float32) for c in float_columns},
         }
-        if m["skip_reason"] is None:
-            pred = int(merged["predicted"][k])
-            reason = int(merged["reason"][k])
-            base.update(
-                predicted_class=UNCLASSIFIED if pred == UNCLASSIFIED_INDEX else CELL_CLASSES[pred],
-                unclassified=pred == UNCLASSIFIED_INDEX,
-                abstain_reason=ABSTAIN_REASONS[reason] or None,
-                confidence=float(merged["confidence"][k]),
-                **{c: float(merged[c][k]) for c in PART_SCHEMA if c.startswith(("p_", "ova_", "lineage_"))},
-            )
-            k += 1
-        for name_ in PART_SCHEMA:
-            rows[name_].append(base.get(name_))
-    return pl.DataFrame(rows, schema=PART_SCHEMA)
+    )
+    return frame.join(scored, on="_row", how="left", maintain_order="left").select(list(PART_SCHEMA))
 
 
 def run_key(slides: SlideSet, model: LoadedModel, params: InferenceParams) -> str:
@@ -426,27 +428,26 @@ def _process(
     progress: bool,
 ) -> None:
     previous_threads = torch.get_num_threads()
-    torch.set_num_threads(params.num_threads)
+    torch.set_num_threads(params.threads_per_worker)
     n_total = sum(len(s.cells) for _, s in todo)
     bar = tqdm(total=n_total, unit="cell", desc="classifying", disable=not progress, smoothing=0.1, dynamic_ncols=True)
-    size, model_id = model.input.size, model.model_id
     metas: list[dict[str, Any]] = []
     scores: list[dict[str, np.ndarray]] = []
     slides_done, t_start = 0, time.perf_counter()
     try:
-        with ThreadPoolExecutor(params.decode_workers, thread_name_prefix="wbcv-decode") as pool:
+        with ThreadPoolExecutor(params.workers, thread_name_prefix="wbcv-infer") as pool:
             jobs = (
-                (i, last, cells, size, params.max_image_pixels) for i, last, cells in _chunks(todo, params.chunk_size)
+                (i, last, cells, model, params.max_image_pixels) for i, last, cells in _chunks(todo, params.chunk_size)
             )
-            for chunk in _prefetched(pool, jobs, depth=2 * params.decode_workers + 1, fn=_decode_chunk):
+            for chunk in _prefetched(pool, jobs, depth=2 * params.workers + 1, fn=_decode_and_classify):
                 metas.extend(chunk.meta)
-                if len(chunk.pixels):
-                    scores.append(_classify(model, chunk.pixels))
+                if chunk.scores is not None:
+                    scores.append(chunk.scores)
                 bar.update(len(chunk.meta))
                 if not chunk.is_last:
                     continue
                 sample = slides.samples[chunk.sample_index]
-                frame = _slide_frame(sample, metas, scores, model_id, slides.cell_labels)
+                frame = _slide_frame(sample, metas, scores, model.model_id, slides.cell_labels)
                 work.write_part(chunk.sample_index, frame)
                 n_skip = frame["skip_reason"].is_not_null().sum()
                 if n_skip:

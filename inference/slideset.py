@@ -287,8 +287,10 @@ def _list_slide(root: Path, slide: Path, where: str, problems: list[str]) -> tup
         problems.append(f"{where}: cannot read slide folder {slide}: {e.strerror}")
         return ()
     cells: list[CellEntry] = []
+    slide_rel = slide.relative_to(root).as_posix()
     for e in entries:
-        rel = (Path(e.path).relative_to(root)).as_posix()
+        # Plain string work per file: pathlib per entry cost a second per 20,000 files.
+        rel = f"{slide_rel}/{e.name}"
         path = Path(e.path)
         try:
             st = e.stat(follow_symlinks=True)
@@ -296,12 +298,11 @@ def _list_slide(root: Path, slide: Path, where: str, problems: list[str]) -> tup
             cells.append(CellEntry(rel, path, 0, 0, f"cannot read file: {err.strerror}"))
             continue
         reason = None
+        ext = os.path.splitext(e.name)[1]
         if e.is_dir(follow_symlinks=True):
             reason = "sub-folder inside a slide folder; cells must lie directly in the slide folder"
-        elif path.suffix.lower() not in IMAGE_EXTENSIONS:
-            reason = (
-                f"not a cell image file (extension {path.suffix or 'none'!r}; expected {', '.join(IMAGE_EXTENSIONS)})"
-            )
+        elif ext.lower() not in IMAGE_EXTENSIONS:
+            reason = f"not a cell image file (extension {ext or 'none'!r}; expected {', '.join(IMAGE_EXTENSIONS)})"
         elif e.is_symlink() and not path.resolve().is_relative_to(root_resolved):
             reason = "symbolic link leading outside the batch directory"
         cells.append(CellEntry(rel, path, st.st_size, st.st_mtime_ns, reason))

@@ -25,7 +25,7 @@ def batch(tmp_path_factory, pbc_cells) -> Path:
     )
 
 
-SLOW = ["--chunk-size", "8", "--threads", "1", "--decode-workers", "1", "--no-progress"]
+SLOW = ["--chunk-size", "8", "--workers", "1", "--no-progress"]
 
 
 def test_infer_writes_a_run_and_says_where(batch, model_dir, tmp_path):

@@ -30,7 +30,7 @@ from inference.slideset import read_slide_set
 from inference.taxonomy import CELL_CLASSES
 
 TABLES = (PREDICTIONS_FILE, COUNTS_FILE, SKIPPED_FILE, INPUTS_FILE)
-PARAMS = InferenceParams(chunk_size=16, num_threads=1, decode_workers=2)
+PARAMS = InferenceParams(chunk_size=16, workers=2)
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +136,7 @@ def test_chunking_does_not_change_predictions_much(batch, model, tmp_path):
     the predictions themselves must agree."""
     a = pl.read_parquet(_run(batch, model, tmp_path / "a").run_dir / PREDICTIONS_FILE)
     b = pl.read_parquet(
-        _run(batch, model, tmp_path / "b", InferenceParams(chunk_size=7, num_threads=1)).run_dir / PREDICTIONS_FILE
+        _run(batch, model, tmp_path / "b", InferenceParams(chunk_size=7, workers=1)).run_dir / PREDICTIONS_FILE
     )
     assert (a["predicted_class"] == b["predicted_class"]).all()
     assert (a["p_neutrophil"] - b["p_neutrophil"]).abs().max() < 1e-4

@@ -39,8 +39,8 @@ def cmd_infer(args: argparse.Namespace) -> int:
     defaults = InferenceParams()
     params = InferenceParams(
         chunk_size=args.chunk_size or defaults.chunk_size,
-        num_threads=args.threads or defaults.num_threads,
-        decode_workers=args.decode_workers or defaults.decode_workers,
+        workers=args.workers or defaults.workers,
+        threads_per_worker=args.threads_per_worker or defaults.threads_per_worker,
         max_image_pixels=args.max_image_pixels or defaults.max_image_pixels,
     )
     n_cells = sum(len(s.images) for s in slides.samples)
@@ -90,8 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("batch_dir", type=Path, metavar="BATCH_DIR")
     p.add_argument("--model", help="model artifact directory or bundled model name (default: the bundled default)")
     p.add_argument("--out", type=Path, default=Path("runs"), metavar="RUNS_DIR", help="where runs go (default: ./runs)")
-    p.add_argument("--threads", type=_positive_int, help="torch threads (default: all cores)")
-    p.add_argument("--decode-workers", type=_positive_int, help="image-decoding threads (default: all cores)")
+    p.add_argument("--workers", type=_positive_int, help="threads that decode and classify (default: one per core)")
+    p.add_argument("--threads-per-worker", type=_positive_int, help="torch threads of each worker (default: 1)")
     p.add_argument("--chunk-size", type=_positive_int, help="cells per forward pass (default: 256)")
     p.add_argument("--max-image-pixels", type=_positive_int, help="refuse larger images (default: 4096*4096)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
