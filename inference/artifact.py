@@ -16,7 +16,6 @@ never be signed on numbers from a model other than the one it names.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from typing import Any, Final
 import torch
 from torch import nn
 
+from inference.atomic import atomic_write_bytes, sha256_file
 from inference.combine import Calibration, Thresholds
 from inference.ensemble import WbcEnsembleNet
 from inference.errors import WbcvError
@@ -78,14 +78,6 @@ class LoadedModel:
     def model_id(self) -> str:
         """Name plus the first 12 hex digits of the weights' sha256: unique and readable."""
         return f"{self.name}@{self.sha256[:12]}"
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def build_net(card: dict[str, Any]) -> WbcEnsembleNet:
@@ -141,15 +133,6 @@ def make_card(
     }
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def save_artifact(net: nn.Module, card: dict[str, Any], out_dir: Path) -> Path:
     """Write weights and card into ``out_dir`` (created); returns the card path."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -161,7 +144,7 @@ def save_artifact(net: nn.Module, card: dict[str, Any], out_dir: Path) -> Path:
     full = dict(card)
     full["weights"] = {"file": WEIGHTS_FILE, "sha256": sha256_file(weights), "bytes": weights.stat().st_size}
     card_path = out_dir / CARD_FILE
-    _atomic_write_bytes(card_path, (json.dumps(full, indent=2, sort_keys=False) + "\n").encode())
+    atomic_write_bytes(card_path, (json.dumps(full, indent=2, sort_keys=False) + "\n").encode())
     return card_path
 
 

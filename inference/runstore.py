@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import platform
@@ -35,49 +34,12 @@ from typing import Any, Final
 
 import polars as pl
 
+from inference.atomic import atomic_write_bytes, atomic_write_json, atomic_write_parquet, fsync_dir, sha256_file
 from inference.errors import WbcvError
 
 RUN_FORMAT: Final[str] = "wbcv-run/1"
 RUN_RECORD: Final[str] = "run.json"
 INCOMPLETE_PREFIX: Final[str] = ".incomplete-"
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
-
-
-def atomic_write_parquet(path: Path, frame: pl.DataFrame) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    # Fixed compression and statistics so the same frame always gives the same bytes.
-    frame.write_parquet(tmp, compression="zstd", compression_level=3, statistics=True)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def software_info() -> dict[str, Any]:
@@ -216,7 +178,7 @@ class WorkingRun:
         files: dict[str, str] = {}
         for name, frame in tables.items():
             atomic_write_parquet(staging / name, frame)
-            files[name] = sha256_of(staging / name)
+            files[name] = sha256_file(staging / name)
         log = self.path / "log.txt"
         if log.exists():
             atomic_write_bytes(staging / "log.txt", log.read_bytes())
