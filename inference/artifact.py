@@ -50,8 +50,11 @@ class InputSpec:
     size: int = 64
     mean: tuple[float, float, float] = (128.0, 128.0, 128.0)
     std: tuple[float, float, float] = (64.0, 64.0, 64.0)
+    crop: float = 1.0  # central fraction of the image kept before resizing (see inference.decode)
 
     def __post_init__(self) -> None:
+        if not 0.1 <= self.crop <= 1.0:
+            raise ValueError(f"input crop must lie in [0.1, 1], got {self.crop}")
         if not 16 <= self.size <= 512:
             raise ValueError(f"input size must lie in [16, 512], got {self.size}")
         if any(s <= 0 for s in self.std):
@@ -92,7 +95,7 @@ def build_net(card: dict[str, Any]) -> WbcEnsembleNet:
 
 
 def _input_kwargs(d: dict[str, Any]) -> dict[str, Any]:
-    return {"size": int(d["size"]), "mean": tuple(d["mean"]), "std": tuple(d["std"])}
+    return {"size": int(d["size"]), "mean": tuple(d["mean"]), "std": tuple(d["std"]), "crop": float(d.get("crop", 1.0))}
 
 
 def make_card(
@@ -121,7 +124,12 @@ def make_card(
             "backbone": backbone.to_dict(),
             "with_softmax_head": with_softmax_head,
         },
-        "input": {"size": input_spec.size, "mean": list(input_spec.mean), "std": list(input_spec.std)},
+        "input": {
+            "size": input_spec.size,
+            "mean": list(input_spec.mean),
+            "std": list(input_spec.std),
+            "crop": input_spec.crop,
+        },
         "calibration": {
             "ova_scale": list(cal.ova_scale),
             "ova_bias": list(cal.ova_bias),

@@ -11,7 +11,9 @@ A cell image becomes a square uint8 RGB array of the model's input size:
    take (CMYK, unusual headers) go through Pillow's ``draft`` instead;
 4. bring any mode to 8-bit RGB: grayscale and palette are expanded, transparency is composited
    over white (the colour of an empty slide), 16-bit samples are scaled by 255/65535, not clipped;
-5. centre-crop to a square and resize (bilinear with antialiasing) to the input size.
+5. keep the central square whose side is ``crop`` times the shorter side (the scanner centres the
+   cell; cropping the margin of red cells makes the white cell fill more of the input) and resize
+   it (bilinear with antialiasing) to the input size.
 
 Problems that concern one cell raise ``CellRejected`` with a reason; the runner records it and
 goes on with the next cell.
@@ -20,6 +22,7 @@ goes on with the next cell.
 from __future__ import annotations
 
 import io
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Final
@@ -69,12 +72,12 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def _square_resize(im: Image.Image, size: int) -> Image.Image:
+def _square_resize(im: Image.Image, size: int, crop: float = 1.0) -> Image.Image:
     w, h = im.size
-    if w == h == size:
+    if w == h == size and crop == 1.0:
         return im
-    side = min(w, h)
-    left, top = (w - side) // 2, (h - side) // 2
+    side = min(w, h) * crop
+    left, top = (w - side) / 2, (h - side) / 2
     return im.resize((size, size), Image.Resampling.BILINEAR, box=(left, top, left + side, top + side))
 
 
@@ -93,7 +96,7 @@ _JPEG_MAGIC: Final[bytes] = b"\xff\xd8\xff"
 _FAST_JPEG_COLORSPACES: Final[dict[str, str]] = {"YCbCr": "RGB", "Gray": "L"}
 
 
-def _decode_jpeg_fast(data: bytes, size: int, max_pixels: int) -> DecodedCell | None:
+def _decode_jpeg_fast(data: bytes, size: int, max_pixels: int, crop: float) -> DecodedCell | None:
     """The libjpeg-turbo path; None hands the file to Pillow (which also words the errors)."""
     try:
         height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
@@ -106,19 +109,22 @@ def _decode_jpeg_fast(data: bytes, size: int, max_pixels: int) -> DecodedCell | 
     if width < 8 or height < 8:
         raise _too_small(width, height)
     try:
-        rgb = simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=size, min_width=size, strict=True)
+        need = math.ceil(size / crop)
+        rgb = simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=need, min_width=need, strict=True)
     except ValueError as e:
         raise CellRejected(f"corrupt or truncated image: {e}") from None
-    pixels = np.asarray(_square_resize(Image.fromarray(rgb), size), dtype=np.uint8)
+    pixels = np.asarray(_square_resize(Image.fromarray(rgb), size, crop), dtype=np.uint8)
     return DecodedCell(pixels, _FAST_JPEG_COLORSPACES[colorspace], width, height)
 
 
-def decode_cell(data: bytes, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedCell:
+def decode_cell(data: bytes, size: int, max_pixels: int = DEFAULT_MAX_PIXELS, crop: float = 1.0) -> DecodedCell:
     """Decode one image file's bytes into a (size, size, 3) uint8 array, or raise CellRejected."""
+    if not 0.1 <= crop <= 1.0:
+        raise ValueError(f"crop must lie in [0.1, 1], got {crop}")
     if not data:
         raise CellRejected("empty file (0 bytes)")
     if data.startswith(_JPEG_MAGIC):
-        fast = _decode_jpeg_fast(data, size, max_pixels)
+        fast = _decode_jpeg_fast(data, size, max_pixels, crop)
         if fast is not None:
             return fast
     try:
@@ -139,10 +145,11 @@ def decode_cell(data: bytes, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     source_mode = im.mode
     try:
         if im.format == "JPEG":
-            im.draft("RGB", (size, size))
+            need = math.ceil(size / crop)
+            im.draft("RGB", (need, need))
         im.load()
         rgb = _to_rgb(im)
-        out = _square_resize(rgb, size)
+        out = _square_resize(rgb, size, crop)
         pixels = np.asarray(out, dtype=np.uint8)
     except CellRejected:
         raise

@@ -170,7 +170,7 @@ def _decode_and_classify(
         if entry.rejected is not None:
             continue
         try:
-            cell = decode_cell(data, size, max_pixels)
+            cell = decode_cell(data, size, max_pixels, model.input.crop)
         except CellRejected as e:
             m["skip_reason"] = str(e)
             continue

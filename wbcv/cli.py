@@ -68,6 +68,41 @@ def cmd_infer(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from inference.training import Recipe, train
+    from validation.model_evaluation import format_report, qualify_model
+
+    recipe = Recipe()
+    changes = {k: v for k, v in (("epochs", args.epochs), ("seed", args.seed)) if v is not None}
+    recipe = dataclasses.replace(recipe, **changes)
+    model_dir = train(args.cells, args.out, recipe, limit_per_class=args.limit_per_class)
+    metrics = qualify_model(model_dir, args.cells)
+    print(format_report({**metrics, "skipped": {}}))
+    print(f"model artifact: {model_dir} (metrics, ablation and stress test are in its model.json)")
+    return EXIT_OK
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from inference.artifact import load_artifact
+    from inference.library import read_cell_library
+    from validation.model_evaluation import evaluate_cells, format_report
+
+    model = load_artifact(args.model)
+    cells = read_cell_library(args.cells_dir)
+    report = evaluate_cells(model, cells)
+    print(f"model {model.model_id} on {args.cells_dir} ({len(cells)} labelled cells)")
+    print(format_report(report))
+    if args.json:
+        payload = {k: v for k, v in report.items() if k != "skipped"}
+        args.json.write_text(json.dumps(payload, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wbcv",
@@ -96,6 +131,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-image-pixels", type=_positive_int, help="refuse larger images (default: 4096*4096)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_infer)
+
+    p = sub.add_parser(
+        "train",
+        help="train, calibrate and qualify an OVA + 3-class ensemble on a labelled cell library",
+        description=(
+            "Train the reference ensemble (inference/training.py: deduplication, stratified split, "
+            "augmentation, class-balanced sampling, calibration, abstention threshold) and evaluate it on "
+            "the held-out test split; metrics, ablation and stress test go into the model card."
+        ),
+    )
+    p.add_argument(
+        "--cells", type=Path, required=True, help="labelled library: manifest.csv (path,label) or class folders"
+    )
+    p.add_argument("--out", type=Path, required=True, help="artifact directory to write, e.g. models/NAME")
+    p.add_argument("--epochs", type=_positive_int, help="training epochs (default: the recipe's)")
+    p.add_argument("--seed", type=int, help="seed of split, sampling and augmentation (default: the recipe's)")
+    p.add_argument("--limit-per-class", type=_positive_int, help="use only this many images per class (quick trials)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "evaluate",
+        help="evaluate a model on expert-labelled cells",
+        description=(
+            "Classify every cell of a labelled folder (manifest.csv with path,label, or one sub-folder per "
+            "label) and report accuracy, balanced accuracy, selective accuracy, unclassified rate, macro-F1, "
+            "Cohen's kappa, ECE, per-class figures, the confusion matrix, and for labels outside the five "
+            "classes how many came out unclassified."
+        ),
+    )
+    p.add_argument("cells_dir", type=Path, metavar="CELLS_DIR")
+    p.add_argument("--model", help="model artifact directory or bundled model name (default: the bundled default)")
+    p.add_argument("--json", type=Path, metavar="OUT.json", help="also write the report as JSON")
+    p.set_defaults(func=cmd_evaluate)
     return parser
 
 

@@ -1,0 +1,298 @@
+"""Evaluating a model artifact on expert-labelled cells: metrics, ablation and stress test.
+
+``evaluate_cells`` gives the report that ``wbcv evaluate`` prints and writes as JSON; its keys are
+fixed (see ``EVALUATION_KEYS``). Labels outside ``CELL_CLASSES`` (platelet, erythroblast, ig,
+smudge ...) are out of scope: they are not in the class metrics, and their own section says how
+many of them came out ``unclassified`` (all of them should) and what the rest were called.
+
+``ablation`` compares decision rules on the same cells and the same network: the OVA heads alone,
+the shipped OVA + lineage combination, and the plain 5-way softmax head trained beside them.
+``stress_test`` re-scores cells after synthetic acquisition shifts applied to the image files.
+"""
+
+from __future__ import annotations
+
+import io
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import torch
+from PIL import Image, ImageEnhance, ImageFilter
+
+from inference.artifact import LoadedModel, load_artifact
+from inference.combine import UNCLASSIFIED_INDEX
+from inference.library import LabelledCell
+from inference.predict import Scored, decode_files, score_pixels
+from inference.taxonomy import CELL_CLASSES, OUTCOMES, UNCLASSIFIED
+from inference.training import read_split, update_card
+from validation import cell_metrics as cm
+
+EVALUATION_KEYS: Final[tuple[str, ...]] = (
+    "n",
+    "accuracy",
+    "balanced_accuracy",
+    "selective_accuracy",
+    "unclassified_rate",
+    "macro_f1",
+    "cohen_kappa",
+    "ece",
+    "per_class",
+    "confusion_matrix",
+    "out_of_scope",
+)
+
+
+def _r(x: float) -> float | None:
+    return None if x != x else round(float(x), 6)
+
+
+def class_report(y_true: np.ndarray, y_pred: np.ndarray, confidence: np.ndarray) -> dict[str, Any]:
+    """Every in-scope metric of the evaluation JSON from true and predicted indices."""
+    k = len(CELL_CLASSES)
+    m = cm.confusion_matrix(y_true, y_pred, k)
+    committed = y_pred != UNCLASSIFIED_INDEX
+    sens, ppv, f1 = cm.sensitivity(m), cm.ppv(m), cm.f1(m)
+    n_c = m.sum(axis=1)
+    return {
+        "n": int(m.sum()),
+        "accuracy": _r(cm.accuracy(m)),
+        "balanced_accuracy": _r(cm.balanced_accuracy(m)),
+        "selective_accuracy": _r(cm.selective_accuracy(m)),
+        "unclassified_rate": _r(cm.unclassified_rate(m)),
+        "macro_f1": _r(cm.macro_f1(m)),
+        "cohen_kappa": _r(cm.cohen_kappa(m)),
+        "ece": _r(cm.expected_calibration_error(confidence[committed], (y_pred == y_true)[committed])),
+        "per_class": {
+            c: {
+                "n": int(n_c[i]),
+                "sensitivity": _r(sens[i]),
+                "ppv": _r(ppv[i]),
+                "f1": _r(f1[i]),
+                "unclassified_rate": _r(m[i, -1] / n_c[i]) if n_c[i] else None,
+            }
+            for i, c in enumerate(CELL_CLASSES)
+        },
+        "confusion_matrix": {"labels": list(OUTCOMES), "counts": m.tolist()},
+    }
+
+
+def evaluate_cells(model: LoadedModel, cells: Sequence[LabelledCell], workers: int = 2) -> dict[str, Any]:
+    """The evaluation report (keys ``EVALUATION_KEYS``) plus ``skipped`` for undecodable files."""
+    pixels, rejected = decode_files(model, [c.path for c in cells], workers=workers)
+    kept = [c for i, c in enumerate(cells) if i not in rejected]
+    scored = score_pixels(model, pixels)
+    pred = scored.combined.predicted.numpy()
+    conf = scored.combined.confidence.numpy()
+    labels = np.array([c.label for c in kept], dtype=object)
+    in_scope = np.isin(labels, CELL_CLASSES)
+    y_true = np.array([CELL_CLASSES.index(lab) for lab in labels[in_scope]], dtype=np.int64)
+    report = (
+        class_report(y_true, pred[in_scope], conf[in_scope])
+        if in_scope.any()
+        else {key: None for key in EVALUATION_KEYS if key != "out_of_scope"}
+    )
+    out_of_scope: dict[str, Any] = {}
+    for label in sorted(set(labels[~in_scope])):
+        mine = pred[labels == label]
+        named = Counter(UNCLASSIFIED if p == UNCLASSIFIED_INDEX else CELL_CLASSES[p] for p in mine)
+        out_of_scope[label] = {
+            "n": len(mine),
+            "unclassified_rate": _r(float(np.mean(mine == UNCLASSIFIED_INDEX))),
+            "predicted": {o: int(named.get(o, 0)) for o in OUTCOMES},
+        }
+    report["out_of_scope"] = out_of_scope
+    ordered = {key: report[key] for key in EVALUATION_KEYS}
+    ordered["skipped"] = {cells[i].path.as_posix(): reason for i, reason in sorted(rejected.items())}
+    return ordered
+
+
+# --- ablation -----------------------------------------------------------------------------
+
+
+def _rule_predictions(scored: Scored, model: LoadedModel) -> dict[str, np.ndarray]:
+    """Predicted indices of each decision rule on the same forward pass."""
+    s = torch.sigmoid(
+        scored.logits.ova * torch.tensor(model.calibration.ova_scale) + torch.tensor(model.calibration.ova_bias)
+    )
+    fired = (s >= model.thresholds.ova_fire).sum(1)
+    ova_alone = torch.where(fired == 1, s.argmax(1), torch.full_like(fired, UNCLASSIFIED_INDEX))
+    rules = {
+        "ova_alone (exactly one head fires, else unclassified)": ova_alone.numpy(),
+        "ova_plus_lineage (shipped rule)": scored.combined.predicted.numpy(),
+    }
+    if scored.logits.softmax5 is not None:
+        rules["softmax5 (plain 5-way head, argmax, never abstains)"] = scored.logits.softmax5.argmax(1).numpy()
+    return rules
+
+
+def ablation(model: LoadedModel, cells: Sequence[LabelledCell]) -> dict[str, dict[str, Any]]:
+    scope = [c for c in cells if c.label in CELL_CLASSES]
+    pixels, rejected = decode_files(model, [c.path for c in scope])
+    y = np.array([CELL_CLASSES.index(c.label) for i, c in enumerate(scope) if i not in rejected])
+    scored = score_pixels(model, pixels)
+    conf = scored.combined.confidence.numpy()
+    out = {}
+    for name, pred in _rule_predictions(scored, model).items():
+        r = class_report(y, pred, conf)
+        out[name] = {
+            k: r[k]
+            for k in ("n", "balanced_accuracy", "accuracy", "selective_accuracy", "unclassified_rate", "macro_f1")
+        }
+    return out
+
+
+# --- stress test --------------------------------------------------------------------------
+
+
+def _pil_shift(fn: Callable[[Image.Image], Image.Image], jpeg_quality: int | None = None) -> Callable[[bytes], bytes]:
+    def transform(data: bytes) -> bytes:
+        im = fn(Image.open(io.BytesIO(data)).convert("RGB"))
+        buf = io.BytesIO()
+        if jpeg_quality is None:
+            im.save(buf, format="PNG", compress_level=1)
+        else:
+            im.save(buf, format="JPEG", quality=jpeg_quality)
+        return buf.getvalue()
+
+    return transform
+
+
+def _hue(degrees: float) -> Callable[[Image.Image], Image.Image]:
+    def fn(im: Image.Image) -> Image.Image:
+        h, s, v = im.convert("HSV").split()
+        shift = round(degrees / 360 * 255)
+        h = h.point(lambda x: (x + shift) % 256)
+        return Image.merge("HSV", (h, s, v)).convert("RGB")
+
+    return fn
+
+
+def _stain(scale_h: float, scale_e: float) -> Callable[[Image.Image], Image.Image]:
+    """Change haematoxylin and eosin concentrations (Ruifrok-Johnston vectors)."""
+    rgb_from_hed = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
+    hed_from_rgb = np.linalg.inv(rgb_from_hed)
+
+    def fn(im: Image.Image) -> Image.Image:
+        od = -np.log(np.clip(np.asarray(im, dtype=np.float64), 1, 255) / 255.0)
+        hed = od @ hed_from_rgb
+        hed[..., 0] *= scale_h
+        hed[..., 1] *= scale_e
+        rgb = 255.0 * np.exp(-(hed @ rgb_from_hed))
+        return Image.fromarray(np.clip(rgb, 0, 255).round().astype(np.uint8))
+
+    return fn
+
+
+def _zoom(factor: float) -> Callable[[Image.Image], Image.Image]:
+    """factor < 1: the cell looks smaller (lower magnification), padded with the border colour;
+    factor > 1: a central crop enlarged (higher magnification)."""
+
+    def fn(im: Image.Image) -> Image.Image:
+        w, h = im.size
+        if factor >= 1:
+            cw, ch = w / factor, h / factor
+            return im.resize(
+                (w, h), Image.Resampling.BILINEAR, box=((w - cw) / 2, (h - ch) / 2, (w + cw) / 2, (h + ch) / 2)
+            )
+        small = im.resize((round(w * factor), round(h * factor)), Image.Resampling.BILINEAR)
+        edge = np.asarray(im)
+        border = tuple(int(v) for v in np.median(np.concatenate([edge[0], edge[-1], edge[:, 0], edge[:, -1]]), axis=0))
+        canvas = Image.new("RGB", (w, h), border)  # type: ignore[arg-type]
+        canvas.paste(small, ((w - small.width) // 2, (h - small.height) // 2))
+        return canvas
+
+    return fn
+
+
+STRESS_SHIFTS: Final[dict[str, Callable[[bytes], bytes]]] = {
+    "hue +20 degrees": _pil_shift(_hue(20)),
+    "hue -20 degrees": _pil_shift(_hue(-20)),
+    "saturation x0.5": _pil_shift(lambda im: ImageEnhance.Color(im).enhance(0.5)),
+    "saturation x1.5": _pil_shift(lambda im: ImageEnhance.Color(im).enhance(1.5)),
+    "stain: haematoxylin x1.3, eosin x0.7": _pil_shift(_stain(1.3, 0.7)),
+    "stain: haematoxylin x0.7, eosin x1.3": _pil_shift(_stain(0.7, 1.3)),
+    "brightness x0.8": _pil_shift(lambda im: ImageEnhance.Brightness(im).enhance(0.8)),
+    "brightness x1.2": _pil_shift(lambda im: ImageEnhance.Brightness(im).enhance(1.2)),
+    "blur sigma 2 px (full resolution)": _pil_shift(lambda im: im.filter(ImageFilter.GaussianBlur(2))),
+    "JPEG quality 20": _pil_shift(lambda im: im, jpeg_quality=20),
+    "rescale 0.75 (lower magnification)": _pil_shift(_zoom(0.75)),
+    "rescale 1.33 (higher magnification)": _pil_shift(_zoom(1.33)),
+    "grayscale": _pil_shift(lambda im: im.convert("L").convert("RGB")),
+}
+
+
+def stress_test(model: LoadedModel, cells: Sequence[LabelledCell]) -> dict[str, dict[str, Any]]:
+    """Accuracy under each synthetic shift of the image files, next to the clean figure."""
+    scope = [c for c in cells if c.label in CELL_CLASSES]
+    y_all = np.array([CELL_CLASSES.index(c.label) for c in scope])
+    results: dict[str, dict[str, Any]] = {}
+    for name, transform in {"clean": None, **STRESS_SHIFTS}.items():
+        pixels, rejected = decode_files(model, [c.path for c in scope], transform=transform)
+        keep = np.array([i not in rejected for i in range(len(scope))])
+        scored = score_pixels(model, pixels)
+        r = class_report(y_all[keep], scored.combined.predicted.numpy(), scored.combined.confidence.numpy())
+        results[name] = {
+            k: r[k] for k in ("n", "balanced_accuracy", "accuracy", "selective_accuracy", "unclassified_rate")
+        }
+    return results
+
+
+# --- qualification of a freshly trained model ----------------------------------------------
+
+
+def qualify_model(model_dir: Path, cells_dir: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Evaluate a trained artifact on its held-out test split and record the results in its card:
+    ``metrics`` (test split, the evaluation JSON), ``ablation`` and ``stress_test``."""
+    model = load_artifact(model_dir)
+    test = read_split(model_dir, Path(cells_dir), "test")
+    log(f"evaluating on the held-out test split ({len(test)} cells)")
+    metrics = evaluate_cells(model, test)
+    metrics.pop("skipped")
+    update_card(model_dir, "metrics", {"split": "test", **metrics})
+    log("ablation of the decision rule")
+    update_card(model_dir, "ablation", ablation(model, test))
+    log("stress test under synthetic acquisition shifts")
+    update_card(model_dir, "stress_test", stress_test(model, test))
+    return metrics
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The evaluation as a readable table."""
+
+    def pct(x: float | None) -> str:
+        return "    -" if x is None else f"{100 * x:5.1f}"
+
+    lines = [
+        f"cells (in scope): {report['n']}",
+        f"accuracy {pct(report['accuracy'])} %   balanced accuracy {pct(report['balanced_accuracy'])} %   "
+        f"selective accuracy {pct(report['selective_accuracy'])} %",
+        f"unclassified {pct(report['unclassified_rate'])} %   macro-F1 {pct(report['macro_f1'])} %   "
+        f"Cohen's kappa {report['cohen_kappa']}   ECE {report['ece']}",
+        "",
+        f"{'class':<12} {'n':>6} {'sens %':>7} {'PPV %':>7} {'F1 %':>7} {'uncl %':>7}",
+    ]
+    for c, r in (report["per_class"] or {}).items():
+        lines.append(
+            f"{c:<12} {r['n']:>6} {pct(r['sensitivity']):>7} {pct(r['ppv']):>7} {pct(r['f1']):>7} "
+            f"{pct(r['unclassified_rate']):>7}"
+        )
+    if report.get("confusion_matrix"):
+        labels = report["confusion_matrix"]["labels"]
+        lines += ["", "confusion (rows: expert, columns: model)", " " * 12 + "".join(f"{lab[:6]:>8}" for lab in labels)]
+        for c, row in zip(CELL_CLASSES, report["confusion_matrix"]["counts"], strict=True):
+            lines.append(f"{c:<12}" + "".join(f"{v:>8}" for v in row))
+    if report["out_of_scope"]:
+        lines += ["", "out-of-scope labels (should all be unclassified):"]
+        for label, r in report["out_of_scope"].items():
+            called = ", ".join(f"{k} {v}" for k, v in r["predicted"].items() if v and k != UNCLASSIFIED)
+            lines.append(
+                f"  {label:<14} n={r['n']:<5} unclassified {pct(r['unclassified_rate'])} %"
+                + (f"   called: {called}" if called else "")
+            )
+    if report.get("skipped"):
+        lines += ["", f"{len(report['skipped'])} file(s) could not be decoded:"]
+        lines += [f"  {p}: {reason}" for p, reason in report["skipped"].items()]
+    return "\n".join(lines)
