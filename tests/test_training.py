@@ -16,8 +16,8 @@ import pytest
 
 from inference.artifact import load_artifact
 from inference.library import read_cell_library
-from inference.training import SPLIT_FILE, Recipe, prepare_data, train
 from inference.taxonomy import CELL_CLASSES
+from inference.training import SPLIT_FILE, Recipe, prepare_data, train
 from validation.model_evaluation import EVALUATION_KEYS, evaluate_cells
 
 QUICK = dataclasses.replace(Recipe(), epochs=2, batch_size=32, threads=2)
@@ -102,8 +102,12 @@ def test_evaluate_reports_out_of_scope_cells_separately(trained, library, tmp_pa
     assert sum(r["n"] for r in report["per_class"].values()) == report["n"]
 
     out = tmp_path / "eval.json"
-    r = subprocess.run([sys.executable, "-m", "wbcv.cli", "evaluate", str(lib), "--model", str(trained),
-                        "--json", str(out)], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "wbcv.cli", "evaluate", str(lib), "--model", str(trained), "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     assert "balanced accuracy" in r.stdout and "out-of-scope labels" in r.stdout
     assert list(json.loads(out.read_text())) == list(EVALUATION_KEYS)

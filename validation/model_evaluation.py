@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageEnhance, ImageFilter
 
-from inference.artifact import LoadedModel, load_artifact
+from inference.artifact import LoadedModel, load_artifact, read_card
 from inference.combine import UNCLASSIFIED_INDEX
 from inference.library import LabelledCell
 from inference.predict import Scored, decode_files, score_pixels
@@ -256,6 +256,8 @@ def qualify_model(model_dir: Path, cells_dir: Path, log: Callable[[str], None] =
     update_card(model_dir, "ablation", ablation(model, test))
     log("stress test under synthetic acquisition shifts")
     update_card(model_dir, "stress_test", stress_test(model, test))
+    card = read_card(model_dir)
+    (model_dir / "MODEL_CARD.md").write_text(render_model_card(card))
     return metrics
 
 
@@ -296,3 +298,86 @@ def format_report(report: dict[str, Any]) -> str:
         lines += ["", f"{len(report['skipped'])} file(s) could not be decoded:"]
         lines += [f"  {p}: {reason}" for p, reason in report["skipped"].items()]
     return "\n".join(lines)
+
+
+def render_model_card(card: dict[str, Any]) -> str:
+    """A human-readable MODEL_CARD.md from model.json (which stays the machine-readable truth)."""
+
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{100 * x:.2f} %"
+
+    t, m = card.get("training", {}), card.get("metrics", {})
+    lines = [
+        f"# {card['name']}",
+        "",
+        card.get("description", ""),
+        "",
+        f"- weights: `{card['weights']['file']}`, sha256 `{card['weights']['sha256']}` "
+        f"({card['weights']['bytes']:,} bytes)",
+        f"- architecture: {card['architecture']['family']}, backbone {json_inline(card['architecture']['backbone'])}",
+        f"- input: {json_inline(card['input'])}",
+        f"- thresholds: {json_inline(card['thresholds'])}; calibration: {json_inline(card['calibration'])}",
+    ]
+    if t:
+        lines += [
+            f"- training library: `{t.get('library')}`; training-data manifest sha256 "
+            f"`{t.get('training_data_manifest_sha256')}`",
+            f"- split: `{t.get('split_file')}` (sha256 `{t.get('split_sha256')}`), "
+            f"counts {json_inline(t.get('split_counts'))}",
+            f"- duplicates merged: {t.get('duplicates_merged')}; conflicting duplicates dropped: "
+            f"{json_inline(t.get('conflicting_duplicates_dropped'))}",
+            f"- training time: {t.get('training_seconds')} s on {json_inline(t.get('machine'))}",
+            f"- recipe: {json_inline(t.get('recipe'))}",
+        ]
+    if m:
+        lines += [
+            "",
+            f"## Held-out test split ({m.get('n')} cells)",
+            "",
+            "| metric | value |",
+            "|---|---|",
+            *(
+                f"| {k} | {pct(m.get(k)) if k != 'cohen_kappa' and k != 'ece' else m.get(k)} |"
+                for k in (
+                    "balanced_accuracy",
+                    "accuracy",
+                    "selective_accuracy",
+                    "unclassified_rate",
+                    "macro_f1",
+                    "cohen_kappa",
+                    "ece",
+                )
+            ),
+            "",
+            "| class | n | sensitivity | PPV | F1 | unclassified |",
+            "|---|---|---|---|---|---|",
+            *(
+                f"| {c} | {r['n']} | {pct(r['sensitivity'])} | {pct(r['ppv'])} | {pct(r['f1'])} | "
+                f"{pct(r['unclassified_rate'])} |"
+                for c, r in m.get("per_class", {}).items()
+            ),
+        ]
+    for key, title in (
+        ("ablation", "Ablation (same test split, same network)"),
+        ("stress_test", "Stress test (test split under synthetic acquisition shifts)"),
+    ):
+        if card.get(key):
+            lines += [
+                "",
+                f"## {title}",
+                "",
+                "| rule / shift | n | balanced accuracy | accuracy | selective accuracy | unclassified |",
+                "|---|---|---|---|---|---|",
+            ]
+            lines += [
+                f"| {name} | {r['n']} | {pct(r['balanced_accuracy'])} | {pct(r['accuracy'])} | "
+                f"{pct(r['selective_accuracy'])} | {pct(r['unclassified_rate'])} |"
+                for name, r in card[key].items()
+            ]
+    return "\n".join(lines) + "\n"
+
+
+def json_inline(value: Any) -> str:
+    import json
+
+    return f"`{json.dumps(value, separators=(', ', ': '))}`"

@@ -1,0 +1,262 @@
+"""The validation protocol (YAML): what is compared, how, and what counts as acceptance.
+
+Example (every key that exists; ``wbcv`` refuses unknown keys and suggests the closest one)::
+
+    protocol: {id: WBC-DIFF-VAL-001, version: "1.0", title: Differential vs Sysmex XN}
+    study: {id: STUDY-7, site: Core lab, reference_analyzer: Sysmex XN-1000, description: ...}
+    count_mode: relative            # relative | volumetric (see validation.compare)
+    measurands:
+      NEUT#: {allowable_error_pct: 10, absolute_limit: 0.2}   # absolute limit: 10^3/uL, optional
+      LYMPH#: {allowable_error_pct: 10}
+      NEUT%: {allowable_error_pct: 10, absolute_limit: 2.0}   # absolute limit: percentage points
+    acceptance:
+      required_coverage: 0.95       # fraction of samples within the allowable error
+      basis: point_estimate         # point_estimate | lower_bound (Clopper-Pearson)
+      confidence: 0.95
+    exclusions:
+      flags: any                    # any | none | [list of flag column names]
+      marks: ["*", "@"]             # exclude a value carrying any of these marks
+      min_cells: 100                # slides with fewer classified cells are excluded
+      min_reference: {}             # per measurand: exclude reference values below this
+    class_mapping:
+      immature_granulocytes: separate   # separate | with_neutrophils (reference NEUT += IG)
+    rerun_rule: last                # last | first | reject
+    decision_levels: {NEUT#: [1.5, 7.0]}
+
+Only safe YAML loading is used. Every problem names the file and the key path.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, Literal
+
+import yaml
+
+from inference.errors import WbcvError
+from validation.measurands import MEASURANDS
+from validation.reference import MARKS
+
+TOP_KEYS: Final[tuple[str, ...]] = (
+    "protocol",
+    "study",
+    "count_mode",
+    "measurands",
+    "acceptance",
+    "exclusions",
+    "class_mapping",
+    "rerun_rule",
+    "decision_levels",
+)
+PROTOCOL_KEYS: Final[tuple[str, ...]] = ("id", "version", "title")
+STUDY_KEYS: Final[tuple[str, ...]] = ("id", "site", "reference_analyzer", "description", "investigator")
+MEASURAND_KEYS: Final[tuple[str, ...]] = ("allowable_error_pct", "absolute_limit")
+ACCEPTANCE_KEYS: Final[tuple[str, ...]] = ("required_coverage", "basis", "confidence")
+EXCLUSION_KEYS: Final[tuple[str, ...]] = ("flags", "marks", "min_cells", "min_reference")
+CLASS_MAPPING_KEYS: Final[tuple[str, ...]] = ("immature_granulocytes",)
+
+
+@dataclass(frozen=True)
+class MeasurandRule:
+    allowable_error_pct: float
+    absolute_limit: float | None = None
+
+
+@dataclass(frozen=True)
+class Protocol:
+    path: Path
+    id: str
+    version: str
+    title: str
+    study: dict[str, str]
+    count_mode: Literal["relative", "volumetric"]
+    measurands: dict[str, MeasurandRule]
+    required_coverage: float = 0.95
+    basis: Literal["point_estimate", "lower_bound"] = "point_estimate"
+    confidence: float = 0.95
+    exclude_flags: Literal["any", "none"] | tuple[str, ...] = "any"
+    exclude_marks: tuple[str, ...] = ("*", "@")
+    min_cells: int = 0
+    min_reference: dict[str, float] = field(default_factory=dict)
+    immature_granulocytes: Literal["separate", "with_neutrophils"] = "separate"
+    rerun_rule: Literal["last", "first", "reject"] = "last"
+    decision_levels: dict[str, tuple[float, ...]] = field(default_factory=dict)
+
+
+class _Checker:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.problems: list[str] = []
+
+    def fail(self, key: str, message: str) -> None:
+        self.problems.append(f"{self.path}: {key}: {message}")
+
+    def keys(self, where: str, mapping: dict[str, Any], allowed: tuple[str, ...]) -> None:
+        for k in mapping:
+            if k not in allowed:
+                close = difflib.get_close_matches(str(k), allowed, n=1, cutoff=0.6)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                self.fail(f"{where}{k}", f"unknown key{hint}; valid keys here: {', '.join(allowed)}")
+
+    def mapping(self, key: str, value: Any, required: bool = False) -> dict[str, Any]:
+        if value is None:
+            if required:
+                self.fail(key, "is required")
+            return {}
+        if not isinstance(value, dict):
+            self.fail(key, f"must be a mapping, got {type(value).__name__}")
+            return {}
+        return value
+
+    def number(self, key: str, value: Any, low: float, high: float, *, low_open: bool = False) -> float | None:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            self.fail(key, f"must be a number, got {value!r}")
+            return None
+        v = float(value)
+        if not (low < v if low_open else low <= v) or v > high:
+            interval = f"{'(' if low_open else '['}{low}, {high}]"
+            self.fail(key, f"is {value!r}; expected a number in {interval}")
+            return None
+        return v
+
+    def choice(self, key: str, value: Any, choices: tuple[str, ...], default: str) -> str:
+        if value is None:
+            return default
+        if value not in choices:
+            self.fail(key, f"is {value!r}; expected one of {', '.join(choices)}")
+            return default
+        return str(value)
+
+    def measurand_name(self, key: str, name: Any) -> bool:
+        if name not in MEASURANDS:
+            close = difflib.get_close_matches(str(name), list(MEASURANDS), n=1, cutoff=0.5)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            self.fail(key, f"unknown measurand {name!r}{hint}; expected some of {', '.join(MEASURANDS)}")
+            return False
+        return True
+
+
+def load_protocol(path: Path | str) -> Protocol:
+    """Read and check a protocol file; raises one WbcvError listing every problem."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise WbcvError(f"{path}: protocol file does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise WbcvError(f"{path}: cannot read the protocol as UTF-8 text: {e}") from None
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise WbcvError(f"{path}{where}: invalid YAML: {getattr(e, 'problem', e)}") from None
+    if not isinstance(doc, dict):
+        raise WbcvError(f"{path}: a protocol is a YAML mapping with keys {', '.join(TOP_KEYS)}")
+    c = _Checker(path)
+    c.keys("", doc, TOP_KEYS)
+
+    meta = c.mapping("protocol", doc.get("protocol"), required=True)
+    c.keys("protocol.", meta, PROTOCOL_KEYS)
+    for k in ("id", "version"):
+        if meta and not isinstance(meta.get(k), str | int | float):
+            c.fail(f"protocol.{k}", "is required (text)")
+    study = c.mapping("study", doc.get("study"))
+    c.keys("study.", study, STUDY_KEYS)
+
+    rules: dict[str, MeasurandRule] = {}
+    ms = c.mapping("measurands", doc.get("measurands"), required=True)
+    if "measurands" in doc and not ms:
+        c.fail("measurands", "must name at least one measurand")
+    for name, spec in ms.items():
+        key = f"measurands.{name}"
+        if not c.measurand_name(key, name):
+            continue
+        spec = c.mapping(key, spec, required=True)
+        c.keys(f"{key}.", spec, MEASURAND_KEYS)
+        if "allowable_error_pct" not in spec:
+            c.fail(f"{key}.allowable_error_pct", "is required")
+            continue
+        err = c.number(f"{key}.allowable_error_pct", spec["allowable_error_pct"], 0, 1000, low_open=True)
+        absolute = spec.get("absolute_limit")
+        abs_v = None if absolute is None else c.number(f"{key}.absolute_limit", absolute, 0, 1e6, low_open=True)
+        if err is not None:
+            rules[str(name)] = MeasurandRule(err, abs_v)
+
+    acc = c.mapping("acceptance", doc.get("acceptance"))
+    c.keys("acceptance.", acc, ACCEPTANCE_KEYS)
+    required = c.number("acceptance.required_coverage", acc.get("required_coverage", 0.95), 0, 1, low_open=True)
+    confidence = c.number("acceptance.confidence", acc.get("confidence", 0.95), 0.5, 0.9999)
+    basis = c.choice("acceptance.basis", acc.get("basis"), ("point_estimate", "lower_bound"), "point_estimate")
+
+    ex = c.mapping("exclusions", doc.get("exclusions"))
+    c.keys("exclusions.", ex, EXCLUSION_KEYS)
+    flags_raw = ex.get("flags", "any")
+    flags: Any = "any"
+    if flags_raw in ("any", "none"):
+        flags = flags_raw
+    elif isinstance(flags_raw, list) and all(isinstance(f, str) for f in flags_raw):
+        flags = tuple(flags_raw)
+    else:
+        c.fail("exclusions.flags", f"is {flags_raw!r}; expected 'any', 'none' or a list of flag column names")
+    marks_raw = ex.get("marks", ["*", "@"])
+    if not isinstance(marks_raw, list) or any(m not in MARKS for m in marks_raw):
+        c.fail("exclusions.marks", f"is {marks_raw!r}; expected a list of marks among {', '.join(MARKS)}")
+        marks_raw = []
+    min_cells = ex.get("min_cells", 0)
+    if isinstance(min_cells, bool) or not isinstance(min_cells, int) or min_cells < 0:
+        c.fail("exclusions.min_cells", f"is {min_cells!r}; expected a whole number >= 0")
+        min_cells = 0
+    min_ref: dict[str, float] = {}
+    for name, v in c.mapping("exclusions.min_reference", ex.get("min_reference")).items():
+        if c.measurand_name(f"exclusions.min_reference.{name}", name):
+            x = c.number(f"exclusions.min_reference.{name}", v, 0, 1e6)
+            if x is not None:
+                min_ref[str(name)] = x
+
+    cm = c.mapping("class_mapping", doc.get("class_mapping"))
+    c.keys("class_mapping.", cm, CLASS_MAPPING_KEYS)
+    ig = c.choice(
+        "class_mapping.immature_granulocytes",
+        cm.get("immature_granulocytes"),
+        ("separate", "with_neutrophils"),
+        "separate",
+    )
+    mode = c.choice("count_mode", doc.get("count_mode"), ("relative", "volumetric"), "relative")
+    rerun = c.choice("rerun_rule", doc.get("rerun_rule"), ("last", "first", "reject"), "last")
+    if mode == "relative" and "WBC" in rules:
+        c.fail("measurands.WBC", "needs count_mode: volumetric (in relative mode the WBC total is the reference's)")
+
+    levels: dict[str, tuple[float, ...]] = {}
+    for name, v in c.mapping("decision_levels", doc.get("decision_levels")).items():
+        if not c.measurand_name(f"decision_levels.{name}", name):
+            continue
+        if not isinstance(v, list) or not v or any(isinstance(x, bool) or not isinstance(x, int | float) for x in v):
+            c.fail(f"decision_levels.{name}", f"is {v!r}; expected a list of numbers")
+            continue
+        levels[str(name)] = tuple(float(x) for x in v)
+
+    if c.problems:
+        head = f"{path}: the protocol has {len(c.problems)} problem{'s' if len(c.problems) > 1 else ''}:"
+        raise WbcvError("\n".join([head, *(f"  - {p}" for p in c.problems)]))
+    return Protocol(
+        path=path,
+        id=str(meta["id"]),
+        version=str(meta["version"]),
+        title=str(meta.get("title", "")),
+        study={k: str(v) for k, v in study.items()},
+        count_mode=mode,  # type: ignore[arg-type]
+        measurands=rules,
+        required_coverage=required if required is not None else 0.95,
+        basis=basis,  # type: ignore[arg-type]
+        confidence=confidence if confidence is not None else 0.95,
+        exclude_flags=flags,
+        exclude_marks=tuple(marks_raw),
+        min_cells=int(min_cells),
+        min_reference=min_ref,
+        immature_granulocytes=ig,  # type: ignore[arg-type]
+        rerun_rule=rerun,  # type: ignore[arg-type]
+        decision_levels=levels,
+    )
