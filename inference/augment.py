@@ -28,11 +28,11 @@ _RGB_FROM_YIQ = torch.linalg.inv(_YIQ_FROM_RGB)
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    zoom: tuple[float, float] = (0.75, 1.3)
+    zoom: tuple[float, float] = (0.8, 1.25)
     shift: float = 0.06  # fraction of the image size
-    stain_scale: float = 0.12  # multiplicative jitter of each stain's optical density
+    stain_scale: float = 0.1  # multiplicative jitter of each stain's optical density
     stain_shift: float = 0.03
-    hue_degrees: float = 25.0
+    hue_degrees: float = 15.0
     saturation: tuple[float, float] = (0.5, 1.5)
     grayscale_p: float = 0.05
     brightness: float = 20.0
