@@ -164,7 +164,14 @@ class WorkingRun:
         with open(self.path / "log.txt", "a", encoding="utf-8") as f:
             f.write(line.rstrip("\n") + "\n")
 
-    def seal(self, runs_dir: Path, run_id: str, tables: dict[str, pl.DataFrame], record: dict[str, Any]) -> Path:
+    def seal(
+        self,
+        runs_dir: Path,
+        run_id: str,
+        tables: dict[str, pl.DataFrame],
+        record: dict[str, Any],
+        documents: dict[str, Any] | None = None,
+    ) -> Path:
         """Write the final run into a staging folder, make it read-only and rename it into place.
 
         The rename is the commit point. A process killed before it leaves the working run intact
@@ -178,6 +185,9 @@ class WorkingRun:
         files: dict[str, str] = {}
         for name, frame in tables.items():
             atomic_write_parquet(staging / name, frame)
+            files[name] = sha256_file(staging / name)
+        for name, doc in (documents or {}).items():
+            atomic_write_json(staging / name, doc)
             files[name] = sha256_file(staging / name)
         log = self.path / "log.txt"
         if log.exists():

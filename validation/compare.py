@@ -1,0 +1,297 @@
+"""Joining a run's per-sample counts to the reference and computing per-sample errors.
+
+Modes (the protocol's ``count_mode``; DESIGN §3):
+
+* **relative**: the differential of class c is f_c = k_c / n_classified. Predicted ``X%`` =
+  100 f_c; predicted ``X#`` = f_c x reference WBC, so its relative error equals that of f_c.
+* **volumetric**: the WBC total is estimated from the cells found on the slide,
+  WBC = n_cells / imaged_volume_ul / 1000 (10^3/uL) or n_cells x calibration_factor, and
+  ``X#`` = f_c x that estimate. n_cells counts every decoded cell, unclassified ones included
+  (they are white cells the model would not name).
+
+Per sample and measurand: error % = (predicted - reference) / reference x 100. With an absolute
+limit A in the protocol the sample is within limits when |predicted - reference| <= max(L/100 x
+reference, A), i.e. |error %| <= the effective limit max(L, 100 A / reference); a reference of 0
+then has the absolute criterion only, and without A it is excluded with that reason.
+
+The sampling floor of a sample (relative mode, class measurands): the probability that counting
+n_classified cells alone keeps the error within the effective limit when the true fraction is the
+reference's (``validation.sampling``).
+
+Nothing is dropped silently: every sample or value left out is in the excluded table with a reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Final
+
+import polars as pl
+
+from inference.errors import WbcvError
+from validation import sampling
+from validation.measurands import MEASURANDS
+from validation.protocol import Protocol
+from validation.reference import MARKS, ReferenceData
+
+COMPARISON_SCHEMA: Final[dict[str, pl.DataType]] = {
+    "sample_id": pl.String(),
+    "measurand": pl.String(),
+    "reference": pl.Float64(),
+    "predicted": pl.Float64(),
+    "error_pct": pl.Float64(),
+    "difference": pl.Float64(),
+    "limit_pct": pl.Float64(),  # effective relative limit for this sample
+    "criterion": pl.String(),  # "relative" or "absolute" (which bound was wider)
+    "within_limit": pl.Boolean(),
+    "n_cells": pl.Int64(),
+    "n_classified": pl.Int64(),
+    "n_unclassified": pl.Int64(),
+    "reference_fraction": pl.Float64(),
+    "counting_coverage": pl.Float64(),  # sampling floor: P(within limit | perfect classifier)
+    "flags": pl.String(),
+    "marks": pl.String(),
+    "source_row": pl.Int64(),
+}
+EXCLUDED_SCHEMA: Final[dict[str, pl.DataType]] = {
+    "sample_id": pl.String(),
+    "measurand": pl.String(),  # null: the whole sample
+    "source_row": pl.Int64(),
+    "reason": pl.String(),
+}
+
+
+@dataclass(frozen=True)
+class Comparison:
+    table: pl.DataFrame  # COMPARISON_SCHEMA, included values only
+    excluded: pl.DataFrame  # EXCLUDED_SCHEMA
+    n_samples_run: int
+    n_samples_reference: int
+
+
+def select_measurements(ref: ReferenceData, rule: str) -> tuple[pl.DataFrame, list[dict[str, Any]]]:
+    """Apply the rerun rule: one measurement per sample; the others are excluded with a reason."""
+    t = ref.table.with_columns(pl.col("measured_at").fill_null(pl.lit(None)))
+    order = ["sample_id", "measured_at", "source_row"]
+    t = t.sort(order, nulls_last=False)
+    excluded: list[dict[str, Any]] = []
+    keep: list[int] = []
+    for sid, group in t.group_by("sample_id", maintain_order=True):
+        rows = group["source_row"].to_list()
+        if len(rows) == 1:
+            keep.append(rows[0])
+            continue
+        if rule == "reject":
+            excluded += [
+                {
+                    "sample_id": sid[0],
+                    "measurand": None,
+                    "source_row": r,
+                    "reason": f"measured {len(rows)} times (rows {', '.join(map(str, rows))}); rerun rule 'reject'",
+                }
+                for r in rows
+            ]
+            continue
+        chosen = rows[-1] if rule == "last" else rows[0]
+        keep.append(chosen)
+        excluded += [
+            {
+                "sample_id": sid[0],
+                "measurand": None,
+                "source_row": r,
+                "reason": f"rerun: superseded by row {chosen} (rerun rule '{rule}')",
+            }
+            for r in rows
+            if r != chosen
+        ]
+    return ref.table.filter(pl.col("source_row").is_in(keep)).sort("source_row"), excluded
+
+
+def _flag_reason(flags: list[str], protocol: Protocol) -> str | None:
+    if not flags or protocol.exclude_flags == "none":
+        return None
+    hit = flags if protocol.exclude_flags == "any" else [f for f in flags if f in protocol.exclude_flags]
+    return f"reference flag(s) {', '.join(hit)}" if hit else None
+
+
+def compare(counts: pl.DataFrame, ref: ReferenceData, protocol: Protocol) -> Comparison:
+    """The comparison table and the excluded list for every measurand of the protocol."""
+    missing = [m for m in protocol.measurands if m not in ref.quantities and m != "WBC"]
+    needs_wbc = protocol.count_mode == "relative" and any(MEASURANDS[m].kind == "count" for m in protocol.measurands)
+    if needs_wbc and "WBC" not in ref.quantities:
+        missing.append("WBC (needed to turn fractions into counts in relative mode)")
+    if "WBC" in protocol.measurands and "WBC" not in ref.quantities:
+        missing.append("WBC")
+    if protocol.immature_granulocytes == "with_neutrophils":
+        for m in protocol.measurands:
+            if MEASURANDS[m].cell_class == "neutrophil":
+                ig = "IG#" if MEASURANDS[m].kind == "count" else "IG%"
+                if ig not in ref.quantities:
+                    missing.append(f"{ig} (class_mapping.immature_granulocytes: with_neutrophils)")
+    if missing:
+        raise WbcvError(
+            f"{ref.path}: the protocol {protocol.path.name} needs column(s) the reference does not have: "
+            f"{', '.join(missing)}"
+        )
+    chosen, excluded = select_measurements(ref, protocol.rerun_rule)
+    ref_by_id = {r["sample_id"]: r for r in chosen.iter_rows(named=True)}
+    excluded_ids = {e["sample_id"] for e in excluded}
+    run_by_id = {r["sample_id"]: r for r in counts.iter_rows(named=True)}
+    rows: list[dict[str, Any]] = []
+
+    for sid in sorted(set(run_by_id) - set(ref_by_id)):
+        if sid not in excluded_ids:
+            excluded.append(
+                {
+                    "sample_id": sid,
+                    "measurand": None,
+                    "source_row": None,
+                    "reason": "in the run but not in the reference file",
+                }
+            )
+    for sid, r in ref_by_id.items():
+        if sid not in run_by_id:
+            excluded.append(
+                {
+                    "sample_id": sid,
+                    "measurand": None,
+                    "source_row": r["source_row"],
+                    "reason": "in the reference file but not in the run (no slide set)",
+                }
+            )
+
+    for sid, c in run_by_id.items():
+        r = ref_by_id.get(sid)
+        if r is None:
+            continue
+
+        def drop(measurand: str | None, reason: str, r: dict[str, Any] = r, sid: str = sid) -> None:
+            excluded.append({"sample_id": sid, "measurand": measurand, "source_row": r["source_row"], "reason": reason})
+
+        if c["n_classified"] == 0:
+            drop(None, f"no classified cells on the slide ({c['n_cells']} decoded, all unclassified or skipped)")
+            continue
+        if c["n_classified"] < protocol.min_cells:
+            drop(None, f"{c['n_classified']} classified cells, below the protocol's min_cells {protocol.min_cells}")
+            continue
+        reason = _flag_reason(r["flags"], protocol)
+        if reason:
+            drop(None, reason)
+            continue
+        wbc_pred = _volumetric_wbc(c) if protocol.count_mode == "volumetric" else None
+        for name, rule in protocol.measurands.items():
+            row = _one_value(name, rule, c, r, protocol, wbc_pred, drop)
+            if row is not None:
+                rows.append({"sample_id": sid, "measurand": name, **row})
+    table = pl.DataFrame(rows, schema=COMPARISON_SCHEMA) if rows else pl.DataFrame(schema=COMPARISON_SCHEMA)
+    ex = pl.DataFrame(excluded, schema=EXCLUDED_SCHEMA) if excluded else pl.DataFrame(schema=EXCLUDED_SCHEMA)
+    return Comparison(table, ex, len(run_by_id), ref.table["sample_id"].n_unique())
+
+
+def _volumetric_wbc(c: dict[str, Any]) -> float | None:
+    if c.get("imaged_volume_ul"):
+        return c["n_cells"] / c["imaged_volume_ul"] / 1000.0
+    if c.get("calibration_factor"):
+        return c["n_cells"] * c["calibration_factor"]
+    return None
+
+
+def _reference_value(name: str, r: dict[str, Any], protocol: Protocol) -> tuple[float | None, str | None, str]:
+    """(value, reason it cannot be used, marks) of one reference quantity, IG mapping applied."""
+    status, marks = r[f"{name} status"], r[f"{name} marks"] or ""
+    if status != "ok":
+        return None, f"reference {name}: {status}", marks
+    bad = [m for m in marks if m in protocol.exclude_marks]
+    if bad:
+        return None, f"reference {name} marked {''.join(bad)} ({', '.join(MARKS[m] for m in bad)})", marks
+    value = r[name]
+    m = MEASURANDS.get(name)
+    if m is not None and m.cell_class == "neutrophil" and protocol.immature_granulocytes == "with_neutrophils":
+        ig = "IG#" if m.kind == "count" else "IG%"
+        ig_value, ig_reason, ig_marks = _reference_value(ig, r, protocol)
+        if ig_value is None:
+            return None, f"{ig_reason} (IG counted with neutrophils)", marks + ig_marks
+        value += ig_value
+    return value, None, marks
+
+
+def _one_value(
+    name: str,
+    rule: Any,
+    c: dict[str, Any],
+    r: dict[str, Any],
+    protocol: Protocol,
+    wbc_pred: float | None,
+    drop: Any,
+) -> dict[str, Any] | None:
+    m = MEASURANDS[name]
+    ref_value, reason, marks = _reference_value(name, r, protocol)
+    if reason:
+        drop(name, reason)
+        return None
+    assert ref_value is not None
+    if ref_value < protocol.min_reference.get(name, 0.0):
+        drop(
+            name, f"reference {name} {ref_value:g} below the protocol's min_reference {protocol.min_reference[name]:g}"
+        )
+        return None
+    fraction = c[f"fraction_{m.cell_class}"] if m.cell_class else None
+    ref_fraction: float | None = None
+    if m.kind == "percent":
+        predicted = 100.0 * fraction
+        ref_fraction = ref_value / 100.0
+    elif m.cell_class is None:  # WBC total, volumetric only
+        if wbc_pred is None:
+            drop(name, "no imaged_volume_ul or calibration_factor in the manifest for the volumetric WBC count")
+            return None
+        predicted = wbc_pred
+    elif protocol.count_mode == "relative":
+        wbc_ref, wbc_reason, _ = _reference_value("WBC", r, protocol)
+        if wbc_ref is None:
+            drop(name, f"{wbc_reason}; needed to turn the fraction into a count")
+            return None
+        predicted = fraction * wbc_ref
+        ref_fraction = ref_value / wbc_ref if wbc_ref > 0 else None
+    else:
+        if wbc_pred is None:
+            drop(name, "no imaged_volume_ul or calibration_factor in the manifest for the volumetric count")
+            return None
+        predicted = fraction * wbc_pred
+    difference = predicted - ref_value
+    if ref_value == 0:
+        if rule.absolute_limit is None:
+            drop(name, "reference is 0: the relative error is undefined and the protocol gives no absolute_limit")
+            return None
+        error_pct, limit_pct, criterion = None, None, "absolute"
+        within = abs(difference) <= rule.absolute_limit
+    else:
+        error_pct = 100.0 * difference / ref_value
+        abs_as_pct = 100.0 * rule.absolute_limit / ref_value if rule.absolute_limit is not None else 0.0
+        limit_pct = max(rule.allowable_error_pct, abs_as_pct)
+        criterion = "absolute" if abs_as_pct > rule.allowable_error_pct else "relative"
+        within = abs(error_pct) <= limit_pct + 1e-12
+    floor = None
+    if (
+        ref_fraction is not None
+        and limit_pct is not None
+        and protocol.count_mode == "relative"
+        and 0 < ref_fraction <= 1
+    ):
+        floor = sampling.counting_coverage(int(c["n_classified"]), ref_fraction, limit_pct)
+    return {
+        "reference": ref_value,
+        "predicted": predicted,
+        "error_pct": error_pct,
+        "difference": difference,
+        "limit_pct": limit_pct,
+        "criterion": criterion,
+        "within_limit": within,
+        "n_cells": c["n_cells"],
+        "n_classified": c["n_classified"],
+        "n_unclassified": c["n_unclassified"],
+        "reference_fraction": ref_fraction,
+        "counting_coverage": floor,
+        "flags": ", ".join(r["flags"]) or None,
+        "marks": marks or None,
+        "source_row": r["source_row"],
+    }

@@ -1,0 +1,149 @@
+"""`wbcv compare`: a finished inference run + a reference file + a protocol -> a comparison run.
+
+The comparison is its own run record (the inference run stays untouched, as every sealed run
+does): ``RUNS/<time>-compare-<key>/`` with ``comparison.parquet`` (one row per sample and
+measurand), ``excluded.parquet`` (every sample or value left out, with the reason),
+``reference.parquet`` (the parsed reference, reruns included), ``statistics.json``,
+``verdict.json`` and ``run.json`` (inputs with their sha256: the inference run's record, the
+reference file, the protocol file).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from inference.atomic import sha256_file
+from inference.errors import WbcvError
+from inference.runner import COUNTS_FILE
+from inference.runstore import RUN_RECORD, AlreadySealed, WorkingRun, read_run_record, software_info
+from validation.compare import compare
+from validation.protocol import Protocol, load_protocol
+from validation.reference import ReferenceData, read_reference
+from validation.verdict import MeasurandVerdict, decide, overall, to_jsonable
+
+COMPARISON_FILE = "comparison.parquet"
+EXCLUDED_FILE = "excluded.parquet"
+REFERENCE_FILE = "reference.parquet"
+STATISTICS_FILE = "statistics.json"
+VERDICT_FILE = "verdict.json"
+
+
+@dataclass(frozen=True)
+class ComparisonResult:
+    run_dir: Path
+    verdicts: list[MeasurandVerdict]
+    passed: bool
+    n_excluded: int
+
+
+def run_comparison(
+    inference_run: Path,
+    reference_path: Path,
+    protocol_path: Path,
+    runs_dir: Path | None = None,
+    *,
+    reference: ReferenceData | None = None,
+    protocol: Protocol | None = None,
+) -> ComparisonResult:
+    inference_run = Path(inference_run)
+    record = read_run_record(inference_run)
+    if record.get("kind") != "inference":
+        raise WbcvError(
+            f"{inference_run}: not an inference run (kind {record.get('kind')!r}); give the run of `wbcv infer`"
+        )
+    protocol = protocol or load_protocol(protocol_path)
+    reference = reference or read_reference(reference_path)
+    counts = pl.read_parquet(inference_run / COUNTS_FILE)
+    result = compare(counts, reference, protocol)
+    verdicts, stats = decide(result.table, protocol)
+    passed = overall(verdicts)
+
+    runs_dir = Path(runs_dir) if runs_dir is not None else inference_run.parent
+    inputs = {
+        "inference_run": {
+            "run_id": record["run_id"],
+            "path": str(inference_run.resolve()),
+            "record_sha256": sha256_file(inference_run / RUN_RECORD),
+            "model": record["model"],
+        },
+        "reference": {
+            "path": str(Path(reference_path).resolve()),
+            "sha256": sha256_file(Path(reference_path)),
+            "format": reference.format,
+            "encoding": reference.encoding,
+        },
+        "protocol": {
+            "path": str(Path(protocol_path).resolve()),
+            "sha256": sha256_file(Path(protocol_path)),
+            "id": protocol.id,
+            "version": protocol.version,
+        },
+    }
+    key = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+    created = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    run_id = f"{created:%Y%m%dT%H%M%SZ}-compare-{key[:8]}"
+    verdict_doc = {"overall": "pass" if passed else "fail", "measurands": to_jsonable(verdicts)}
+    try:
+        work, _ = WorkingRun.open(runs_dir, key, {"run_id": run_id, "created_utc": created.isoformat()})
+    except AlreadySealed as done:  # pragma: no cover - only after a crash between commit and clean-up
+        return ComparisonResult(done.run_dir, verdicts, passed, result.excluded.height)
+    with work.locked():
+        run_id = work.started["run_id"]
+        full_record = {
+            "kind": "comparison",
+            "created_utc": work.started["created_utc"],
+            "inputs": inputs,
+            "protocol": {
+                "id": protocol.id,
+                "version": protocol.version,
+                "title": protocol.title,
+                "study": protocol.study,
+                "count_mode": protocol.count_mode,
+                "required_coverage": protocol.required_coverage,
+                "basis": protocol.basis,
+                "confidence": protocol.confidence,
+            },
+            "verdict": verdict_doc["overall"],
+            "summary": {
+                "n_samples_run": result.n_samples_run,
+                "n_samples_reference": result.n_samples_reference,
+                "n_values_compared": result.table.height,
+                "n_excluded": result.excluded.height,
+                "n_reference_rows_excluded_by_parser": reference.excluded.height,
+            },
+            "software": software_info(),
+        }
+        excluded = pl.concat(
+            [
+                result.excluded,
+                reference.excluded.select(
+                    "sample_id", pl.lit(None, dtype=pl.String).alias("measurand"), "source_row", "reason"
+                ),
+            ]
+        )
+        run_dir = work.seal(
+            runs_dir,
+            run_id,
+            {COMPARISON_FILE: result.table, EXCLUDED_FILE: excluded, REFERENCE_FILE: reference.table},
+            full_record,
+            {STATISTICS_FILE: stats_document(stats), VERDICT_FILE: verdict_doc},
+        )
+    return ComparisonResult(run_dir, verdicts, passed, excluded.height)
+
+
+def stats_document(stats: dict[str, Any]) -> dict[str, Any]:
+    return to_jsonable(stats)
+
+
+def load_comparison(run_dir: Path) -> dict[str, Any]:
+    record = read_run_record(run_dir)
+    if record.get("kind") != "comparison":
+        raise WbcvError(f"{run_dir}: not a comparison run")
+    return record

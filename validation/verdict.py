@@ -1,0 +1,197 @@
+"""Per-measurand statistics and the acceptance verdict of a comparison.
+
+For every measurand of the protocol, on the values that were not excluded:
+
+* **coverage**: k of n samples within the allowable error (``within_limit`` of the comparison
+  table, which already applies the absolute limit for low values), with its Clopper–Pearson CI;
+* **coverage error**: the |error %| that covers the required fraction of samples (the blue line of
+  the verification plot), with a bootstrap CI; samples judged on an absolute limit with a zero
+  reference have no relative error and are left out of this figure only;
+* **sampling floor**: the mean over samples of the probability that counting alone keeps the
+  error within the limit (``validation.sampling``), i.e. the coverage a perfect classifier would
+  be expected to reach on this batch;
+* method comparison: Bland–Altman (absolute and percent), Passing–Bablok with the CUSUM test,
+  Deming, OLS, Lin's CCC, Pearson and Spearman, and bias at the protocol's decision levels.
+
+Verdict of a measurand: the coverage (``basis: point_estimate``) or its Clopper–Pearson lower
+bound (``basis: lower_bound``) must reach ``required_coverage``. The reason states the numbers;
+a failure is attributed to counting when the sampling floor itself is below the requirement.
+Overall: every measurand passes, and at least one value was compared.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from validation import agreement, regression
+from validation.protocol import Protocol
+
+
+@dataclass(frozen=True)
+class MeasurandVerdict:
+    measurand: str
+    n: int
+    n_within: int
+    coverage: float | None
+    coverage_lower: float | None
+    coverage_upper: float | None
+    required_coverage: float
+    basis: str
+    allowable_error_pct: float
+    absolute_limit: float | None
+    coverage_error_pct: float | None  # the error covering required_coverage of samples
+    sampling_floor: float | None  # expected coverage of a perfect classifier on this batch
+    passed: bool
+    reason: str
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Dataclasses, tuples, numpy scalars and NaN into plain JSON values (NaN -> null)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def _attempt(fn: Callable[[], Any]) -> Any:
+    """A statistic that cannot be computed on these data (too few points, no spread) is reported
+    with the reason instead of stopping the whole comparison."""
+    try:
+        return to_jsonable(fn())
+    except (ValueError, ZeroDivisionError, np.linalg.LinAlgError) as e:
+        return {"not_computed": str(e)}
+
+
+def measurand_statistics(rows: pl.DataFrame, protocol: Protocol, measurand: str) -> dict[str, Any]:
+    ref, pred = rows["reference"].to_numpy(), rows["predicted"].to_numpy()
+    errors = rows["error_pct"].drop_nulls().to_numpy()
+    levels = protocol.decision_levels.get(measurand, ())
+    alpha = 1 - protocol.confidence
+    out: dict[str, Any] = {
+        "coverage_error": _attempt(
+            lambda: agreement.coverage_error(errors, protocol.required_coverage, confidence=protocol.confidence)
+        ),
+        "bland_altman_absolute": _attempt(lambda: agreement.bland_altman(pred, ref, "absolute", protocol.confidence)),
+        "bland_altman_percent": _attempt(lambda: agreement.bland_altman(pred, ref, "percent", protocol.confidence)),
+        "passing_bablok": _attempt(lambda: regression.passing_bablok(ref, pred, alpha)),
+        "deming": _attempt(lambda: regression.deming(ref, pred, 1.0, alpha)),
+        "ols": _attempt(lambda: regression.ols(ref, pred, alpha)),
+        "lins_ccc": _attempt(lambda: agreement.lins_ccc(ref, pred, protocol.confidence)),
+        "pearson": _attempt(lambda: agreement.pearson(ref, pred, protocol.confidence)),
+        "spearman": _attempt(lambda: agreement.spearman(ref, pred, protocol.confidence)),
+    }
+    if levels:
+        out["bias_at_decision_levels"] = {
+            "passing_bablok": _attempt(lambda: regression.passing_bablok(ref, pred, alpha).bias_at(levels)),
+            "deming": _attempt(lambda: regression.deming(ref, pred, 1.0, alpha).bias_at(levels)),
+        }
+    return out
+
+
+def decide(table: pl.DataFrame, protocol: Protocol) -> tuple[list[MeasurandVerdict], dict[str, Any]]:
+    """Verdict and statistics per measurand, in protocol order."""
+    verdicts: list[MeasurandVerdict] = []
+    stats: dict[str, Any] = {}
+    for name, rule in protocol.measurands.items():
+        rows = table.filter(pl.col("measurand") == name)
+        n = rows.height
+        common = {
+            "measurand": name,
+            "n": n,
+            "required_coverage": protocol.required_coverage,
+            "basis": protocol.basis,
+            "allowable_error_pct": rule.allowable_error_pct,
+            "absolute_limit": rule.absolute_limit,
+        }
+        if n == 0:
+            verdicts.append(
+                MeasurandVerdict(
+                    **common,
+                    n_within=0,
+                    coverage=None,
+                    coverage_lower=None,
+                    coverage_upper=None,
+                    coverage_error_pct=None,
+                    sampling_floor=None,
+                    passed=False,
+                    reason="no sample could be compared (see the excluded list)",
+                )
+            )
+            continue
+        k = int(rows["within_limit"].sum())
+        ci = agreement.clopper_pearson(k, n, protocol.confidence)
+        floor_values = rows["counting_coverage"].drop_nulls()
+        floor = float(floor_values.mean()) if floor_values.len() == n else None  # type: ignore[arg-type]
+        st = measurand_statistics(rows, protocol, name)
+        stats[name] = st
+        ce = st["coverage_error"].get("error_pct") if isinstance(st["coverage_error"], dict) else None
+        judged = ci.estimate if protocol.basis == "point_estimate" else ci.lower
+        passed = judged >= protocol.required_coverage
+        limit = f"±{rule.allowable_error_pct:g} %" + (
+            f" or ±{rule.absolute_limit:g} (absolute)" if rule.absolute_limit is not None else ""
+        )
+        what = "observed coverage" if protocol.basis == "point_estimate" else "lower confidence bound of the coverage"
+        reason = (
+            f"{k} of {n} samples within {limit}: coverage {100 * ci.estimate:.1f} % "
+            f"({100 * protocol.confidence:g} % CI {100 * ci.lower:.1f}–{100 * ci.upper:.1f} %); "
+            f"{what} {100 * judged:.1f} % {'≥' if passed else '<'} required {100 * protocol.required_coverage:g} %"
+        )
+        if not passed and floor is not None:
+            if floor < protocol.required_coverage:
+                reason += (
+                    f"; even a perfect classifier would be expected to reach only {100 * floor:.1f} % with these "
+                    "cell counts (sampling floor): count more cells per slide"
+                )
+            else:
+                reason += f"; the sampling floor is {100 * floor:.1f} %, so the shortfall is the classifier's"
+        verdicts.append(
+            MeasurandVerdict(
+                **common,
+                n_within=k,
+                coverage=ci.estimate,
+                coverage_lower=ci.lower,
+                coverage_upper=ci.upper,
+                coverage_error_pct=ce,
+                sampling_floor=floor,
+                passed=passed,
+                reason=reason,
+            )
+        )
+    return verdicts, stats
+
+
+def overall(verdicts: list[MeasurandVerdict]) -> bool:
+    return bool(verdicts) and all(v.passed for v in verdicts)
+
+
+def format_verdicts(verdicts: list[MeasurandVerdict]) -> str:
+    head = f"{'measurand':<10} {'n':>5} {'within':>7} {'coverage':>9} {'95% CI':>15} {'E95 %':>7} {'floor':>7}  verdict"
+    lines = [head, "-" * len(head)]
+    for v in verdicts:
+        cov = "-" if v.coverage is None else f"{100 * v.coverage:.1f} %"
+        ci = "-" if v.coverage_lower is None else f"{100 * v.coverage_lower:.1f}–{100 * v.coverage_upper:.1f} %"  # type: ignore[operator]
+        e95 = "-" if v.coverage_error_pct is None else f"{v.coverage_error_pct:.1f}"
+        floor = "-" if v.sampling_floor is None else f"{100 * v.sampling_floor:.1f} %"
+        lines.append(
+            f"{v.measurand:<10} {v.n:>5} {v.n_within:>7} {cov:>9} {ci:>15} {e95:>7} {floor:>7}  "
+            f"{'PASS' if v.passed else 'FAIL'}"
+        )
+    lines.append("")
+    lines += [f"{v.measurand}: {v.reason}" for v in verdicts]
+    lines.append("")
+    lines.append(f"OVERALL: {'PASS' if overall(verdicts) else 'FAIL'}")
+    return "\n".join(lines)
