@@ -16,6 +16,7 @@ from wbcv import __version__
 
 EXIT_OK = 0
 EXIT_INPUT_ERROR = 2
+EXIT_FAILED_ACCEPTANCE = 3
 EXIT_INTERRUPTED = 130
 
 
@@ -29,7 +30,8 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def cmd_infer(args: argparse.Namespace) -> int:
+def _infer(args: argparse.Namespace) -> Path:
+    """Shared by `infer` and `run`: classify the batch, print the summary, return the run."""
     from inference.artifact import load_artifact
     from inference.runner import InferenceParams, run_inference
     from inference.slideset import read_slide_set
@@ -65,7 +67,44 @@ def cmd_infer(args: argparse.Namespace) -> int:
     if s["n_skipped_cells"] or s["n_unlisted_folders"]:
         print(f"  skipped files and folders, with reasons: {result.run_dir / 'skipped.parquet'}")
     print(f"  {result.run_dir}")
+    return result.run_dir
+
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    _infer(args)
     return EXIT_OK
+
+
+def _print_comparison(result: object) -> int:
+    from validation.study import ComparisonResult
+    from validation.verdict import format_verdicts
+
+    assert isinstance(result, ComparisonResult)
+    print(format_verdicts(result.verdicts))
+    print(
+        f"comparison run: {result.run_dir} ({result.n_excluded} excluded sample(s)/value(s), with reasons, "
+        "in excluded.parquet)"
+    )
+    return EXIT_OK if result.passed else EXIT_FAILED_ACCEPTANCE
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from validation.study import run_comparison
+
+    return _print_comparison(run_comparison(args.run_dir, args.reference, args.protocol, args.out))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from validation.protocol import load_protocol
+    from validation.reference import read_reference
+    from validation.study import run_comparison
+
+    # Check the protocol and the reference before spending time on inference.
+    protocol = load_protocol(args.protocol)
+    reference = read_reference(args.reference)
+    run_dir = _infer(args)
+    result = run_comparison(run_dir, args.reference, args.protocol, args.out, reference=reference, protocol=protocol)
+    return _print_comparison(result)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -111,6 +150,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"wbcv {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
+    def infer_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("batch_dir", type=Path, metavar="BATCH_DIR")
+        p.add_argument("--model", help="model artifact directory or bundled model name (default: the bundled default)")
+        p.add_argument(
+            "--out", type=Path, default=Path("runs"), metavar="RUNS_DIR", help="where runs go (default: ./runs)"
+        )
+        p.add_argument("--workers", type=_positive_int, help="threads that decode and classify (default: one per core)")
+        p.add_argument("--threads-per-worker", type=_positive_int, help="torch threads of each worker (default: 1)")
+        p.add_argument("--chunk-size", type=_positive_int, help="cells per forward pass (default: 256)")
+        p.add_argument("--max-image-pixels", type=_positive_int, help="refuse larger images (default: 4096*4096)")
+        p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
     p = sub.add_parser(
         "infer",
         help="classify every cell of a batch of slide sets into a new run",
@@ -122,15 +173,39 @@ def build_parser() -> argparse.ArgumentParser:
             "cell images per sample. An interrupted run resumes when the same command is run again."
         ),
     )
-    p.add_argument("batch_dir", type=Path, metavar="BATCH_DIR")
-    p.add_argument("--model", help="model artifact directory or bundled model name (default: the bundled default)")
-    p.add_argument("--out", type=Path, default=Path("runs"), metavar="RUNS_DIR", help="where runs go (default: ./runs)")
-    p.add_argument("--workers", type=_positive_int, help="threads that decode and classify (default: one per core)")
-    p.add_argument("--threads-per-worker", type=_positive_int, help="torch threads of each worker (default: 1)")
-    p.add_argument("--chunk-size", type=_positive_int, help="cells per forward pass (default: 256)")
-    p.add_argument("--max-image-pixels", type=_positive_int, help="refuse larger images (default: 4096*4096)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    infer_options(p)
     p.set_defaults(func=cmd_infer)
+
+    compare_help = (
+        "Exit status 0 when every measurand passes, 3 when the comparison completed but failed acceptance, "
+        "2 for input errors."
+    )
+    p = sub.add_parser(
+        "compare",
+        help="compare a finished inference run with reference counts under a validation protocol",
+        description=(
+            "Join the run's per-sample counts to the reference (Sysmex XN export or plain CSV), compute per-sample "
+            "errors, method-comparison statistics and the acceptance verdict of the protocol (YAML), print the "
+            "verdict table and write a comparison run record. " + compare_help
+        ),
+    )
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    p.add_argument("--reference", type=Path, required=True, metavar="REF.csv")
+    p.add_argument("--protocol", type=Path, required=True, metavar="P.yaml")
+    p.add_argument(
+        "--out", type=Path, metavar="RUNS_DIR", help="where the comparison run goes (default: beside RUN_DIR)"
+    )
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser(
+        "run",
+        help="infer + compare in one command: a whole validation batch",
+        description="Classify the batch (as `wbcv infer`) and compare it (as `wbcv compare`). " + compare_help,
+    )
+    infer_options(p)
+    p.add_argument("--reference", type=Path, required=True, metavar="REF.csv")
+    p.add_argument("--protocol", type=Path, required=True, metavar="P.yaml")
+    p.set_defaults(func=cmd_run)
 
     p = sub.add_parser(
         "train",
