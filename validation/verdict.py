@@ -10,6 +10,8 @@ For every measurand of the protocol, on the values that were not excluded:
 * **sampling floor**: the mean over samples of the probability that counting alone keeps the
   error within the limit (``validation.sampling``), i.e. the coverage a perfect classifier would
   be expected to reach on this batch;
+* **sample-size planning**: how many samples would show the criterion at the lower confidence
+  bound if the true coverage were the observed one (``validation.sampling.samples_needed``);
 * method comparison: Bland–Altman (absolute and percent), Passing–Bablok with the CUSUM test,
   Deming, OLS, Lin's CCC, Pearson and Spearman, and bias at the protocol's decision levels.
 
@@ -30,7 +32,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from validation import agreement, regression
+from validation import agreement, regression, sampling
 from validation.protocol import Protocol
 
 
@@ -137,6 +139,15 @@ def decide(table: pl.DataFrame, protocol: Protocol) -> tuple[list[MeasurandVerdi
         floor_values = rows["counting_coverage"].drop_nulls()
         floor = float(floor_values.mean()) if floor_values.len() == n else None  # type: ignore[arg-type]
         st = measurand_statistics(rows, protocol, name)
+        # Planning: if the true coverage were what this batch shows, how many samples would show
+        # the criterion at the Clopper-Pearson lower bound? (Undefined when it is not above the requirement.)
+        st["samples_needed_at_observed_coverage"] = _attempt(
+            lambda: sampling.samples_needed(
+                expected_coverage=ci.estimate,
+                required_coverage=protocol.required_coverage,
+                confidence=protocol.confidence,
+            )
+        )
         stats[name] = st
         ce = st["coverage_error"].get("error_pct") if isinstance(st["coverage_error"], dict) else None
         judged = ci.estimate if protocol.basis == "point_estimate" else ci.lower
