@@ -142,8 +142,8 @@ def decide(table: pl.DataFrame, protocol: Protocol) -> tuple[list[MeasurandVerdi
         # Planning: if the true coverage were what this batch shows, how many samples would show
         # the criterion at the Clopper-Pearson lower bound? (Undefined when it is not above the requirement.)
         st["samples_needed_at_observed_coverage"] = _attempt(
-            lambda: sampling.samples_needed(
-                expected_coverage=ci.estimate,
+            lambda observed=ci.estimate: sampling.samples_needed(
+                expected_coverage=observed,
                 required_coverage=protocol.required_coverage,
                 confidence=protocol.confidence,
             )
