@@ -49,7 +49,8 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from PIL import Image
 
-from inference.artifact import InputSpec, make_card, save_artifact
+from inference.artifact import CARD_FILE, InputSpec, make_card, save_artifact
+from inference.atomic import atomic_write_bytes
 from inference.augment import AugmentConfig, augment
 from inference.combine import Calibration, Thresholds, calibrated_scores, combine
 from inference.decode import CellRejected, decode_cell
@@ -439,9 +440,6 @@ def _cpu_name() -> str:
 
 def update_card(model_dir: Path, key: str, value: Any) -> None:
     """Add a section (metrics, ablation, stress test) to a card; the weights hash is untouched."""
-    from inference.artifact import CARD_FILE
-    from inference.atomic import atomic_write_bytes
-
     card = json.loads((model_dir / CARD_FILE).read_text())
     card[key] = value
     atomic_write_bytes(model_dir / CARD_FILE, (json.dumps(card, indent=2) + "\n").encode())

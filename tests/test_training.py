@@ -111,3 +111,37 @@ def test_evaluate_reports_out_of_scope_cells_separately(trained, library, tmp_pa
     assert r.returncode == 0, r.stderr
     assert "balanced accuracy" in r.stdout and "out-of-scope labels" in r.stdout
     assert list(json.loads(out.read_text())) == list(EVALUATION_KEYS)
+
+
+def test_wbcv_train_command_trains_and_qualifies(library, tmp_path):
+    out = tmp_path / "cli-model"
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "wbcv.cli",
+            "train",
+            "--cells",
+            str(library),
+            "--out",
+            str(out),
+            "--epochs",
+            "1",
+            "--limit-per-class",
+            "12",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr
+    card = json.loads((out / "model.json").read_text())
+    assert card["metrics"]["split"] == "test" and "ablation" in card and "stress_test" in card
+    assert (out / "MODEL_CARD.md").is_file() and "balanced accuracy" in r.stdout
+    r = subprocess.run(
+        [sys.executable, "-m", "wbcv.cli", "train", "--cells", str(tmp_path / "missing"), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 2 and "cell library folder does not exist" in r.stderr and "Traceback" not in r.stderr
