@@ -43,6 +43,7 @@ from inference.artifact import InputSpec, load_artifact, make_card, save_artifac
 from inference.ensemble import WbcEnsembleNet  # noqa: E402
 from inference.library import read_cell_library  # noqa: E402
 from inference.res2net import variant  # noqa: E402
+from inference.runstore import cpu_name  # noqa: E402
 
 
 def measured_peak_gflops(threads: int, n: int = 2048, seconds: float = 3.0) -> float:
@@ -153,7 +154,7 @@ def main() -> None:
         e2e = n_total / wall
         result = {
             "machine": {
-                "cpu": _cpu_name(),
+                "cpu": cpu_name(),
                 "cores": threads,
                 "python": platform.python_version(),
                 "torch": torch.__version__,
@@ -188,16 +189,6 @@ def main() -> None:
         print(f"{k:28s} {v}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 if __name__ == "__main__":

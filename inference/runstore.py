@@ -42,6 +42,17 @@ RUN_RECORD: Final[str] = "run.json"
 INCOMPLETE_PREFIX: Final[str] = ".incomplete-"
 
 
+def cpu_name() -> str:
+    """The processor model, for benchmark and training records."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def software_info() -> dict[str, Any]:
     """Versions of wbcv and the libraries whose arithmetic is in the results, plus the git commit."""
 
@@ -82,6 +93,7 @@ def software_info() -> dict[str, Any]:
         "pillow": version("pillow"),
         "platform": platform.platform(),
         "machine": platform.machine(),
+        "cpu": cpu_name(),
     }
 
 

@@ -58,6 +58,7 @@ from inference.ensemble import EnsembleLogits, WbcEnsembleNet
 from inference.errors import WbcvError
 from inference.library import LabelledCell, read_cell_library
 from inference.res2net import Res2NetConfig, variant
+from inference.runstore import cpu_name
 from inference.taxonomy import CELL_CLASSES, LINEAGE_INDEX_OF_CLASS
 
 SPLIT_FILE = "split.csv"
@@ -406,7 +407,7 @@ def train(
         "training_seconds": round(time.perf_counter() - t_start, 1),
         "machine": {
             "platform": platform.platform(),
-            "processor": _cpu_name(),
+            "processor": cpu_name(),
             "threads": recipe.threads,
             "torch": torch.__version__,
         },
@@ -426,16 +427,6 @@ def train(
     save_artifact(net.eval(), card, out_dir)
     log(f"saved {out_dir} ({training['training_seconds']} s)")
     return out_dir
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def update_card(model_dir: Path, key: str, value: Any) -> None:
