@@ -142,6 +142,24 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    from fixtures.simulator import simulate_study
+    from inference.library import read_cell_library
+
+    samples = simulate_study(
+        read_cell_library(args.cells), args.out, args.samples, args.cells_per_slide, seed=args.seed
+    )
+    patterns = Counter(s.pattern for s in samples)
+    print(
+        f"simulated {len(samples)} samples x {args.cells_per_slide} cells in {args.out}: "
+        + ", ".join(f"{k} {v}" for k, v in patterns.most_common())
+    )
+    print(f"  reference: {args.out / 'XN_SAMPLE.csv'}; truth: {args.out / 'truth.csv'}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wbcv",
@@ -206,6 +224,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", type=Path, required=True, metavar="REF.csv")
     p.add_argument("--protocol", type=Path, required=True, metavar="P.yaml")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "simulate",
+        help="simulate a validation study with known truth from a labelled cell library",
+        description=(
+            "Draw each sample's true differential from a population model (healthy and pathological patterns), "
+            "fill its slide with library images of those classes, and write the slide-set layout, a Sysmex-XN-style "
+            "reference CSV with analyzer imprecision, marks, flags, technical rows and a rerun, and the truth "
+            "(fixtures/simulator.py). Deterministic for a seed."
+        ),
+    )
+    p.add_argument(
+        "--cells", type=Path, required=True, help="labelled library: manifest.csv (path,label) or class folders"
+    )
+    p.add_argument("--samples", type=_positive_int, required=True)
+    p.add_argument("--cells-per-slide", type=_positive_int, required=True)
+    p.add_argument("--out", type=Path, required=True, metavar="BATCH_DIR")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser(
         "train",
