@@ -10,9 +10,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from fixtures.classifiers import counts_table
 from fixtures.slidesets import build_slide_set
-from inference.runner import COUNT_COLUMNS
-from inference.taxonomy import CELL_CLASSES
 from validation.compare import compare
 from validation.protocol import load_protocol
 from validation.reference import read_reference
@@ -24,33 +23,7 @@ HEADER = (
 
 
 def counts_frame(rows: list[dict]) -> pl.DataFrame:
-    """A counts table as `wbcv infer` writes it, from (sample_id, k per class)."""
-    out = []
-    for r in rows:
-        k = {c: r.get(c, 0) for c in CELL_CLASSES}
-        n_cls = sum(k.values())
-        n_unc = r.get("unclassified", 0)
-        out.append(
-            {
-                "sample_id": r["sample_id"],
-                "slide_dir": r["sample_id"],
-                "n_files": n_cls + n_unc,
-                "n_skipped": 0,
-                "n_cells": n_cls + n_unc,
-                "n_classified": n_cls,
-                "n_unclassified": n_unc,
-                **{f"k_{c}": k[c] for c in CELL_CLASSES},
-                **{f"fraction_{c}": (k[c] / n_cls if n_cls else None) for c in CELL_CLASSES},
-                "unclassified_fraction": n_unc / (n_cls + n_unc) if n_cls + n_unc else None,
-                "imaged_volume_ul": r.get("imaged_volume_ul"),
-                "calibration_factor": None,
-                "scanner": None,
-                "date": None,
-                "notes": None,
-                "model_id": "m",
-            }
-        )
-    return pl.DataFrame(out).select(COUNT_COLUMNS)
+    return counts_table(rows, model_id="m")
 
 
 def protocol(tmp_path: Path, body: str, name: str = "protocol.yaml") -> Path:
