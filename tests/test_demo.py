@@ -1,4 +1,4 @@
-"""`make demo`'s computation, small: builds a slide set from real cells and classifies it."""
+"""`make demo`'s computation, small: simulate a study from real cells and run the whole validation."""
 
 from __future__ import annotations
 
@@ -6,11 +6,15 @@ from fixtures.demo import main
 from tests.conftest import PBC_DIR
 
 
-def test_demo_runs_end_to_end_on_real_cells(tmp_path, capsys):
-    rc = main(["--cells", str(PBC_DIR), "--out", str(tmp_path / "demo"), "--samples", "2", "--cells-per-slide", "5"])
+def test_demo_runs_the_whole_validation(tmp_path, capsys):
+    rc = main(["--cells", str(PBC_DIR), "--out", str(tmp_path / "demo"), "--samples", "8", "--cells-per-slide", "40"])
     out = capsys.readouterr().out
     assert rc == 0, out
-    assert "10 cells classified in 2 samples" in out
-    assert "predicted/true cells per class" in out and "S00001" in out
+    assert "OVERALL:" in out and "demo: finished" in out
     runs = [p for p in (tmp_path / "demo" / "runs").iterdir() if not p.name.startswith(".")]
-    assert len(runs) == 1 and (runs[0] / "counts.parquet").is_file()
+    assert len(runs) == 2 and any("-compare-" in p.name for p in runs)
+
+
+def test_demo_without_a_library_says_how_to_give_one(tmp_path, capsys):
+    assert main(["--cells", str(tmp_path / "missing"), "--out", str(tmp_path / "d")]) == 2
+    assert "make demo CELLS=" in capsys.readouterr().err
