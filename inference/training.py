@@ -83,6 +83,7 @@ class Recipe:
     abstention_cost: float = 0.5  # an unclassified cell costs half a wrong call (Chow's rule)
     threads: int = 2
     ema_decay: float = 0.998  # exponential moving average of the weights (and BN buffers) is what ships
+    ema_warmup: bool = False  # decay min(ema_decay, (1+t)/(10+t)): needed for short schedules
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -362,9 +363,18 @@ def train(
     total_steps = steps_per_epoch * recipe.epochs
     opt = torch.optim.AdamW(net.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.lr, total_steps=total_steps, pct_start=0.15)
-    ema = torch.optim.swa_utils.AveragedModel(
-        net, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(recipe.ema_decay), use_buffers=True
-    )
+
+    if recipe.ema_warmup:
+
+        def ema_avg(averaged: torch.Tensor, current: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+            decay = min(recipe.ema_decay, (1 + int(n)) / (10 + int(n)))
+            return decay * averaged + (1 - decay) * current
+
+        ema = torch.optim.swa_utils.AveragedModel(net, avg_fn=ema_avg, use_buffers=True)
+    else:
+        ema = torch.optim.swa_utils.AveragedModel(
+            net, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(recipe.ema_decay), use_buffers=True
+        )
     n_neg_batch = max(1, round(recipe.batch_size * recipe.negatives_fraction))
     n_pos_batch = recipe.batch_size - n_neg_batch
     for epoch in range(recipe.epochs):
