@@ -1,6 +1,6 @@
 # The two commands of the README. Each sets up everything on a fresh machine first.
 #   make test   - lint and the full test suite
-#   make demo   - a small end-to-end run on real cells
+#   make demo   - a whole validation run on a simulated phantom study (CELLS=DIR: real cells)
 # The virtual environment lives in .venv; torch is pinned to the local CPU build first so that
 # installing the project never pulls a multi-GB CUDA build.
 
@@ -9,7 +9,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.wbcv-installed
 TORCH := torch==2.13.0
-CELLS ?= ../shared/data/pbc
+CELLS ?=
 DEMO_OUT ?= demo-out
 
 .PHONY: setup test lint demo bench clean
@@ -30,10 +30,10 @@ test: setup lint
 	$(PY) -m pytest
 
 demo: setup
-	$(PY) -m fixtures.demo --cells $(CELLS) --out $(DEMO_OUT)
+	$(PY) -m fixtures.demo $(if $(CELLS),--cells $(CELLS)) --out $(DEMO_OUT)
 
 bench: setup
-	$(PY) benchmarks/bench_infer.py --cells $(CELLS)
+	$(PY) benchmarks/bench_infer.py $(if $(CELLS),--cells $(CELLS))
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .ruff_cache .hypothesis

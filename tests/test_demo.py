@@ -18,3 +18,12 @@ def test_demo_runs_the_whole_validation(tmp_path, capsys):
 def test_demo_without_a_library_says_how_to_give_one(tmp_path, capsys):
     assert main(["--cells", str(tmp_path / "missing"), "--out", str(tmp_path / "d")]) == 2
     assert "make demo CELLS=" in capsys.readouterr().err
+
+
+def test_demo_without_cells_uses_phantoms_and_the_phantom_model(tmp_path, capsys):
+    rc = main(
+        ["--out", str(tmp_path / "demo"), "--samples", "6", "--cells-per-slide", "120", "--phantoms-per-class", "20"]
+    )
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "phantom cells drawn" in out and "model phantom-res2net-tiny@" in out and "OVERALL:" in out
