@@ -35,11 +35,9 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
-import difflib
 import hashlib
 import io
 import os
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Final
@@ -47,7 +45,7 @@ from typing import Any, Final
 import yaml
 
 from inference.decode import IMAGE_EXTENSIONS
-from inference.errors import WbcvError
+from inference.errors import WbcvError, suggest
 
 MANIFEST_NAMES: Final[tuple[str, ...]] = ("manifest.csv", "manifest.yaml", "manifest.yml")
 CELL_LABELS_NAME: Final[str] = "cell_labels.csv"
@@ -120,12 +118,6 @@ class SlideSet:
             for c in s.cells:
                 h.update(f"{c.rel_path}\0{c.size}\0{c.mtime_ns}\0{c.rejected}\n".encode())
         return h.hexdigest()
-
-
-def suggest(word: str, choices: Iterable[str]) -> str:
-    """' (did you mean 'x'?)' for the closest valid name, or ''."""
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _find_manifest(root: Path) -> Path:

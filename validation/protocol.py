@@ -28,14 +28,13 @@ Only safe YAML loading is used. Every problem names the file and the key path.
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
 
 import yaml
 
-from inference.errors import WbcvError
+from inference.errors import WbcvError, suggest
 from validation.measurands import MEASURANDS
 from validation.reference import MARKS
 
@@ -96,8 +95,7 @@ class _Checker:
     def keys(self, where: str, mapping: dict[str, Any], allowed: tuple[str, ...]) -> None:
         for k in mapping:
             if k not in allowed:
-                close = difflib.get_close_matches(str(k), allowed, n=1, cutoff=0.6)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                hint = suggest(str(k), allowed)
                 self.fail(f"{where}{k}", f"unknown key{hint}; valid keys here: {', '.join(allowed)}")
 
     def mapping(self, key: str, value: Any, required: bool = False) -> dict[str, Any]:
@@ -131,8 +129,7 @@ class _Checker:
 
     def measurand_name(self, key: str, name: Any) -> bool:
         if name not in MEASURANDS:
-            close = difflib.get_close_matches(str(name), list(MEASURANDS), n=1, cutoff=0.5)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            hint = suggest(str(name), MEASURANDS, cutoff=0.5)
             self.fail(key, f"unknown measurand {name!r}{hint}; expected some of {', '.join(MEASURANDS)}")
             return False
         return True
