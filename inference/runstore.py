@@ -28,6 +28,7 @@ import stat
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Final
@@ -204,6 +205,7 @@ class WorkingRun:
         log = self.path / "log.txt"
         if log.exists():
             atomic_write_bytes(staging / "log.txt", log.read_bytes())
+            files["log.txt"] = sha256_file(staging / "log.txt")
         record = {**record, "format": RUN_FORMAT, "run_id": run_id, "files": files}
         atomic_write_json(staging / RUN_RECORD, record)
         for p in staging.iterdir():
@@ -228,6 +230,41 @@ def _remove_tree(path: Path) -> None:
             p.unlink()
     path.chmod(0o755)
     path.rmdir()
+
+
+@dataclass(frozen=True)
+class Verification:
+    """What ``verify_run`` found: files whose content changed, files added, files missing."""
+
+    run_dir: Path
+    record_sha256: str  # sha256 of run.json, the manifest of the run's files
+    changed: tuple[str, ...]
+    added: tuple[str, ...]
+    missing: tuple[str, ...]
+
+    @property
+    def intact(self) -> bool:
+        return not (self.changed or self.added or self.missing)
+
+
+def verify_run(run_dir: Path) -> Verification:
+    """Recompute the sha256 of every file of a sealed run against the ``files`` map of its run.json.
+
+    run.json itself is the manifest: its own sha256 is returned so a report can print it and a
+    reader can check the manifest was not rewritten together with a file.
+    """
+    run_dir = Path(run_dir)
+    record = read_run_record(run_dir)
+    expected: dict[str, str] = record.get("files", {})
+    present = {p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*") if p.is_file()} - {RUN_RECORD}
+    changed = tuple(sorted(n for n in expected if n in present and sha256_file(run_dir / n) != expected[n]))
+    return Verification(
+        run_dir,
+        sha256_file(run_dir / RUN_RECORD),
+        changed,
+        tuple(sorted(present - set(expected))),
+        tuple(sorted(set(expected) - present)),
+    )
 
 
 def read_run_record(run_dir: Path) -> dict[str, Any]:

@@ -114,3 +114,25 @@ def test_sigkill_at_any_moment_then_rerun_gives_identical_outputs(batch, model_d
         assert f"resumed: {done_before} of 10 slides were already done" in r.stdout
     for name in (PREDICTIONS_FILE, COUNTS_FILE, SKIPPED_FILE, INPUTS_FILE):
         assert (finished[0] / name).read_bytes() == (uninterrupted / name).read_bytes(), name
+
+
+def test_verify_names_every_changed_added_or_missing_file(uninterrupted, tmp_path):
+    import shutil
+    import stat as stat_mod
+
+    run = tmp_path / "copy"
+    shutil.copytree(uninterrupted, run)
+    for p in [run, *run.iterdir()]:
+        p.chmod(p.stat().st_mode | stat_mod.S_IWUSR)
+    r = wbcv("verify", str(run))
+    assert r.returncode == 0 and "intact" in r.stdout and "run.json sha256" in r.stdout
+
+    data = bytearray((run / "counts.parquet").read_bytes())
+    data[len(data) // 2] ^= 0x01  # one bit of one byte
+    (run / "counts.parquet").write_bytes(bytes(data))
+    (run / "notes.txt").write_text("added later")
+    (run / "log.txt").unlink()
+    r = wbcv("verify", str(run))
+    assert r.returncode == 4 and "NOT INTACT" in r.stdout
+    assert "changed: counts.parquet" in r.stdout and "added: notes.txt" in r.stdout and "missing: log.txt" in r.stdout
+    assert "predictions.parquet" not in r.stdout

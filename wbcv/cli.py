@@ -1,7 +1,8 @@
 """The ``wbcv`` command line: parses arguments, calls the packages, prints. No logic of its own.
 
 Exit status: 0 success; 2 usage or input error (message, no traceback); 3 the run completed but
-failed acceptance; 130 interrupted (the same command resumes).
+failed acceptance; 4 `wbcv verify` found a changed, added or missing file; 130 interrupted (the
+same command resumes).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from wbcv import __version__
 EXIT_OK = 0
 EXIT_INPUT_ERROR = 2
 EXIT_FAILED_ACCEPTANCE = 3
+EXIT_TAMPERED = 4
 EXIT_INTERRUPTED = 130
 
 
@@ -160,6 +162,18 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    from inference.runstore import verify_run
+
+    v = verify_run(args.run_dir)
+    print(f"run record {v.run_dir}/run.json sha256 {v.record_sha256}")
+    for kind, names in (("changed", v.changed), ("added", v.added), ("missing", v.missing)):
+        for name in names:
+            print(f"{kind}: {name}")
+    print("intact: every file matches its recorded sha256" if v.intact else "NOT INTACT")
+    return EXIT_OK if v.intact else EXIT_TAMPERED
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wbcv",
@@ -224,6 +238,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", type=Path, required=True, metavar="REF.csv")
     p.add_argument("--protocol", type=Path, required=True, metavar="P.yaml")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "verify",
+        help="check that no file of a finished run was changed, added or removed",
+        description=(
+            "Recompute the sha256 of every file in a finished run (inference or comparison) against its run.json "
+            "and name each file that was changed, added or removed; print run.json's own sha256. Exit status 0 "
+            "when intact, 4 otherwise."
+        ),
+    )
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser(
         "simulate",
