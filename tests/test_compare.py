@@ -92,6 +92,10 @@ def test_relative_mode_errors_limits_and_exclusions(tmp_path):
     assert "marked * (low reliability)" in reasons[("G", "NEUT#")]
     # counting-only floor: A has n=100 at p=0.6 and a 10 % limit: P(|k/100 - 0.6| <= 0.06)
     assert 0.7 < t["A"]["counting_coverage"] < 0.85
+    # and the band counting alone fills: n = 100, p = 0.6 gives k from 50 to 69 (binomial 2.5 and
+    # 97.5 % quantiles), i.e. -16.7 % .. +15.0 %
+    assert t["A"]["counting_error_low_pct"] == pytest.approx(-100 / 6, abs=1e-9)
+    assert t["A"]["counting_error_high_pct"] == pytest.approx(15.0, abs=1e-9)
 
 
 def test_zero_reference_without_absolute_limit_is_excluded_with_the_reason(tmp_path):

@@ -419,3 +419,14 @@ INVALID = [
 def test_invalid_input_raises_value_error(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(20, 2000), st.floats(0.02, 0.9))
+def test_counting_error_interval_brackets_zero_and_narrows_with_more_cells(n, p):
+    from validation.sampling import counting_error_interval
+
+    low, high = counting_error_interval(n, p)
+    assert low <= 0 <= high
+    low4, high4 = counting_error_interval(4 * n, p)
+    assert high4 - low4 <= high - low + 1e-9

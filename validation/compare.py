@@ -16,7 +16,7 @@ then has the absolute criterion only, and without A it is excluded with that rea
 
 The sampling floor of a sample (relative mode, class measurands): the probability that counting
 n_classified cells alone keeps the error within the effective limit when the true fraction is the
-reference's (``validation.sampling``).
+reference's, and the central 95 % band of the error counting alone causes (``validation.sampling``).
 
 Nothing is dropped silently: every sample or value left out is in the excluded table with a reason.
 """
@@ -49,6 +49,8 @@ COMPARISON_SCHEMA: Final[dict[str, pl.DataType]] = {
     "n_unclassified": pl.Int64(),
     "reference_fraction": pl.Float64(),
     "counting_coverage": pl.Float64(),  # sampling floor: P(within limit | perfect classifier)
+    "counting_error_low_pct": pl.Float64(),  # central 95 % band of the error counting alone causes
+    "counting_error_high_pct": pl.Float64(),
     "flags": pl.String(),
     "marks": pl.String(),
     "source_row": pl.Int64(),
@@ -270,14 +272,11 @@ def _one_value(
         limit_pct = max(rule.allowable_error_pct, abs_as_pct)
         criterion = "absolute" if abs_as_pct > rule.allowable_error_pct else "relative"
         within = abs(error_pct) <= limit_pct + 1e-12
-    floor = None
-    if (
-        ref_fraction is not None
-        and limit_pct is not None
-        and protocol.count_mode == "relative"
-        and 0 < ref_fraction <= 1
-    ):
-        floor = sampling.counting_coverage(int(c["n_classified"]), ref_fraction, limit_pct)
+    floor = band_low = band_high = None
+    if ref_fraction is not None and protocol.count_mode == "relative" and 0 < ref_fraction <= 1:
+        band_low, band_high = sampling.counting_error_interval(int(c["n_classified"]), ref_fraction)
+        if limit_pct is not None:
+            floor = sampling.counting_coverage(int(c["n_classified"]), ref_fraction, limit_pct)
     return {
         "reference": ref_value,
         "predicted": predicted,
@@ -291,6 +290,8 @@ def _one_value(
         "n_unclassified": c["n_unclassified"],
         "reference_fraction": ref_fraction,
         "counting_coverage": floor,
+        "counting_error_low_pct": band_low,
+        "counting_error_high_pct": band_high,
         "flags": ", ".join(r["flags"]) or None,
         "marks": marks or None,
         "source_row": r["source_row"],

@@ -115,6 +115,21 @@ def counting_error_distribution(n_cells: int, true_fraction: float) -> CountingE
     return CountingErrorDistribution(n, p, k, errors, probs)
 
 
+def counting_error_interval(n_cells: int, true_fraction: float, level: float = 0.95) -> tuple[float, float]:
+    """Central ``level`` interval of the relative counting error, from binomial quantiles.
+
+    (100 (k_lo/n - p)/p, 100 (k_hi/n - p)/p) with k_lo, k_hi the (1 - level)/2 and (1 + level)/2
+    quantiles of Binomial(n, p): the band a perfect classifier's errors would fill on a slide of n
+    cells (the sampling-floor band of the verification plot). n = 200, p = 0.6: about -11 % to +11 %.
+    """
+    n = int(_check_n_cells(n_cells))
+    p = float(_check_fraction(true_fraction))
+    if not 0 < level < 1:
+        raise ValueError(f"level must lie in (0, 1), got {level!r}")
+    lo, hi = stats.binom.ppf([(1 - level) / 2, (1 + level) / 2], n, p)
+    return 100.0 * (lo / n - p) / p, 100.0 * (hi / n - p) / p
+
+
 def _coverage_array(n: np.ndarray, p: np.ndarray, limit: float) -> np.ndarray:
     """P(|K/n − p| <= limit/100 · p) for K ~ Bin(n, p), elementwise, from the binomial CDF.
 
