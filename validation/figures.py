@@ -1,0 +1,191 @@
+"""Plotly figure builders: the single definition of every plot, for the report and the dashboard.
+
+``verification_plot`` is the source study's verification plot: error % (y) against the reference
+count (x), one point per sample; red dotted lines at ±the allowable error; blue dotted lines at
+±the error that covers the required fraction of samples; and, as grey vertical bars, each
+sample's sampling-floor band (the central 95 % of the error that counting its cells alone would
+cause, ``validation.sampling.counting_error_interval``). ``bland_altman_plot`` and
+``regression_plot`` draw the method-comparison results stored in statistics.json.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import plotly.graph_objects as go
+import polars as pl
+
+from validation.measurands import MEASURANDS
+
+LIMIT_COLOUR: Final[str] = "#d62728"  # red, as in the source study
+COVERAGE_COLOUR: Final[str] = "#1f4fd6"  # blue
+POINT_COLOUR: Final[str] = "#333333"
+FLOOR_COLOUR: Final[str] = "rgba(128,128,128,0.35)"
+
+
+def _hline(name: str, y: float, x0: float, x1: float, colour: str, group: str, show: bool) -> go.Scatter:
+    return go.Scatter(
+        x=[x0, x1],
+        y=[y, y],
+        mode="lines",
+        name=name,
+        legendgroup=group,
+        showlegend=show,
+        line={"color": colour, "dash": "dot", "width": 2},
+        hoverinfo="name",
+    )
+
+
+def verification_plot(
+    rows: pl.DataFrame,
+    measurand: str,
+    limit_pct: float,
+    coverage_error_pct: float | None,
+    required_coverage: float = 0.95,
+    show_floor_band: bool = True,
+    webgl: bool = False,
+) -> go.Figure:
+    """The verification plot of one measurand from comparison-table rows (``validation.compare``)."""
+    m = MEASURANDS[measurand]
+    data = rows.filter((pl.col("measurand") == measurand) & pl.col("error_pct").is_not_null())
+    x = data["reference"].to_list()
+    x0, x1 = (min(x), max(x)) if x else (0.0, 1.0)
+    pad = 0.03 * (x1 - x0 or 1.0)
+    x0, x1 = x0 - pad, x1 + pad
+    fig = go.Figure()
+    if show_floor_band and data.height and data["counting_error_low_pct"].null_count() < data.height:
+        band = data.drop_nulls("counting_error_low_pct")
+        xs: list[float | None] = []
+        ys: list[float | None] = []
+        for ref, lo, hi in band.select("reference", "counting_error_low_pct", "counting_error_high_pct").iter_rows():
+            xs += [ref, ref, None]
+            ys += [lo, hi, None]
+        fig.add_trace(
+            go.Scatter(
+                x=xs,
+                y=ys,
+                mode="lines",
+                name="sampling floor (95 % counting band)",
+                line={"color": FLOOR_COLOUR, "width": 4},
+                hoverinfo="skip",
+            )
+        )
+    scatter = go.Scattergl if webgl else go.Scatter
+    fig.add_trace(
+        scatter(
+            x=x,
+            y=data["error_pct"].to_list(),
+            mode="markers",
+            name="samples",
+            marker={"color": POINT_COLOUR, "size": 7, "opacity": 0.8},
+            customdata=data.select("sample_id", "predicted", "n_classified", "flags").rows(),
+            hovertemplate=(
+                "sample %{customdata[0]}<br>reference %{x:.3g}<br>predicted %{customdata[1]:.3g}<br>"
+                "error %{y:.1f} %<br>cells counted %{customdata[2]}<br>flags %{customdata[3]}<extra></extra>"
+            ),
+        )
+    )
+    for sign in (1, -1):
+        fig.add_trace(
+            _hline(f"±{limit_pct:g} % allowable error", sign * limit_pct, x0, x1, LIMIT_COLOUR, "limit", sign == 1)
+        )
+    if coverage_error_pct is not None:
+        for sign in (1, -1):
+            fig.add_trace(
+                _hline(
+                    f"±{coverage_error_pct:.1f} % covers {100 * required_coverage:g} % of samples",
+                    sign * coverage_error_pct,
+                    x0,
+                    x1,
+                    COVERAGE_COLOUR,
+                    "coverage",
+                    sign == 1,
+                )
+            )
+    fig.update_layout(
+        title=f"{measurand}: error against reference ({data.height} samples)",
+        xaxis_title=f"reference {measurand} ({m.unit})",
+        yaxis_title="error (%)",
+        template="plotly_white",
+        legend={"orientation": "h", "y": -0.2},
+    )
+    return fig
+
+
+def bland_altman_plot(rows: pl.DataFrame, measurand: str, stats: dict[str, Any] | None) -> go.Figure:
+    """Differences (test - reference) against the pair means, with bias and limits of agreement."""
+    data = rows.filter(pl.col("measurand") == measurand)
+    mean = ((data["predicted"] + data["reference"]) / 2).to_list()
+    fig = go.Figure(
+        go.Scatter(
+            x=mean,
+            y=data["difference"].to_list(),
+            mode="markers",
+            name="samples",
+            marker={"color": POINT_COLOUR, "size": 6},
+            text=data["sample_id"].to_list(),
+        )
+    )
+    if stats and "bias" in stats and mean:
+        x0, x1 = min(mean), max(mean)
+        fig.add_trace(
+            go.Scatter(
+                x=[x0, x1],
+                y=[stats["bias"]] * 2,
+                mode="lines",
+                name=f"bias {stats['bias']:.3g}",
+                line={"color": COVERAGE_COLOUR},
+            )
+        )
+        for key, label in (("loa_lower", "lower"), ("loa_upper", "upper")):
+            fig.add_trace(
+                go.Scatter(
+                    x=[x0, x1],
+                    y=[stats[key]] * 2,
+                    mode="lines",
+                    name=f"{label} limit of agreement {stats[key]:.3g}",
+                    line={"color": LIMIT_COLOUR, "dash": "dash"},
+                )
+            )
+    fig.update_layout(
+        title=f"{measurand}: Bland–Altman",
+        xaxis_title="mean of test and reference",
+        yaxis_title="test − reference",
+        template="plotly_white",
+    )
+    return fig
+
+
+def regression_plot(rows: pl.DataFrame, measurand: str, fit: dict[str, Any] | None, label: str) -> go.Figure:
+    """Test against reference with the identity line and a fitted regression line."""
+    data = rows.filter(pl.col("measurand") == measurand)
+    x, y = data["reference"].to_list(), data["predicted"].to_list()
+    fig = go.Figure(
+        go.Scatter(
+            x=x,
+            y=y,
+            mode="markers",
+            name="samples",
+            marker={"color": POINT_COLOUR, "size": 6},
+            text=data["sample_id"].to_list(),
+        )
+    )
+    if x:
+        lo, hi = min(x), max(x)
+        fig.add_trace(
+            go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", name="identity", line={"color": "#999999", "dash": "dot"})
+        )
+        if fit and "slope" in fit:
+            fig.add_trace(
+                go.Scatter(
+                    x=[lo, hi],
+                    y=[fit["intercept"] + fit["slope"] * lo, fit["intercept"] + fit["slope"] * hi],
+                    mode="lines",
+                    name=f"{label}: y = {fit['intercept']:.3g} + {fit['slope']:.3g} x",
+                    line={"color": COVERAGE_COLOUR},
+                )
+            )
+    fig.update_layout(
+        title=f"{measurand}: {label} regression", xaxis_title="reference", yaxis_title="test", template="plotly_white"
+    )
+    return fig
