@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -49,3 +51,8 @@ def write_test_artifact(out_dir: Path, seed: int = 0, norm: str = "batch", name:
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_test_artifact(tmp_path_factory.mktemp("model") / "test-untrained")
+
+
+def run_wbcv(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """The command line as a user runs it: a fresh process, output captured."""
+    return subprocess.run([sys.executable, "-m", "wbcv.cli", *args], capture_output=True, text=True, timeout=timeout)

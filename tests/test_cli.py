@@ -12,10 +12,9 @@ import pytest
 
 from fixtures.slidesets import build_slide_set
 from inference.runner import COUNTS_FILE, INPUTS_FILE, PREDICTIONS_FILE, SKIPPED_FILE
+from tests.conftest import run_wbcv
 
-
-def wbcv(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "wbcv.cli", *args], capture_output=True, text=True, timeout=timeout)
+wbcv = run_wbcv
 
 
 @pytest.fixture(scope="module")

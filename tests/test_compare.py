@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import polars as pl
@@ -12,6 +10,7 @@ import pytest
 
 from fixtures.classifiers import counts_table
 from fixtures.slidesets import build_slide_set
+from tests.conftest import run_wbcv
 from validation.compare import compare
 from validation.protocol import load_protocol
 from validation.reference import read_reference
@@ -43,12 +42,20 @@ def test_relative_mode_errors_limits_and_exclusions(tmp_path):
         [
             {"sample_id": "A", "neutrophil": 60, "lymphocyte": 40},  # f_N = 0.60
             {"sample_id": "B", "neutrophil": 50, "lymphocyte": 50},  # f_N = 0.50
-            {"sample_id": "C", "neutrophil": 1, "lymphocyte": 99},  # low count: absolute limit decides
+            {
+                "sample_id": "C",
+                "neutrophil": 1,
+                "lymphocyte": 99,
+            },  # low count: absolute limit decides
             {"sample_id": "D", "neutrophil": 30, "lymphocyte": 20},  # too few cells (50 < 80)
             {"sample_id": "E", "neutrophil": 60, "lymphocyte": 40},  # flagged
             {"sample_id": "F", "neutrophil": 60, "lymphocyte": 40},  # not in the reference
             {"sample_id": "G", "neutrophil": 60, "lymphocyte": 40},  # marked value
-            {"sample_id": "Z", "neutrophil": 0, "lymphocyte": 100},  # reference 0, absolute limit applies
+            {
+                "sample_id": "Z",
+                "neutrophil": 0,
+                "lymphocyte": 100,
+            },  # reference 0, absolute limit applies
         ]
     )
     ref = read_reference(
@@ -101,7 +108,11 @@ def test_relative_mode_errors_limits_and_exclusions(tmp_path):
 def test_zero_reference_without_absolute_limit_is_excluded_with_the_reason(tmp_path):
     counts = counts_frame([{"sample_id": "Z", "lymphocyte": 100}])
     ref = read_reference(reference(tmp_path, ["Z,2026/01/01,08:00,5.00,0.00,,0.0,5.0,0.00,"]))
-    result = compare(counts, ref, load_protocol(protocol(tmp_path, "measurands: {NEUT%: {allowable_error_pct: 10}}\n")))
+    result = compare(
+        counts,
+        ref,
+        load_protocol(protocol(tmp_path, "measurands: {NEUT%: {allowable_error_pct: 10}}\n")),
+    )
     assert result.table.height == 0
     assert "reference is 0: the relative error is undefined" in result.excluded["reason"][0]
 
@@ -121,7 +132,12 @@ def test_rerun_rule(tmp_path, rule, kept_row, n_excluded):
     result = compare(
         counts,
         ref,
-        load_protocol(protocol(tmp_path, f"measurands: {{NEUT#: {{allowable_error_pct: 10}}}}\nrerun_rule: {rule}\n")),
+        load_protocol(
+            protocol(
+                tmp_path,
+                f"measurands: {{NEUT#: {{allowable_error_pct: 10}}}}\nrerun_rule: {rule}\n",
+            )
+        ),
     )
     assert result.excluded.height == n_excluded
     if kept_row is None:
@@ -164,7 +180,11 @@ def test_missing_reference_column_is_an_input_error(tmp_path):
     from inference.errors import WbcvError
 
     with pytest.raises(WbcvError, match="needs column"):
-        compare(counts, ref, load_protocol(protocol(tmp_path, "measurands: {MONO#: {allowable_error_pct: 10}}\n")))
+        compare(
+            counts,
+            ref,
+            load_protocol(protocol(tmp_path, "measurands: {MONO#: {allowable_error_pct: 10}}\n")),
+        )
 
 
 def test_verdict_point_estimate_versus_lower_bound(tmp_path):
@@ -203,27 +223,23 @@ def test_wbcv_run_end_to_end_on_real_cells(tmp_path, pbc_cells, model_dir):
             f"{5 * f['lymphocyte']:.2f},0.01,"
         )
     ref = reference(tmp_path, rows)
-    proto = protocol(tmp_path, "measurands: {NEUT#: {allowable_error_pct: 10}, NEUT%: {allowable_error_pct: 10}}\n")
+    proto = protocol(
+        tmp_path,
+        "measurands: {NEUT#: {allowable_error_pct: 10}, NEUT%: {allowable_error_pct: 10}}\n",
+    )
     runs = tmp_path / "runs"
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "wbcv.cli",
-            "run",
-            str(batch),
-            "--model",
-            str(model_dir),
-            "--out",
-            str(runs),
-            "--reference",
-            str(ref),
-            "--protocol",
-            str(proto),
-            "--no-progress",
-        ],
-        capture_output=True,
-        text=True,
+    r = run_wbcv(
+        "run",
+        str(batch),
+        "--model",
+        str(model_dir),
+        "--out",
+        str(runs),
+        "--reference",
+        str(ref),
+        "--protocol",
+        str(proto),
+        "--no-progress",
         timeout=300,
     )
     # An untrained model fails acceptance: the run completes and says so with exit status 3.
@@ -239,40 +255,20 @@ def test_wbcv_run_end_to_end_on_real_cells(tmp_path, pbc_cells, model_dir):
 
     # bad inputs: exit 2, a message naming the file and the key, no traceback
     bad = protocol(
-        tmp_path, "measurands: {NEUT#: {allowable_error_pct: 10}}\nacceptance: {required_coverage: 1.5}\n", "bad.yaml"
+        tmp_path,
+        "measurands: {NEUT#: {allowable_error_pct: 10}}\nacceptance: {required_coverage: 1.5}\n",
+        "bad.yaml",
     )
     inference_run = next(p for p in runs.iterdir() if "-compare-" not in p.name)
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "wbcv.cli",
-            "compare",
-            str(inference_run),
-            "--reference",
-            str(ref),
-            "--protocol",
-            str(bad),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    r = run_wbcv("compare", str(inference_run), "--reference", str(ref), "--protocol", str(bad), timeout=120)
     assert r.returncode == 2 and "acceptance.required_coverage: is 1.5" in r.stderr and "Traceback" not in r.stderr
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "wbcv.cli",
-            "compare",
-            str(inference_run),
-            "--reference",
-            str(tmp_path / "nope.csv"),
-            "--protocol",
-            str(proto),
-        ],
-        capture_output=True,
-        text=True,
+    r = run_wbcv(
+        "compare",
+        str(inference_run),
+        "--reference",
+        str(tmp_path / "nope.csv"),
+        "--protocol",
+        str(proto),
         timeout=120,
     )
     assert r.returncode == 2 and "nope.csv" in r.stderr and "Traceback" not in r.stderr

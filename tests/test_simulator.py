@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import subprocess
-import sys
 from pathlib import Path
 
 import polars as pl
@@ -78,27 +76,20 @@ def test_refuses_a_non_empty_output_folder_and_missing_classes(study, pbc_cells)
 
 
 def test_simulate_command(tmp_path):
-    from tests.conftest import PBC_DIR
+    from tests.conftest import PBC_DIR, run_wbcv
 
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "wbcv.cli",
-            "simulate",
-            "--cells",
-            str(PBC_DIR),
-            "--samples",
-            "3",
-            "--cells-per-slide",
-            "10",
-            "--out",
-            str(tmp_path / "s"),
-            "--seed",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
+    r = run_wbcv(
+        "simulate",
+        "--cells",
+        str(PBC_DIR),
+        "--samples",
+        "3",
+        "--cells-per-slide",
+        "10",
+        "--out",
+        str(tmp_path / "s"),
+        "--seed",
+        "1",
         timeout=300,
     )
     assert r.returncode == 0, r.stderr

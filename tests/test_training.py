@@ -7,8 +7,6 @@ import csv
 import dataclasses
 import json
 import shutil
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -18,6 +16,7 @@ from inference.artifact import load_artifact
 from inference.library import read_cell_library
 from inference.taxonomy import CELL_CLASSES
 from inference.training import SPLIT_FILE, Recipe, prepare_data, train
+from tests.conftest import run_wbcv
 from validation.model_evaluation import EVALUATION_KEYS, evaluate_cells
 
 QUICK = dataclasses.replace(Recipe(), epochs=2, batch_size=32, threads=2)
@@ -102,12 +101,7 @@ def test_evaluate_reports_out_of_scope_cells_separately(trained, library, tmp_pa
     assert sum(r["n"] for r in report["per_class"].values()) == report["n"]
 
     out = tmp_path / "eval.json"
-    r = subprocess.run(
-        [sys.executable, "-m", "wbcv.cli", "evaluate", str(lib), "--model", str(trained), "--json", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    r = run_wbcv("evaluate", str(lib), "--model", str(trained), "--json", str(out), timeout=300)
     assert r.returncode == 0, r.stderr
     assert "balanced accuracy" in r.stdout and "out-of-scope labels" in r.stdout
     assert list(json.loads(out.read_text())) == list(EVALUATION_KEYS)
@@ -115,33 +109,21 @@ def test_evaluate_reports_out_of_scope_cells_separately(trained, library, tmp_pa
 
 def test_wbcv_train_command_trains_and_qualifies(library, tmp_path):
     out = tmp_path / "cli-model"
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "wbcv.cli",
-            "train",
-            "--cells",
-            str(library),
-            "--out",
-            str(out),
-            "--epochs",
-            "1",
-            "--limit-per-class",
-            "12",
-        ],
-        capture_output=True,
-        text=True,
+    r = run_wbcv(
+        "train",
+        "--cells",
+        str(library),
+        "--out",
+        str(out),
+        "--epochs",
+        "1",
+        "--limit-per-class",
+        "12",
         timeout=600,
     )
     assert r.returncode == 0, r.stderr
     card = json.loads((out / "model.json").read_text())
     assert card["metrics"]["split"] == "test" and "ablation" in card and "stress_test" in card
     assert (out / "MODEL_CARD.md").is_file() and "balanced accuracy" in r.stdout
-    r = subprocess.run(
-        [sys.executable, "-m", "wbcv.cli", "train", "--cells", str(tmp_path / "missing"), "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    r = run_wbcv("train", "--cells", str(tmp_path / "missing"), "--out", str(out), timeout=120)
     assert r.returncode == 2 and "cell library folder does not exist" in r.stderr and "Traceback" not in r.stderr

@@ -73,9 +73,8 @@ class Comparison:
 
 def select_measurements(ref: ReferenceData, rule: str) -> tuple[pl.DataFrame, list[dict[str, Any]]]:
     """Apply the rerun rule: one measurement per sample; the others are excluded with a reason."""
-    t = ref.table.with_columns(pl.col("measured_at").fill_null(pl.lit(None)))
-    order = ["sample_id", "measured_at", "source_row"]
-    t = t.sort(order, nulls_last=False)
+    # Time order within a sample (rows without a time first), then file order.
+    t = ref.table.sort(["sample_id", "measured_at", "source_row"], nulls_last=False)
     excluded: list[dict[str, Any]] = []
     keep: list[int] = []
     for sid, group in t.group_by("sample_id", maintain_order=True):

@@ -133,13 +133,9 @@ def run_comparison(
             run_id,
             {COMPARISON_FILE: result.table, EXCLUDED_FILE: excluded, REFERENCE_FILE: reference.table},
             full_record,
-            {STATISTICS_FILE: stats_document(stats), VERDICT_FILE: verdict_doc},
+            {STATISTICS_FILE: to_jsonable(stats), VERDICT_FILE: verdict_doc},
         )
     return ComparisonResult(run_dir, verdicts, passed, excluded.height)
-
-
-def stats_document(stats: dict[str, Any]) -> dict[str, Any]:
-    return to_jsonable(stats)
 
 
 def load_comparison(run_dir: Path) -> dict[str, Any]:

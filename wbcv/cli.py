@@ -19,6 +19,7 @@ EXIT_OK = 0
 EXIT_INPUT_ERROR = 2
 EXIT_FAILED_ACCEPTANCE = 3
 EXIT_TAMPERED = 4
+LIBRARY_HELP = "labelled library: manifest.csv (path,label) or one sub-folder per label"
 EXIT_INTERRUPTED = 130
 
 
@@ -261,9 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
             "(fixtures/simulator.py). Deterministic for a seed."
         ),
     )
-    p.add_argument(
-        "--cells", type=Path, required=True, help="labelled library: manifest.csv (path,label) or class folders"
-    )
+    p.add_argument("--cells", type=Path, required=True, help=LIBRARY_HELP)
     p.add_argument("--samples", type=_positive_int, required=True)
     p.add_argument("--cells-per-slide", type=_positive_int, required=True)
     p.add_argument("--out", type=Path, required=True, metavar="BATCH_DIR")
@@ -279,9 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
             "the held-out test split; metrics, ablation and stress test go into the model card."
         ),
     )
-    p.add_argument(
-        "--cells", type=Path, required=True, help="labelled library: manifest.csv (path,label) or class folders"
-    )
+    p.add_argument("--cells", type=Path, required=True, help=LIBRARY_HELP)
     p.add_argument("--out", type=Path, required=True, help="artifact directory to write, e.g. models/NAME")
     p.add_argument("--epochs", type=_positive_int, help="training epochs (default: the recipe's)")
     p.add_argument("--seed", type=int, help="seed of split, sampling and augmentation (default: the recipe's)")
