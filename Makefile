@@ -12,7 +12,11 @@ TORCH := torch==2.13.0
 CELLS ?=
 DEMO_OUT ?= demo-out
 
-.PHONY: setup test lint demo bench clean
+# System programs: Debian's Chromium prints report.pdf and runs the dashboard's browser tests
+# (never a downloaded browser); poppler-utils (pdftotext, pdftoppm) lets the tests read the PDF.
+SYSTEM_PACKAGES := chromium poppler-utils fonts-dejavu-core
+
+.PHONY: setup system test lint demo bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,7 +25,20 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-setup: $(STAMP)
+system:
+	@if command -v chromium >/dev/null && command -v pdftotext >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		echo "installing $(SYSTEM_PACKAGES) with apt-get"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; \
+	elif sudo -n true 2>/dev/null; then \
+		echo "installing $(SYSTEM_PACKAGES) with sudo apt-get"; \
+		sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; \
+	else \
+		echo "make: Chromium and poppler-utils are needed (report PDF, browser tests); install them:" >&2; \
+		echo "  sudo apt-get install $(SYSTEM_PACKAGES)" >&2; exit 1; \
+	fi
+
+setup: $(STAMP) system
 
 lint: setup
 	$(PY) -m ruff check .
