@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from fixtures.classifiers import oracle_counts
@@ -61,3 +62,16 @@ def test_bland_altman_and_regression_plots_use_the_stored_statistics(comparison)
     line = next(t for t in reg.data if t.name.startswith("Passing"))
     fit = stats["passing_bablok"]
     assert line.y[0] == pytest.approx(fit["intercept"] + fit["slope"] * line.x[0])
+
+
+def test_confusion_matrix_plot_shows_counts_and_row_shares():
+    from validation.figures import confusion_matrix_plot
+
+    cm = np.zeros((5, 6), dtype=int)
+    cm[0, 0], cm[0, 5], cm[2, 1] = 90, 10, 7
+    heat = confusion_matrix_plot(cm).data[0]
+    assert list(heat.x)[-1] == "unclassified" and heat.y[0] == "neutrophil"
+    assert heat.text[0][0] == "90<br>90.0 %" and heat.text[0][5] == "10<br>10.0 %"
+    assert heat.z[2][1] == 1.0 and heat.z[1][1] == 0.0  # an empty row stays 0, not NaN
+    with pytest.raises(ValueError, match="5 x 6"):
+        confusion_matrix_plot(np.zeros((5, 5)))

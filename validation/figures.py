@@ -5,16 +5,19 @@ count (x), one point per sample; red dotted lines at ±the allowable error; blue
 ±the error that covers the required fraction of samples; and, as grey vertical bars, each
 sample's sampling-floor band (the central 95 % of the error that counting its cells alone would
 cause, ``validation.sampling.counting_error_interval``). ``bland_altman_plot`` and
-``regression_plot`` draw the method-comparison results stored in statistics.json.
+``regression_plot`` draw the method-comparison results stored in statistics.json;
+``confusion_matrix_plot`` the cell-level confusion matrix against expert labels.
 """
 
 from __future__ import annotations
 
 from typing import Any, Final
 
+import numpy as np
 import plotly.graph_objects as go
 import polars as pl
 
+from inference.taxonomy import CELL_CLASSES, UNCLASSIFIED
 from validation.measurands import MEASURANDS
 
 LIMIT_COLOUR: Final[str] = "#d62728"  # red, as in the source study
@@ -187,5 +190,41 @@ def regression_plot(rows: pl.DataFrame, measurand: str, fit: dict[str, Any] | No
             )
     fig.update_layout(
         title=f"{measurand}: {label} regression", xaxis_title="reference", yaxis_title="test", template="plotly_white"
+    )
+    return fig
+
+
+def confusion_matrix_plot(cm: np.ndarray, title: str = "Cells: expert label against prediction") -> go.Figure:
+    """Heat map of ``validation.cell_metrics.confusion_matrix`` (rows: expert label, columns: the
+    predicted class then unclassified); each cell shows its count and its share of the row."""
+    cm = np.asarray(cm, dtype=np.int64)
+    if cm.shape != (len(CELL_CLASSES), len(CELL_CLASSES) + 1):
+        raise ValueError(f"expected a {len(CELL_CLASSES)} x {len(CELL_CLASSES) + 1} matrix, got {cm.shape}")
+    totals = cm.sum(axis=1, keepdims=True)
+    share = np.divide(cm, totals, out=np.zeros(cm.shape), where=totals > 0)
+    text = [
+        [f"{n}<br>{100 * f:.1f} %" for n, f in zip(row, frow, strict=True)]
+        for row, frow in zip(cm, share, strict=True)
+    ]
+    fig = go.Figure(
+        go.Heatmap(
+            z=share,
+            x=[*CELL_CLASSES, UNCLASSIFIED],
+            y=list(CELL_CLASSES),
+            text=text,
+            texttemplate="%{text}",
+            colorscale="Blues",
+            zmin=0,
+            zmax=1,
+            showscale=False,
+            hovertemplate="expert %{y}<br>predicted %{x}<br>%{text}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        title=title,
+        xaxis_title="predicted",
+        yaxis_title="expert label",
+        yaxis={"autorange": "reversed"},
+        template="plotly_white",
     )
     return fig
