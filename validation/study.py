@@ -100,16 +100,8 @@ def run_comparison(
             "kind": "comparison",
             "created_utc": work.started["created_utc"],
             "inputs": inputs,
-            "protocol": {
-                "id": protocol.id,
-                "version": protocol.version,
-                "title": protocol.title,
-                "study": protocol.study,
-                "count_mode": protocol.count_mode,
-                "required_coverage": protocol.required_coverage,
-                "basis": protocol.basis,
-                "confidence": protocol.confidence,
-            },
+            # The whole protocol as applied, so the report's methods section needs nothing else.
+            "protocol": {k: v for k, v in to_jsonable(protocol).items() if k != "path"},
             "verdict": verdict_doc["overall"],
             "summary": {
                 "n_samples_run": result.n_samples_run,

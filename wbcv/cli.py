@@ -11,9 +11,13 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from inference.errors import WbcvError
 from wbcv import __version__
+
+if TYPE_CHECKING:
+    from validation.report import Signatory
 
 EXIT_OK = 0
 EXIT_INPUT_ERROR = 2
@@ -97,6 +101,35 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return _print_comparison(run_comparison(args.run_dir, args.reference, args.protocol, args.out))
 
 
+def _signatories(args: argparse.Namespace) -> list[Signatory]:
+    from validation.report import Signatory
+
+    out: list[Signatory] = []
+    for role, value in (
+        ("Prepared by", args.prepared_by),
+        ("Reviewed by", args.reviewed_by),
+        ("Approved by", args.approved_by),
+    ):
+        if value:
+            name, _, function = value.partition(",")
+            out.append(Signatory(role, name.strip(), function.strip()))
+    return out
+
+
+def _report(run_dir: Path, args: argparse.Namespace) -> None:
+    from validation.report import write_report
+
+    result = write_report(run_dir, _signatories(args), out_dir=getattr(args, "report_out", None))
+    print(f"report {result.document_id}: {result.html}")
+    print(f"  PDF: {result.pdf}")
+    print(f"  report manifest {result.manifest} sha256 {result.manifest_sha256}")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    _report(args.run_dir, args)
+    return EXIT_OK
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from validation.protocol import load_protocol
     from validation.reference import read_reference
@@ -107,7 +140,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     reference = read_reference(args.reference)
     run_dir = _infer(args)
     result = run_comparison(run_dir, args.reference, args.protocol, args.out, reference=reference, protocol=protocol)
-    return _print_comparison(result)
+    status = _print_comparison(result)
+    try:
+        _report(result.run_dir, args)
+    except WbcvError as e:
+        raise WbcvError(
+            f"{e}\n(the comparison run is complete; write its report with `wbcv report {result.run_dir}`)"
+        ) from None
+    return status
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -164,13 +204,16 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from inference.runstore import verify_run
+    from validation.integrity import verify_record
 
-    v = verify_run(args.run_dir)
+    v = verify_record(args.run_dir)
     print(f"run record {v.run_dir}/run.json sha256 {v.record_sha256}")
-    for kind, names in (("changed", v.changed), ("added", v.added), ("missing", v.missing)):
-        for name in names:
-            print(f"{kind}: {name}")
+    if v.report_manifest_sha256:
+        print(f"report manifest {v.run_dir}/report/manifest.json sha256 {v.report_manifest_sha256}")
+    for linked in v.linked_runs:
+        print(f"made from run {linked}")
+    for f in v.findings:
+        print(f"{f.kind}: {f.path}" + (f" ({f.detail})" if f.detail else ""))
     print("intact: every file matches its recorded sha256" if v.intact else "NOT INTACT")
     return EXIT_OK if v.intact else EXIT_TAMPERED
 
@@ -182,6 +225,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"wbcv {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def signature_options(p: argparse.ArgumentParser) -> None:
+        for flag in ("prepared-by", "reviewed-by", "approved-by"):
+            p.add_argument(
+                f"--{flag}",
+                metavar="'NAME, FUNCTION'",
+                help=f"printed in the report's signature block ({flag.replace('-', ' ')}); blank lines otherwise",
+            )
 
     def infer_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("batch_dir", type=Path, metavar="BATCH_DIR")
@@ -238,15 +289,34 @@ def build_parser() -> argparse.ArgumentParser:
     infer_options(p)
     p.add_argument("--reference", type=Path, required=True, metavar="REF.csv")
     p.add_argument("--protocol", type=Path, required=True, metavar="P.yaml")
+    signature_options(p)
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "report",
+        help="write the sign-off report (report.html + report.pdf) of a comparison run",
+        description=(
+            "Write RUN_DIR/report/report.html (self-contained, works offline), report.pdf (printed by the system "
+            "Chromium, page numbers on every page) and manifest.json (their sha256 and run.json's). The report "
+            "shows the verdict, the verification, Bland-Altman and regression plots of every measurand, the "
+            "cell-level confusion matrix, every exclusion with its reason, the methods and a signature block. "
+            "`wbcv run` writes it too. An existing report is never overwritten (it may be signed): --out writes a "
+            "copy elsewhere."
+        ),
+    )
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a comparison run (of `wbcv compare` or `wbcv run`)")
+    p.add_argument("--out", dest="report_out", type=Path, metavar="DIR", help="write the report here instead")
+    signature_options(p)
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser(
         "verify",
         help="check that no file of a finished run was changed, added or removed",
         description=(
-            "Recompute the sha256 of every file in a finished run (inference or comparison) against its run.json "
-            "and name each file that was changed, added or removed; print run.json's own sha256. Exit status 0 "
-            "when intact, 4 otherwise."
+            "Recompute the sha256 of every file in a finished run (inference or comparison) against its run.json, "
+            "of its report against report/manifest.json, and, for a comparison, of the inference run it was made "
+            "from; name each file that was changed, added or removed; print the manifests' own sha256. Exit "
+            "status 0 when intact, 4 otherwise."
         ),
     )
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR")

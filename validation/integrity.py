@@ -1,0 +1,111 @@
+"""Tamper evidence for a whole run record: the run's files, its report and the run it was made from.
+
+Three manifests, each hashing what it covers with sha256:
+
+* ``RUN/run.json`` lists every data file of the run (``inference.runstore.verify_run``); the
+  report prints run.json's own sha256 on its title page.
+* ``RUN/report/manifest.json`` lists report.html and report.pdf and records run.json's sha256 at
+  the time the report was written; `wbcv report` prints the manifest's own sha256.
+* a comparison run's run.json records the sha256 of the inference run's run.json (the inputs
+  manifest: every image's hash, the predictions, the counts), which is verified the same way.
+
+``verify_record`` names every file that was changed, added or removed anywhere in that chain.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from inference.atomic import sha256_file
+from inference.runstore import RUN_RECORD, verify_run
+
+# The report's layout inside a run; defined here (light imports) so `wbcv verify` starts fast.
+REPORT_DIR: Final[str] = "report"
+REPORT_HTML: Final[str] = "report.html"
+REPORT_PDF: Final[str] = "report.pdf"
+REPORT_MANIFEST: Final[str] = "manifest.json"
+REPORT_FILES: Final[tuple[str, ...]] = (REPORT_HTML, REPORT_PDF)
+
+
+@dataclass(frozen=True)
+class Finding:
+    kind: str  # changed, added, missing, unreadable
+    path: str  # relative to the run checked (or absolute for the linked run)
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class RecordVerification:
+    run_dir: Path
+    record_sha256: str
+    report_manifest_sha256: str | None  # None when the run has no report
+    linked_runs: tuple[Path, ...]  # runs this one was made from, verified too
+    findings: tuple[Finding, ...]
+
+    @property
+    def intact(self) -> bool:
+        return not self.findings
+
+
+def _verify_report(run_dir: Path, record_sha256: str) -> tuple[str | None, list[Finding]]:
+    report = run_dir / REPORT_DIR
+    manifest_path = report / REPORT_MANIFEST
+    if not report.exists():
+        return None, []
+    if not manifest_path.is_file():
+        present = sorted(p.relative_to(run_dir).as_posix() for p in report.rglob("*") if p.is_file())
+        return None, [Finding("added", p, "report folder without manifest.json") for p in present]
+    manifest_sha = sha256_file(manifest_path)
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        expected: dict[str, str] = dict(manifest["files"])
+        recorded_run = str(manifest["run_record_sha256"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        return manifest_sha, [Finding("unreadable", f"{REPORT_DIR}/{REPORT_MANIFEST}", str(e))]
+    findings: list[Finding] = []
+    if recorded_run != record_sha256:
+        findings.append(Finding("changed", RUN_RECORD, f"the report was written for run.json sha256 {recorded_run}"))
+    present = {p.relative_to(report).as_posix() for p in report.rglob("*") if p.is_file()} - {REPORT_MANIFEST}
+    for name in sorted(set(expected) | present):
+        rel = f"{REPORT_DIR}/{name}"
+        if name not in present:
+            findings.append(Finding("missing", rel))
+        elif name not in expected:
+            findings.append(Finding("added", rel))
+        elif sha256_file(report / name) != expected[name]:
+            findings.append(Finding("changed", rel))
+    if set(REPORT_FILES) - set(expected):
+        findings.append(Finding("unreadable", f"{REPORT_DIR}/{REPORT_MANIFEST}", "does not list both report files"))
+    return manifest_sha, findings
+
+
+def verify_record(run_dir: Path) -> RecordVerification:
+    """Every file of the run, of its report and of the inference run a comparison was made from."""
+    run_dir = Path(run_dir)
+    v = verify_run(run_dir)  # raises WbcvError when run.json itself is missing or unreadable
+    findings = [
+        Finding(kind, name) for kind, names in (("changed", v.changed), ("missing", v.missing)) for name in names
+    ]
+    findings += [Finding("added", name) for name in v.added if not name.startswith(f"{REPORT_DIR}/")]
+    manifest_sha, report_findings = _verify_report(run_dir, v.record_sha256)
+    findings += report_findings
+    linked: list[Path] = []
+    record = json.loads((run_dir / RUN_RECORD).read_text(encoding="utf-8"))
+    source = record.get("inputs", {}).get("inference_run") if record.get("kind") == "comparison" else None
+    if source:
+        path = Path(source["path"])
+        linked.append(path)
+        if not (path / RUN_RECORD).is_file():
+            findings.append(Finding("missing", str(path / RUN_RECORD), "the inference run this comparison used"))
+        elif sha256_file(path / RUN_RECORD) != source["record_sha256"]:
+            findings.append(
+                Finding("changed", str(path / RUN_RECORD), "differs from the sha256 recorded at comparison")
+            )
+        else:
+            inner = verify_run(path)
+            for kind, names in (("changed", inner.changed), ("added", inner.added), ("missing", inner.missing)):
+                findings += [Finding(kind, str(path / name)) for name in names]
+    return RecordVerification(run_dir, v.record_sha256, manifest_sha, tuple(linked), tuple(findings))

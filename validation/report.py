@@ -1,0 +1,597 @@
+"""The sign-off report of a comparison run: ``report.html`` (self-contained) and ``report.pdf``.
+
+Written into the sealed comparison run; these are the only files ever added to a sealed run::
+
+    RUN/report/report.html     plotly.js, styles and every figure inline: opens offline, anywhere
+    RUN/report/report.pdf      report.html printed by the system Chromium (validation.pdf)
+    RUN/report/manifest.json   sha256 of both files and of RUN/run.json (see validation.integrity)
+
+The report prints the sha256 of RUN/run.json, the manifest of every data file of the run, on its
+title page; `wbcv report` prints the sha256 of report/manifest.json. `wbcv verify RUN` checks both.
+
+Deterministic: everything shown comes from the run record (no clock, no random ids), so the same
+record gives byte-identical HTML and a PDF with the same text. A report that exists is never
+overwritten: it may have been signed.
+
+Contents: title page (identification and hashes), verdict table, one section per measurand (the
+verification plot, statistics with CIs, Bland-Altman and regression plots), cell-level results
+(confusion matrix against expert labels, unclassified cells), every excluded sample or value and
+every skipped file with its reason, the methods (every statistical convention, with sources), and
+the signature block.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import stat
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import plotly.graph_objects as go
+import plotly.io as pio
+import polars as pl
+from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+from markupsafe import Markup
+from plotly.offline import get_plotlyjs
+
+from inference.atomic import atomic_write_bytes, atomic_write_json, fsync_dir, sha256_file
+from inference.errors import WbcvError
+from inference.runner import COUNTS_FILE, PREDICTIONS_FILE, SKIPPED_FILE
+from inference.runstore import RUN_RECORD, read_run_record, software_info, verify_run
+from inference.taxonomy import CELL_CLASSES
+from validation import cell_metrics
+from validation.figures import bland_altman_plot, confusion_matrix_plot, regression_plot, verification_plot
+from validation.integrity import REPORT_DIR, REPORT_FILES, REPORT_HTML, REPORT_MANIFEST, REPORT_PDF
+from validation.measurands import MEASURANDS
+from validation.study import COMPARISON_FILE, EXCLUDED_FILE, STATISTICS_FILE, VERDICT_FILE
+
+REPORT_FORMAT: Final[str] = "wbcv-report/1"
+SIGNATURE_ROLES: Final[tuple[str, ...]] = ("Prepared by", "Reviewed by", "Approved by")
+#: Long lists (excluded values, skipped files, unclassified by sample) are shown up to this many
+#: rows; the report then says how many more there are and in which file of the run they are.
+MAX_LISTED_ROWS: Final[int] = 500
+FIGURE_WIDTH: Final[int] = 680  # px: the A4 text width at 96 dpi with 14 mm margins, so print = screen
+FIGURE_CONFIG: Final[dict[str, Any]] = {"displaylogo": False, "responsive": False}
+
+
+@dataclass(frozen=True)
+class Signatory:
+    """A name and function printed in the signature block; empty fields become lines to fill in."""
+
+    role: str
+    name: str = ""
+    function: str = ""
+
+
+@dataclass(frozen=True)
+class CellEvidence:
+    """What the inference run behind the comparison says about single cells."""
+
+    record: dict[str, Any]
+    n_cells: int
+    n_unclassified: int
+    abstain_reasons: dict[str, int]
+    unclassified_by_sample: pl.DataFrame  # sample_id, n_cells, n_unclassified, unclassified_pct
+    skipped: pl.DataFrame
+    confusion: np.ndarray | None  # None when no cell has an expert label
+    n_labelled: int
+    labels_outside_classes: dict[str, int]
+
+
+@dataclass(frozen=True)
+class ReportData:
+    run_dir: Path
+    record: dict[str, Any]
+    record_sha256: str
+    verdicts: list[dict[str, Any]]
+    statistics: dict[str, Any]
+    comparison: pl.DataFrame
+    excluded: pl.DataFrame
+    cells: CellEvidence | None
+    cells_problem: str | None  # why the cell-level sections are missing, shown in the report
+
+    @property
+    def document_id(self) -> str:
+        """Names this report: it changes whenever anything in the run record changes."""
+        return f"WBCV-VR-{self.record_sha256[:12].upper()}"
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    report_dir: Path
+    html: Path
+    pdf: Path
+    manifest: Path
+    manifest_sha256: str
+    document_id: str
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise WbcvError(f"{path}: unreadable: {e}") from None
+
+
+def _cell_evidence(record: dict[str, Any]) -> tuple[CellEvidence | None, str | None]:
+    """Read the inference run the comparison was made from, if it is still there and unchanged."""
+    linked = record["inputs"]["inference_run"]
+    path = Path(linked["path"])
+    if not (path / RUN_RECORD).is_file():
+        return None, f"the inference run {linked['run_id']} is not at {path}; cell-level results are not shown"
+    if sha256_file(path / RUN_RECORD) != linked["record_sha256"]:
+        return None, (
+            f"the run record of the inference run at {path} no longer matches the sha256 recorded at comparison "
+            f"({linked['record_sha256']}); cell-level results are not shown"
+        )
+    check = verify_run(path)
+    if not check.intact:
+        names = ", ".join([*check.changed, *check.added, *check.missing])
+        return None, f"the inference run at {path} was altered ({names}); cell-level results are not shown"
+    inference = read_run_record(path)
+    columns = ["sample_id", "expert_label", "predicted_class", "unclassified", "abstain_reason"]
+    predictions = pl.read_parquet(path / PREDICTIONS_FILE, columns=columns)
+    counts = pl.read_parquet(path / COUNTS_FILE, columns=["sample_id", "n_cells", "n_unclassified"])
+    reasons = predictions.filter(pl.col("unclassified")).group_by("abstain_reason").len().sort("abstain_reason")
+    labelled = predictions.filter(pl.col("expert_label").is_not_null())
+    known = labelled.filter(pl.col("expert_label").is_in(CELL_CLASSES))
+    outside = labelled.filter(~pl.col("expert_label").is_in(CELL_CLASSES)).group_by("expert_label").len()
+    confusion = None
+    if known.height:
+        index = {c: i for i, c in enumerate(CELL_CLASSES)}
+        y_true = np.array([index[c] for c in known["expert_label"]], dtype=np.int64)
+        y_pred = np.array(
+            [index.get(str(c), cell_metrics.UNCLASSIFIED) for c in known["predicted_class"]], dtype=np.int64
+        )
+        confusion = cell_metrics.confusion_matrix(y_true, y_pred, len(CELL_CLASSES))
+    by_sample = (
+        counts.filter(pl.col("n_unclassified") > 0)
+        .with_columns(unclassified_pct=100 * pl.col("n_unclassified") / pl.col("n_cells"))
+        .sort(["unclassified_pct", "sample_id"], descending=[True, False])
+    )
+    return (
+        CellEvidence(
+            record=inference,
+            n_cells=predictions.height,
+            n_unclassified=int(predictions["unclassified"].sum()),
+            abstain_reasons={str(r): int(n) for r, n in reasons.iter_rows()},
+            unclassified_by_sample=by_sample,
+            skipped=pl.read_parquet(path / SKIPPED_FILE),
+            confusion=confusion,
+            n_labelled=labelled.height,
+            labels_outside_classes={str(k): int(v) for k, v in outside.sort("expert_label").iter_rows()},
+        ),
+        None,
+    )
+
+
+def load_report_data(run_dir: Path) -> ReportData:
+    """Everything the report shows, from a sealed, intact comparison run."""
+    run_dir = Path(run_dir)
+    record = read_run_record(run_dir)
+    if record.get("kind") != "comparison":
+        raise WbcvError(
+            f"{run_dir}: a report is made from a comparison run (`wbcv compare` or `wbcv run`), "
+            f"this is a {record.get('kind')!r} run"
+        )
+    check = verify_run(run_dir)
+    altered = [*check.changed, *check.missing, *(a for a in check.added if not a.startswith(f"{REPORT_DIR}/"))]
+    if altered:
+        raise WbcvError(
+            f"{run_dir}: the run record was altered ({', '.join(altered)}); a report would certify data that "
+            "is not what was computed. Run `wbcv verify` for details."
+        )
+    cells, problem = _cell_evidence(record)
+    return ReportData(
+        run_dir=run_dir,
+        record=record,
+        record_sha256=check.record_sha256,
+        verdicts=_read_json(run_dir / VERDICT_FILE)["measurands"],
+        statistics=_read_json(run_dir / STATISTICS_FILE),
+        comparison=pl.read_parquet(run_dir / COMPARISON_FILE),
+        excluded=pl.read_parquet(run_dir / EXCLUDED_FILE),
+        cells=cells,
+        cells_problem=problem,
+    )
+
+
+# --- formatting -------------------------------------------------------------------------------
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    """A number to ``digits`` significant figures; '–' for a missing value; ±∞ spelled out."""
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "–"
+        if math.isinf(value):
+            return "∞" if value > 0 else "−∞"
+        return f"{value:.{digits}g}".replace("-", "−")
+    return str(value)
+
+
+def pct(fraction: float | None, digits: int = 1) -> str:
+    return "–" if fraction is None else f"{100 * fraction:.{digits}f} %"
+
+
+def ci(pair: Sequence[float | None] | None, digits: int = 3) -> str:
+    if not pair or pair[0] is None or pair[1] is None:
+        return "–"
+    return f"{fmt(pair[0], digits)} to {fmt(pair[1], digits)}"
+
+
+def figure_slug(measurand: str) -> str:
+    """An HTML id part per measurand: NEUT# and NEUT% must not collide (plotly draws by id)."""
+    return measurand.lower().replace("#", "-count").replace("%", "-percent")
+
+
+def _figure(fig: go.Figure, div_id: str, height: int) -> Markup:
+    fig.update_layout(width=FIGURE_WIDTH, height=height, margin={"l": 60, "r": 20, "t": 50, "b": 40})
+    html = pio.to_html(fig, include_plotlyjs=False, full_html=False, div_id=div_id, config=FIGURE_CONFIG)
+    # plotly's output: its JSON escapes "</" and "<!--", so sample ids cannot end the script
+    return Markup(f'<div class="figure">{html}</div>')
+
+
+def _stat_rows(st: dict[str, Any], confidence: float) -> list[tuple[str, str, str]]:
+    """(statistic, estimate, CI) rows of one measurand; a statistic that could not be computed
+    says why."""
+    level = f"{100 * confidence:g} % CI"
+    rows: list[tuple[str, str, str]] = []
+
+    def missing(name: str, value: Any) -> bool:
+        if not isinstance(value, dict) or "not_computed" in value:
+            reason = value.get("not_computed", "not available") if isinstance(value, dict) else "not available"
+            rows.append((name, "not computed", reason))
+            return True
+        return False
+
+    ce = st.get("coverage_error")
+    if not missing("95 %-coverage error (E95)", ce):
+        rows.append(
+            (
+                f"error covering {100 * ce['coverage']:g} % of samples",
+                f"{fmt(ce['error_pct'])} %",
+                f"{level} {fmt(ce['lower'])} to {fmt(ce['upper'])} % (bootstrap)",
+            )
+        )
+    for key, label, unit in (("bland_altman_absolute", "absolute", ""), ("bland_altman_percent", "percent", " %")):
+        ba = st.get(key)
+        if missing(f"Bland–Altman ({label})", ba):
+            continue
+        rows.append((f"bias, Bland–Altman ({label})", f"{fmt(ba['bias'])}{unit}", f"{level} {ci(ba['bias_ci'])}"))
+        rows.append((f"lower limit of agreement ({label})", f"{fmt(ba['loa_lower'])}{unit}", ci(ba["loa_lower_ci"])))
+        rows.append((f"upper limit of agreement ({label})", f"{fmt(ba['loa_upper'])}{unit}", ci(ba["loa_upper_ci"])))
+    for key, label in (("passing_bablok", "Passing–Bablok"), ("deming", "Deming"), ("ols", "least squares")):
+        fit = st.get(key)
+        if missing(label, fit):
+            continue
+        rows.append((f"{label} slope", fmt(fit["slope"], 4), f"{level} {ci(fit['slope_ci'], 4)}"))
+        rows.append((f"{label} intercept", fmt(fit["intercept"], 4), f"{level} {ci(fit['intercept_ci'], 4)}"))
+        lin = fit.get("linearity")
+        if isinstance(lin, dict) and "p_value" in lin:
+            verdict = "deviation from linearity" if lin["rejected"] else "no significant deviation"
+            rows.append(("Passing–Bablok CUSUM linearity test", verdict, f"p = {fmt(lin['p_value'])}"))
+    for key, label, value in (("lins_ccc", "Lin's concordance", "ccc"), ("pearson", "Pearson r", "r")):
+        c = st.get(key)
+        if not missing(label, c):
+            rows.append((label, fmt(c[value], 4), f"{level} {fmt(c['lower'], 4)} to {fmt(c['upper'], 4)}"))
+    for method, levels in (st.get("bias_at_decision_levels") or {}).items():
+        if not isinstance(levels, list):
+            continue
+        for b in levels:
+            interval = "no CI defined" if b["lower"] is None else f"{level} {fmt(b['lower'])} to {fmt(b['upper'])}"
+            rows.append((f"bias at {fmt(b['level'])} ({method.replace('_', '–').title()})", fmt(b["bias"]), interval))
+    plan = st.get("samples_needed_at_observed_coverage")
+    if isinstance(plan, dict) and "n_samples" in plan:
+        rows.append(
+            (
+                "samples needed to show the criterion at the lower bound",
+                str(plan["n_samples"]),
+                f"if the true coverage were the observed {pct(plan['expected_coverage'])}",
+            )
+        )
+    return rows
+
+
+def _table(frame: pl.DataFrame, columns: Sequence[str]) -> tuple[list[str], list[list[str]], int]:
+    """Header, at most MAX_LISTED_ROWS formatted rows, and how many rows were left out."""
+    shown = frame.head(MAX_LISTED_ROWS)
+    rows = [[fmt(v) for v in row] for row in shown.select(columns).iter_rows()]
+    return list(columns), rows, frame.height - shown.height
+
+
+def _measurand_sections(data: ReportData, required_coverage: float, confidence: float) -> list[dict[str, Any]]:
+    sections = []
+    for v in data.verdicts:
+        name = v["measurand"]
+        slug = figure_slug(name)
+        st = data.statistics.get(name, {})
+        rows = data.comparison.filter(pl.col("measurand") == name)
+        figures = []
+        if rows.height:
+            figures.append(
+                _figure(
+                    verification_plot(
+                        data.comparison, name, v["allowable_error_pct"], v["coverage_error_pct"], required_coverage
+                    ),
+                    f"fig-{slug}-verification",
+                    430,
+                )
+            )
+            ba = st.get("bland_altman_absolute")
+            figures.append(
+                _figure(
+                    bland_altman_plot(data.comparison, name, ba if isinstance(ba, dict) else None),
+                    f"fig-{slug}-bland-altman",
+                    330,
+                )
+            )
+            pb = st.get("passing_bablok")
+            figures.append(
+                _figure(
+                    regression_plot(data.comparison, name, pb if isinstance(pb, dict) else None, "Passing–Bablok"),
+                    f"fig-{slug}-regression",
+                    330,
+                )
+            )
+        sections.append(
+            {
+                "name": name,
+                "slug": slug,
+                "unit": MEASURANDS[name].unit,
+                "verdict": v,
+                "stats": _stat_rows(st, confidence) if st else [],
+                "figures": figures,
+                "n_absolute": int((rows["criterion"] == "absolute").sum()) if rows.height else 0,
+            }
+        )
+    return sections
+
+
+def _methods(protocol: dict[str, Any], statistics: dict[str, Any]) -> list[tuple[str, str]]:
+    """Every convention the numbers depend on, as (topic, statement) pairs."""
+    conf = f"{100 * protocol['confidence']:g} %"
+    req = f"{100 * protocol['required_coverage']:g} %"
+    any_stats = next(iter(statistics.values()), {})
+    ce = any_stats.get("coverage_error", {}) if isinstance(any_stats, dict) else {}
+    n_boot = ce.get("n_boot", 2000) if isinstance(ce, dict) else 2000
+    seed = ce.get("seed", 0) if isinstance(ce, dict) else 0
+    mode = protocol["count_mode"]
+    excl = protocol.get("exclude_flags")
+    flags = {"any": "any IP or Q-flag", "none": "no flag"}.get(excl, ", ".join(excl) if isinstance(excl, list) else "")
+    out = [
+        (
+            "Error",
+            "error % = 100 · (test − reference) / reference, per sample and measurand (source study). "
+            + (
+                "Relative count mode: a class fraction is k_c / n_classified (unclassified cells excluded from the "
+                "denominator); X% = 100 · fraction; X# = fraction · reference WBC, so its error equals the fraction's."
+                if mode == "relative"
+                else "Volumetric count mode: WBC = cells found / imaged volume (µL) / 1000 or cells · calibration "
+                "factor; X# = fraction · that WBC estimate."
+            ),
+        ),
+        (
+            "Allowable error",
+            "A sample is within limits when |test − reference| ≤ max(L / 100 · reference, A), L the allowable "
+            "error % and A the absolute limit of the measurand (table below); with a reference of 0 only the "
+            "absolute limit applies.",
+        ),
+        (
+            "Acceptance",
+            f"coverage = samples within limits / samples compared, with its exact two-sided {conf} "
+            "Clopper–Pearson interval (Clopper & Pearson 1934). A measurand passes when the "
+            + ("observed coverage" if protocol["basis"] == "point_estimate" else "lower confidence bound")
+            + f" is at least {req}; the study passes when every measurand passes.",
+        ),
+        (
+            "95 %-coverage error (E95)",
+            "the smallest |error| that at least the required fraction of samples do not exceed: the empirical "
+            "quantile of |error %| with the inverted-CDF rule (Hyndman & Fan 1996 type 1, order statistic "
+            f"⌈q·n⌉); its {conf} CI is a percentile bootstrap ({n_boot} resamples, seed {seed}; Efron & "
+            "Tibshirani 1993). It is the blue dotted line of the verification plot.",
+        ),
+        (
+            "Sampling floor",
+            "for each sample, P(a perfect classifier stays within the limit) = P(n·p·(1−L) ≤ K ≤ n·p·(1+L)), "
+            "K ~ Binomial(n, p), n the classified cells of the slide and p the reference fraction (exact "
+            "binomial); the measurand's floor is its mean over samples, the coverage a perfect classifier would "
+            "be expected to reach with these cell counts. The grey band of the verification plot is each "
+            "sample's central 95 % interval of the counting error (binomial quantiles). Computed in relative "
+            "count mode for class measurands.",
+        ),
+        (
+            "Bland–Altman",
+            "bias = mean difference, SD with n − 1; limits of agreement = bias ± 1.96 SD (z quantile of 0.975); "
+            f"{conf} CI of the bias bias ± t(n−1)·SD/√n; CI of each limit ± t(n−1)·√(3 SD²/n) (Bland & Altman "
+            "1986, 1999). Absolute scale: test − reference; percent scale: 100 · (test − reference) / pair mean.",
+        ),
+        (
+            "Passing–Bablok",
+            "slope = shifted median of all pairwise slopes, intercept = median(y − b·x), analytical CIs and the "
+            "CUSUM linearity test (Passing & Bablok 1983), computed as the R package mcr 1.3.3.1 does "
+            "(checked against mcr's published reference cases).",
+        ),
+        (
+            "Deming",
+            "error ratio 1 (equal imprecision of both methods), CIs by jackknife centred on the full-data "
+            "estimate with a t quantile on n − 2 degrees of freedom (Linnet 1990; mcr).",
+        ),
+        ("Least squares", "ordinary least squares, analytical t-based CIs on n − 2 degrees of freedom (mcr)."),
+        (
+            "Bias at decision levels",
+            "intercept + (slope − 1) · level (CLSI EP09c; mcr calcBias); Deming with its jackknife CI; "
+            "Passing–Bablok defines no CI of the bias.",
+        ),
+        (
+            "Concordance and correlation",
+            f"Lin's concordance correlation coefficient and Pearson's r with Fisher-z {conf} intervals (Lin 1989).",
+        ),
+        (
+            "Exclusions",
+            f"reference results with {flags} are excluded; values carrying the marks "
+            f"{', '.join(protocol.get('exclude_marks') or []) or 'none'} are excluded; samples with fewer than "
+            f"{protocol.get('min_cells', 0)} classified cells are excluded; reruns: the "
+            f"{protocol.get('rerun_rule')} result is used"
+            + (" (a rerun excludes the sample)" if protocol.get("rerun_rule") == "reject" else "")
+            + f"; immature granulocytes: {protocol.get('immature_granulocytes')}. Technical rows (background "
+            "checks, QC) are not samples. Every exclusion is listed with its reason in this report.",
+        ),
+        (
+            "Unclassified cells",
+            "cells the ensemble would not commit to (no or several one-vs-all heads firing, disagreement with the "
+            "lineage head, or a combined probability below the model's threshold) are counted separately and are "
+            "not part of any class fraction.",
+        ),
+    ]
+    return out
+
+
+def render_html(data: ReportData, signatories: Sequence[Signatory] = ()) -> str:
+    """The report as one self-contained HTML document (a pure function of the run record)."""
+    record = data.record
+    protocol = record["protocol"]
+    inputs = record["inputs"]
+    inference = data.cells.record if data.cells else None
+    by_role = {s.role: s for s in signatories}
+    sections = _measurand_sections(data, protocol["required_coverage"], protocol["confidence"])
+    excluded = data.excluded.sort(["sample_id", "measurand"], nulls_last=False)
+    cells = data.cells
+    cell_view: dict[str, Any] | None = None
+    if cells is not None:
+        confusion = None
+        if cells.confusion is not None:
+            cm = cells.confusion
+            confusion = {
+                "figure": _figure(confusion_matrix_plot(cm), "fig-confusion-matrix", 420),
+                "n": int(cm.sum()),
+                "balanced_accuracy": pct(cell_metrics.balanced_accuracy(cm)),
+                "selective_accuracy": pct(cell_metrics.selective_accuracy(cm)),
+                "per_class": [
+                    (c, int(cm[i].sum()), pct(float(s)), pct(float(p)))
+                    for i, (c, s, p) in enumerate(
+                        zip(CELL_CLASSES, cell_metrics.sensitivity(cm), cell_metrics.ppv(cm), strict=True)
+                    )
+                ],
+            }
+        cell_view = {
+            "n_cells": cells.n_cells,
+            "n_unclassified": cells.n_unclassified,
+            "unclassified_pct": pct(cells.n_unclassified / cells.n_cells if cells.n_cells else None, 2),
+            "reasons": cells.abstain_reasons,
+            "by_sample": _table(cells.unclassified_by_sample, ["sample_id", "n_cells", "n_unclassified"]),
+            "skipped": _table(cells.skipped, ["level", "sample_id", "path", "reason"]),
+            "confusion": confusion,
+            "n_labelled": cells.n_labelled,
+            "labels_outside": cells.labels_outside_classes,
+        }
+    software = record["software"]
+    env = Environment(
+        loader=PackageLoader("validation", "templates"),
+        autoescape=select_autoescape(default=True),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    env.filters.update(fmt=fmt, pct=pct)
+    return env.get_template("report.html.j2").render(
+        plotly_js=Markup(get_plotlyjs()),  # plotly's bundled library, not user input
+        document_id=data.document_id,
+        record=record,
+        record_sha256=data.record_sha256,
+        protocol=protocol,
+        inputs=inputs,
+        inference=inference,
+        software=software,
+        passed=record["verdict"] == "pass",
+        verdicts=data.verdicts,
+        sections=sections,
+        excluded=_table(excluded, ["sample_id", "measurand", "source_row", "reason"]),
+        cells=cell_view,
+        cells_problem=data.cells_problem,
+        methods=_methods(protocol, data.statistics),
+        rules=protocol["measurands"],
+        signatures=[by_role.get(role, Signatory(role)) for role in SIGNATURE_ROLES],
+        n_figures=sum(len(s["figures"]) for s in sections) + (1 if cell_view and cell_view["confusion"] else 0),
+        report_format=REPORT_FORMAT,
+    )
+
+
+def count_figures(html: str) -> int:
+    return html.count('<div class="figure">')
+
+
+def write_report(run_dir: Path, signatories: Sequence[Signatory] = (), out_dir: Path | None = None) -> ReportResult:
+    """Render report.html, print report.pdf and write manifest.json into ``RUN/report`` (or
+    ``out_dir``, for a copy outside the run). An existing report is never overwritten."""
+    from validation.pdf import find_chromium, html_to_pdf
+
+    find_chromium()  # before any work: says how to install it
+    run_dir = Path(run_dir)
+    data = load_report_data(run_dir)
+    inside = out_dir is None
+    target = run_dir / REPORT_DIR if out_dir is None else Path(out_dir)
+    if (target / REPORT_MANIFEST).exists() or (inside and target.exists()):
+        raise WbcvError(
+            f"{target}: a report already exists (document {data.document_id}); a report that may have been signed "
+            "is never overwritten. Write a copy elsewhere with --out DIR."
+        )
+    html = render_html(data, signatories)
+    staging = run_dir / f".{REPORT_DIR}-staging" if inside else target
+    run_mode = run_dir.stat().st_mode
+    if inside:
+        run_dir.chmod(run_mode | stat.S_IWUSR)  # the sealed run opens only for this one folder
+    try:
+        staging.mkdir(parents=True, exist_ok=not inside)
+        atomic_write_bytes(staging / REPORT_HTML, html.encode("utf-8"))
+        html_to_pdf(
+            staging / REPORT_HTML,
+            staging / REPORT_PDF,
+            f"{data.document_id} · {data.record['protocol']['id']} v{data.record['protocol']['version']}",
+            expected_figures=count_figures(html),
+        )
+        manifest = {
+            "format": REPORT_FORMAT,
+            "document_id": data.document_id,
+            "run_id": data.record["run_id"],
+            "run_record_sha256": data.record_sha256,
+            "files": {name: sha256_file(staging / name) for name in REPORT_FILES},
+            "signatories": [s.__dict__ for s in signatories],
+            "software": software_info(),
+        }
+        atomic_write_json(staging / REPORT_MANIFEST, manifest)
+        if inside:
+            for p in staging.iterdir():
+                p.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+            staging.chmod(0o555)
+            os.rename(staging, target)
+            fsync_dir(run_dir)
+    except BaseException:
+        if inside and staging.exists():
+            staging.chmod(0o755)
+            for p in staging.iterdir():
+                p.unlink()
+            staging.rmdir()
+        raise
+    finally:
+        if inside:
+            run_dir.chmod(run_mode)
+    return ReportResult(
+        report_dir=target,
+        html=target / REPORT_HTML,
+        pdf=target / REPORT_PDF,
+        manifest=target / REPORT_MANIFEST,
+        manifest_sha256=sha256_file(target / REPORT_MANIFEST),
+        document_id=data.document_id,
+    )
