@@ -113,19 +113,25 @@ class InferenceParams:
     workers: int = field(default_factory=available_cores)
     threads_per_worker: int = 1
     max_image_pixels: int = DEFAULT_MAX_PIXELS
+    device: str = "cpu"  # where the network runs: "cuda" for the Ray engine's GPU actors
 
     def __post_init__(self) -> None:
         for name in ("chunk_size", "workers", "threads_per_worker", "max_image_pixels"):
             if getattr(self, name) < 1:
                 raise WbcvError(f"parameter {name} must be at least 1, got {getattr(self, name)}")
 
-    def identity(self) -> dict[str, int]:
-        """Parameters that can change a single output bit (thread count: float reduction order)."""
-        return {
+    def identity(self) -> dict[str, int | str]:
+        """Parameters that can change a single output bit (thread count: float reduction order;
+        device: GPU arithmetic differs from the CPU's). The CPU device is left out so that the
+        keys of CPU runs stay what they were before the device existed."""
+        ident: dict[str, int | str] = {
             "chunk_size": self.chunk_size,
             "threads_per_worker": self.threads_per_worker,
             "max_image_pixels": self.max_image_pixels,
         }
+        if self.device != "cpu":
+            ident["device"] = self.device
+        return ident
 
 
 @dataclass(frozen=True)
@@ -382,7 +388,10 @@ def run_inference(
     progress: bool = True,
 ) -> InferenceResult:
     """Classify every cell of ``slides`` into a new (or resumed) run under ``runs_dir``."""
-    return execute_run(slides, model, runs_dir, params or InferenceParams(), progress, _process, {"name": "local"})
+    params = params or InferenceParams()
+    if params.device != "cpu":
+        raise WbcvError(f"the local engine runs on the CPU; device {params.device!r} needs the Ray engine's GPU actors")
+    return execute_run(slides, model, runs_dir, params, progress, _process, {"name": "local"})
 
 
 def execute_run(
