@@ -53,7 +53,7 @@ def _infer(args: argparse.Namespace) -> Path:
         from inference.ray_engine import RayOptions, import_ray, run_inference_ray
 
         import_ray()  # before reading the batch: say at once when Ray is missing
-        ray_options = RayOptions(address=args.address, actors=args.actors, gpus_per_actor=args.gpus_per_actor)
+        ray_options = RayOptions(address=args.address, actors=args.actors, gpus_per_actor=args.gpus_per_actor or 0.0)
     elif args.address or args.actors or args.gpus_per_actor:
         raise WbcvError("--address, --actors and --gpus-per-actor apply to --engine ray only")
     slides = read_slide_set(args.batch_dir)
