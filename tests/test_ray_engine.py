@@ -18,6 +18,7 @@ import ray
 from polars.testing import assert_frame_equal
 
 from fixtures.slidesets import build_slide_set
+from inference import runstore
 from inference.artifact import load_artifact
 from inference.ray_engine import ChunkClassifier, RayOptions, run_inference_ray
 from inference.runner import (
@@ -165,25 +166,48 @@ class CrashOnThirdCall(ChunkClassifier):
         return super().__call__(batch)
 
 
-def test_actor_killed_mid_batch_is_retried_and_nothing_is_lost_or_doubled(
-    ray_cluster, slides, model, local_run, tmp_path
+class Interrupted(Exception):
+    pass
+
+
+def test_ray_finishes_an_interrupted_local_run_through_an_actor_killed_mid_batch(
+    ray_cluster, slides, model, local_run, tmp_path, monkeypatch
 ):
+    """Two faults in one Ray session (a Ray run costs seconds of worker start-up on 2 cores): the
+    run was interrupted under the local engine after two slides, and an actor dies mid-batch."""
+    runs = tmp_path / "runs"
+    real_write = runstore.WorkingRun.write_part
+
+    def write_two_then_stop(self, index, frame):
+        if index == 2:
+            raise Interrupted
+        real_write(self, index, frame)
+
+    monkeypatch.setattr(runstore.WorkingRun, "write_part", write_two_then_stop)
+    with pytest.raises(Interrupted):
+        run_inference(slides, model, runs, PARAMS, progress=False)
+    monkeypatch.undo()
+
     crash_dir: Path = ray_cluster["crash_dir"]
     (crash_dir / "armed").write_text("")
     result = run_inference_ray(
-        slides, model, tmp_path / "runs", PARAMS, RayOptions(actors=1), progress=False, classifier=CrashOnThirdCall
+        slides, model, runs, PARAMS, RayOptions(actors=1), progress=False, classifier=CrashOnThirdCall
     )
-    # the actor did die mid-batch, in a process other than this one
+    # the same run key: Ray resumed the local engine's run and did only the three unfinished slides
+    assert result.resumed and result.slides_done_before == 2
+    log = (result.run_dir / "log.txt").read_text()
+    assert "started (engine local)" in log and "resumed (engine ray): 2 of 5 slides done" in log
+    # the actor did die mid-batch, in a process other than this one, and was replaced
     assert not (crash_dir / "armed").exists()
     crashed = json.loads((crash_dir / "crashed").read_text())
     assert crashed["pid"] != os.getpid() and crashed["chunk"] >= 0
+    # nothing lost, nothing doubled: the uninterrupted local run's tables, to the byte
     pred = pl.read_parquet(result.run_dir / PREDICTIONS_FILE)
-    expected = pl.read_parquet(local_run.run_dir / PREDICTIONS_FILE)
     assert pred["cell_path"].is_unique().all()
-    assert set(pred["cell_path"]) == set(expected["cell_path"])
-    assert_frame_equal(pred, expected, check_exact=True)
-    counts = pl.read_parquet(result.run_dir / COUNTS_FILE)
-    assert_frame_equal(counts, pl.read_parquet(local_run.run_dir / COUNTS_FILE), check_exact=True)
+    for name in TABLES:
+        assert_frame_equal(pl.read_parquet(result.run_dir / name), _tables(local_run.run_dir)[name], check_exact=True)
+        assert (result.run_dir / name).read_bytes() == (local_run.run_dir / name).read_bytes(), name
+    assert [p.name for p in runs.iterdir()] == [result.run_dir.name]
 
 
 def test_cli_engine_ray_on_an_existing_cluster(ray_cluster, pbc_cells, model, tmp_path):
