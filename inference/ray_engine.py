@@ -60,7 +60,7 @@ from inference.runstore import WorkingRun
 from inference.slideset import CellEntry, Sample, SlideSet
 
 INSTALL_HINT: Final[str] = "pip install 'wbcv[ray]' (in a checkout: .venv/bin/pip install -e '.[ray]')"
-#: Names of the score arrays of a classified chunk (``inference.runner.classify``), in column order.
+#: Column prefix of the score arrays of a classified chunk (the keys of ``inference.runner.classify``).
 _SCORE_PREFIX: Final[str] = "score_"
 
 

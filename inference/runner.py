@@ -11,6 +11,11 @@ when a slide's last chunk is done, writes the slide as one part file. Because a 
 cut into the same chunks, its predictions do not depend on what else was in the batch or on
 whether the run was interrupted, so a resumed run gives the same bytes as an uninterrupted one.
 
+Everything around the classification (run key, working run, resumption, tables, run record,
+sealing) is ``execute_run``, shared with the Ray engine (``inference.ray_engine``), which cuts
+slides with the same ``chunks`` and decodes and classifies them with the same ``decode_chunk``
+and ``classify``; so both engines write the same tables.
+
 Output tables (Parquet) are described by ``PREDICTION_SCHEMA``, ``COUNT_COLUMNS`` and
 ``SKIPPED_SCHEMA``; ``validation`` reads them, never this module's internals.
 """
