@@ -11,6 +11,11 @@ when a slide's last chunk is done, writes the slide as one part file. Because a 
 cut into the same chunks, its predictions do not depend on what else was in the batch or on
 whether the run was interrupted, so a resumed run gives the same bytes as an uninterrupted one.
 
+Everything around the classification (run key, working run, resumption, tables, run record,
+sealing) is ``execute_run``, shared with the Ray engine (``inference.ray_engine``), which cuts
+slides with the same ``chunks`` and decodes and classifies them with the same ``decode_chunk``
+and ``classify``; so both engines write the same tables.
+
 Output tables (Parquet) are described by ``PREDICTION_SCHEMA``, ``COUNT_COLUMNS`` and
 ``SKIPPED_SCHEMA``; ``validation`` reads them, never this module's internals.
 """
@@ -23,7 +28,7 @@ import json
 import os
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -113,19 +118,25 @@ class InferenceParams:
     workers: int = field(default_factory=available_cores)
     threads_per_worker: int = 1
     max_image_pixels: int = DEFAULT_MAX_PIXELS
+    device: str = "cpu"  # where the network runs: "cuda" for the Ray engine's GPU actors
 
     def __post_init__(self) -> None:
         for name in ("chunk_size", "workers", "threads_per_worker", "max_image_pixels"):
             if getattr(self, name) < 1:
                 raise WbcvError(f"parameter {name} must be at least 1, got {getattr(self, name)}")
 
-    def identity(self) -> dict[str, int]:
-        """Parameters that can change a single output bit (thread count: float reduction order)."""
-        return {
+    def identity(self) -> dict[str, int | str]:
+        """Parameters that can change a single output bit (thread count: float reduction order;
+        device: GPU arithmetic differs from the CPU's). The CPU device is left out so that the
+        keys of CPU runs stay what they were before the device existed."""
+        ident: dict[str, int | str] = {
             "chunk_size": self.chunk_size,
             "threads_per_worker": self.threads_per_worker,
             "max_image_pixels": self.max_image_pixels,
         }
+        if self.device != "cpu":
+            ident["device"] = self.device
+        return ident
 
 
 @dataclass(frozen=True)
@@ -145,10 +156,13 @@ class _Chunk:
     scores: dict[str, np.ndarray] | None  # one row per meta entry without skip_reason
 
 
-def _decode_and_classify(
-    sample_index: int, is_last: bool, entries: tuple[CellEntry, ...], model: LoadedModel, max_pixels: int
-) -> _Chunk:
-    size = model.input.size
+def decode_chunk(
+    entries: tuple[CellEntry, ...], size: int, crop: float, max_pixels: int
+) -> tuple[list[dict[str, Any]], np.ndarray | None]:
+    """Read, hash and decode one chunk: one meta entry per file, pixels of the decoded ones in order.
+
+    Shared by the engines: what is recorded for a file that cannot be read or decoded is decided here.
+    """
     meta: list[dict[str, Any]] = []
     images: list[np.ndarray] = []
     for entry in entries:
@@ -170,17 +184,23 @@ def _decode_and_classify(
         if entry.rejected is not None:
             continue
         try:
-            cell = decode_cell(data, size, max_pixels, model.input.crop)
+            cell = decode_cell(data, size, max_pixels, crop)
         except CellRejected as e:
             m["skip_reason"] = str(e)
             continue
         m.update(source_mode=cell.source_mode, source_width=cell.source_width, source_height=cell.source_height)
         images.append(cell.pixels)
-    scores = _classify(model, np.stack(images)) if images else None
-    return _Chunk(sample_index, is_last, meta, scores)
+    return meta, (np.stack(images) if images else None)
 
 
-def _chunks(samples: list[tuple[int, Sample]], chunk_size: int) -> Iterator[tuple[int, bool, tuple[CellEntry, ...]]]:
+def _decode_and_classify(
+    sample_index: int, is_last: bool, entries: tuple[CellEntry, ...], model: LoadedModel, max_pixels: int
+) -> _Chunk:
+    meta, pixels = decode_chunk(entries, model.input.size, model.input.crop, max_pixels)
+    return _Chunk(sample_index, is_last, meta, classify(model, pixels) if pixels is not None else None)
+
+
+def chunks(samples: list[tuple[int, Sample]], chunk_size: int) -> Iterator[tuple[int, bool, tuple[CellEntry, ...]]]:
     for index, sample in samples:
         cells = sample.cells
         starts = list(range(0, len(cells), chunk_size)) or [0]
@@ -199,9 +219,13 @@ def _prefetched(pool: ThreadPoolExecutor, jobs: Iterator[tuple[Any, ...]], depth
         yield pending.popleft().result()
 
 
-def _classify(model: LoadedModel, pixels: np.ndarray) -> dict[str, np.ndarray]:
+def classify(model: LoadedModel, pixels: np.ndarray, device: str = "cpu") -> dict[str, np.ndarray]:
+    """One batched forward pass over a chunk's decoded cells (on ``device``); combination on the CPU."""
     with torch.inference_mode():
-        out = combine(model.net(torch.from_numpy(pixels)), model.calibration, model.thresholds)
+        logits = model.net(torch.from_numpy(pixels).to(device))
+        if device != "cpu":
+            logits = type(logits)(*(None if t is None else t.cpu() for t in logits))
+        out = combine(logits, model.calibration, model.thresholds)
     cols: dict[str, np.ndarray] = {
         "predicted": out.predicted.numpy(),
         "reason": out.abstain_reason.numpy(),
@@ -252,6 +276,23 @@ def _slide_frame(
         }
     )
     return frame.join(scored, on="_row", how="left", maintain_order="left").select(list(PART_SCHEMA))
+
+
+def write_slide(
+    slides: SlideSet,
+    index: int,
+    metas: list[dict[str, Any]],
+    scores: list[dict[str, np.ndarray]],
+    model_id: str,
+    work: WorkingRun,
+) -> None:
+    """Write one finished slide (its chunks' metas and scores in chunk order) as its part file."""
+    sample = slides.samples[index]
+    frame = _slide_frame(sample, metas, scores, model_id, slides.cell_labels)
+    work.write_part(index, frame)
+    n_skip = frame["skip_reason"].is_not_null().sum()
+    if n_skip:
+        work.log(f"sample {sample.sample_id}: {n_skip} file(s) skipped")
 
 
 def run_key(slides: SlideSet, model: LoadedModel, params: InferenceParams) -> str:
@@ -339,6 +380,11 @@ def _inputs(slides: SlideSet, parts: pl.DataFrame) -> tuple[pl.DataFrame, str]:
     return table, hashlib.sha256(listing.encode()).hexdigest()
 
 
+#: An engine classifies the slides of ``todo`` (index into ``slides.samples``, sample) and writes
+#: each finished slide with ``write_slide``; arguments: slides, model, params, work, todo, progress.
+Engine = Callable[[SlideSet, LoadedModel, InferenceParams, WorkingRun, list[tuple[int, Sample]], bool], None]
+
+
 def run_inference(
     slides: SlideSet,
     model: LoadedModel,
@@ -348,6 +394,27 @@ def run_inference(
 ) -> InferenceResult:
     """Classify every cell of ``slides`` into a new (or resumed) run under ``runs_dir``."""
     params = params or InferenceParams()
+    if params.device != "cpu":
+        raise WbcvError(f"the local engine runs on the CPU; device {params.device!r} needs the Ray engine's GPU actors")
+    return execute_run(slides, model, runs_dir, params, progress, _process, {"name": "local"})
+
+
+def execute_run(
+    slides: SlideSet,
+    model: LoadedModel,
+    runs_dir: Path | str,
+    params: InferenceParams,
+    progress: bool,
+    engine: Engine,
+    engine_record: dict[str, Any],
+) -> InferenceResult:
+    """Open (or resume) the run, let ``engine`` classify the unfinished slides, then seal it.
+
+    Shared by every engine, so run directories, tables and records do not depend on the engine.
+    The engine is not part of the run key: engines cut slides into the same chunks and give the
+    same bytes, so a run interrupted under one engine may be resumed by another. ``engine_record``
+    goes into run.json as ``engine`` (that of the session that sealed it; log.txt names each one).
+    """
     runs_dir = Path(runs_dir)
     key = run_key(slides, model, params)
     created = dt.datetime.now(dt.UTC).replace(microsecond=0)
@@ -367,8 +434,11 @@ def run_inference(
         done = work.finished_parts()
         todo = [(i, s) for i, s in enumerate(slides.samples) if i not in done]
         now = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
-        work.log(f"{now} {'resumed' if resumed else 'started'}: {len(done)} of {len(slides.samples)} slides done")
-        _process(slides, model, params, work, todo, progress)
+        work.log(
+            f"{now} {'resumed' if resumed else 'started'} (engine {engine_record['name']}): "
+            f"{len(done)} of {len(slides.samples)} slides done"
+        )
+        engine(slides, model, params, work, todo, progress)
 
         parts = work.read_parts(list(range(len(slides.samples))))
         predictions = parts.filter(pl.col("skip_reason").is_null()).select(list(PREDICTION_SCHEMA))
@@ -399,6 +469,7 @@ def run_inference(
                 "input_size": model.input.size,
             },
             "parameters": started["parameters"],
+            "engine": engine_record,
             "software": software_info(),
             "summary": {
                 "n_samples": len(slides.samples),
@@ -437,7 +508,7 @@ def _process(
     try:
         with ThreadPoolExecutor(params.workers, thread_name_prefix="wbcv-infer") as pool:
             jobs = (
-                (i, last, cells, model, params.max_image_pixels) for i, last, cells in _chunks(todo, params.chunk_size)
+                (i, last, cells, model, params.max_image_pixels) for i, last, cells in chunks(todo, params.chunk_size)
             )
             for chunk in _prefetched(pool, jobs, depth=2 * params.workers + 1, fn=_decode_and_classify):
                 metas.extend(chunk.meta)
@@ -446,12 +517,7 @@ def _process(
                 bar.update(len(chunk.meta))
                 if not chunk.is_last:
                     continue
-                sample = slides.samples[chunk.sample_index]
-                frame = _slide_frame(sample, metas, scores, model.model_id, slides.cell_labels)
-                work.write_part(chunk.sample_index, frame)
-                n_skip = frame["skip_reason"].is_not_null().sum()
-                if n_skip:
-                    work.log(f"sample {sample.sample_id}: {n_skip} file(s) skipped")
+                write_slide(slides, chunk.sample_index, metas, scores, model.model_id, work)
                 metas, scores = [], []
                 slides_done += 1
                 elapsed = time.perf_counter() - t_start

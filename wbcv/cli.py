@@ -37,12 +37,29 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number above 0, got {value}")
+    return value
+
+
 def _infer(args: argparse.Namespace) -> Path:
     """Shared by `infer` and `run`: classify the batch, print the summary, return the run."""
     from inference.artifact import load_artifact
     from inference.runner import InferenceParams, run_inference
     from inference.slideset import read_slide_set
 
+    if args.engine == "ray":
+        from inference.ray_engine import RayOptions, import_ray, run_inference_ray
+
+        import_ray()  # before reading the batch: say at once when Ray is missing
+        ray_options = RayOptions(address=args.address, actors=args.actors, gpus_per_actor=args.gpus_per_actor or 0.0)
+    elif args.address or args.actors or args.gpus_per_actor:
+        raise WbcvError("--address, --actors and --gpus-per-actor apply to --engine ray only")
     slides = read_slide_set(args.batch_dir)
     model = load_artifact(args.model)
     defaults = InferenceParams()
@@ -60,7 +77,10 @@ def _infer(args: argparse.Namespace) -> Path:
             f"processed: {', '.join(slides.unlisted_dirs[:5])}{' ...' if len(slides.unlisted_dirs) > 5 else ''}",
             file=sys.stderr,
         )
-    result = run_inference(slides, model, args.out, params, progress=not args.no_progress)
+    if args.engine == "ray":
+        result = run_inference_ray(slides, model, args.out, params, ray_options, progress=not args.no_progress)
+    else:
+        result = run_inference(slides, model, args.out, params, progress=not args.no_progress)
     s = result.record["summary"]
     if result.already_finished:
         print(f"this run had already finished: {result.run_dir}")
@@ -240,11 +260,34 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--out", type=Path, default=Path("runs"), metavar="RUNS_DIR", help="where runs go (default: ./runs)"
         )
-        p.add_argument("--workers", type=_positive_int, help="threads that decode and classify (default: one per core)")
+        p.add_argument(
+            "--workers",
+            type=_positive_int,
+            help="local engine: threads that decode and classify (default: one per core)",
+        )
         p.add_argument("--threads-per-worker", type=_positive_int, help="torch threads of each worker (default: 1)")
         p.add_argument("--chunk-size", type=_positive_int, help="cells per forward pass (default: 256)")
         p.add_argument("--max-image-pixels", type=_positive_int, help="refuse larger images (default: 4096*4096)")
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
+        p.add_argument(
+            "--engine",
+            choices=("local", "ray"),
+            default="local",
+            help="local: threads on this machine (default); ray: Ray Data on a Ray cluster, same results "
+            "(needs the ray extra: pip install 'wbcv[ray]')",
+        )
+        p.add_argument(
+            "--address",
+            metavar="ADDR",
+            help="Ray cluster: auto (RAY_ADDRESS or `ray start`), HOST:PORT, or ray://HOST:10001 "
+            "(default: start a local Ray instance)",
+        )
+        p.add_argument("--actors", type=_positive_int, help="Ray classifier actors (default: half the cluster's CPUs)")
+        p.add_argument(
+            "--gpus-per-actor",
+            type=_positive_float,
+            help="run each Ray classifier actor's network on this many GPUs (e.g. 1 or 0.5; default: CPU)",
+        )
 
     p = sub.add_parser(
         "infer",
