@@ -8,7 +8,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from fixtures.simulator import simulate_study
+from fixtures.simulator import draw_samples, simulate_study
 from inference.errors import WbcvError
 from inference.slideset import read_slide_set
 from inference.taxonomy import CELL_CLASSES
@@ -94,3 +94,48 @@ def test_simulate_command(tmp_path):
     )
     assert r.returncode == 0, r.stderr
     assert "simulated 3 samples x 10 cells" in r.stdout and (tmp_path / "s" / "XN_SAMPLE.csv").is_file()
+
+
+def test_study_config_from_yaml_changes_only_what_it_names(tmp_path):
+    from fixtures.simulator import StudyConfig, load_study_config
+
+    sample = load_study_config(Path(__file__).resolve().parent.parent / "fixtures" / "samples" / "study.yaml")
+    assert sample == StudyConfig()  # the documented example is the defaults, spelled out
+    path = tmp_path / "study.yaml"
+    path.write_text("pattern_weights: {neutropenia: 1.0, healthy: 0}\nreruns: 0\nanalyzer_cv: {basophil: 0.4}\n")
+    cfg = load_study_config(path)
+    assert cfg.pattern_weights["neutropenia"] == 1.0 and cfg.pattern_weights["healthy"] == 0.0
+    assert cfg.reruns == 0 and cfg.analyzer_cv["basophil"] == 0.4 and cfg.analyzer_cv["neutrophil"] == 0.02
+    assert draw_samples(20, 50, seed=1, config=cfg)[0].pattern != "healthy"
+
+
+def test_study_config_problems_are_all_named(tmp_path):
+    from fixtures.simulator import load_study_config
+
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        "pattern_weight: {healthy: 1}\nanalyzer_cv: {basofil: 0.1, monocyte: -1}\nreruns: two\nstart: yesterday\n"
+    )
+    with pytest.raises(WbcvError) as e:
+        load_study_config(path)
+    text = str(e.value)
+    assert "pattern_weight: unknown key (did you mean 'pattern_weights'?)" in text
+    assert "analyzer_cv.basofil: unknown name (did you mean 'basophil'?)" in text
+    assert "analyzer_cv.monocyte: expected a number from 0 to 2, got -1" in text
+    assert "reruns: expected a whole number" in text and "start: expected a date" in text
+    assert text.count(str(path)) == 5
+
+
+def test_simulate_cli_takes_a_config(tmp_path):
+    from fixtures.phantom import write_phantom_library
+    from wbcv.cli import main
+
+    library = write_phantom_library(tmp_path / "lib", 5)
+    config = tmp_path / "study.yaml"
+    config.write_text("pattern_weights: {eosinophilia: 1, healthy: 0}\n")
+    args = ["simulate", "--cells", str(library), "--samples", "4", "--cells-per-slide", "20", "--seed", "2"]
+    assert main([*args, "--out", str(tmp_path / "a"), "--config", str(config)]) == 0
+    truth = (tmp_path / "a" / "truth.csv").read_text()
+    assert truth.count("eosinophilia") == 4
+    config.write_text("reruns: -1\n")
+    assert main([*args, "--out", str(tmp_path / "b"), "--config", str(config)]) == 2

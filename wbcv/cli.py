@@ -208,11 +208,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_simulate(args: argparse.Namespace) -> int:
     from collections import Counter
 
-    from fixtures.simulator import simulate_study
+    from fixtures.simulator import load_study_config, simulate_study
     from inference.library import read_cell_library
 
+    config = load_study_config(args.config) if args.config else None
     samples = simulate_study(
-        read_cell_library(args.cells), args.out, args.samples, args.cells_per_slide, seed=args.seed
+        read_cell_library(args.cells), args.out, args.samples, args.cells_per_slide, seed=args.seed, config=config
     )
     patterns = Counter(s.pattern for s in samples)
     print(
@@ -380,6 +381,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cells-per-slide", type=_positive_int, required=True)
     p.add_argument("--out", type=Path, required=True, metavar="BATCH_DIR")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--config",
+        type=Path,
+        metavar="study.yaml",
+        help="population and analyzer settings (pattern weights, spreads, CVs, flags, reruns; see "
+        "fixtures/samples/study.yaml); keys left out keep their defaults",
+    )
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser(
