@@ -228,3 +228,130 @@ def confusion_matrix_plot(cm: np.ndarray, title: str = "Cells: expert label agai
         template="plotly_white",
     )
     return fig
+
+
+# --- Builders added for the dashboard (issue 7); the ones above are shared with the report. ---
+
+EXCLUDED_COLOUR: Final[str] = "#ff7f0e"  # orange: visibly not one of the counted samples
+
+
+def excluded_samples_trace(rows: pl.DataFrame, webgl: bool = False) -> go.Scatter | go.Scattergl:
+    """Excluded samples at the error they would have had, as hollow markers, to add to a verification plot.
+
+    ``rows``: comparison-table columns plus ``excluded_reason``. The hover names the reason, so an
+    excluded point is never mistaken for a counted one; customdata starts with the sample id as
+    in ``verification_plot``, so a click on either selects a sample the same way.
+    """
+    data = rows.filter(pl.col("error_pct").is_not_null())
+    scatter = go.Scattergl if webgl else go.Scatter
+    return scatter(
+        x=data["reference"].to_list(),
+        y=data["error_pct"].to_list(),
+        mode="markers",
+        name="excluded (not counted)",
+        marker={"color": EXCLUDED_COLOUR, "size": 8, "symbol": "circle-open", "line": {"width": 2}},
+        customdata=data.select("sample_id", "predicted", "n_classified", "excluded_reason").rows(),
+        hovertemplate=(
+            "sample %{customdata[0]} (EXCLUDED)<br>reference %{x:.3g}<br>predicted %{customdata[1]:.3g}<br>"
+            "error %{y:.1f} %<br>cells counted %{customdata[2]}<br>reason: %{customdata[3]}<extra></extra>"
+        ),
+    )
+
+
+def coverage_trend_plot(points: pl.DataFrame, measurand: str, required_coverage: float) -> go.Figure:
+    """Coverage of one measurand across runs with its Clopper–Pearson CI, against the requirement (drift).
+
+    ``points``: run_id, created_utc, model, coverage, coverage_lower, coverage_upper, n, passed.
+    """
+    cov = [100 * v for v in points["coverage"].to_list()]
+    lo = [100 * v for v in points["coverage_lower"].to_list()]
+    hi = [100 * v for v in points["coverage_upper"].to_list()]
+    fig = go.Figure(
+        go.Scatter(
+            x=points["created_utc"].to_list(),
+            y=cov,
+            mode="lines+markers",
+            name="coverage (95 % CI)",
+            line={"color": POINT_COLOUR},
+            marker={
+                "size": 9,
+                "color": [COVERAGE_COLOUR if p else LIMIT_COLOUR for p in points["passed"].to_list()],
+            },
+            error_y={
+                "type": "data",
+                "symmetric": False,
+                "array": [h - c for h, c in zip(hi, cov, strict=True)],
+                "arrayminus": [c - lw for c, lw in zip(cov, lo, strict=True)],
+                "color": "#777777",
+            },
+            customdata=points.select("run_id", "model", "n").rows(),
+            hovertemplate=(
+                "run %{customdata[0]}<br>model %{customdata[1]}<br>coverage %{y:.1f} % of %{customdata[2]} samples"
+                "<extra></extra>"
+            ),
+        )
+    )
+    fig.add_hline(
+        y=100 * required_coverage,
+        line={"color": LIMIT_COLOUR, "dash": "dot"},
+        annotation_text=f"required {100 * required_coverage:g} %",
+    )
+    fig.update_layout(
+        title=f"{measurand}: coverage across runs",
+        xaxis_title="run created (UTC)",
+        yaxis_title="samples within the allowable error (%)",
+        yaxis_range=[min([*lo, 100 * required_coverage]) - 5, 101],
+        template="plotly_white",
+        showlegend=False,
+    )
+    return fig
+
+
+def paired_error_plot(
+    a: pl.DataFrame, b: pl.DataFrame, measurand: str, label_a: str, label_b: str, limit_pct: float
+) -> go.Figure:
+    """Two runs on the same samples: each sample's error % in run A (x) against run B (y).
+
+    Points below the diagonal's band improved in B; the dotted square is the allowable error.
+    """
+    cols = ["sample_id", "error_pct"]
+    both = (
+        a.filter(pl.col("measurand") == measurand)
+        .select(cols)
+        .join(b.filter(pl.col("measurand") == measurand).select(cols), on="sample_id", suffix="_b")
+        .drop_nulls()
+    )
+    fig = go.Figure(
+        go.Scattergl(
+            x=both["error_pct"].to_list(),
+            y=both["error_pct_b"].to_list(),
+            mode="markers",
+            name="samples in both runs",
+            marker={"color": POINT_COLOUR, "size": 6, "opacity": 0.8},
+            customdata=both.select("sample_id").rows(),
+            hovertemplate="sample %{customdata[0]}<br>error A %{x:.1f} %<br>error B %{y:.1f} %<extra></extra>",
+        )
+    )
+    values = both["error_pct"].to_list() + both["error_pct_b"].to_list()
+    span = max([abs(v) for v in values] + [limit_pct]) * 1.05
+    fig.add_trace(
+        go.Scatter(
+            x=[-span, span], y=[-span, span], mode="lines", name="same error", line={"color": "#999999", "dash": "dot"}
+        )
+    )
+    fig.add_shape(
+        type="rect",
+        x0=-limit_pct,
+        x1=limit_pct,
+        y0=-limit_pct,
+        y1=limit_pct,
+        line={"color": LIMIT_COLOUR, "dash": "dot"},
+    )
+    fig.update_layout(
+        title=f"{measurand}: error per sample, {both.height} samples in both runs",
+        xaxis_title=f"error % in A ({label_a})",
+        yaxis_title=f"error % in B ({label_b})",
+        template="plotly_white",
+        legend={"orientation": "h", "y": -0.2},
+    )
+    return fig

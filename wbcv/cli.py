@@ -239,6 +239,31 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return EXIT_OK if v.intact else EXIT_TAMPERED
 
 
+def _port(text: str) -> int:
+    value = _positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number up to 65535, got {value}")
+    return value
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from dashboards.auth import load_credentials
+    from dashboards.server import make_dashboard_server
+
+    credentials = load_credentials(args.auth_file)
+    server = make_dashboard_server(args.runs, args.host, args.port, credentials, insecure=args.insecure)
+    where = f"http://{args.host}:{server.server_port}/"
+    guard = f"basic auth as {credentials.user}" if credentials else "no authentication"
+    print(f"wbcv dashboard: runs in {args.runs}; serving {where} ({guard}); Ctrl-C stops it", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("wbcv dashboard: stopped")
+    finally:
+        server.server_close()
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wbcv",
@@ -420,6 +445,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="model artifact directory or bundled model name (default: the bundled default)")
     p.add_argument("--json", type=Path, metavar="OUT.json", help="also write the report as JSON")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser(
+        "dashboard",
+        help="serve the review dashboard of the runs in a folder",
+        description=(
+            "Serve an interactive dashboard (Dash) of the comparison runs in RUNS_DIR: verification plots, "
+            "Bland-Altman and regression panels, the cells of each sample, two runs side by side, coverage "
+            "across runs. Listens on 127.0.0.1 unless --host says otherwise; a host other than loopback needs "
+            "basic-auth credentials (WBCV_DASHBOARD_AUTH=user:password or --auth-file) or --insecure."
+        ),
+    )
+    p.add_argument("--runs", type=Path, required=True, metavar="RUNS_DIR", help="the --out folder of `wbcv run`")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=_port, default=8050, help="port to listen on (default: 8050)")
+    p.add_argument("--auth-file", type=Path, metavar="FILE", help="basic-auth credentials: one 'user:password' line")
+    p.add_argument(
+        "--insecure", action="store_true", help="allow a non-loopback host without authentication (not advised)"
+    )
+    p.set_defaults(func=cmd_dashboard)
     return parser
 
 

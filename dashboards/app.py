@@ -1,0 +1,456 @@
+"""The Dash app: layout and callbacks. Data come from ``dashboards.data``, figures from ``validation.figures``.
+
+Page, top to bottom: the runs list; for the chosen run and measurand the verdict, the
+verification plot (toggles: excluded samples, sampling-floor band), Bland–Altman and regression
+panels, the sample table with CSV export, the drill-down gallery of the clicked sample's cells;
+the cell-level confusion matrix; a second run side by side; the coverage trend across runs.
+Each figure has its own callback, so the verification plot is drawn without waiting for the rest.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import plotly.graph_objects as go
+import polars as pl
+from dash import Dash, Input, Output, State, ctx, dash_table, dcc, html
+from dash.exceptions import PreventUpdate
+
+from dashboards.auth import Credentials, require_basic_auth
+from dashboards.cells import cell_url, register_cell_route
+from dashboards.data import TABLE_COLUMNS, ComparisonRun, RunCatalog, coverage_trend
+from inference.errors import WbcvError
+from validation.figures import (
+    bland_altman_plot,
+    confusion_matrix_plot,
+    coverage_trend_plot,
+    excluded_samples_trace,
+    paired_error_plot,
+    regression_plot,
+    verification_plot,
+)
+
+SHOW_EXCLUDED: Final[str] = "excluded"
+SHOW_FLOOR: Final[str] = "floor"
+#: Above this many points a marker trace is drawn with WebGL: SVG markers take seconds at 10,000.
+WEBGL_ABOVE: Final[int] = 1000
+GRAPH_CONFIG: Final[dict[str, Any]] = {"displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2}}
+
+
+def _empty_figure(message: str) -> go.Figure:
+    fig = go.Figure()
+    fig.add_annotation(text=message, showarrow=False, font={"size": 14}, x=0.5, y=0.5, xref="paper", yref="paper")
+    fig.update_layout(template="plotly_white", xaxis_visible=False, yaxis_visible=False)
+    return fig
+
+
+def _webgl(fig: go.Figure) -> go.Figure:
+    """The same figure with large SVG marker traces redrawn by WebGL (the builders stay SVG for the report)."""
+    data = []
+    for t in fig.data:
+        if t.type == "scatter" and "markers" in (t.mode or "") and t.x is not None and len(t.x) > WEBGL_ABOVE:
+            spec = t.to_plotly_json()
+            spec.pop("type", None)
+            data.append(go.Scattergl(spec))
+        else:
+            data.append(t)
+    return go.Figure(data=data, layout=fig.layout)
+
+
+def _pct(v: float | None) -> str:
+    return "–" if v is None else f"{100 * v:.1f} %"
+
+
+def _verdict_table(run: ComparisonRun, measurand: str) -> html.Div:
+    head = ["measurand", "n", "within", "coverage", "95 % CI", "E95 %", "sampling floor", "verdict"]
+    rows = []
+    for m, v in run.verdicts.items():
+        ci = "–" if v["coverage_lower"] is None else f"{_pct(v['coverage_lower'])} – {_pct(v['coverage_upper'])}"
+        e95 = "–" if v["coverage_error_pct"] is None else f"{v['coverage_error_pct']:.1f}"
+        cells = [m, v["n"], v["n_within"], _pct(v["coverage"]), ci, e95, _pct(v["sampling_floor"])]
+        rows.append(
+            html.Tr(
+                [html.Td(c) for c in cells]
+                + [html.Td("PASS" if v["passed"] else "FAIL", className="pass" if v["passed"] else "fail")],
+                className="selected" if m == measurand else None,
+            )
+        )
+    reason = run.verdicts.get(measurand, {}).get("reason", "")
+    notes = [html.P(n, className="note") for n in run.notes]
+    return html.Div(
+        [
+            html.P(
+                [
+                    html.B(f"overall {run.summary.verdict.upper()}"),
+                    f" · protocol {run.summary.protocol} · model {run.summary.model} · "
+                    f"{run.summary.n_values} values compared, {run.summary.n_excluded} excluded",
+                ]
+            ),
+            html.Table([html.Thead(html.Tr([html.Th(h) for h in head])), html.Tbody(rows)], className="verdicts"),
+            html.P(f"{measurand}: {reason}", id="verdict-reason"),
+            *notes,
+        ]
+    )
+
+
+def _gallery(run: ComparisonRun, sample_id: str) -> list[Any]:
+    inf = run.inference
+    if inf is None:
+        return [html.P(f"sample {sample_id}: cells not available ({'; '.join(run.notes)})")]
+    cells = inf.cells_of(sample_id)
+    if cells.is_empty():
+        return [html.P(f"sample {sample_id}: no classified cells in run {inf.run_id}")]
+    # unclassified cells first: they are the ones a reviewer must look at
+    cells = cells.with_row_index("order").sort(["unclassified", "order"], descending=[True, False])
+    n_unc = int(cells["unclassified"].sum())
+    figures = []
+    for c in cells.iter_rows(named=True):
+        label = c["expert_label"]
+        caption = [
+            html.Span("unclassified" if c["unclassified"] else c["predicted_class"], className="pred"),
+            html.Span(f" {c['confidence']:.2f}", className="conf"),
+        ]
+        if c["unclassified"] and c["abstain_reason"]:
+            caption.append(html.Span(f" ({c['abstain_reason']})", className="why"))
+        if label is not None and label != c["predicted_class"]:
+            caption.append(html.Span(f" expert: {label}", className="expert"))
+        figures.append(
+            html.Figure(
+                [
+                    html.Img(src=cell_url(inf.run_id, c["cell_path"]), alt=c["cell_path"], loading="lazy"),
+                    html.Figcaption(caption),
+                ],
+                className="cell unclassified" if c["unclassified"] else "cell",
+                title=c["cell_path"],
+            )
+        )
+    return [
+        html.H3(f"sample {sample_id}: {cells.height} cells, {n_unc} unclassified", id="gallery-title"),
+        html.Div(figures, className="cells"),
+    ]
+
+
+def build_layout(catalog: RunCatalog) -> html.Div:
+    runs = catalog.summaries()
+    first = runs[0].run_id if runs else None
+    options = [{"label": f"{s.run_id} · {s.study} · {s.verdict.upper()}", "value": s.run_id} for s in runs]
+    runs_table = dash_table.DataTable(
+        id="runs-table",
+        columns=[
+            {"name": n, "id": i}
+            for n, i in (
+                ("run", "run_id"),
+                ("created (UTC)", "created_utc"),
+                ("study", "study"),
+                ("protocol", "protocol"),
+                ("model", "model"),
+                ("verdict", "verdict"),
+                ("values", "n_values"),
+                ("excluded", "n_excluded"),
+            )
+        ],
+        data=[
+            {
+                "run_id": s.run_id,
+                "created_utc": s.created_utc,
+                "study": s.study,
+                "protocol": s.protocol,
+                "model": s.model,
+                "verdict": s.verdict.upper(),
+                "n_values": s.n_values,
+                "n_excluded": s.n_excluded,
+            }
+            for s in runs
+        ],
+        sort_action="native",
+        page_size=10,
+        style_cell={"textAlign": "left", "fontFamily": "inherit", "fontSize": "13px"},
+        style_data_conditional=[
+            {"if": {"filter_query": '{verdict} = "FAIL"', "column_id": "verdict"}, "color": "#d62728"},
+            {"if": {"filter_query": '{verdict} = "PASS"', "column_id": "verdict"}, "color": "#2ca02c"},
+        ],
+    )
+    return html.Div(
+        [
+            html.H1("wbcv · validation runs"),
+            html.P(f"{len(runs)} comparison run(s) in {catalog.runs_dir}", id="runs-count"),
+            runs_table,
+            html.Div(
+                [
+                    html.Label(["run", dcc.Dropdown(id="run", options=options, value=first, clearable=False)]),
+                    html.Label(["measurand", dcc.RadioItems(id="measurand", inline=True)]),
+                    dcc.Checklist(
+                        id="options",
+                        options=[
+                            {"label": "show excluded samples", "value": SHOW_EXCLUDED},
+                            {"label": "show sampling-floor band", "value": SHOW_FLOOR},
+                        ],
+                        value=[SHOW_FLOOR],
+                        inline=True,
+                    ),
+                ],
+                className="controls",
+            ),
+            html.Div(id="verdict"),
+            dcc.Graph(id="verification", config=GRAPH_CONFIG, style={"height": "520px"}),
+            html.Div(
+                [dcc.Graph(id="bland-altman", config=GRAPH_CONFIG), dcc.Graph(id="regression", config=GRAPH_CONFIG)],
+                className="pair",
+            ),
+            html.H2("samples"),
+            html.P("Click a point of the plot or a row of the table to see the sample's cells below."),
+            html.Button("download visible table as CSV", id="download-button"),
+            dcc.Download(id="download"),
+            dash_table.DataTable(
+                id="samples",
+                columns=[{"name": c, "id": c} for c in TABLE_COLUMNS],
+                sort_action="native",
+                filter_action="native",
+                page_size=15,
+                style_table={"overflowX": "auto"},
+                style_cell={"fontFamily": "inherit", "fontSize": "12px"},
+                style_data_conditional=[
+                    {"if": {"filter_query": "{within_limit} = false"}, "backgroundColor": "#fde8e8"},
+                    {"if": {"filter_query": "{excluded_reason} is not blank"}, "color": "#9a5a00"},
+                ],
+            ),
+            dcc.Store(id="selected-sample"),
+            html.Div(id="gallery", className="gallery"),
+            html.H2("cells against expert labels"),
+            html.Div(id="cell-metrics"),
+            dcc.Graph(id="confusion", config=GRAPH_CONFIG),
+            html.H2("compare two runs"),
+            html.Label(["second run", dcc.Dropdown(id="compare-run", options=options, value=None)]),
+            html.Div(
+                [dcc.Graph(id="compare-a", config=GRAPH_CONFIG), dcc.Graph(id="compare-b", config=GRAPH_CONFIG)],
+                className="pair",
+            ),
+            dcc.Graph(id="paired", config=GRAPH_CONFIG),
+            html.H2("coverage across runs (drift)"),
+            dcc.Graph(id="trend", config=GRAPH_CONFIG),
+        ],
+        className="page",
+    )
+
+
+def create_app(runs_dir: Path, credentials: Credentials | None = None) -> Dash:
+    """The dashboard for the runs in ``runs_dir``; with credentials every route asks for them."""
+    catalog = RunCatalog(runs_dir)
+    app = Dash(
+        __name__,
+        title="wbcv dashboard",
+        assets_folder=str(Path(__file__).parent / "assets"),
+        serve_locally=True,  # no CDN: the page works on a closed network
+        update_title=None,
+    )
+    if credentials is not None:
+        require_basic_auth(app.server, credentials)
+    register_cell_route(app.server, catalog)
+    app.layout = lambda: build_layout(catalog)  # a function: runs finished later appear on reload
+    app.catalog = catalog  # type: ignore[attr-defined]  # for tests and the benchmark
+
+    def get_run(run_id: str | None) -> ComparisonRun:
+        if not run_id:
+            raise PreventUpdate
+        try:
+            return catalog.get(run_id)
+        except WbcvError:
+            raise PreventUpdate from None
+
+    @app.callback(
+        Output("run", "value"), Input("runs-table", "active_cell"), State("runs-table", "derived_viewport_data")
+    )
+    def pick_run_from_table(cell: dict[str, Any] | None, rows: list[dict[str, Any]] | None) -> str:
+        if not cell or not rows:
+            raise PreventUpdate
+        return rows[cell["row"]]["run_id"]
+
+    @app.callback(
+        Output("measurand", "options"),
+        Output("measurand", "value"),
+        Input("run", "value"),
+        State("measurand", "value"),
+    )
+    def measurands(run_id: str | None, current: str | None) -> tuple[list[str], str]:
+        run = get_run(run_id)
+        return run.measurands, current if current in run.measurands else run.measurands[0]
+
+    @app.callback(
+        Output("verification", "figure"),
+        Output("verdict", "children"),
+        Input("run", "value"),
+        Input("measurand", "value"),
+        Input("options", "value"),
+    )
+    def verification(run_id: str | None, measurand: str | None, opts: list[str]) -> tuple[go.Figure, html.Div]:
+        run = get_run(run_id)
+        if measurand not in run.verdicts:
+            raise PreventUpdate
+        v = run.verdicts[measurand]
+        fig = verification_plot(
+            run.rows(measurand),
+            measurand,
+            v["allowable_error_pct"],
+            v["coverage_error_pct"],
+            v["required_coverage"],
+            show_floor_band=SHOW_FLOOR in opts,
+            webgl=True,
+        )
+        if SHOW_EXCLUDED in opts:
+            extra = run.excluded_values
+            if extra is None:
+                fig.add_annotation(
+                    text="excluded samples cannot be drawn: the protocol file or the inference run is not available",
+                    showarrow=False,
+                    xref="paper",
+                    yref="paper",
+                    x=0.5,
+                    y=1.0,
+                )
+            else:
+                rows = extra.filter(pl.col("measurand") == measurand).rename({"reason": "excluded_reason"})
+                fig.add_trace(excluded_samples_trace(rows, webgl=True))
+        fig.update_layout(uirevision=f"{run_id}/{measurand}", clickmode="event")
+        return fig, _verdict_table(run, measurand)
+
+    @app.callback(
+        Output("bland-altman", "figure"),
+        Output("regression", "figure"),
+        Input("run", "value"),
+        Input("measurand", "value"),
+    )
+    def method_comparison(run_id: str | None, measurand: str | None) -> tuple[go.Figure, go.Figure]:
+        run = get_run(run_id)
+        if measurand not in run.verdicts:
+            raise PreventUpdate
+        st = run.statistics.get(measurand, {})
+        ba = st.get("bland_altman_absolute")
+        pb = st.get("passing_bablok")
+        return (
+            _webgl(bland_altman_plot(run.rows(measurand), measurand, ba if isinstance(ba, dict) else None)),
+            _webgl(
+                regression_plot(run.rows(measurand), measurand, pb if isinstance(pb, dict) else None, "Passing–Bablok")
+            ),
+        )
+
+    @app.callback(
+        Output("samples", "data"),
+        Input("run", "value"),
+        Input("measurand", "value"),
+        Input("options", "value"),
+    )
+    def sample_table(run_id: str | None, measurand: str | None, opts: list[str]) -> list[dict[str, Any]]:
+        run = get_run(run_id)
+        if measurand not in run.verdicts:
+            raise PreventUpdate
+        table = run.sample_table(measurand, SHOW_EXCLUDED in opts)
+        return table.with_columns(pl.col(pl.Float64).round(4)).to_dicts()
+
+    @app.callback(
+        Output("download", "data"),
+        Input("download-button", "n_clicks"),
+        State("samples", "derived_virtual_data"),
+        State("run", "value"),
+        State("measurand", "value"),
+        prevent_initial_call=True,
+    )
+    def download(_: int, rows: list[dict[str, Any]] | None, run_id: str, measurand: str) -> dict[str, Any]:
+        # derived_virtual_data: the table's rows after the user's filter and sort, i.e. what is visible
+        frame = pl.DataFrame(rows or [], schema={c: pl.String for c in TABLE_COLUMNS}, strict=False)
+        name = f"{run_id}-{measurand.replace('#', 'count').replace('%', 'pct')}.csv"
+        return dcc.send_string(frame.write_csv(), name)
+
+    @app.callback(
+        Output("selected-sample", "data"),
+        Input("verification", "clickData"),
+        Input("samples", "active_cell"),
+        State("samples", "derived_viewport_data"),
+        prevent_initial_call=True,
+    )
+    def select_sample(
+        click: dict[str, Any] | None, cell: dict[str, Any] | None, rows: list[dict[str, Any]] | None
+    ) -> str:
+        if ctx.triggered_id == "verification" and click:
+            point = click["points"][0]
+            custom = point.get("customdata")
+            if custom:
+                return str(custom[0])
+        if ctx.triggered_id == "samples" and cell and rows:
+            return str(rows[cell["row"]]["sample_id"])
+        raise PreventUpdate
+
+    @app.callback(Output("gallery", "children"), Input("selected-sample", "data"), Input("run", "value"))
+    def gallery(sample_id: str | None, run_id: str | None) -> list[Any]:
+        if not sample_id:
+            return [html.P("No sample selected.", className="note")]
+        return _gallery(get_run(run_id), sample_id)
+
+    @app.callback(Output("confusion", "figure"), Output("cell-metrics", "children"), Input("run", "value"))
+    def confusion(run_id: str | None) -> tuple[go.Figure, Any]:
+        run = get_run(run_id)
+        report = run.inference.cell_report if run.inference is not None else None
+        if report is None:
+            return _empty_figure("no expert labels in this run's batch"), ""
+        cm = report["confusion_matrix"]
+        summary = (
+            f"{sum(map(sum, cm['counts']))} labelled cells · accuracy {_pct(report.get('accuracy'))} · "
+            f"balanced accuracy {_pct(report.get('balanced_accuracy'))} · "
+            f"unclassified {_pct(report.get('unclassified_rate'))}"
+            + (
+                f" · {report['n_other_labels']} cells labelled outside the five classes"
+                if report["n_other_labels"]
+                else ""
+            )
+        )
+        return confusion_matrix_plot(np.array(cm["counts"])), html.P(summary)
+
+    @app.callback(
+        Output("compare-a", "figure"),
+        Output("compare-b", "figure"),
+        Output("paired", "figure"),
+        Input("run", "value"),
+        Input("compare-run", "value"),
+        Input("measurand", "value"),
+    )
+    def compare_runs(run_a: str | None, run_b: str | None, measurand: str | None) -> tuple[go.Figure, ...]:
+        a = get_run(run_a)
+        if not run_b:
+            blank = _empty_figure("choose a second run")
+            return blank, blank, blank
+        b = get_run(run_b)
+        figs = []
+        for run, tag in ((a, "A"), (b, "B")):
+            v = run.verdicts.get(measurand or "")
+            if v is None:
+                figs.append(_empty_figure(f"{measurand} is not in run {run.run_id}"))
+                continue
+            fig = verification_plot(
+                run.rows(measurand or ""),
+                measurand or "",
+                v["allowable_error_pct"],
+                v["coverage_error_pct"],
+                v["required_coverage"],
+                webgl=True,
+            )
+            fig.update_layout(title=f"{tag}: {run.run_id} · coverage {_pct(v['coverage'])}", showlegend=False)
+            figs.append(fig)
+        v = a.verdicts.get(measurand or "")
+        paired = (
+            paired_error_plot(a.table, b.table, measurand or "", a.run_id, b.run_id, v["allowable_error_pct"])
+            if v is not None and measurand in b.verdicts
+            else _empty_figure("the runs have no measurand in common")
+        )
+        return figs[0], figs[1], paired
+
+    @app.callback(Output("trend", "figure"), Input("measurand", "value"), State("run", "value"))
+    def trend(measurand: str | None, run_id: str | None) -> go.Figure:
+        if not measurand:
+            raise PreventUpdate
+        points = coverage_trend(catalog, measurand)
+        if points.is_empty():
+            return _empty_figure(f"no run has a coverage for {measurand}")
+        return coverage_trend_plot(points, measurand, get_run(run_id).required_coverage)
+
+    return app

@@ -1,0 +1,26 @@
+"""Starting the dashboard's web server: the one place that binds a socket."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from werkzeug.serving import BaseWSGIServer, make_server
+
+from dashboards.app import create_app
+from dashboards.auth import Credentials, check_exposure
+from inference.errors import WbcvError
+
+
+def make_dashboard_server(
+    runs_dir: Path, host: str, port: int, credentials: Credentials | None, insecure: bool = False
+) -> BaseWSGIServer:
+    """A threaded WSGI server for the dashboard, bound but not yet serving (``serve_forever``).
+
+    Port 0 picks a free port (tests); ``server.server_port`` tells which.
+    """
+    check_exposure(host, credentials, insecure)
+    app = create_app(runs_dir, credentials)
+    try:
+        return make_server(host, port, app.server, threaded=True)
+    except OSError as e:
+        raise WbcvError(f"cannot listen on {host}:{port}: {e.strerror or e}; choose another --port or --host") from None
