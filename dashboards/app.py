@@ -119,7 +119,7 @@ def _gallery(run: ComparisonRun, sample_id: str) -> list[Any]:
         figures.append(
             html.Figure(
                 [
-                    html.Img(src=cell_url(inf.run_id, c["cell_path"]), alt=c["cell_path"], loading="lazy"),
+                    html.Img(src=cell_url(inf.run_id, c["cell_path"]), alt=c["cell_path"]),
                     html.Figcaption(caption),
                 ],
                 className="cell unclassified" if c["unclassified"] else "cell",
@@ -213,7 +213,7 @@ def build_layout(catalog: RunCatalog) -> html.Div:
                 style_cell={"fontFamily": "inherit", "fontSize": "12px"},
                 style_data_conditional=[
                     {"if": {"filter_query": "{within_limit} = false"}, "backgroundColor": "#fde8e8"},
-                    {"if": {"filter_query": "{excluded_reason} is not blank"}, "color": "#9a5a00"},
+                    {"if": {"filter_query": "{excluded_reason} is str"}, "color": "#9a5a00"},
                 ],
             ),
             dcc.Store(id="selected-sample"),
@@ -260,7 +260,10 @@ def create_app(runs_dir: Path, credentials: Credentials | None = None) -> Dash:
             raise PreventUpdate from None
 
     @app.callback(
-        Output("run", "value"), Input("runs-table", "active_cell"), State("runs-table", "derived_viewport_data")
+        Output("run", "value"),
+        Input("runs-table", "active_cell"),
+        State("runs-table", "derived_viewport_data"),
+        prevent_initial_call=True,  # else the page's first callbacks wait on this one and never fire
     )
     def pick_run_from_table(cell: dict[str, Any] | None, rows: list[dict[str, Any]] | None) -> str:
         if not cell or not rows:
