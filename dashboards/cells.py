@@ -7,7 +7,8 @@ Route: ``/cells/<inference run id>/<cell path>``. A request is answered only whe
 2. the cell path is, character for character, one of the ``cell_path`` values of that run's
    predictions (so ``..``, absolute paths and encoded separators never match a listed cell);
 3. the file, with every symbolic link resolved, lies inside the resolved slide folder of the
-   sample the cell belongs to (a cell swapped for a link to elsewhere after the run is refused);
+   sample the cell belongs to, and that folder inside the resolved batch folder (a cell or a
+   slide folder swapped for a link to elsewhere after the run is refused);
 4. it is a regular file.
 
 Anything else is a plain 404 that does not say which check failed, so the route cannot be used
@@ -48,11 +49,13 @@ def resolve_cell(catalog: RunCatalog, inference_run_id: str, cell_path: str) -> 
     if slide is None:
         return None
     try:
+        batch_root = run.batch_root.resolve(strict=True)
         slide_root = slide.resolve(strict=True)
         target = (run.batch_root / cell_path).resolve(strict=True)
     except (OSError, RuntimeError):  # missing file, or a symlink loop
         return None
-    if not target.is_relative_to(slide_root) or not target.is_file():
+    # the slide folder itself may have been swapped for a link to elsewhere: it must stay in the batch
+    if not slide_root.is_relative_to(batch_root) or not target.is_relative_to(slide_root) or not target.is_file():
         return None
     return target
 
@@ -82,3 +85,10 @@ def register_cell_route(server: Flask, catalog: RunCatalog) -> None:
         response = _browser_image(target)
         response.headers["X-Content-Type-Options"] = "nosniff"
         return response
+
+    # Anything else under the prefix (e.g. an empty segment, '/cells/RUN//etc/passwd', which the
+    # rule above does not match) is a 404 too, rather than falling through to Dash's page route.
+    @server.get(f"{ROUTE_PREFIX}/<path:anything>")
+    @server.get(ROUTE_PREFIX)
+    def not_a_cell(anything: str = "") -> Response:
+        abort(404)
