@@ -33,13 +33,14 @@ RED = "rgb(214, 39, 40)"  # validation.figures.LIMIT_COLOUR
 BLUE = "rgb(31, 79, 214)"  # validation.figures.COVERAGE_COLOUR
 GREY = "rgb(128, 128, 128)"  # validation.figures.FLOOR_COLOUR without its alpha
 
+# _fullData: the traces as Plotly drew them, float arrays decoded from the figure's binary form
 PLOT_TRACES = """(sel) => {
   const g = document.querySelector(sel + ' .js-plotly-plot');
-  if (!g || !g.data) return null;
-  return g.data.map(t => ({name: t.name, type: t.type, visible: t.visible,
+  if (!g || !g._fullData) return null;
+  return g._fullData.map(t => ({name: t.name, type: t.type, visible: t.visible,
     colour: t.line ? t.line.color : null, dash: t.line ? t.line.dash : null,
     n: t.x ? t.x.length : 0, y0: t.y && t.y.length ? t.y[0] : null,
-    ids: t.customdata ? t.customdata.map(c => c[0]) : []}));
+    ids: t.customdata ? Array.from(t.customdata, c => c[0]) : []}));
 }"""
 # The lines as Plotly drew them: one entry per line path of the plot's SVG.
 DRAWN_LINES = """(sel) => [...document.querySelectorAll(sel + ' .scatterlayer .trace path.js-line')].map(p => ({
@@ -48,8 +49,8 @@ DRAWN_LINES = """(sel) => [...document.querySelectorAll(sel + ' .scatterlayer .t
 POINT_POSITION = """(sid) => {
   const g = document.querySelector('#verification .js-plotly-plot');
   g.scrollIntoView({block: 'center'});
-  const t = g.data.find(t => t.name === 'samples');
-  const i = t.customdata.findIndex(c => c[0] === sid);
+  const t = g._fullData.find(t => t.name === 'samples');
+  const i = Array.from(t.customdata).findIndex(c => c[0] === sid);
   const xa = g._fullLayout.xaxis, ya = g._fullLayout.yaxis, r = g.getBoundingClientRect();
   return {x: r.left + xa._offset + xa.l2p(t.x[i]), y: r.top + ya._offset + ya.l2p(t.y[i])};
 }"""

@@ -1,0 +1,238 @@
+"""Speed of the review dashboard in a real browser (Debian's Chromium driven by Playwright).
+
+    python benchmarks/bench_dashboard.py [--samples 10000] [--baseline-samples 200] [--repeats 7]
+
+For a comparison run of --samples samples (and, as the baseline measured in the same run, one of
+--baseline-samples samples), each served by `wbcv dashboard` in its own process:
+
+  * first page load: from navigation start in a fresh browser context (empty cache) until the
+    verification plot has drawn every point (Plotly's ``plotly_afterplot`` and the next animation
+    frame); the first load after the server starts is reported apart, since it also reads the run
+    from disk;
+  * callback to plot: from the click on another measurand (which fires the callback) until the
+    verification plot of that measurand has drawn, i.e. request, server-side figure building,
+    transfer, JSON parsing and WebGL drawing; alternating between two measurands.
+
+The runs are synthetic but made by the real pipeline's last stage: a simulated study's slide counts
+(``fixtures.simulator.draw_samples``, a classifier confusing 4 % of monocytes for lymphocytes) are
+sealed as an inference run and compared with `validation.study.run_comparison` (Sysmex-format
+reference, a two-measurand protocol). No cells are classified, so the gallery is empty.
+Results are printed and written as JSON (--json). Not a test: nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import polars as pl  # noqa: E402
+from playwright.sync_api import Page, sync_playwright  # noqa: E402
+
+from fixtures.classifiers import confused_counts  # noqa: E402
+from fixtures.simulator import StudyConfig, draw_samples, write_sysmex  # noqa: E402
+from inference.runner import COUNTS_FILE, PREDICTION_SCHEMA, PREDICTIONS_FILE  # noqa: E402
+from inference.runstore import WorkingRun, cpu_name, software_info  # noqa: E402
+from validation.study import run_comparison  # noqa: E402
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+PROTOCOL = """protocol: {id: BENCH, version: "1"}
+study: {id: BENCH-STUDY}
+count_mode: relative
+measurands:
+  NEUT#: {allowable_error_pct: 10, absolute_limit: 0.2}
+  LYMPH#: {allowable_error_pct: 10, absolute_limit: 0.2}
+acceptance: {required_coverage: 0.95, basis: point_estimate, confidence: 0.95}
+exclusions: {flags: any, marks: ["*", "@"], min_cells: 100}
+rerun_rule: last
+"""
+# Resolves with the milliseconds from the click to the first frame after the plot of `m` is drawn.
+SWITCH_AND_TIME = """async (m) => {
+  const gd = document.querySelector('#verification .js-plotly-plot');
+  return await new Promise(resolve => {
+    let t0;
+    const done = () => {
+      if (!gd.layout.title.text.startsWith(m + ':')) return;
+      gd.removeListener('plotly_afterplot', done);
+      requestAnimationFrame(() => resolve(performance.now() - t0));
+    };
+    gd.on('plotly_afterplot', done);
+    t0 = performance.now();
+    document.querySelector(`#measurand input[value="${m}"]`).click();
+  });
+}"""
+PLOT_DRAWN = """(n) => {
+  const gd = document.querySelector('#verification .js-plotly-plot');
+  const t = gd && gd._fullData && gd._fullData.find(t => t.name === 'samples');
+  return !!(t && t.x.length === n && gd._fullLayout && gd.querySelector('canvas'));
+}"""
+
+
+def make_run(root: Path, n_samples: int, seed: int = 11) -> Path:
+    """A sealed inference run (counts only) and its comparison run in root/runs."""
+    samples = draw_samples(n_samples, 200, seed=seed)
+    write_sysmex(root / "XN.csv", samples, StudyConfig(), seed=seed)
+    (root / "protocol.yaml").write_text(PROTOCOL)
+    counts = confused_counts(samples, {"monocyte": {"lymphocyte": 0.04}}, seed=seed)
+    runs = root / "runs"
+    (root / "batch").mkdir()
+    work, _ = WorkingRun.open(runs, f"bench{n_samples:08d}" + "0" * 8, {"run_id": f"bench-infer-{n_samples}"})
+    with work.locked():
+        inference = work.seal(
+            runs,
+            f"bench-infer-{n_samples}",
+            {COUNTS_FILE: counts, PREDICTIONS_FILE: pl.DataFrame(schema=PREDICTION_SCHEMA)},
+            {
+                "kind": "inference",
+                "created_utc": "2026-01-01T00:00:00+00:00",
+                "batch": {"path": str((root / "batch").resolve()), "n_samples": n_samples},
+                "model": {"id": "bench-confused-classifier"},
+                "software": software_info(),
+            },
+        )
+    run_comparison(inference, root / "XN.csv", root / "protocol.yaml", runs)
+    return runs
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_dashboard(runs: Path) -> tuple[subprocess.Popen[str], str]:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "WBCV_DASHBOARD_AUTH"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "wbcv.cli", "dashboard", "--runs", str(runs), "--port", str(port)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    line = proc.stdout.readline() if proc.stdout else ""
+    if "serving" not in line:
+        proc.kill()
+        raise SystemExit(f"the dashboard did not start: {line!r}")
+    return proc, f"http://127.0.0.1:{port}/"
+
+
+def page_load(page: Page, url: str, n_points: int) -> float:
+    page.goto(url, wait_until="commit")
+    page.wait_for_function(PLOT_DRAWN, arg=n_points, polling="raf", timeout=120_000)
+    return page.evaluate("() => new Promise(r => requestAnimationFrame(() => r(performance.now())))")
+
+
+def measure(runs: Path, n_points: int, repeats: int) -> dict[str, Any]:
+    proc, url = start_dashboard(runs)
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            loads: list[float] = []
+            for _ in range(repeats + 1):
+                ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+                loads.append(page_load(ctx.new_page(), url, n_points))
+                ctx.close()
+            ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+            page = ctx.new_page()
+            page_load(page, url, n_points)
+            switches = [page.evaluate(SWITCH_AND_TIME, m) for m in ["LYMPH#", "NEUT#"] * repeats]
+            payload = page.evaluate(
+                "() => performance.getEntriesByType('resource').filter(e => e.name.includes('_dash-update'))"
+                ".map(e => e.encodedBodySize).reduce((a, b) => Math.max(a, b), 0)"
+            )
+            version = browser.version
+            browser.close()
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    warm_loads = loads[1:]
+    return {
+        "points": n_points,
+        "first_load_cold_server_ms": round(loads[0], 1),
+        "first_load_ms": {"median": round(statistics.median(warm_loads), 1), "max": round(max(warm_loads), 1)},
+        "callback_to_plot_ms": {"median": round(statistics.median(switches), 1), "max": round(max(switches), 1)},
+        "largest_callback_response_bytes": payload,
+        "repeats": repeats,
+        "chromium": version,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--samples", type=int, default=10_000)
+    ap.add_argument("--baseline-samples", type=int, default=200)
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    args = ap.parse_args()
+    results: dict[str, Any] = {
+        "machine": {
+            "cpu": cpu_name(),
+            "cores": len(os.sched_getaffinity(0)),
+            "python": platform.python_version(),
+            "dash": metadata.version("dash"),
+            "plotly": metadata.version("plotly"),
+            "platform": platform.platform(),
+            "browser": "Debian chromium, headless, --disable-gpu (WebGL by software rendering)",
+        },
+        "runs": {},
+    }
+    with tempfile.TemporaryDirectory(prefix="wbcv-bench-dash-") as tmp:
+        for n in (args.baseline_samples, args.samples):
+            root = Path(tmp) / f"n{n}"
+            root.mkdir()
+            t0 = time.perf_counter()
+            runs = make_run(root, n)
+            made = time.perf_counter() - t0
+            comparison = next(p for p in runs.iterdir() if "-compare-" in p.name)
+            n_points = pl.read_parquet(comparison / "comparison.parquet").filter(pl.col("measurand") == "NEUT#").height
+            load_before = os.getloadavg()[0]
+            r = measure(runs, n_points, args.repeats)
+            # the machine is shared: the 1-minute load average says how busy it was around the figures
+            r["load_average_1min"] = {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)}
+            r["samples"] = n
+            r["making_the_run_s"] = round(made, 1)
+            results["runs"][str(n)] = r
+            print(
+                f"{n:>6} samples ({n_points} plotted): first load {r['first_load_ms']['median']:.0f} ms median "
+                f"(max {r['first_load_ms']['max']:.0f}; {r['first_load_cold_server_ms']:.0f} right after start), "
+                f"callback to plot {r['callback_to_plot_ms']['median']:.0f} ms median "
+                f"(max {r['callback_to_plot_ms']['max']:.0f}); largest callback response "
+                f"{r['largest_callback_response_bytes'] / 1e6:.2f} MB",
+                flush=True,
+            )
+    big, base = results["runs"][str(args.samples)], results["runs"][str(args.baseline_samples)]
+    results["ratio_to_baseline"] = {
+        "first_load": round(big["first_load_ms"]["median"] / base["first_load_ms"]["median"], 2),
+        "callback_to_plot": round(big["callback_to_plot_ms"]["median"] / base["callback_to_plot_ms"]["median"], 2),
+    }
+    print(f"ratios {args.samples} / {args.baseline_samples} samples: {results['ratio_to_baseline']}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
