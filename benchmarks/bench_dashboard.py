@@ -11,7 +11,8 @@ For a comparison run of --samples samples (and, as the baseline measured in the 
     from disk;
   * callback to plot: from the click on another measurand (which fires the callback) until the
     verification plot of that measurand has drawn, i.e. request, server-side figure building,
-    transfer, JSON parsing and WebGL drawing; alternating between two measurands.
+    transfer, JSON parsing and WebGL drawing; alternating between two measurands; once as the
+    page opens (above 2,000 samples without the sampling-floor band) and once with the band.
 
 The runs are synthetic but made by the real pipeline's last stage: a simulated study's slide counts
 (``fixtures.simulator.draw_samples``, a classifier confusing 4 % of monocytes for lymphocytes) are
@@ -79,6 +80,22 @@ SWITCH_AND_TIME = """async (m) => {
     gd.on('plotly_afterplot', done);
     t0 = performance.now();
     document.querySelector(`#measurand input[value="${m}"]`).click();
+  });
+}"""
+# The same for a click on the sampling-floor toggle; resolves when the band is drawn (or gone).
+TOGGLE_BAND_AND_TIME = """async (wantBand) => {
+  const gd = document.querySelector('#verification .js-plotly-plot');
+  const hasBand = () => gd._fullData.some(t => t.name.startsWith('sampling floor'));
+  return await new Promise(resolve => {
+    let t0;
+    const done = () => {
+      if (hasBand() !== wantBand) return;
+      gd.removeListener('plotly_afterplot', done);
+      requestAnimationFrame(() => resolve(performance.now() - t0));
+    };
+    gd.on('plotly_afterplot', done);
+    t0 = performance.now();
+    document.querySelector('#options input[value="floor"]').click();
   });
 }"""
 PLOT_DRAWN = """(n) => {
@@ -157,7 +174,16 @@ def measure(runs: Path, n_points: int, repeats: int) -> dict[str, Any]:
             ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
             page = ctx.new_page()
             page_load(page, url, n_points)
+            band_on_at_start = page.evaluate(
+                "() => document.querySelector('#verification .js-plotly-plot')._fullData"
+                ".some(t => t.name.startsWith('sampling floor'))"
+            )
             switches = [page.evaluate(SWITCH_AND_TIME, m) for m in ["LYMPH#", "NEUT#"] * repeats]
+            toggles = [page.evaluate(TOGGLE_BAND_AND_TIME, want) for want in [not band_on_at_start, band_on_at_start]]
+            # with the band drawn: measurand switches again
+            if not band_on_at_start:
+                page.evaluate(TOGGLE_BAND_AND_TIME, True)
+            switches_band = [page.evaluate(SWITCH_AND_TIME, m) for m in ["LYMPH#", "NEUT#"] * repeats]
             payload = page.evaluate(
                 "() => performance.getEntriesByType('resource').filter(e => e.name.includes('_dash-update'))"
                 ".map(e => e.encodedBodySize).reduce((a, b) => Math.max(a, b), 0)"
@@ -172,7 +198,13 @@ def measure(runs: Path, n_points: int, repeats: int) -> dict[str, Any]:
         "points": n_points,
         "first_load_cold_server_ms": round(loads[0], 1),
         "first_load_ms": {"median": round(statistics.median(warm_loads), 1), "max": round(max(warm_loads), 1)},
+        "floor_band_shown_by_default": band_on_at_start,
         "callback_to_plot_ms": {"median": round(statistics.median(switches), 1), "max": round(max(switches), 1)},
+        "callback_to_plot_with_floor_band_ms": {
+            "median": round(statistics.median(switches_band), 1),
+            "max": round(max(switches_band), 1),
+        },
+        "floor_band_toggle_ms": [round(t, 1) for t in toggles],
         "largest_callback_response_bytes": payload,
         "repeats": repeats,
         "chromium": version,
@@ -218,7 +250,8 @@ def main() -> None:
                 f"{n:>6} samples ({n_points} plotted): first load {r['first_load_ms']['median']:.0f} ms median "
                 f"(max {r['first_load_ms']['max']:.0f}; {r['first_load_cold_server_ms']:.0f} right after start), "
                 f"callback to plot {r['callback_to_plot_ms']['median']:.0f} ms median "
-                f"(max {r['callback_to_plot_ms']['max']:.0f}); largest callback response "
+                f"(max {r['callback_to_plot_ms']['max']:.0f}; with the floor band "
+                f"{r['callback_to_plot_with_floor_band_ms']['median']:.0f}); largest callback response "
                 f"{r['largest_callback_response_bytes'] / 1e6:.2f} MB",
                 flush=True,
             )

@@ -21,6 +21,7 @@ from dash.exceptions import PreventUpdate
 from dashboards.auth import Credentials, require_basic_auth
 from dashboards.cells import cell_url, register_cell_route
 from dashboards.data import TABLE_COLUMNS, ComparisonRun, RunCatalog, coverage_trend
+from dashboards.table import apply_view, page
 from inference.errors import WbcvError
 from validation.figures import (
     bland_altman_plot,
@@ -32,6 +33,24 @@ from validation.figures import (
     verification_plot,
 )
 
+TABLE_PAGE_SIZE: Final[int] = 15
+TABLE_TYPES: Final[dict[str, str]] = {
+    c: "numeric"
+    for c in (
+        "reference",
+        "predicted",
+        "error_pct",
+        "limit_pct",
+        "n_classified",
+        "n_unclassified",
+        "counting_error_low_pct",
+        "counting_error_high_pct",
+    )
+}
+#: Above this many samples the sampling-floor band starts switched off: software-rendered
+#: browsers need about 1.5 s to draw 10,000 bands (benchmarks/bench_dashboard.py); the toggle
+#: still shows it.
+FLOOR_BAND_DEFAULT_MAX: Final[int] = 2000
 SHOW_EXCLUDED: Final[str] = "excluded"
 SHOW_FLOOR: Final[str] = "floor"
 #: Above this many points a marker trace is drawn with WebGL: SVG markers take seconds at 10,000.
@@ -205,10 +224,15 @@ def build_layout(catalog: RunCatalog) -> html.Div:
             dcc.Download(id="download"),
             dash_table.DataTable(
                 id="samples",
-                columns=[{"name": c, "id": c} for c in TABLE_COLUMNS],
-                sort_action="native",
-                filter_action="native",
-                page_size=15,
+                columns=[{"name": c, "id": c, "type": TABLE_TYPES.get(c, "text")} for c in TABLE_COLUMNS],
+                # filtered, sorted and paged on the server (dashboards.table): only one page travels
+                sort_action="custom",
+                filter_action="custom",
+                page_action="custom",
+                page_current=0,
+                page_size=TABLE_PAGE_SIZE,
+                sort_by=[],
+                filter_query="",
                 style_table={"overflowX": "auto"},
                 style_cell={"fontFamily": "inherit", "fontSize": "12px"},
                 style_data_conditional=[
@@ -273,12 +297,16 @@ def create_app(runs_dir: Path, credentials: Credentials | None = None) -> Dash:
     @app.callback(
         Output("measurand", "options"),
         Output("measurand", "value"),
+        Output("options", "value"),
         Input("run", "value"),
         State("measurand", "value"),
+        State("options", "value"),
     )
-    def measurands(run_id: str | None, current: str | None) -> tuple[list[str], str]:
+    def measurands(run_id: str | None, current: str | None, opts: list[str]) -> tuple[list[str], str, list[str]]:
         run = get_run(run_id)
-        return run.measurands, current if current in run.measurands else run.measurands[0]
+        n_samples = run.table["sample_id"].n_unique()
+        opts = [o for o in opts if o != SHOW_FLOOR] + ([SHOW_FLOOR] if n_samples <= FLOOR_BAND_DEFAULT_MAX else [])
+        return run.measurands, current if current in run.measurands else run.measurands[0], opts
 
     @app.callback(
         Output("verification", "figure"),
@@ -338,32 +366,55 @@ def create_app(runs_dir: Path, credentials: Credentials | None = None) -> Dash:
             ),
         )
 
-    @app.callback(
-        Output("samples", "data"),
-        Input("run", "value"),
-        Input("measurand", "value"),
-        Input("options", "value"),
-    )
-    def sample_table(run_id: str | None, measurand: str | None, opts: list[str]) -> list[dict[str, Any]]:
+    def visible_rows(
+        run_id: str | None, measurand: str | None, opts: list[str], filter_query: str, sort_by: list[dict[str, str]]
+    ) -> pl.DataFrame:
         run = get_run(run_id)
         if measurand not in run.verdicts:
             raise PreventUpdate
-        table = run.sample_table(measurand, SHOW_EXCLUDED in opts)
-        return table.with_columns(pl.col(pl.Float64).round(4)).to_dicts()
+        table = run.sample_table(measurand, SHOW_EXCLUDED in opts).with_columns(pl.col(pl.Float64).round(4))
+        return apply_view(table, filter_query, sort_by)
+
+    @app.callback(
+        Output("samples", "data"),
+        Output("samples", "page_count"),
+        Input("run", "value"),
+        Input("measurand", "value"),
+        Input("options", "value"),
+        Input("samples", "filter_query"),
+        Input("samples", "sort_by"),
+        Input("samples", "page_current"),
+    )
+    def sample_table(
+        run_id: str | None,
+        measurand: str | None,
+        opts: list[str],
+        filter_query: str,
+        sort_by: list[dict[str, str]],
+        page_current: int,
+    ) -> tuple[list[dict[str, Any]], int]:
+        rows, n_pages = page(
+            visible_rows(run_id, measurand, opts, filter_query, sort_by), page_current, TABLE_PAGE_SIZE
+        )
+        return rows.to_dicts(), n_pages
 
     @app.callback(
         Output("download", "data"),
         Input("download-button", "n_clicks"),
-        State("samples", "derived_virtual_data"),
         State("run", "value"),
         State("measurand", "value"),
+        State("options", "value"),
+        State("samples", "filter_query"),
+        State("samples", "sort_by"),
         prevent_initial_call=True,
     )
-    def download(_: int, rows: list[dict[str, Any]] | None, run_id: str, measurand: str) -> dict[str, Any]:
-        # derived_virtual_data: the table's rows after the user's filter and sort, i.e. what is visible
-        frame = pl.DataFrame(rows or [], schema={c: pl.String for c in TABLE_COLUMNS}, strict=False)
+    def download(
+        _: int, run_id: str, measurand: str, opts: list[str], filter_query: str, sort_by: list[dict[str, str]]
+    ) -> dict[str, Any]:
+        # the table's rows under the user's filter and sort: what is visible, all pages
+        rows = visible_rows(run_id, measurand, opts, filter_query, sort_by)
         name = f"{run_id}-{measurand.replace('#', 'count').replace('%', 'pct')}.csv"
-        return dcc.send_string(frame.write_csv(), name)
+        return dcc.send_string(rows.write_csv(), name)
 
     @app.callback(
         Output("selected-sample", "data"),
