@@ -212,48 +212,84 @@ def build_layout(catalog: RunCatalog) -> html.Div:
                 ],
                 className="controls",
             ),
-            html.Div(id="verdict"),
-            dcc.Graph(id="verification", config=GRAPH_CONFIG, style={"height": "520px"}),
-            html.Div(
-                [dcc.Graph(id="bland-altman", config=GRAPH_CONFIG), dcc.Graph(id="regression", config=GRAPH_CONFIG)],
-                className="pair",
-            ),
-            html.H2("samples"),
-            html.P("Click a point of the plot or a row of the table to see the sample's cells below."),
-            html.Button("download visible table as CSV", id="download-button"),
-            dcc.Download(id="download"),
-            dash_table.DataTable(
-                id="samples",
-                columns=[{"name": c, "id": c, "type": TABLE_TYPES.get(c, "text")} for c in TABLE_COLUMNS],
-                # filtered, sorted and paged on the server (dashboards.table): only one page travels
-                sort_action="custom",
-                filter_action="custom",
-                page_action="custom",
-                page_current=0,
-                page_size=TABLE_PAGE_SIZE,
-                sort_by=[],
-                filter_query="",
-                style_table={"overflowX": "auto"},
-                style_cell={"fontFamily": "inherit", "fontSize": "12px"},
-                style_data_conditional=[
-                    {"if": {"filter_query": "{within_limit} = false"}, "backgroundColor": "#fde8e8"},
-                    {"if": {"filter_query": "{excluded_reason} is str"}, "color": "#9a5a00"},
+            # Tabs: only the open tab's graphs are drawn, so the first load draws three plots, not nine.
+            dcc.Tabs(
+                id="view",
+                value="review",
+                children=[
+                    dcc.Tab(
+                        label="run review",
+                        value="review",
+                        children=[
+                            html.Div(id="verdict"),
+                            dcc.Graph(id="verification", config=GRAPH_CONFIG, style={"height": "520px"}),
+                            html.Div(
+                                [
+                                    dcc.Graph(id="bland-altman", config=GRAPH_CONFIG),
+                                    dcc.Graph(id="regression", config=GRAPH_CONFIG),
+                                ],
+                                className="pair",
+                            ),
+                            html.H2("samples"),
+                            html.P("Click a point of the plot or a row of the table to see the sample's cells below."),
+                            html.Button("download visible table as CSV", id="download-button"),
+                            dcc.Download(id="download"),
+                            dash_table.DataTable(
+                                id="samples",
+                                columns=[
+                                    {"name": c, "id": c, "type": TABLE_TYPES.get(c, "text")} for c in TABLE_COLUMNS
+                                ],
+                                # filtered, sorted and paged on the server (dashboards.table): only one page travels
+                                sort_action="custom",
+                                filter_action="custom",
+                                page_action="custom",
+                                page_current=0,
+                                page_size=TABLE_PAGE_SIZE,
+                                sort_by=[],
+                                filter_query="",
+                                style_table={"overflowX": "auto"},
+                                style_cell={"fontFamily": "inherit", "fontSize": "12px"},
+                                style_data_conditional=[
+                                    {"if": {"filter_query": "{within_limit} = false"}, "backgroundColor": "#fde8e8"},
+                                    {"if": {"filter_query": "{excluded_reason} is str"}, "color": "#9a5a00"},
+                                ],
+                            ),
+                            dcc.Store(id="selected-sample"),
+                            html.Div(id="gallery", className="gallery"),
+                        ],
+                    ),
+                    dcc.Tab(
+                        label="cells against expert labels",
+                        value="cells",
+                        children=[
+                            html.Div(id="cell-metrics"),
+                            dcc.Graph(id="confusion", config=GRAPH_CONFIG),
+                        ],
+                    ),
+                    dcc.Tab(
+                        label="compare two runs",
+                        value="compare",
+                        children=[
+                            html.Label(["second run", dcc.Dropdown(id="compare-run", options=options, value=None)]),
+                            html.Div(
+                                [
+                                    dcc.Graph(id="compare-a", config=GRAPH_CONFIG),
+                                    dcc.Graph(id="compare-b", config=GRAPH_CONFIG),
+                                ],
+                                className="pair",
+                            ),
+                            dcc.Graph(id="paired", config=GRAPH_CONFIG),
+                        ],
+                    ),
+                    dcc.Tab(
+                        label="coverage across runs (drift)",
+                        value="drift",
+                        children=[
+                            dcc.Graph(id="trend", config=GRAPH_CONFIG),
+                        ],
+                    ),
                 ],
             ),
-            dcc.Store(id="selected-sample"),
-            html.Div(id="gallery", className="gallery"),
-            html.H2("cells against expert labels"),
-            html.Div(id="cell-metrics"),
-            dcc.Graph(id="confusion", config=GRAPH_CONFIG),
-            html.H2("compare two runs"),
-            html.Label(["second run", dcc.Dropdown(id="compare-run", options=options, value=None)]),
-            html.Div(
-                [dcc.Graph(id="compare-a", config=GRAPH_CONFIG), dcc.Graph(id="compare-b", config=GRAPH_CONFIG)],
-                className="pair",
-            ),
-            dcc.Graph(id="paired", config=GRAPH_CONFIG),
-            html.H2("coverage across runs (drift)"),
-            dcc.Graph(id="trend", config=GRAPH_CONFIG),
         ],
         className="page",
     )

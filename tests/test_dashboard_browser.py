@@ -106,6 +106,10 @@ def wait_for_plot(page: Page, sel: str, ready: Any, timeout_ms: int = 20000) -> 
     raise AssertionError(f"{sel} never got ready; last traces: {traces(page, sel)}")
 
 
+def open_tab(page: Page, label: str) -> None:
+    page.locator("#view").get_by_text(label, exact=True).click()
+
+
 def newest_run(runs: Path) -> Any:
     catalog = RunCatalog(runs)
     return catalog.get(catalog.summaries()[0].run_id)
@@ -238,6 +242,7 @@ def test_runs_list_switch_run_compare_two_runs_and_trend(page: Page, runs: Path)
     page.locator(f"#runs-table td[data-dash-column='run_id']:has-text('{older.run_id}')").click()
     wait_for_plot(page, "#verification", lambda t: sorted(x["y0"] for x in t if x["colour"] == "#d62728") == [-15, 15])
     # compare with the newest
+    open_tab(page, "compare two runs")
     page.locator("#compare-run").click()
     page.get_by_role("option", name=newest.run_id).click()
     a = wait_for_plot(page, "#compare-a", lambda t: any(x["name"] == "samples" for x in t))
@@ -247,6 +252,7 @@ def test_runs_list_switch_run_compare_two_runs_and_trend(page: Page, runs: Path)
     paired = wait_for_plot(page, "#paired", lambda t: t[0]["n"] > 0)
     assert paired[0]["n"] == catalog.get(newest.run_id).rows("NEUT#").height  # same samples, same inference
     # coverage trend: one point per run that has a coverage for NEUT#, in time order
+    open_tab(page, "coverage across runs (drift)")
     trend = wait_for_plot(page, "#trend", lambda t: t[0]["n"] > 0)
     with_coverage = [s for s in summaries if catalog.get(s.run_id).verdicts["NEUT#"]["coverage"] is not None]
     assert trend[0]["n"] == len(with_coverage) == 2
@@ -254,5 +260,8 @@ def test_runs_list_switch_run_compare_two_runs_and_trend(page: Page, runs: Path)
     untrained = summaries[-1]
     assert untrained.n_values == 0
     page.locator(f"#runs-table td[data-dash-column='run_id']:has-text('{untrained.run_id}')").click()
+    open_tab(page, "run review")
     wait_for_plot(page, "#verification", lambda t: next(x for x in t if x["name"] == "samples")["n"] == 0)
-    page.wait_for_function("() => document.querySelector('#confusion .js-plotly-plot').data[0].type === 'heatmap'")
+    open_tab(page, "cells against expert labels")
+    wait_for_plot(page, "#confusion", lambda t: t[0]["type"] == "heatmap")
+    page.wait_for_function("() => document.querySelector('#cell-metrics').innerText.includes('unclassified 100.0 %')")
