@@ -8,7 +8,8 @@ For a comparison run of --samples samples (and, as the baseline measured in the 
   * first page load: from navigation start in a fresh browser context (empty cache) until the
     verification plot has drawn every point (Plotly's ``plotly_afterplot`` and the next animation
     frame); the first load after the server starts is reported apart, since it also reads the run
-    from disk;
+    from disk; with it the longest main-thread task of the load (evaluating plotly.min.js) and
+    the same measurement for a reload in a browser that has the scripts cached;
   * callback to plot: from the click on another measurand (which fires the callback) until the
     verification plot of that measurand has drawn, i.e. request, server-side figure building,
     transfer, JSON parsing and WebGL drawing; alternating between two measurands; once as the
@@ -155,10 +156,21 @@ def start_dashboard(runs: Path) -> tuple[subprocess.Popen[str], str]:
     return proc, f"http://127.0.0.1:{port}/"
 
 
-def page_load(page: Page, url: str, n_points: int) -> float:
-    page.goto(url, wait_until="commit")
+# Long main-thread tasks during a load; the longest is the evaluation of plotly.min.js (4.8 MB).
+LONG_TASKS = """window.__longTasks = [];
+new PerformanceObserver(l => l.getEntries().forEach(e => window.__longTasks.push(e.duration)))
+  .observe({type: 'longtask', buffered: true});"""
+
+
+def page_load(page: Page, url: str, n_points: int, reload: bool = False) -> tuple[float, float]:
+    """(ms from navigation start to the plot drawn, ms of the longest main-thread task meanwhile)."""
+    if reload:
+        page.reload(wait_until="commit")
+    else:
+        page.goto(url, wait_until="commit")
     page.wait_for_function(PLOT_DRAWN, arg=n_points, polling="raf", timeout=120_000)
-    return page.evaluate("() => new Promise(r => requestAnimationFrame(() => r(performance.now())))")
+    drawn = page.evaluate("() => new Promise(r => requestAnimationFrame(() => r(performance.now())))")
+    return drawn, page.evaluate("() => Math.max(0, ...window.__longTasks)")
 
 
 def measure(runs: Path, n_points: int, repeats: int) -> dict[str, Any]:
@@ -167,13 +179,20 @@ def measure(runs: Path, n_points: int, repeats: int) -> dict[str, Any]:
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             loads: list[float] = []
+            longest: list[float] = []
             for _ in range(repeats + 1):
                 ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
-                loads.append(page_load(ctx.new_page(), url, n_points))
+                ctx.add_init_script(LONG_TASKS)
+                drawn, long_task = page_load(ctx.new_page(), url, n_points)
+                loads.append(drawn)
+                longest.append(long_task)
                 ctx.close()
             ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+            ctx.add_init_script(LONG_TASKS)
             page = ctx.new_page()
             page_load(page, url, n_points)
+            # a reviewer's next visit: the browser has the scripts (and their compiled code) cached
+            reloads = [page_load(page, url, n_points, reload=True)[0] for _ in range(repeats)]
             band_on_at_start = page.evaluate(
                 "() => document.querySelector('#verification .js-plotly-plot')._fullData"
                 ".some(t => t.name.startsWith('sampling floor'))"
@@ -198,6 +217,8 @@ def measure(runs: Path, n_points: int, repeats: int) -> dict[str, Any]:
         "points": n_points,
         "first_load_cold_server_ms": round(loads[0], 1),
         "first_load_ms": {"median": round(statistics.median(warm_loads), 1), "max": round(max(warm_loads), 1)},
+        "longest_main_thread_task_during_first_load_ms": round(statistics.median(longest[1:]), 1),
+        "reload_with_browser_cache_ms": {"median": round(statistics.median(reloads), 1), "max": round(max(reloads), 1)},
         "floor_band_shown_by_default": band_on_at_start,
         "callback_to_plot_ms": {"median": round(statistics.median(switches), 1), "max": round(max(switches), 1)},
         "callback_to_plot_with_floor_band_ms": {
@@ -248,7 +269,9 @@ def main() -> None:
             results["runs"][str(n)] = r
             print(
                 f"{n:>6} samples ({n_points} plotted): first load {r['first_load_ms']['median']:.0f} ms median "
-                f"(max {r['first_load_ms']['max']:.0f}; {r['first_load_cold_server_ms']:.0f} right after start), "
+                f"(max {r['first_load_ms']['max']:.0f}; {r['first_load_cold_server_ms']:.0f} right after start; "
+                f"longest task {r['longest_main_thread_task_during_first_load_ms']:.0f}), "
+                f"reload with cache {r['reload_with_browser_cache_ms']['median']:.0f} ms, "
                 f"callback to plot {r['callback_to_plot_ms']['median']:.0f} ms median "
                 f"(max {r['callback_to_plot_ms']['max']:.0f}; with the floor band "
                 f"{r['callback_to_plot_with_floor_band_ms']['median']:.0f}); largest callback response "
