@@ -68,7 +68,9 @@ def url(runs: Path) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
+def browser(url: str) -> Iterator[Browser]:
+    # after `url`, i.e. after the runs are made: `wbcv run` prints its report with Playwright's sync
+    # API too, which refuses to start inside a running one
     if not CHROMIUM.is_file():
         pytest.fail("Debian's chromium is expected at /usr/bin/chromium (make system installs it)")
     with sync_playwright() as pw:
