@@ -77,9 +77,12 @@ def test_run_writes_both_report_files_and_prints_the_manifest_hash(study_run):
     manifest = json.loads((report / "manifest.json").read_text())
     printed = re.search(r"report manifest \S+ sha256 ([0-9a-f]{64})", study_run["stdout"])
     assert printed, study_run["stdout"]
-    assert printed.group(1) == subprocess.run(
-        ["sha256sum", str(report / "manifest.json")], capture_output=True, text=True
-    ).stdout.split()[0]
+    assert (
+        printed.group(1)
+        == subprocess.run(["sha256sum", str(report / "manifest.json")], capture_output=True, text=True).stdout.split()[
+            0
+        ]
+    )
     assert manifest["run_id"] == study_run["compare"].name
 
 
@@ -296,3 +299,20 @@ def test_report_says_why_cell_level_results_are_missing(study_run, tmp_path):
         shutil.move(moved, study_run["infer"])
     assert "is not at" in html and "cell-level results are not shown" in html
     assert "Cell-level confusion matrix" not in html
+
+
+def test_a_report_left_half_written_by_a_killed_process_is_replaced(study_run, tmp_path):
+    from validation.integrity import REPORT_STAGING
+    from validation.study import run_comparison
+
+    infer = study_run["infer"]
+    record = json.loads((study_run["compare"] / "run.json").read_text())
+    fresh = run_comparison(infer, Path(record["inputs"]["reference"]["path"]), PROTOCOL, tmp_path).run_dir
+    staging = fresh / REPORT_STAGING
+    fresh.chmod(0o755)
+    staging.mkdir()
+    (staging / "report.html").write_text("half")
+    fresh.chmod(0o555)
+    assert {(f.kind, f.path) for f in verify_record(fresh).findings} == {("added", f"{REPORT_STAGING}/report.html")}
+    write_report(fresh)  # the half-written report is not data: it is replaced
+    assert not staging.exists() and verify_record(fresh).intact

@@ -28,6 +28,7 @@ REPORT_HTML: Final[str] = "report.html"
 REPORT_PDF: Final[str] = "report.pdf"
 REPORT_MANIFEST: Final[str] = "manifest.json"
 REPORT_FILES: Final[tuple[str, ...]] = (REPORT_HTML, REPORT_PDF)
+REPORT_STAGING: Final[str] = ".report-staging"  # the report is written here, then renamed to REPORT_DIR
 
 
 @dataclass(frozen=True)

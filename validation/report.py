@@ -46,7 +46,14 @@ from inference.runstore import RUN_RECORD, read_run_record, software_info, verif
 from inference.taxonomy import CELL_CLASSES
 from validation import cell_metrics
 from validation.figures import bland_altman_plot, confusion_matrix_plot, regression_plot, verification_plot
-from validation.integrity import REPORT_DIR, REPORT_FILES, REPORT_HTML, REPORT_MANIFEST, REPORT_PDF
+from validation.integrity import (
+    REPORT_DIR,
+    REPORT_FILES,
+    REPORT_HTML,
+    REPORT_MANIFEST,
+    REPORT_PDF,
+    REPORT_STAGING,
+)
 from validation.measurands import MEASURANDS
 from validation.study import COMPARISON_FILE, EXCLUDED_FILE, STATISTICS_FILE, VERDICT_FILE
 
@@ -180,7 +187,9 @@ def load_report_data(run_dir: Path) -> ReportData:
             f"this is a {record.get('kind')!r} run"
         )
     check = verify_run(run_dir)
-    altered = [*check.changed, *check.missing, *(a for a in check.added if not a.startswith(f"{REPORT_DIR}/"))]
+    # A report, or one a killed `wbcv report` left half-written, is not part of the data.
+    ours = (f"{REPORT_DIR}/", f"{REPORT_STAGING}/")
+    altered = [*check.changed, *check.missing, *(a for a in check.added if not a.startswith(ours))]
     if altered:
         raise WbcvError(
             f"{run_dir}: the run record was altered ({', '.join(altered)}); a report would certify data that "
@@ -532,6 +541,13 @@ def count_figures(html: str) -> int:
     return html.count('<div class="figure">')
 
 
+def _remove_staging(staging: Path) -> None:
+    staging.chmod(0o755)
+    for p in staging.iterdir():
+        p.unlink()
+    staging.rmdir()
+
+
 def write_report(run_dir: Path, signatories: Sequence[Signatory] = (), out_dir: Path | None = None) -> ReportResult:
     """Render report.html, print report.pdf and write manifest.json into ``RUN/report`` (or
     ``out_dir``, for a copy outside the run). An existing report is never overwritten."""
@@ -548,11 +564,13 @@ def write_report(run_dir: Path, signatories: Sequence[Signatory] = (), out_dir: 
             "is never overwritten. Write a copy elsewhere with --out DIR."
         )
     html = render_html(data, signatories)
-    staging = run_dir / f".{REPORT_DIR}-staging" if inside else target
+    staging = run_dir / REPORT_STAGING if inside else target
     run_mode = run_dir.stat().st_mode
     if inside:
         run_dir.chmod(run_mode | stat.S_IWUSR)  # the sealed run opens only for this one folder
     try:
+        if inside and staging.exists():  # left by a `wbcv report` that was killed
+            _remove_staging(staging)
         staging.mkdir(parents=True, exist_ok=not inside)
         atomic_write_bytes(staging / REPORT_HTML, html.encode("utf-8"))
         html_to_pdf(
@@ -579,10 +597,7 @@ def write_report(run_dir: Path, signatories: Sequence[Signatory] = (), out_dir: 
             fsync_dir(run_dir)
     except BaseException:
         if inside and staging.exists():
-            staging.chmod(0o755)
-            for p in staging.iterdir():
-                p.unlink()
-            staging.rmdir()
+            _remove_staging(staging)
         raise
     finally:
         if inside:
