@@ -2,8 +2,9 @@
 
 What is checked is what a reviewer sees: the lines actually drawn in the verification plot (SVG
 paths with their colours and dashes, the WebGL canvas of the points), a real mouse click on a
-sample's point opening its cells, measurand and run switching, toggles, the CSV export, and that
-the browser reported no console error or uncaught exception on the way.
+sample's point opening its cells, measurand and run switching, toggles, the CSV export, that the
+plots are drawn by the dashboard's partial plotly.js bundle, and that the browser reported no
+console error or uncaught exception on the way.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import polars as pl
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
+from plotly.offline import get_plotlyjs_version
 
 from dashboards.data import RunCatalog
 from tests.dashboard_support import make_study_runs, serving
@@ -143,6 +145,15 @@ def test_verification_plot_draws_limits_coverage_floor_band_and_webgl_points(pag
     shot = tmp_path / "dashboard.png"
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 20_000
+
+
+def test_plots_are_drawn_by_the_partial_plotly_bundle_not_the_full_one(page: Page):
+    # dashboards/assets/plotly-wbcv.min.js (tests/test_dashboard_assets.py); the full 4.8 MB
+    # plotly.min.js is never fetched
+    assert page.evaluate("() => window.Plotly.version") == get_plotlyjs_version()
+    scripts = page.evaluate("() => performance.getEntriesByType('resource').map(e => e.name)")
+    assert any("/assets/plotly-wbcv.min.js" in u for u in scripts)
+    assert not any("plotly.min.js" in u for u in scripts), scripts
 
 
 def test_clicking_a_point_opens_the_samples_cells_with_unclassified_ones_marked(page: Page, runs: Path, tmp_path):

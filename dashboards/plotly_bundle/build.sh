@@ -1,0 +1,33 @@
+#!/bin/sh
+# Rebuilds ../assets/plotly-wbcv.min.js: plotly.js with only the trace types the dashboard draws.
+#
+#   sh dashboards/plotly_bundle/build.sh        (needs Node.js >= 20 and the npm registry)
+#
+# Why: dcc.Graph otherwise loads plotly.js's full 4.8 MB bundle (every trace type), and evaluating
+# it was the largest part of the dashboard's first load (benchmarks/bench_dashboard.py). Dash puts
+# every .js file of dashboards/assets in the page; once it has defined window.Plotly, dcc.Graph
+# uses it and never fetches the full bundle. The built file is committed, so installing and testing
+# wbcv needs neither Node.js nor the network; rebuild it only when TRACES or the plotly.js version
+# change. The version must be the one the Python plotly package ships
+# (python -c "import plotly.offline as o; print(o.get_plotlyjs_version())"): after upgrading
+# plotly, set it in package.json, run `npm install --package-lock-only` here, then this script;
+# tests/test_dashboard_assets.py fails until the two agree.
+set -eu
+here=$(cd "$(dirname "$0")" && pwd)
+out="$here/../assets/plotly-wbcv.min.js"
+TRACES="scatter, scattergl, heatmap"  # as registered by entry.js
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+cp "$here/package.json" "$here/package-lock.json" "$here/entry.js" "$work/"
+(cd "$work" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error)
+version=$(node -p "require('$work/node_modules/plotly.js/package.json').version")
+# The options of plotly.js's own build (its esbuild-config.js) that matter for these traces; the
+# maplibre stylesheet that its registry requires for map traces is left out (no map trace here).
+cd "$work"  # esbuild resolves the alias from here
+./node_modules/.bin/esbuild entry.js \
+  --bundle --minify --format=iife --global-name=Plotly --target=es2016 \
+  --define:global=window --define:define.amd=false --alias:regl=@plotly/regl \
+  --loader:.css=empty --legal-comments=eof --log-level=warning \
+  --banner:js="/*! plotly.js v$version (MIT, Plotly Inc.), partial bundle for wbcv, traces: $TRACES; built by dashboards/plotly_bundle/build.sh */" \
+  --outfile="$out"
+echo "wrote $out ($(wc -c <"$out") bytes, plotly.js $version: $TRACES)"
