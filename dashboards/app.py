@@ -9,6 +9,7 @@ Each figure has its own callback, so the verification plot is drawn without wait
 
 from __future__ import annotations
 
+from contextlib import suppress
 from pathlib import Path
 from typing import Any, Final
 
@@ -76,6 +77,13 @@ def _webgl(fig: go.Figure) -> go.Figure:
         else:
             data.append(t)
     return go.Figure(data=data, layout=fig.layout)
+
+
+def _measurand_controls(run: ComparisonRun, current: str | None, opts: list[str]) -> tuple[list[str], str, list[str]]:
+    """The measurand choices of a run, the one to show, and the options with the floor band's default."""
+    n_samples = run.table["sample_id"].n_unique()
+    opts = [o for o in opts if o != SHOW_FLOOR] + ([SHOW_FLOOR] if n_samples <= FLOOR_BAND_DEFAULT_MAX else [])
+    return run.measurands, current if current in run.measurands else run.measurands[0], opts
 
 
 def _pct(v: float | None) -> str:
@@ -154,6 +162,15 @@ def _gallery(run: ComparisonRun, sample_id: str) -> list[Any]:
 def build_layout(catalog: RunCatalog) -> html.Div:
     runs = catalog.summaries()
     first = runs[0].run_id if runs else None
+    # The first run's measurand controls are part of the layout, so the first figures' callbacks
+    # fire at once instead of after a round trip to the `measurands` callback.
+    measurand_options: list[str] = []
+    measurand: str | None = None
+    opts = [SHOW_FLOOR]
+    if first is not None:
+        # an unreadable run leaves the controls empty, as the callback would
+        with suppress(WbcvError):
+            measurand_options, measurand, opts = _measurand_controls(catalog.get(first), None, opts)
     options = [{"label": f"{s.run_id} · {s.study} · {s.verdict.upper()}", "value": s.run_id} for s in runs]
     runs_table = dash_table.DataTable(
         id="runs-table",
@@ -199,14 +216,19 @@ def build_layout(catalog: RunCatalog) -> html.Div:
             html.Div(
                 [
                     html.Label(["run", dcc.Dropdown(id="run", options=options, value=first, clearable=False)]),
-                    html.Label(["measurand", dcc.RadioItems(id="measurand", inline=True)]),
+                    html.Label(
+                        [
+                            "measurand",
+                            dcc.RadioItems(id="measurand", options=measurand_options, value=measurand, inline=True),
+                        ]
+                    ),
                     dcc.Checklist(
                         id="options",
                         options=[
                             {"label": "show excluded samples", "value": SHOW_EXCLUDED},
                             {"label": "show sampling-floor band", "value": SHOW_FLOOR},
                         ],
-                        value=[SHOW_FLOOR],
+                        value=opts,
                         inline=True,
                     ),
                 ],
@@ -337,12 +359,10 @@ def create_app(runs_dir: Path, credentials: Credentials | None = None) -> Dash:
         Input("run", "value"),
         State("measurand", "value"),
         State("options", "value"),
+        prevent_initial_call=True,  # the layout has them for the first run (build_layout)
     )
     def measurands(run_id: str | None, current: str | None, opts: list[str]) -> tuple[list[str], str, list[str]]:
-        run = get_run(run_id)
-        n_samples = run.table["sample_id"].n_unique()
-        opts = [o for o in opts if o != SHOW_FLOOR] + ([SHOW_FLOOR] if n_samples <= FLOOR_BAND_DEFAULT_MAX else [])
-        return run.measurands, current if current in run.measurands else run.measurands[0], opts
+        return _measurand_controls(get_run(run_id), current, opts)
 
     @app.callback(
         Output("verification", "figure"),
