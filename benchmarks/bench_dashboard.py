@@ -48,16 +48,9 @@ from fixtures.classifiers import confused_counts  # noqa: E402
 from fixtures.simulator import StudyConfig, draw_samples, write_sysmex  # noqa: E402
 from inference.runner import COUNTS_FILE, PREDICTION_SCHEMA, PREDICTIONS_FILE  # noqa: E402
 from inference.runstore import WorkingRun, cpu_name, software_info  # noqa: E402
+from validation.pdf import CHROMIUM_ARGS, find_chromium  # noqa: E402
 from validation.study import run_comparison  # noqa: E402
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 PROTOCOL = """protocol: {id: BENCH, version: "1"}
 study: {id: BENCH-STUDY}
 count_mode: relative
@@ -177,7 +170,7 @@ def measure(runs: Path, n_points: int, repeats: int) -> dict[str, Any]:
     proc, url = start_dashboard(runs)
     try:
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            browser = pw.chromium.launch(executable_path=find_chromium(), args=list(CHROMIUM_ARGS))
             loads: list[float] = []
             longest: list[float] = []
             for _ in range(repeats + 1):

@@ -21,16 +21,10 @@ from playwright.sync_api import Browser, Page, sync_playwright
 from plotly.offline import get_plotlyjs_version
 
 from dashboards.data import RunCatalog
+from inference.errors import WbcvError
 from tests.dashboard_support import make_study_runs, serving
+from validation.pdf import CHROMIUM_ARGS, find_chromium
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 RED = "rgb(214, 39, 40)"  # validation.figures.LIMIT_COLOUR
 BLUE = "rgb(31, 79, 214)"  # validation.figures.COVERAGE_COLOUR
 GREY = "rgb(128, 128, 128)"  # validation.figures.FLOOR_COLOUR without its alpha
@@ -73,10 +67,12 @@ def url(runs: Path) -> Iterator[str]:
 def browser(url: str) -> Iterator[Browser]:
     # after `url`, i.e. after the runs are made: `wbcv run` prints its report with Playwright's sync
     # API too, which refuses to start inside a running one
-    if not CHROMIUM.is_file():
-        pytest.fail("Debian's chromium is expected at /usr/bin/chromium (make system installs it)")
+    try:
+        chromium = find_chromium()  # the system browser the report prints with: one place finds it
+    except WbcvError as e:
+        pytest.fail(str(e))
     with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        b = pw.chromium.launch(executable_path=chromium, args=list(CHROMIUM_ARGS))
         yield b
         b.close()
 

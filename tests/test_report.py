@@ -297,7 +297,7 @@ def test_report_says_why_cell_level_results_are_missing(study_run, tmp_path):
         html = render_html(load_report_data(study_run["compare"]))
     finally:
         shutil.move(moved, study_run["infer"])
-    assert "is not at" in html and "cell-level results are not shown" in html
+    assert "is not as it was at comparison (missing:" in html and "cell-level results are not shown" in html
     assert "Cell-level confusion matrix" not in html
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from inference.atomic import sha256_file
 from inference.runstore import RUN_RECORD, verify_run
@@ -36,6 +36,9 @@ class Finding:
     kind: str  # changed, added, missing, unreadable
     path: str  # relative to the run checked (or absolute for the linked run)
     detail: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.path}" + (f" ({self.detail})" if self.detail else "")
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,22 @@ def _verify_report(run_dir: Path, record_sha256: str) -> tuple[str | None, list[
     return manifest_sha, findings
 
 
+def source_run_findings(record: dict[str, Any]) -> tuple[Path | None, list[Finding]]:
+    """The inference run a comparison record was made from (None for other runs) and what no longer
+    matches: its run.json against the sha256 recorded at comparison, then its files."""
+    source = record.get("inputs", {}).get("inference_run") if record.get("kind") == "comparison" else None
+    if not source:
+        return None, []
+    path = Path(source["path"])
+    if not (path / RUN_RECORD).is_file():
+        return path, [Finding("missing", str(path / RUN_RECORD), "the inference run this comparison used")]
+    if sha256_file(path / RUN_RECORD) != source["record_sha256"]:
+        return path, [Finding("changed", str(path / RUN_RECORD), "differs from the sha256 recorded at comparison")]
+    inner = verify_run(path)
+    kinds = (("changed", inner.changed), ("added", inner.added), ("missing", inner.missing))
+    return path, [Finding(kind, str(path / name)) for kind, names in kinds for name in names]
+
+
 def verify_record(run_dir: Path) -> RecordVerification:
     """Every file of the run, of its report and of the inference run a comparison was made from."""
     run_dir = Path(run_dir)
@@ -93,20 +112,7 @@ def verify_record(run_dir: Path) -> RecordVerification:
     findings += [Finding("added", name) for name in v.added if not name.startswith(f"{REPORT_DIR}/")]
     manifest_sha, report_findings = _verify_report(run_dir, v.record_sha256)
     findings += report_findings
-    linked: list[Path] = []
     record = json.loads((run_dir / RUN_RECORD).read_text(encoding="utf-8"))
-    source = record.get("inputs", {}).get("inference_run") if record.get("kind") == "comparison" else None
-    if source:
-        path = Path(source["path"])
-        linked.append(path)
-        if not (path / RUN_RECORD).is_file():
-            findings.append(Finding("missing", str(path / RUN_RECORD), "the inference run this comparison used"))
-        elif sha256_file(path / RUN_RECORD) != source["record_sha256"]:
-            findings.append(
-                Finding("changed", str(path / RUN_RECORD), "differs from the sha256 recorded at comparison")
-            )
-        else:
-            inner = verify_run(path)
-            for kind, names in (("changed", inner.changed), ("added", inner.added), ("missing", inner.missing)):
-                findings += [Finding(kind, str(path / name)) for name in names]
-    return RecordVerification(run_dir, v.record_sha256, manifest_sha, tuple(linked), tuple(findings))
+    linked, linked_findings = source_run_findings(record)
+    findings += linked_findings
+    return RecordVerification(run_dir, v.record_sha256, manifest_sha, (linked,) if linked else (), tuple(findings))

@@ -42,7 +42,7 @@ from plotly.offline import get_plotlyjs
 from inference.atomic import atomic_write_bytes, atomic_write_json, fsync_dir, sha256_file
 from inference.errors import WbcvError
 from inference.runner import COUNTS_FILE, PREDICTIONS_FILE, SKIPPED_FILE
-from inference.runstore import RUN_RECORD, read_run_record, software_info, verify_run
+from inference.runstore import read_run_record, software_info, verify_run
 from inference.taxonomy import CELL_CLASSES
 from validation import cell_metrics
 from validation.figures import bland_altman_plot, confusion_matrix_plot, regression_plot, verification_plot
@@ -53,6 +53,7 @@ from validation.integrity import (
     REPORT_MANIFEST,
     REPORT_PDF,
     REPORT_STAGING,
+    source_run_findings,
 )
 from validation.measurands import MEASURANDS
 from validation.study import COMPARISON_FILE, EXCLUDED_FILE, STATISTICS_FILE, VERDICT_FILE
@@ -86,7 +87,6 @@ class CellEvidence:
     unclassified_by_sample: pl.DataFrame  # sample_id, n_cells, n_unclassified, unclassified_pct
     skipped: pl.DataFrame
     confusion: np.ndarray | None  # None when no cell has an expert label
-    n_labelled: int
     labels_outside_classes: dict[str, int]
 
 
@@ -127,19 +127,15 @@ def _read_json(path: Path) -> Any:
 
 def _cell_evidence(record: dict[str, Any]) -> tuple[CellEvidence | None, str | None]:
     """Read the inference run the comparison was made from, if it is still there and unchanged."""
-    linked = record["inputs"]["inference_run"]
-    path = Path(linked["path"])
-    if not (path / RUN_RECORD).is_file():
-        return None, f"the inference run {linked['run_id']} is not at {path}; cell-level results are not shown"
-    if sha256_file(path / RUN_RECORD) != linked["record_sha256"]:
-        return None, (
-            f"the run record of the inference run at {path} no longer matches the sha256 recorded at comparison "
-            f"({linked['record_sha256']}); cell-level results are not shown"
+    path, findings = source_run_findings(record)
+    if path is None:
+        return None, "this comparison names no inference run; cell-level results are not shown"
+    if findings:
+        what = "; ".join(map(str, findings))
+        return (
+            None,
+            f"the inference run at {path} is not as it was at comparison ({what}); cell-level results are not shown",
         )
-    check = verify_run(path)
-    if not check.intact:
-        names = ", ".join([*check.changed, *check.added, *check.missing])
-        return None, f"the inference run at {path} was altered ({names}); cell-level results are not shown"
     inference = read_run_record(path)
     columns = ["sample_id", "expert_label", "predicted_class", "unclassified", "abstain_reason"]
     predictions = pl.read_parquet(path / PREDICTIONS_FILE, columns=columns)
@@ -170,7 +166,6 @@ def _cell_evidence(record: dict[str, Any]) -> tuple[CellEvidence | None, str | N
             unclassified_by_sample=by_sample,
             skipped=pl.read_parquet(path / SKIPPED_FILE),
             confusion=confusion,
-            n_labelled=labelled.height,
             labels_outside_classes={str(k): int(v) for k, v in outside.sort("expert_label").iter_rows()},
         ),
         None,
@@ -501,7 +496,6 @@ def render_html(data: ReportData, signatories: Sequence[Signatory] = ()) -> str:
             "by_sample": _table(cells.unclassified_by_sample, ["sample_id", "n_cells", "n_unclassified"]),
             "skipped": _table(cells.skipped, ["level", "sample_id", "path", "reason"]),
             "confusion": confusion,
-            "n_labelled": cells.n_labelled,
             "labels_outside": cells.labels_outside_classes,
         }
     software = record["software"]

@@ -234,7 +234,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     for linked in v.linked_runs:
         print(f"made from run {linked}")
     for f in v.findings:
-        print(f"{f.kind}: {f.path}" + (f" ({f.detail})" if f.detail else ""))
+        print(f)
     print("intact: every file matches its recorded sha256" if v.intact else "NOT INTACT")
     return EXIT_OK if v.intact else EXIT_TAMPERED
 
