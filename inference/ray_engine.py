@@ -31,6 +31,7 @@ lazily; without it the engine raises a ``WbcvError`` that says how to install it
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import warnings
@@ -146,16 +147,9 @@ def run_inference_ray(
         actors = options.actors or _default_actors(options, params, cluster)
         record = {"name": "ray", **cluster, "actors": actors, "gpus_per_actor": options.gpus_per_actor}
 
-        def engine(
-            slides: SlideSet,
-            model: LoadedModel,
-            params: InferenceParams,
-            work: WorkingRun,
-            todo: list[tuple[int, Sample]],
-            progress: bool,
-        ) -> None:
-            _process(ray, slides, model, params, work, todo, progress, options, actors, classifier or ChunkClassifier)
-
+        engine = functools.partial(
+            _process, ray=ray, options=options, actors=actors, classifier=classifier or ChunkClassifier
+        )
         return execute_run(slides, model, runs_dir, params, progress, engine, record)
 
 
@@ -195,13 +189,14 @@ class ChunkClassifier:
 
 
 def _process(
-    ray: ModuleType,
     slides: SlideSet,
     model: LoadedModel,
     params: InferenceParams,
     work: WorkingRun,
     todo: list[tuple[int, Sample]],
     progress: bool,
+    *,
+    ray: ModuleType,
     options: RayOptions,
     actors: int,
     classifier: type[ChunkClassifier],

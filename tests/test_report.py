@@ -23,7 +23,7 @@ from inference.errors import WbcvError
 from inference.library import read_cell_library
 from tests.conftest import REPO, run_wbcv
 from validation.integrity import verify_record
-from validation.pdf import CHROMIUM_ARGS, find_chromium
+from validation.pdf import CHROMIUM_ARGS, DRAWN_FIGURES_JS, find_chromium
 from validation.report import load_report_data, render_html, write_report
 from wbcv.cli import main as wbcv_main
 
@@ -162,7 +162,7 @@ def test_html_is_self_contained_and_every_plot_renders_without_console_errors(st
         page.on("pageerror", lambda e: problems.append(str(e)))
         page.on("request", lambda r: external.append(r.url) if not r.url.startswith(("file:", "data:")) else None)
         page.goto(html.as_uri(), wait_until="load")
-        page.wait_for_function(f"document.querySelectorAll('.js-plotly-plot .main-svg').length >= {n_figures}")
+        page.wait_for_function(f"{DRAWN_FIGURES_JS} >= {n_figures}")
         drawn = page.evaluate(
             """() => [...document.querySelectorAll('.js-plotly-plot')].map(gd => ({
                 id: gd.id,

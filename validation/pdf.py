@@ -28,6 +28,10 @@ CHROMIUM_ARGS: Final[tuple[str, ...]] = (
     "--no-first-run",
 )
 RENDER_TIMEOUT_MS: Final[int] = 120_000
+#: How many plotly figures of the page have been drawn (each draws several .main-svg layers).
+DRAWN_FIGURES_JS: Final[str] = (
+    "[...document.querySelectorAll('.js-plotly-plot')].filter(g => g.querySelector('.main-svg')).length"
+)
 
 
 def find_chromium() -> str:
@@ -75,10 +79,7 @@ def html_to_pdf(html_path: Path, pdf_path: Path, footer_left: str, expected_figu
                 page = browser.new_page()
                 page.on("pageerror", lambda exc: errors.append(str(exc)))
                 page.goto(Path(html_path).resolve().as_uri(), wait_until="load", timeout=RENDER_TIMEOUT_MS)
-                page.wait_for_function(
-                    f"document.querySelectorAll('.js-plotly-plot .main-svg').length >= {expected_figures}",
-                    timeout=RENDER_TIMEOUT_MS,
-                )
+                page.wait_for_function(DRAWN_FIGURES_JS + f" >= {expected_figures}", timeout=RENDER_TIMEOUT_MS)
                 if errors:
                     raise WbcvError(f"{html_path}: the report's scripts failed in Chromium: {'; '.join(errors)}")
                 page.pdf(

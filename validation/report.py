@@ -526,7 +526,6 @@ def render_html(data: ReportData, signatories: Sequence[Signatory] = ()) -> str:
         methods=_methods(protocol, data.statistics),
         rules=protocol["measurands"],
         signatures=[by_role.get(role, Signatory(role)) for role in SIGNATURE_ROLES],
-        n_figures=sum(len(s["figures"]) for s in sections) + (1 if cell_view and cell_view["confusion"] else 0),
         report_format=REPORT_FORMAT,
     )
 
