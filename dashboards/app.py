@@ -9,6 +9,8 @@ Each figure has its own callback, so the verification plot is drawn without wait
 
 from __future__ import annotations
 
+import re
+import threading
 from contextlib import suppress
 from pathlib import Path
 from typing import Any, Final
@@ -16,12 +18,12 @@ from typing import Any, Final
 import numpy as np
 import plotly.graph_objects as go
 import polars as pl
-from dash import Dash, Input, Output, State, ctx, dash_table, dcc, html
+from dash import ALL, Dash, Input, Output, State, ctx, dash_table, dcc, html
 from dash.exceptions import PreventUpdate
 
 from dashboards.auth import Credentials, require_basic_auth
 from dashboards.cells import cell_url, register_cell_route
-from dashboards.data import TABLE_COLUMNS, ComparisonRun, RunCatalog, coverage_trend
+from dashboards.data import TABLE_COLUMNS, ComparisonRun, RunCatalog, RunSummary, coverage_trend
 from dashboards.table import apply_view, page
 from inference.errors import WbcvError
 from validation.figures import (
@@ -53,10 +55,55 @@ TABLE_TYPES: Final[dict[str, str]] = {
 #: still shows it.
 FLOOR_BAND_DEFAULT_MAX: Final[int] = 2000
 SHOW_EXCLUDED: Final[str] = "excluded"
+#: The tabs (dcc.Tabs values); a view's callback builds it only while its tab is open.
+REVIEW_TAB, METHODS_TAB, SAMPLES_TAB, CELLS_TAB, COMPARE_TAB, DRIFT_TAB = (
+    "review",
+    "methods",
+    "samples",
+    "cells",
+    "compare",
+    "drift",
+)
+NO_SAMPLE: Final[html.P] = html.P(
+    "No sample selected: click a point of the verification plot or a row of the sample table.", className="note"
+)
+RUN_ROW: Final[str] = "run-row"  # pattern-matching id type of the runs list's rows
 SHOW_FLOOR: Final[str] = "floor"
-#: Above this many points a marker trace is drawn with WebGL: SVG markers take seconds at 10,000.
+#: Above this many points the method-comparison panels draw their markers with WebGL: SVG markers
+#: take seconds at 10,000, a WebGL context costs more than SVG below this.
 WEBGL_ABOVE: Final[int] = 1000
 GRAPH_CONFIG: Final[dict[str, Any]] = {"displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2}}
+
+
+#: Dash's script tag for @babel/polyfill (core-js 2 and regenerator-runtime for old browsers).
+BABEL_POLYFILL_TAG: Final[re.Pattern[str]] = re.compile(r'<script src="[^"]*/polyfill@[^"]*"></script>\n?')
+
+
+#: The code of dcc.Graph, which dcc loads only when the page draws its first graph.
+LAZY_CHUNKS: Final[tuple[str, ...]] = ("_dash-component-suites/dash/dcc/async-graph.js",)
+
+
+class LeanDash(Dash):
+    """Dash with a faster first load: the page asks for its layout at once, and has no @babel/polyfill.
+
+    Dash's renderer asks for ``_dash-layout`` and ``_dash-dependencies`` only after every script
+    has been evaluated (about 0.8 s here); preloading them lets the server build the layout, which
+    holds the first verification plot, meanwhile. @babel/polyfill (core-js 2 for old browsers)
+    costs about 0.2 s of every first load; every browser Dash supports has what it adds, and the
+    one global Dash's code takes from it, ``regeneratorRuntime`` (its lazy loader is compiled for
+    old browsers), comes from the 7 KB ``assets/regenerator-runtime.min.js``
+    (dashboards/plotly_bundle/build.sh). Measured by benchmarks/bench_dashboard.py.
+    """
+
+    def interpolate_index(self, **kwargs: str) -> str:
+        prefix = self.config.requests_pathname_prefix
+        preload = "".join(
+            f'<link rel="preload" href="{prefix}{endpoint}" as="fetch">'
+            for endpoint in ("_dash-layout", "_dash-dependencies")
+        ) + "".join(f'<link rel="preload" href="{prefix}{chunk}" as="script">' for chunk in LAZY_CHUNKS)
+        kwargs["metas"] = preload + kwargs.get("metas", "")
+        kwargs["scripts"] = BABEL_POLYFILL_TAG.sub("", kwargs["scripts"])
+        return super().interpolate_index(**kwargs)
 
 
 def _empty_figure(message: str) -> go.Figure:
@@ -64,19 +111,6 @@ def _empty_figure(message: str) -> go.Figure:
     fig.add_annotation(text=message, showarrow=False, font={"size": 14}, x=0.5, y=0.5, xref="paper", yref="paper")
     fig.update_layout(template="plotly_white", xaxis_visible=False, yaxis_visible=False)
     return fig
-
-
-def _webgl(fig: go.Figure) -> go.Figure:
-    """The same figure with large SVG marker traces redrawn by WebGL (the builders stay SVG for the report)."""
-    data = []
-    for t in fig.data:
-        if t.type == "scatter" and "markers" in (t.mode or "") and t.x is not None and len(t.x) > WEBGL_ABOVE:
-            spec = t.to_plotly_json()
-            spec.pop("type", None)
-            data.append(go.Scattergl(spec))
-        else:
-            data.append(t)
-    return go.Figure(data=data, layout=fig.layout)
 
 
 def _measurand_controls(run: ComparisonRun, current: str | None, opts: list[str]) -> tuple[list[str], str, list[str]]:
@@ -110,7 +144,7 @@ def _verdict_table(run: ComparisonRun, measurand: str) -> html.Div:
         [
             html.P(
                 [
-                    html.B(f"overall {run.summary.verdict.upper()}"),
+                    html.B(f"run {run.run_id}: overall {run.summary.verdict.upper()}"),
                     f" · protocol {run.summary.protocol} · model {run.summary.model} · "
                     f"{run.summary.n_values} values compared, {run.summary.n_excluded} excluded",
                 ]
@@ -120,6 +154,36 @@ def _verdict_table(run: ComparisonRun, measurand: str) -> html.Div:
             *notes,
         ]
     )
+
+
+def _verification_view(run: ComparisonRun, measurand: str, opts: list[str]) -> tuple[go.Figure, html.Div]:
+    """The verification plot of a run's measurand with the options ticked, and the verdict table."""
+    v = run.verdicts[measurand]
+    fig = verification_plot(
+        run.rows(measurand),
+        measurand,
+        v["allowable_error_pct"],
+        v["coverage_error_pct"],
+        v["required_coverage"],
+        show_floor_band=SHOW_FLOOR in opts,
+        webgl=True,
+    )
+    if SHOW_EXCLUDED in opts:
+        extra = run.excluded_values
+        if extra is None:
+            fig.add_annotation(
+                text="excluded samples cannot be drawn: the protocol file or the inference run is not available",
+                showarrow=False,
+                xref="paper",
+                yref="paper",
+                x=0.5,
+                y=1.0,
+            )
+        else:
+            rows = extra.filter(pl.col("measurand") == measurand).rename({"reason": "excluded_reason"})
+            fig.add_trace(excluded_samples_trace(rows, webgl=True))
+    fig.update_layout(uirevision=f"{run.run_id}/{measurand}", clickmode="event")
+    return fig, _verdict_table(run, measurand)
 
 
 def _gallery(run: ComparisonRun, sample_id: str) -> list[Any]:
@@ -159,63 +223,123 @@ def _gallery(run: ComparisonRun, sample_id: str) -> list[Any]:
     ]
 
 
-def build_layout(catalog: RunCatalog) -> html.Div:
-    runs = catalog.summaries()
+RUN_LIST_COLUMNS: Final[tuple[tuple[str, str], ...]] = (
+    ("run", "run_id"),
+    ("created (UTC)", "created_utc"),
+    ("study", "study"),
+    ("protocol", "protocol"),
+    ("model", "model"),
+    ("verdict", "verdict"),
+    ("values", "n_values"),
+    ("excluded", "n_excluded"),
+)
+
+
+def _runs_list(runs: list[RunSummary], selected: str | None) -> html.Div:
+    """The runs, newest first; a click on a row opens that run (a plain table: no DataTable to load)."""
+    rows = []
+    for s in runs:
+        cells = []
+        for _, key in RUN_LIST_COLUMNS:
+            value = getattr(s, key)
+            if key == "verdict":
+                cells.append(html.Td(value.upper(), className=value.lower()))
+            else:
+                cells.append(html.Td(value))
+        rows.append(
+            html.Tr(
+                cells,
+                id={"type": RUN_ROW, "index": s.run_id},
+                className="selected" if s.run_id == selected else None,
+                n_clicks=0,
+                title=f"open run {s.run_id}",
+            )
+        )
+    head = html.Thead(html.Tr([html.Th(name) for name, _ in RUN_LIST_COLUMNS]))
+    return html.Div(html.Table([head, html.Tbody(rows)], id="runs-table", className="runs"), id="runs-list")
+
+
+def _graph(graph_id: str, figure: go.Figure | None = None, **style: str) -> dcc.Graph:
+    return dcc.Graph(id=graph_id, figure=figure if figure is not None else {}, config=GRAPH_CONFIG, style=style)
+
+
+def build_layout(catalog: RunCatalog, runs: list[RunSummary]) -> html.Div:
+    """The page for the listed runs, with the newest one's verdict and verification plot already in it.
+
+    The browser asks for the layout while it is still evaluating the page's scripts (``LeanDash``),
+    so the first plot is built meanwhile and drawn without waiting for a callback. The first tab
+    holds only that plot: every other view sits in a tab of its own and is built when opened, so
+    the first load draws one plot (benchmarks/bench_dashboard.py).
+    """
     first = runs[0].run_id if runs else None
-    # The first run's measurand controls are part of the layout, so the first figures' callbacks
-    # fire at once instead of after a round trip to the `measurands` callback.
     measurand_options: list[str] = []
     measurand: str | None = None
     opts = [SHOW_FLOOR]
+    figure: go.Figure | None = None
+    verdict: html.Div | None = None
     if first is not None:
-        # an unreadable run leaves the controls empty, as the callback would
+        # an unreadable run leaves the controls empty, as the callbacks would
         with suppress(WbcvError):
-            measurand_options, measurand, opts = _measurand_controls(catalog.get(first), None, opts)
+            run = catalog.get(first)
+            measurand_options, measurand, opts = _measurand_controls(run, None, opts)
+            if measurand in run.verdicts:
+                figure, verdict = _verification_view(run, measurand, opts)
     options = [{"label": f"{s.run_id} · {s.study} · {s.verdict.upper()}", "value": s.run_id} for s in runs]
-    runs_table = dash_table.DataTable(
-        id="runs-table",
-        columns=[
-            {"name": n, "id": i}
-            for n, i in (
-                ("run", "run_id"),
-                ("created (UTC)", "created_utc"),
-                ("study", "study"),
-                ("protocol", "protocol"),
-                ("model", "model"),
-                ("verdict", "verdict"),
-                ("values", "n_values"),
-                ("excluded", "n_excluded"),
-            )
-        ],
-        data=[
-            {
-                "run_id": s.run_id,
-                "created_utc": s.created_utc,
-                "study": s.study,
-                "protocol": s.protocol,
-                "model": s.model,
-                "verdict": s.verdict.upper(),
-                "n_values": s.n_values,
-                "n_excluded": s.n_excluded,
-            }
-            for s in runs
-        ],
-        sort_action="native",
-        page_size=10,
-        style_cell={"textAlign": "left", "fontFamily": "inherit", "fontSize": "13px"},
+    samples_table = dash_table.DataTable(
+        id="samples",
+        columns=[{"name": c, "id": c, "type": TABLE_TYPES.get(c, "text")} for c in TABLE_COLUMNS],
+        # filtered, sorted and paged on the server (dashboards.table): only one page travels
+        sort_action="custom",
+        filter_action="custom",
+        page_action="custom",
+        page_current=0,
+        page_size=TABLE_PAGE_SIZE,
+        sort_by=[],
+        filter_query="",
+        style_table={"overflowX": "auto"},
+        style_cell={"fontFamily": "inherit", "fontSize": "12px"},
         style_data_conditional=[
-            {"if": {"filter_query": '{verdict} = "FAIL"', "column_id": "verdict"}, "color": "#d62728"},
-            {"if": {"filter_query": '{verdict} = "PASS"', "column_id": "verdict"}, "color": "#2ca02c"},
+            {"if": {"filter_query": '{within_limit} = "false"'}, "backgroundColor": "#fde8e8"},
+            {"if": {"filter_query": "{excluded_reason} is str"}, "color": "#9a5a00"},
         ],
     )
+    tabs = [
+        ("run review", REVIEW_TAB, [html.Div(verdict, id="verdict"), _graph("verification", figure, height="520px")]),
+        (
+            "method comparison",
+            METHODS_TAB,
+            [html.Div([_graph("bland-altman"), _graph("regression")], className="pair")],
+        ),
+        (
+            "samples",
+            SAMPLES_TAB,
+            [
+                html.P("Click a row to see the sample's cells below; filter and sort in the table's header."),
+                html.Button("download visible table as CSV", id="download-button"),
+                dcc.Download(id="download"),
+                samples_table,
+            ],
+        ),
+        ("cells against expert labels", CELLS_TAB, [html.Div(id="cell-metrics"), _graph("confusion")]),
+        (
+            "compare two runs",
+            COMPARE_TAB,
+            [
+                html.Label(["second run", dcc.Dropdown(id="compare-run", options=options, value=None)]),
+                html.Div([_graph("compare-a"), _graph("compare-b")], className="pair"),
+                _graph("paired"),
+            ],
+        ),
+        ("coverage across runs (drift)", DRIFT_TAB, [_graph("trend")]),
+    ]
     return html.Div(
         [
             html.H1("wbcv · validation runs"),
             html.P(f"{len(runs)} comparison run(s) in {catalog.runs_dir}", id="runs-count"),
-            runs_table,
+            _runs_list(runs, first),
+            dcc.Store(id="run", data=first),  # the open run: a click on the runs list changes it
             html.Div(
                 [
-                    html.Label(["run", dcc.Dropdown(id="run", options=options, value=first, clearable=False)]),
                     html.Label(
                         [
                             "measurand",
@@ -234,93 +358,48 @@ def build_layout(catalog: RunCatalog) -> html.Div:
                 ],
                 className="controls",
             ),
-            # Tabs: only the open tab's graphs are drawn, so the first load draws three plots, not nine.
             dcc.Tabs(
                 id="view",
-                value="review",
-                children=[
-                    dcc.Tab(
-                        label="run review",
-                        value="review",
-                        children=[
-                            html.Div(id="verdict"),
-                            dcc.Graph(id="verification", config=GRAPH_CONFIG, style={"height": "520px"}),
-                            html.Div(
-                                [
-                                    dcc.Graph(id="bland-altman", config=GRAPH_CONFIG),
-                                    dcc.Graph(id="regression", config=GRAPH_CONFIG),
-                                ],
-                                className="pair",
-                            ),
-                            html.H2("samples"),
-                            html.P("Click a point of the plot or a row of the table to see the sample's cells below."),
-                            html.Button("download visible table as CSV", id="download-button"),
-                            dcc.Download(id="download"),
-                            dash_table.DataTable(
-                                id="samples",
-                                columns=[
-                                    {"name": c, "id": c, "type": TABLE_TYPES.get(c, "text")} for c in TABLE_COLUMNS
-                                ],
-                                # filtered, sorted and paged on the server (dashboards.table): only one page travels
-                                sort_action="custom",
-                                filter_action="custom",
-                                page_action="custom",
-                                page_current=0,
-                                page_size=TABLE_PAGE_SIZE,
-                                sort_by=[],
-                                filter_query="",
-                                style_table={"overflowX": "auto"},
-                                style_cell={"fontFamily": "inherit", "fontSize": "12px"},
-                                style_data_conditional=[
-                                    {"if": {"filter_query": "{within_limit} = false"}, "backgroundColor": "#fde8e8"},
-                                    {"if": {"filter_query": "{excluded_reason} is str"}, "color": "#9a5a00"},
-                                ],
-                            ),
-                            dcc.Store(id="selected-sample"),
-                            html.Div(id="gallery", className="gallery"),
-                        ],
-                    ),
-                    dcc.Tab(
-                        label="cells against expert labels",
-                        value="cells",
-                        children=[
-                            html.Div(id="cell-metrics"),
-                            dcc.Graph(id="confusion", config=GRAPH_CONFIG),
-                        ],
-                    ),
-                    dcc.Tab(
-                        label="compare two runs",
-                        value="compare",
-                        children=[
-                            html.Label(["second run", dcc.Dropdown(id="compare-run", options=options, value=None)]),
-                            html.Div(
-                                [
-                                    dcc.Graph(id="compare-a", config=GRAPH_CONFIG),
-                                    dcc.Graph(id="compare-b", config=GRAPH_CONFIG),
-                                ],
-                                className="pair",
-                            ),
-                            dcc.Graph(id="paired", config=GRAPH_CONFIG),
-                        ],
-                    ),
-                    dcc.Tab(
-                        label="coverage across runs (drift)",
-                        value="drift",
-                        children=[
-                            dcc.Graph(id="trend", config=GRAPH_CONFIG),
-                        ],
-                    ),
-                ],
+                value=REVIEW_TAB,
+                children=[dcc.Tab(label=label, value=value, children=children) for label, value, children in tabs],
             ),
+            # below the tabs: a point of the plot or a row of the sample table opens the sample's cells
+            html.H2("sample"),
+            dcc.Store(id="selected-sample"),
+            html.Div([NO_SAMPLE], id="gallery", className="gallery"),
         ],
         className="page",
     )
 
 
+class PageMemo:
+    """The page (``build_layout``) for the current listing of runs, built once per listing.
+
+    Runs are sealed, so the same listing gives the same page. The browser's preloaded request
+    builds it while the page's scripts are evaluated, and the renderer's own request (which the
+    browser does not match to the preload: it sends other headers) then finds it ready; a request
+    that comes while the page is being built waits for it instead of building it again.
+    """
+
+    def __init__(self, catalog: RunCatalog) -> None:
+        self._catalog = catalog
+        self._lock = threading.Lock()
+        self._listing: tuple[str, ...] | None = None
+        self._page: html.Div | None = None
+
+    def __call__(self) -> html.Div:
+        runs = self._catalog.summaries()
+        listing = tuple(s.run_id for s in runs)
+        with self._lock:
+            if self._page is None or listing != self._listing:
+                self._page, self._listing = build_layout(self._catalog, runs), listing
+            return self._page
+
+
 def create_app(runs_dir: Path, credentials: Credentials | None = None) -> Dash:
     """The dashboard for the runs in ``runs_dir``; with credentials every route asks for them."""
     catalog = RunCatalog(runs_dir)
-    app = Dash(
+    app = LeanDash(
         __name__,
         title="wbcv dashboard",
         assets_folder=str(Path(__file__).parent / "assets"),
@@ -330,7 +409,7 @@ def create_app(runs_dir: Path, credentials: Credentials | None = None) -> Dash:
     if credentials is not None:
         require_basic_auth(app.server, credentials)
     register_cell_route(app.server, catalog)
-    app.layout = lambda: build_layout(catalog)  # a function: runs finished later appear on reload
+    app.layout = PageMemo(catalog)  # a function: runs finished later appear on reload
     app.catalog = catalog  # type: ignore[attr-defined]  # for tests and the benchmark
 
     def get_run(run_id: str | None) -> ComparisonRun:
@@ -341,22 +420,34 @@ def create_app(runs_dir: Path, credentials: Credentials | None = None) -> Dash:
         except WbcvError:
             raise PreventUpdate from None
 
-    @app.callback(
-        Output("run", "value"),
-        Input("runs-table", "active_cell"),
-        State("runs-table", "derived_viewport_data"),
-        prevent_initial_call=True,  # else the page's first callbacks wait on this one and never fire
-    )
-    def pick_run_from_table(cell: dict[str, Any] | None, rows: list[dict[str, Any]] | None) -> str:
-        if not cell or not rows:
+    def only_in(tab: str, view: str) -> None:
+        """A view is built only while its tab is open; opening the tab builds it afresh."""
+        if view != tab:
             raise PreventUpdate
-        return rows[cell["row"]]["run_id"]
+
+    @app.callback(
+        Output("run", "data"),
+        Input({"type": RUN_ROW, "index": ALL}, "n_clicks"),
+        prevent_initial_call=True,
+    )
+    def pick_run_from_list(clicks: list[int]) -> str:
+        if not ctx.triggered_id or not any(clicks):
+            raise PreventUpdate  # the list was redrawn, nobody clicked
+        return str(ctx.triggered_id["index"])
+
+    @app.callback(
+        Output({"type": RUN_ROW, "index": ALL}, "className"),
+        Input("run", "data"),
+        prevent_initial_call=True,  # the layout marks the first run
+    )
+    def mark_open_run(run_id: str | None) -> list[str | None]:
+        return ["selected" if o["id"]["index"] == run_id else None for o in ctx.outputs_list]
 
     @app.callback(
         Output("measurand", "options"),
         Output("measurand", "value"),
         Output("options", "value"),
-        Input("run", "value"),
+        Input("run", "data"),
         State("measurand", "value"),
         State("options", "value"),
         prevent_initial_call=True,  # the layout has them for the first run (build_layout)
@@ -367,59 +458,38 @@ def create_app(runs_dir: Path, credentials: Credentials | None = None) -> Dash:
     @app.callback(
         Output("verification", "figure"),
         Output("verdict", "children"),
-        Input("run", "value"),
+        Input("run", "data"),
         Input("measurand", "value"),
         Input("options", "value"),
+        prevent_initial_call=True,  # the layout has them for the first run (build_layout)
     )
     def verification(run_id: str | None, measurand: str | None, opts: list[str]) -> tuple[go.Figure, html.Div]:
         run = get_run(run_id)
         if measurand not in run.verdicts:
             raise PreventUpdate
-        v = run.verdicts[measurand]
-        fig = verification_plot(
-            run.rows(measurand),
-            measurand,
-            v["allowable_error_pct"],
-            v["coverage_error_pct"],
-            v["required_coverage"],
-            show_floor_band=SHOW_FLOOR in opts,
-            webgl=True,
-        )
-        if SHOW_EXCLUDED in opts:
-            extra = run.excluded_values
-            if extra is None:
-                fig.add_annotation(
-                    text="excluded samples cannot be drawn: the protocol file or the inference run is not available",
-                    showarrow=False,
-                    xref="paper",
-                    yref="paper",
-                    x=0.5,
-                    y=1.0,
-                )
-            else:
-                rows = extra.filter(pl.col("measurand") == measurand).rename({"reason": "excluded_reason"})
-                fig.add_trace(excluded_samples_trace(rows, webgl=True))
-        fig.update_layout(uirevision=f"{run_id}/{measurand}", clickmode="event")
-        return fig, _verdict_table(run, measurand)
+        return _verification_view(run, measurand, opts)
 
     @app.callback(
         Output("bland-altman", "figure"),
         Output("regression", "figure"),
-        Input("run", "value"),
+        Input("view", "value"),
+        Input("run", "data"),
         Input("measurand", "value"),
+        prevent_initial_call=True,
     )
-    def method_comparison(run_id: str | None, measurand: str | None) -> tuple[go.Figure, go.Figure]:
+    def method_comparison(view: str, run_id: str | None, measurand: str | None) -> tuple[go.Figure, go.Figure]:
+        only_in(METHODS_TAB, view)
         run = get_run(run_id)
         if measurand not in run.verdicts:
             raise PreventUpdate
         st = run.statistics.get(measurand, {})
         ba = st.get("bland_altman_absolute")
         pb = st.get("passing_bablok")
+        rows = run.rows(measurand)
+        webgl = rows.height > WEBGL_ABOVE
         return (
-            _webgl(bland_altman_plot(run.rows(measurand), measurand, ba if isinstance(ba, dict) else None)),
-            _webgl(
-                regression_plot(run.rows(measurand), measurand, pb if isinstance(pb, dict) else None, "Passing–Bablok")
-            ),
+            bland_altman_plot(rows, measurand, ba if isinstance(ba, dict) else None, webgl=webgl),
+            regression_plot(rows, measurand, pb if isinstance(pb, dict) else None, "Passing–Bablok", webgl=webgl),
         )
 
     def visible_rows(
@@ -434,14 +504,17 @@ def create_app(runs_dir: Path, credentials: Credentials | None = None) -> Dash:
     @app.callback(
         Output("samples", "data"),
         Output("samples", "page_count"),
-        Input("run", "value"),
+        Input("view", "value"),
+        Input("run", "data"),
         Input("measurand", "value"),
         Input("options", "value"),
         Input("samples", "filter_query"),
         Input("samples", "sort_by"),
         Input("samples", "page_current"),
+        prevent_initial_call=True,
     )
     def sample_table(
+        view: str,
         run_id: str | None,
         measurand: str | None,
         opts: list[str],
@@ -449,15 +522,17 @@ def create_app(runs_dir: Path, credentials: Credentials | None = None) -> Dash:
         sort_by: list[dict[str, str]],
         page_current: int,
     ) -> tuple[list[dict[str, Any]], int]:
+        only_in(SAMPLES_TAB, view)
         rows, n_pages = page(
             visible_rows(run_id, measurand, opts, filter_query, sort_by), page_current, TABLE_PAGE_SIZE
         )
-        return rows.to_dicts(), n_pages
+        # booleans as text: the table's row styles match text, not JSON true/false
+        return rows.with_columns(pl.col(pl.Boolean).cast(pl.String)).to_dicts(), n_pages
 
     @app.callback(
         Output("download", "data"),
         Input("download-button", "n_clicks"),
-        State("run", "value"),
+        State("run", "data"),
         State("measurand", "value"),
         State("options", "value"),
         State("samples", "filter_query"),
@@ -483,22 +558,33 @@ def create_app(runs_dir: Path, credentials: Credentials | None = None) -> Dash:
         click: dict[str, Any] | None, cell: dict[str, Any] | None, rows: list[dict[str, Any]] | None
     ) -> str:
         if ctx.triggered_id == "verification" and click:
-            point = click["points"][0]
-            custom = point.get("customdata")
-            if custom:
-                return str(custom[0])
+            sample_id = click["points"][0].get("text")  # validation.figures.verification_plot
+            if sample_id:
+                return str(sample_id)
         if ctx.triggered_id == "samples" and cell and rows:
             return str(rows[cell["row"]]["sample_id"])
         raise PreventUpdate
 
-    @app.callback(Output("gallery", "children"), Input("selected-sample", "data"), Input("run", "value"))
+    @app.callback(
+        Output("gallery", "children"),
+        Input("selected-sample", "data"),
+        Input("run", "data"),
+        prevent_initial_call=True,  # the layout says no sample is selected
+    )
     def gallery(sample_id: str | None, run_id: str | None) -> list[Any]:
         if not sample_id:
-            return [html.P("No sample selected.", className="note")]
+            return [NO_SAMPLE]
         return _gallery(get_run(run_id), sample_id)
 
-    @app.callback(Output("confusion", "figure"), Output("cell-metrics", "children"), Input("run", "value"))
-    def confusion(run_id: str | None) -> tuple[go.Figure, Any]:
+    @app.callback(
+        Output("confusion", "figure"),
+        Output("cell-metrics", "children"),
+        Input("view", "value"),
+        Input("run", "data"),
+        prevent_initial_call=True,
+    )
+    def confusion(view: str, run_id: str | None) -> tuple[go.Figure, Any]:
+        only_in(CELLS_TAB, view)
         run = get_run(run_id)
         report = run.inference.cell_report if run.inference is not None else None
         if report is None:
@@ -520,11 +606,14 @@ def create_app(runs_dir: Path, credentials: Credentials | None = None) -> Dash:
         Output("compare-a", "figure"),
         Output("compare-b", "figure"),
         Output("paired", "figure"),
-        Input("run", "value"),
+        Input("view", "value"),
+        Input("run", "data"),
         Input("compare-run", "value"),
         Input("measurand", "value"),
+        prevent_initial_call=True,
     )
-    def compare_runs(run_a: str | None, run_b: str | None, measurand: str | None) -> tuple[go.Figure, ...]:
+    def compare_runs(view: str, run_a: str | None, run_b: str | None, measurand: str | None) -> tuple[go.Figure, ...]:
+        only_in(COMPARE_TAB, view)
         a = get_run(run_a)
         if not run_b:
             blank = _empty_figure("choose a second run")
@@ -554,8 +643,15 @@ def create_app(runs_dir: Path, credentials: Credentials | None = None) -> Dash:
         )
         return figs[0], figs[1], paired
 
-    @app.callback(Output("trend", "figure"), Input("measurand", "value"), State("run", "value"))
-    def trend(measurand: str | None, run_id: str | None) -> go.Figure:
+    @app.callback(
+        Output("trend", "figure"),
+        Input("view", "value"),
+        Input("measurand", "value"),
+        State("run", "data"),
+        prevent_initial_call=True,
+    )
+    def trend(view: str, measurand: str | None, run_id: str | None) -> go.Figure:
+        only_in(DRIFT_TAB, view)
         if not measurand:
             raise PreventUpdate
         points = coverage_trend(catalog, measurand)

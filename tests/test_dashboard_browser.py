@@ -36,7 +36,7 @@ PLOT_TRACES = """(sel) => {
   return g._fullData.map(t => ({name: t.name, type: t.type, visible: t.visible,
     colour: t.line ? t.line.color : null, dash: t.line ? t.line.dash : null,
     n: t.x ? t.x.length : 0, y0: t.y && t.y.length ? t.y[0] : null,
-    ids: t.customdata ? Array.from(t.customdata, c => c[0]) : []}));
+    ids: t.text ? Array.from(t.text) : []}));
 }"""
 # The lines as Plotly drew them: one entry per line path of the plot's SVG.
 DRAWN_LINES = """(sel) => [...document.querySelectorAll(sel + ' .scatterlayer .trace path.js-line')].map(p => ({
@@ -46,7 +46,7 @@ POINT_POSITION = """(sid) => {
   const g = document.querySelector('#verification .js-plotly-plot');
   g.scrollIntoView({block: 'center'});
   const t = g._fullData.find(t => t.name === 'samples');
-  const i = Array.from(t.customdata).findIndex(c => c[0] === sid);
+  const i = Array.from(t.text).findIndex(s => s === sid);
   const xa = g._fullLayout.xaxis, ya = g._fullLayout.yaxis, r = g.getBoundingClientRect();
   return {x: r.left + xa._offset + xa.l2p(t.x[i]), y: r.top + ya._offset + ya.l2p(t.y[i])};
 }"""
@@ -143,13 +143,22 @@ def test_verification_plot_draws_limits_coverage_floor_band_and_webgl_points(pag
     assert shot.stat().st_size > 20_000
 
 
-def test_plots_are_drawn_by_the_partial_plotly_bundle_not_the_full_one(page: Page):
+def test_first_load_draws_the_plot_from_the_layout_with_the_lean_scripts(page: Page):
     # dashboards/assets/plotly-wbcv.min.js (tests/test_dashboard_assets.py); the full 4.8 MB
     # plotly.min.js is never fetched
     assert page.evaluate("() => window.Plotly.version") == get_plotlyjs_version()
-    scripts = page.evaluate("() => performance.getEntriesByType('resource').map(e => e.name)")
-    assert any("/assets/plotly-wbcv.min.js" in u for u in scripts)
-    assert not any("plotly.min.js" in u for u in scripts), scripts
+    urls = page.evaluate("() => performance.getEntriesByType('resource').map(e => e.name)")
+    assert any("/assets/plotly-wbcv.min.js" in u for u in urls)
+    assert not any("plotly.min.js" in u for u in urls), urls
+    # no @babel/polyfill; the regenerator runtime Dash's lazy loader calls comes from the assets
+    assert not any("polyfill" in u for u in urls), urls
+    assert page.evaluate("() => typeof window.regeneratorRuntime.mark") == "function"
+    # the verification plot and verdict came with the layout: the first view needed no callback,
+    # and the preloaded layout and graph code were fetched while the scripts were evaluated
+    assert not any("_dash-update-component" in u for u in urls), urls
+    assert any(u.endswith("/_dash-layout") for u in urls)
+    assert sum(u.endswith("/dcc/async-graph.js") for u in urls) == 1, urls
+    assert page.locator("#verdict-reason").inner_text().startswith("NEUT#: ")
 
 
 def test_clicking_a_point_opens_the_samples_cells_with_unclassified_ones_marked(page: Page, runs: Path, tmp_path):
@@ -186,6 +195,26 @@ def test_clicking_a_point_opens_the_samples_cells_with_unclassified_ones_marked(
     page.locator("#gallery").screenshot(path=str(tmp_path / "gallery.png"))
 
 
+def test_clicking_a_row_of_the_sample_table_opens_its_cells(page: Page, runs: Path):
+    run = newest_run(runs)
+    open_tab(page, "samples")
+    cell = page.locator("#samples td[data-dash-column='sample_id']").nth(2)
+    cell.wait_for()
+    # a sample outside the limit is marked: its row is pink, the others are not
+    shading = page.evaluate(
+        """() => [...document.querySelectorAll('#samples tbody tr')].filter(tr => tr.querySelector('td'))
+          .map(tr => [tr.querySelector('td[data-dash-column=within_limit]').innerText,
+                      getComputedStyle(tr.querySelector('td[data-dash-column=sample_id]')).backgroundColor])"""
+    )
+    assert {within for within, _ in shading} == {"true", "false"}, "the page should hold samples on both sides"
+    assert all((colour == "rgb(253, 232, 232)") == (within == "false") for within, colour in shading), shading
+    sample_id = cell.inner_text()
+    cell.click()
+    title = page.locator("#gallery-title")
+    title.wait_for(timeout=15000)
+    assert title.inner_text().startswith(f"sample {sample_id}: {run.inference.cells_of(sample_id).height} cells")
+
+
 def test_switching_measurand_redraws_the_plot_and_verdict(page: Page, runs: Path):
     run = newest_run(runs)
     page.locator('#measurand input[value="LYMPH%"]').check()
@@ -199,8 +228,15 @@ def test_switching_measurand_redraws_the_plot_and_verdict(page: Page, runs: Path
     assert page.locator("#verification .g-xtitle").text_content() == "reference LYMPH% (%)"  # as drawn in the SVG
     assert sorted(t["y0"] for t in data if t["colour"] == "#d62728") == [-10.0, 10.0]
     page.wait_for_function("() => document.querySelector('#verdict-reason').innerText.startsWith('LYMPH%: ')")
+    # the method-comparison tab is built for the measurand chosen
+    open_tab(page, "method comparison")
+    ba = wait_for_plot(page, "#bland-altman", lambda t: t[0]["n"] > 0)
+    assert ba[0]["n"] == lymph.height and set(ba[0]["ids"]) == set(lymph["sample_id"].to_list())
     ba_title = page.evaluate("() => document.querySelector('#bland-altman .js-plotly-plot').layout.title.text")
     assert ba_title.startswith("LYMPH%")
+    reg = wait_for_plot(page, "#regression", lambda t: t[0]["n"] > 0)
+    assert reg[0]["n"] == lymph.height
+    assert any(t["name"].startswith("Passing–Bablok: y = ") for t in reg)
 
 
 def test_toggles_hide_the_floor_band_and_show_excluded_samples(page: Page, runs: Path):
@@ -219,6 +255,7 @@ def test_toggles_hide_the_floor_band_and_show_excluded_samples(page: Page, runs:
 
 def test_csv_export_holds_the_visible_rows(page: Page, runs: Path):
     run = newest_run(runs)
+    open_tab(page, "samples")
     page.locator("#samples td[data-dash-column='sample_id']").first.wait_for()
     with page.expect_download() as dl:
         page.get_by_role("button", name="download visible table as CSV").click()
@@ -245,11 +282,17 @@ def test_csv_export_holds_the_visible_rows(page: Page, runs: Path):
 def test_runs_list_switch_run_compare_two_runs_and_trend(page: Page, runs: Path):
     catalog = RunCatalog(runs)
     summaries = catalog.summaries()
-    assert [s.verdict for s in summaries] and page.locator("#runs-table tbody tr").count() == len(summaries) + 1
+    rows = page.locator("#runs-table tbody tr")
+    assert [s.verdict for s in summaries] and rows.count() == len(summaries)
+    assert rows.first.inner_text().startswith(summaries[0].run_id)  # newest first, and open
+    assert "selected" in (rows.first.get_attribute("class") or "")
     newest, older = summaries[0], summaries[1]  # the ±10 % and the ±15 % comparison of one inference run
     # pick the older run from the runs list: the plot redraws with its ±15 % limits
-    page.locator(f"#runs-table td[data-dash-column='run_id']:has-text('{older.run_id}')").click()
+    page.locator("#runs-table tbody tr", has_text=older.run_id).click()
     wait_for_plot(page, "#verification", lambda t: sorted(x["y0"] for x in t if x["colour"] == "#d62728") == [-15, 15])
+    assert "selected" in (page.locator("#runs-table tbody tr", has_text=older.run_id).get_attribute("class") or "")
+    assert "selected" not in (rows.first.get_attribute("class") or "")
+    page.wait_for_function(f"() => document.querySelector('#verdict').innerText.includes('run {older.run_id}:')")
     # compare with the newest
     open_tab(page, "compare two runs")
     page.locator("#compare-run").click()
@@ -268,7 +311,7 @@ def test_runs_list_switch_run_compare_two_runs_and_trend(page: Page, runs: Path)
     # the oldest run (untrained model) left every cell unclassified: it is listed, with nothing to plot
     untrained = summaries[-1]
     assert untrained.n_values == 0
-    page.locator(f"#runs-table td[data-dash-column='run_id']:has-text('{untrained.run_id}')").click()
+    page.locator("#runs-table tbody tr", has_text=untrained.run_id).click()
     open_tab(page, "run review")
     wait_for_plot(page, "#verification", lambda t: next(x for x in t if x["name"] == "samples")["n"] == 0)
     open_tab(page, "cells against expert labels")

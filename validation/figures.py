@@ -84,10 +84,14 @@ def verification_plot(
             mode="markers",
             name="samples",
             marker={"color": POINT_COLOUR, "size": 7, "opacity": 0.8},
-            customdata=data.select("sample_id", "predicted", "n_classified", "flags").to_numpy(),
+            # the sample id is the point's text (a click reads it there); fixed-width string and
+            # float arrays, which plotly copies whole (object arrays and lists it checks item by item)
+            text=data["sample_id"].to_numpy().astype(str),
+            customdata=data.select(pl.col("predicted", "n_classified").cast(pl.Float64)).to_numpy(),
+            hovertext=data["flags"].fill_null("").to_numpy().astype(str),
             hovertemplate=(
-                "sample %{customdata[0]}<br>reference %{x:.3g}<br>predicted %{customdata[1]:.3g}<br>"
-                "error %{y:.1f} %<br>cells counted %{customdata[2]}<br>flags %{customdata[3]}<extra></extra>"
+                "sample %{text}<br>reference %{x:.3g}<br>predicted %{customdata[0]:.3g}<br>"
+                "error %{y:.1f} %<br>cells counted %{customdata[1]}<br>flags %{hovertext}<extra></extra>"
             ),
         )
     )
@@ -118,22 +122,25 @@ def verification_plot(
     return fig
 
 
-def bland_altman_plot(rows: pl.DataFrame, measurand: str, stats: dict[str, Any] | None) -> go.Figure:
+def bland_altman_plot(
+    rows: pl.DataFrame, measurand: str, stats: dict[str, Any] | None, webgl: bool = False
+) -> go.Figure:
     """Differences (test - reference) against the pair means, with bias and limits of agreement."""
     data = rows.filter(pl.col("measurand") == measurand)
-    mean = ((data["predicted"] + data["reference"]) / 2).to_list()
+    mean = ((data["predicted"] + data["reference"]) / 2).to_numpy()
+    scatter = go.Scattergl if webgl else go.Scatter
     fig = go.Figure(
-        go.Scatter(
+        scatter(
             x=mean,
-            y=data["difference"].to_list(),
+            y=data["difference"].to_numpy(),
             mode="markers",
             name="samples",
             marker={"color": POINT_COLOUR, "size": 6},
-            text=data["sample_id"].to_list(),
+            text=data["sample_id"].to_numpy().astype(str),
         )
     )
-    if stats and "bias" in stats and mean:
-        x0, x1 = min(mean), max(mean)
+    if stats and "bias" in stats and mean.size:
+        x0, x1 = float(mean.min()), float(mean.max())
         fig.add_trace(
             go.Scatter(
                 x=[x0, x1],
@@ -162,22 +169,25 @@ def bland_altman_plot(rows: pl.DataFrame, measurand: str, stats: dict[str, Any] 
     return fig
 
 
-def regression_plot(rows: pl.DataFrame, measurand: str, fit: dict[str, Any] | None, label: str) -> go.Figure:
+def regression_plot(
+    rows: pl.DataFrame, measurand: str, fit: dict[str, Any] | None, label: str, webgl: bool = False
+) -> go.Figure:
     """Test against reference with the identity line and a fitted regression line."""
     data = rows.filter(pl.col("measurand") == measurand)
-    x, y = data["reference"].to_list(), data["predicted"].to_list()
+    x = data["reference"].to_numpy()
+    scatter = go.Scattergl if webgl else go.Scatter
     fig = go.Figure(
-        go.Scatter(
+        scatter(
             x=x,
-            y=y,
+            y=data["predicted"].to_numpy(),
             mode="markers",
             name="samples",
             marker={"color": POINT_COLOUR, "size": 6},
-            text=data["sample_id"].to_list(),
+            text=data["sample_id"].to_numpy().astype(str),
         )
     )
-    if x:
-        lo, hi = min(x), max(x)
+    if x.size:
+        lo, hi = float(x.min()), float(x.max())
         fig.add_trace(
             go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", name="identity", line={"color": "#999999", "dash": "dot"})
         )
@@ -206,8 +216,7 @@ def confusion_matrix_plot(cm: np.ndarray, title: str = "Cells: expert label agai
     totals = cm.sum(axis=1, keepdims=True)
     share = np.divide(cm, totals, out=np.zeros(cm.shape), where=totals > 0)
     text = [
-        [f"{n}<br>{100 * f:.1f} %" for n, f in zip(row, frow, strict=True)]
-        for row, frow in zip(cm, share, strict=True)
+        [f"{n}<br>{100 * f:.1f} %" for n, f in zip(row, frow, strict=True)] for row, frow in zip(cm, share, strict=True)
     ]
     fig = go.Figure(
         go.Heatmap(

@@ -1,5 +1,8 @@
 #!/bin/sh
-# Rebuilds ../assets/plotly-wbcv.min.js: plotly.js with only the trace types the dashboard draws.
+# Rebuilds the dashboard's vendored browser scripts in ../assets:
+#   plotly-wbcv.min.js          plotly.js with only the trace types the dashboard draws;
+#   regenerator-runtime.min.js  the one part of @babel/polyfill that Dash's scripts need
+#                               (dashboards.app.LeanDash leaves the 99 KB polyfill out of the page).
 #
 #   sh dashboards/plotly_bundle/build.sh        (needs Node.js >= 20 and the npm registry)
 #
@@ -31,3 +34,12 @@ cd "$work"  # esbuild resolves the alias from here
   --banner:js="/*! plotly.js v$version (MIT, Plotly Inc.), partial bundle for wbcv, traces: $TRACES; built by dashboards/plotly_bundle/build.sh */" \
   --outfile="$out"
 echo "wrote $out ($(wc -c <"$out") bytes, plotly.js $version: $TRACES)"
+# Dash's lazy loader calls the global regeneratorRuntime (its code is compiled for old browsers);
+# the runtime sets that global when loaded as a plain script.
+rt="$here/../assets/regenerator-runtime.min.js"
+rt_version=$(node -p "require('$work/node_modules/regenerator-runtime/package.json').version")
+./node_modules/.bin/esbuild node_modules/regenerator-runtime/runtime.js \
+  --minify --target=es2016 --legal-comments=eof --log-level=warning \
+  --banner:js="/*! regenerator-runtime v$rt_version (MIT, Facebook), for Dash without @babel/polyfill; built by dashboards/plotly_bundle/build.sh */" \
+  --outfile="$rt"
+echo "wrote $rt ($(wc -c <"$rt") bytes, regenerator-runtime $rt_version)"
