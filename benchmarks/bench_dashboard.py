@@ -8,8 +8,12 @@ For a comparison run of --samples samples (and, as the baseline measured in the 
   * first page load: from navigation start in a fresh browser context (empty cache) until the
     verification plot has drawn every point (Plotly's ``plotly_afterplot`` and the next animation
     frame); the first load after the server starts is reported apart, since it also reads the run
-    from disk; with it the longest main-thread task of the load (evaluating plotly.min.js) and
-    the same measurement for a reload in a browser that has the scripts cached;
+    from disk; with it the longest main-thread task of the load (drawing the plot) and the same
+    measurement for a reload in a browser that has the scripts cached. As the baseline, measured
+    alternately with it in the same browser, the same for a page holding nothing but the
+    dashboard's plotly.js bundle and the same figure: what drawing the plot costs without Dash
+    (most of it is WebGL by software rendering on a machine without a GPU). The benchmark waits
+    for an idle machine after starting the browser (its own start-up takes about a CPU-second);
   * callback to plot: from the click on another measurand (which fires the callback) until the
     verification plot of that measurand has drawn, i.e. request, server-side figure building,
     transfer, JSON parsing and WebGL drawing; alternating between two measurands; once as the
@@ -25,15 +29,22 @@ Results are printed and written as JSON (--json). Not a test: nothing is asserte
 from __future__ import annotations
 
 import argparse
+import functools
+import http.server
 import json
 import os
 import platform
+import shutil
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -155,7 +166,9 @@ new PerformanceObserver(l => l.getEntries().forEach(e => window.__longTasks.push
   .observe({type: 'longtask', buffered: true});"""
 
 
-def page_load(page: Page, url: str, n_points: int, reload: bool = False) -> tuple[float, float]:
+def page_load(
+    page: Page, url: str, n_points: int, reload: bool = False, long_tasks: bool = True
+) -> tuple[float, float]:
     """(ms from navigation start to the plot drawn, ms of the longest main-thread task meanwhile)."""
     if reload:
         page.reload(wait_until="commit")
@@ -163,17 +176,108 @@ def page_load(page: Page, url: str, n_points: int, reload: bool = False) -> tupl
         page.goto(url, wait_until="commit")
     page.wait_for_function(PLOT_DRAWN, arg=n_points, polling="raf", timeout=120_000)
     drawn = page.evaluate("() => new Promise(r => requestAnimationFrame(() => r(performance.now())))")
-    return drawn, page.evaluate("() => Math.max(0, ...window.__longTasks)")
+    return drawn, page.evaluate("() => Math.max(0, ...window.__longTasks)") if long_tasks else 0.0
+
+
+def wait_until_quiet(max_s: float = 20.0, busy_below: float = 0.15) -> float:
+    """Wait until the machine's CPUs are mostly idle; the seconds waited.
+
+    Chromium spends about a CPU-second on its own start-up (its UI renderer) after the first page
+    opens; on two cores that would slow the first loads measured, so the benchmark waits it out.
+    """
+
+    def idle_and_total() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            ticks = [int(x) for x in f.readline().split()[1:]]
+        return ticks[3] + ticks[4], sum(ticks)
+
+    t0 = time.monotonic()
+    if not Path("/proc/stat").is_file():
+        time.sleep(3)
+        return 3.0
+    while time.monotonic() - t0 < max_s:
+        i0, s0 = idle_and_total()
+        time.sleep(0.5)
+        i1, s1 = idle_and_total()
+        if 1 - (i1 - i0) / max(1, s1 - s0) < busy_below:
+            break
+    return round(time.monotonic() - t0, 1)
+
+
+# The baseline: a page with nothing but the dashboard's plotly.js bundle drawing the same
+# verification figure (taken from the dashboard's layout): what the first load costs without Dash.
+PLOT_ONLY_PAGE = """<!DOCTYPE html><html><head><meta charset="utf-8"><link rel="stylesheet" href="style.css">
+<link rel="stylesheet" href="plotly.css"><style id="plotly.js-style-global" class="no-inline-styles"></style></head>
+<body><div class="page"><div id="verification"><div id="plot" style="height: 520px"></div></div></div>
+<script src="plotly.js"></script>
+<script>fetch('figure.json').then(r => r.json())
+  .then(f => Plotly.newPlot('plot', f.data, f.layout, {displaylogo: false}));</script>
+</body></html>"""
+
+
+def find_figure(node: Any, graph_id: str) -> dict[str, Any] | None:
+    """The figure of the dcc.Graph ``graph_id`` in a Dash layout (JSON)."""
+    if isinstance(node, dict):
+        props = node.get("props", {})
+        if isinstance(props, dict) and props.get("id") == graph_id:
+            return props.get("figure")
+        children = node.values()
+    elif isinstance(node, list):
+        children = node
+    else:
+        return None
+    for child in children:
+        found = find_figure(child, graph_id)
+        if found is not None:
+            return found
+    return None
+
+
+@contextmanager
+def plot_only_site(dashboard_url: str) -> Iterator[str]:
+    """Serve PLOT_ONLY_PAGE with the dashboard's plotly.js bundle and first verification figure."""
+    with urllib.request.urlopen(dashboard_url + "_dash-layout") as r:
+        figure = find_figure(json.load(r), "verification")
+    if not figure:
+        raise SystemExit("the dashboard's layout has no verification figure")
+    with tempfile.TemporaryDirectory(prefix="wbcv-bench-plot-only-") as site:
+        (Path(site) / "index.html").write_text(PLOT_ONLY_PAGE)
+        (Path(site) / "figure.json").write_text(json.dumps(figure))
+        assets = REPO / "dashboards" / "assets"
+        shutil.copy(assets / "plotly-wbcv.min.js", Path(site) / "plotly.js")
+        shutil.copy(assets / "style.css", Path(site) / "style.css")  # the same box for the plot
+        shutil.copy(assets / "plotly.css", Path(site) / "plotly.css")  # and the same lean plotly.js start
+
+        class Quiet(http.server.SimpleHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=site))
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield f"http://127.0.0.1:{server.server_address[1]}/index.html"
+        finally:
+            server.shutdown()
 
 
 def measure(runs: Path, n_points: int, repeats: int) -> dict[str, Any]:
     proc, url = start_dashboard(runs)
     try:
-        with sync_playwright() as pw:
+        with sync_playwright() as pw, plot_only_site(url) as plot_only_url:
             browser = pw.chromium.launch(executable_path=find_chromium(), args=list(CHROMIUM_ARGS))
+            warmup = browser.new_context()
+            warmup.new_page().goto("about:blank")
+            waited = wait_until_quiet()
+            warmup.close()
             loads: list[float] = []
             longest: list[float] = []
-            for _ in range(repeats + 1):
+            plot_only: list[float] = []
+            for i in range(repeats + 1):
+                if i:  # the baseline alternates with the dashboard, so both see the same machine
+                    ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+                    plot_only.append(page_load(ctx.new_page(), plot_only_url, n_points, long_tasks=False)[0])
+                    ctx.close()
                 ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
                 ctx.add_init_script(LONG_TASKS)
                 drawn, long_task = page_load(ctx.new_page(), url, n_points)
@@ -210,6 +314,12 @@ def measure(runs: Path, n_points: int, repeats: int) -> dict[str, Any]:
         "points": n_points,
         "first_load_cold_server_ms": round(loads[0], 1),
         "first_load_ms": {"median": round(statistics.median(warm_loads), 1), "max": round(max(warm_loads), 1)},
+        "plot_only_page_first_load_ms": {
+            "median": round(statistics.median(plot_only), 1),
+            "max": round(max(plot_only), 1),
+        },
+        "first_load_over_plot_only_page": round(statistics.median(warm_loads) / statistics.median(plot_only), 2),
+        "waited_for_quiet_machine_s": waited,
         "longest_main_thread_task_during_first_load_ms": round(statistics.median(longest[1:]), 1),
         "reload_with_browser_cache_ms": {"median": round(statistics.median(reloads), 1), "max": round(max(reloads), 1)},
         "floor_band_shown_by_default": band_on_at_start,
@@ -263,6 +373,7 @@ def main() -> None:
             print(
                 f"{n:>6} samples ({n_points} plotted): first load {r['first_load_ms']['median']:.0f} ms median "
                 f"(max {r['first_load_ms']['max']:.0f}; {r['first_load_cold_server_ms']:.0f} right after start; "
+                f"plotly-only page {r['plot_only_page_first_load_ms']['median']:.0f}; "
                 f"longest task {r['longest_main_thread_task_during_first_load_ms']:.0f}), "
                 f"reload with cache {r['reload_with_browser_cache_ms']['median']:.0f} ms, "
                 f"callback to plot {r['callback_to_plot_ms']['median']:.0f} ms median "

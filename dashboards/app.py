@@ -83,25 +83,33 @@ BABEL_POLYFILL_TAG: Final[re.Pattern[str]] = re.compile(r'<script src="[^"]*/pol
 LAZY_CHUNKS: Final[tuple[str, ...]] = ("_dash-component-suites/dash/dcc/async-graph.js",)
 
 
-class LeanDash(Dash):
-    """Dash with a faster first load: the page asks for its layout at once, and has no @babel/polyfill.
+#: Tells plotly.js not to insert its style rules one by one as it loads (about 0.1 s here);
+#: they come from assets/plotly.css (plotly.js's dist/plotly.css, made for strict CSP pages).
+PLOTLY_CSS_FROM_ASSETS: Final[str] = '<style id="plotly.js-style-global" class="no-inline-styles"></style>'
 
-    Dash's renderer asks for ``_dash-layout`` and ``_dash-dependencies`` only after every script
-    has been evaluated (about 0.8 s here); preloading them lets the server build the layout, which
-    holds the first verification plot, meanwhile. @babel/polyfill (core-js 2 for old browsers)
-    costs about 0.2 s of every first load; every browser Dash supports has what it adds, and the
-    one global Dash's code takes from it, ``regeneratorRuntime`` (its lazy loader is compiled for
-    old browsers), comes from the 7 KB ``assets/regenerator-runtime.min.js``
-    (dashboards/plotly_bundle/build.sh). Measured by benchmarks/bench_dashboard.py.
+
+class LeanDash(Dash):
+    """Dash with a faster first page load (benchmarks/bench_dashboard.py); the page works the same.
+
+    * Dash's renderer asks for ``_dash-layout``, ``_dash-dependencies`` and dcc.Graph's code only
+      after every script has been evaluated (about 0.8 s here): they are preloaded, so the server
+      builds the layout, which holds the first verification plot (``PageMemo``), meanwhile.
+    * No @babel/polyfill (core-js 2 for old browsers, about 0.2 s): every browser Dash supports
+      has what it adds; the one global Dash's code takes from it, ``regeneratorRuntime`` (its lazy
+      loader is compiled for old browsers), comes from the 7 KB assets/regenerator-runtime.min.js.
+    * plotly.js's style rules come from assets/plotly.css instead of being inserted one by one
+      while plotly.js loads (``PLOTLY_CSS_FROM_ASSETS``, about 0.1 s).
+
+    The asset files are built by dashboards/plotly_bundle/build.sh.
     """
 
     def interpolate_index(self, **kwargs: str) -> str:
         prefix = self.config.requests_pathname_prefix
-        preload = "".join(
-            f'<link rel="preload" href="{prefix}{endpoint}" as="fetch">'
-            for endpoint in ("_dash-layout", "_dash-dependencies")
-        ) + "".join(f'<link rel="preload" href="{prefix}{chunk}" as="script">' for chunk in LAZY_CHUNKS)
-        kwargs["metas"] = preload + kwargs.get("metas", "")
+        preload = [
+            f'<link rel="preload" href="{prefix}{e}" as="fetch">' for e in ("_dash-layout", "_dash-dependencies")
+        ]
+        preload += [f'<link rel="preload" href="{prefix}{chunk}" as="script">' for chunk in LAZY_CHUNKS]
+        kwargs["metas"] = "".join(preload) + PLOTLY_CSS_FROM_ASSETS + kwargs.get("metas", "")
         kwargs["scripts"] = BABEL_POLYFILL_TAG.sub("", kwargs["scripts"])
         return super().interpolate_index(**kwargs)
 

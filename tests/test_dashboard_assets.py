@@ -65,3 +65,14 @@ def test_regenerator_runtime_is_the_locked_version_and_sets_the_global():
     assert m["version"] == package["dependencies"]["regenerator-runtime"]
     assert m["version"] == lock["packages"]["node_modules/regenerator-runtime"]["version"]
     assert "regeneratorRuntime=runtime" in code
+
+
+def test_plotly_stylesheet_is_the_one_of_the_bundled_plotly_js():
+    # the dashboard tells plotly.js not to insert its style rules (dashboards.app.LeanDash): the
+    # stylesheet must be the one made for the bundled version
+    css = REPO / "dashboards" / "assets" / "plotly.css"
+    with css.open(encoding="utf-8") as f:
+        first = f.readline()
+        rules = f.read()
+    assert first.startswith(f"/*! plotly.js v{banner()['version']} ") and "dist/plotly.css" in first
+    assert ".js-plotly-plot .plotly .main-svg{position:absolute" in rules

@@ -138,6 +138,13 @@ def test_verification_plot_draws_limits_coverage_floor_band_and_webgl_points(pag
     assert page.locator("#verification canvas").count() >= 1  # the WebGL layer of the points
 
     assert page.locator("#verdict-reason").inner_text().startswith("NEUT#: ")
+    # the plot follows the window's width
+    width = "() => document.querySelector('#verification .js-plotly-plot')._fullLayout.width"
+    wide = page.evaluate(width)
+    page.set_viewport_size({"width": 600, "height": 1000})
+    page.wait_for_function(f"() => ({width})() < {wide} - 300")
+    page.set_viewport_size({"width": 1400, "height": 1000})
+    page.wait_for_function(f"() => ({width})() === {wide}")
     shot = tmp_path / "dashboard.png"
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 20_000
@@ -153,6 +160,11 @@ def test_first_load_draws_the_plot_from_the_layout_with_the_lean_scripts(page: P
     # no @babel/polyfill; the regenerator runtime Dash's lazy loader calls comes from the assets
     assert not any("polyfill" in u for u in urls), urls
     assert page.evaluate("() => typeof window.regeneratorRuntime.mark") == "function"
+    # plotly.js inserted none of its style rules: they come from assets/plotly.css, and apply
+    assert page.evaluate("() => document.getElementById('plotly.js-style-global').sheet.cssRules.length") == 0
+    assert page.evaluate("() => getComputedStyle(document.querySelector('#verification .main-svg')).position") == (
+        "absolute"
+    )
     # the verification plot and verdict came with the layout: the first view needed no callback,
     # and the preloaded layout and graph code were fetched while the scripts were evaluated
     assert not any("_dash-update-component" in u for u in urls), urls

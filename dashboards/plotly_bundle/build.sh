@@ -1,6 +1,8 @@
 #!/bin/sh
 # Rebuilds the dashboard's vendored browser scripts in ../assets:
 #   plotly-wbcv.min.js          plotly.js with only the trace types the dashboard draws;
+#   plotly.css                  plotly.js's style rules as a stylesheet (dashboards.app.LeanDash
+#                               tells plotly.js not to insert them one by one as it loads);
 #   regenerator-runtime.min.js  the one part of @babel/polyfill that Dash's scripts need
 #                               (dashboards.app.LeanDash leaves the 99 KB polyfill out of the page).
 #
@@ -34,6 +36,10 @@ cd "$work"  # esbuild resolves the alias from here
   --banner:js="/*! plotly.js v$version (MIT, Plotly Inc.), partial bundle for wbcv, traces: $TRACES; built by dashboards/plotly_bundle/build.sh */" \
   --outfile="$out"
 echo "wrote $out ($(wc -c <"$out") bytes, plotly.js $version: $TRACES)"
+css="$here/../assets/plotly.css"
+{ printf '/*! plotly.js v%s (MIT, Plotly Inc.) dist/plotly.css; copied by dashboards/plotly_bundle/build.sh */\n' "$version"
+  cat node_modules/plotly.js/dist/plotly.css; echo; } >"$css"
+echo "wrote $css ($(wc -c <"$css") bytes)"
 # Dash's lazy loader calls the global regeneratorRuntime (its code is compiled for old browsers);
 # the runtime sets that global when loaded as a plain script.
 rt="$here/../assets/regenerator-runtime.min.js"
