@@ -209,7 +209,7 @@ def wait_until_quiet(max_s: float = 20.0, busy_below: float = 0.15) -> float:
 PLOT_ONLY_PAGE = """<!DOCTYPE html><html><head><meta charset="utf-8"><link rel="stylesheet" href="style.css">
 <link rel="stylesheet" href="plotly.css"><style id="plotly.js-style-global" class="no-inline-styles"></style></head>
 <body><div class="page"><div id="verification"><div id="plot" style="height: 520px"></div></div></div>
-<script src="plotly.js"></script>
+<script src="plotly.js"></script><script src="wbcv-plot-config.js"></script>
 <script>fetch('figure.json').then(r => r.json())
   .then(f => Plotly.newPlot('plot', f.data, f.layout, {displaylogo: false}));</script>
 </body></html>"""
@@ -246,7 +246,9 @@ def plot_only_site(dashboard_url: str) -> Iterator[str]:
         assets = REPO / "dashboards" / "assets"
         shutil.copy(assets / "plotly-wbcv.min.js", Path(site) / "plotly.js")
         shutil.copy(assets / "style.css", Path(site) / "style.css")  # the same box for the plot
-        shutil.copy(assets / "plotly.css", Path(site) / "plotly.css")  # and the same lean plotly.js start
+        # and the same plotly.js settings as the dashboard's
+        for name in ("plotly.css", "wbcv-plot-config.js"):
+            shutil.copy(assets / name, Path(site) / name)
 
         class Quiet(http.server.SimpleHTTPRequestHandler):
             def log_message(self, *args: Any) -> None:

@@ -1,16 +1,16 @@
 """The Dash app: layout and callbacks. Data come from ``dashboards.data``, figures from ``validation.figures``.
 
-Page, top to bottom: the runs list; for the chosen run and measurand the verdict, the
-verification plot (toggles: excluded samples, sampling-floor band), Bland–Altman and regression
-panels, the sample table with CSV export, the drill-down gallery of the clicked sample's cells;
-the cell-level confusion matrix; a second run side by side; the coverage trend across runs.
-Each figure has its own callback, so the verification plot is drawn without waiting for the rest.
+Page, top to bottom: the runs list (a click opens a run); the measurand and the toggles (excluded
+samples, sampling-floor band); tabs: run review (verdict and verification plot), method comparison
+(Bland–Altman, Passing–Bablok), samples (table with CSV export), cells against expert labels
+(confusion matrix), compare two runs, coverage across runs (drift); below them the gallery of the
+clicked sample's cells. The newest run's verification plot comes with the page (``build_layout``);
+every other view is built by its own callback when its tab is open. How the page loads fast:
+``dashboards.page``.
 """
 
 from __future__ import annotations
 
-import re
-import threading
 from contextlib import suppress
 from pathlib import Path
 from typing import Any, Final
@@ -24,6 +24,7 @@ from dash.exceptions import PreventUpdate
 from dashboards.auth import Credentials, require_basic_auth
 from dashboards.cells import cell_url, register_cell_route
 from dashboards.data import TABLE_COLUMNS, ComparisonRun, RunCatalog, RunSummary, coverage_trend
+from dashboards.page import LeanDash, PageMemo
 from dashboards.table import apply_view, page
 from inference.errors import WbcvError
 from validation.figures import (
@@ -55,6 +56,7 @@ TABLE_TYPES: Final[dict[str, str]] = {
 #: still shows it.
 FLOOR_BAND_DEFAULT_MAX: Final[int] = 2000
 SHOW_EXCLUDED: Final[str] = "excluded"
+SHOW_FLOOR: Final[str] = "floor"
 #: The tabs (dcc.Tabs values); a view's callback builds it only while its tab is open.
 REVIEW_TAB, METHODS_TAB, SAMPLES_TAB, CELLS_TAB, COMPARE_TAB, DRIFT_TAB = (
     "review",
@@ -68,50 +70,10 @@ NO_SAMPLE: Final[html.P] = html.P(
     "No sample selected: click a point of the verification plot or a row of the sample table.", className="note"
 )
 RUN_ROW: Final[str] = "run-row"  # pattern-matching id type of the runs list's rows
-SHOW_FLOOR: Final[str] = "floor"
 #: Above this many points the method-comparison panels draw their markers with WebGL: SVG markers
 #: take seconds at 10,000, a WebGL context costs more than SVG below this.
 WEBGL_ABOVE: Final[int] = 1000
 GRAPH_CONFIG: Final[dict[str, Any]] = {"displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2}}
-
-
-#: Dash's script tag for @babel/polyfill (core-js 2 and regenerator-runtime for old browsers).
-BABEL_POLYFILL_TAG: Final[re.Pattern[str]] = re.compile(r'<script src="[^"]*/polyfill@[^"]*"></script>\n?')
-
-
-#: The code of dcc.Graph, which dcc loads only when the page draws its first graph.
-LAZY_CHUNKS: Final[tuple[str, ...]] = ("_dash-component-suites/dash/dcc/async-graph.js",)
-
-
-#: Tells plotly.js not to insert its style rules one by one as it loads (about 0.1 s here);
-#: they come from assets/plotly.css (plotly.js's dist/plotly.css, made for strict CSP pages).
-PLOTLY_CSS_FROM_ASSETS: Final[str] = '<style id="plotly.js-style-global" class="no-inline-styles"></style>'
-
-
-class LeanDash(Dash):
-    """Dash with a faster first page load (benchmarks/bench_dashboard.py); the page works the same.
-
-    * Dash's renderer asks for ``_dash-layout``, ``_dash-dependencies`` and dcc.Graph's code only
-      after every script has been evaluated (about 0.8 s here): they are preloaded, so the server
-      builds the layout, which holds the first verification plot (``PageMemo``), meanwhile.
-    * No @babel/polyfill (core-js 2 for old browsers, about 0.2 s): every browser Dash supports
-      has what it adds; the one global Dash's code takes from it, ``regeneratorRuntime`` (its lazy
-      loader is compiled for old browsers), comes from the 7 KB assets/regenerator-runtime.min.js.
-    * plotly.js's style rules come from assets/plotly.css instead of being inserted one by one
-      while plotly.js loads (``PLOTLY_CSS_FROM_ASSETS``, about 0.1 s).
-
-    The asset files are built by dashboards/plotly_bundle/build.sh.
-    """
-
-    def interpolate_index(self, **kwargs: str) -> str:
-        prefix = self.config.requests_pathname_prefix
-        preload = [
-            f'<link rel="preload" href="{prefix}{e}" as="fetch">' for e in ("_dash-layout", "_dash-dependencies")
-        ]
-        preload += [f'<link rel="preload" href="{prefix}{chunk}" as="script">' for chunk in LAZY_CHUNKS]
-        kwargs["metas"] = "".join(preload) + PLOTLY_CSS_FROM_ASSETS + kwargs.get("metas", "")
-        kwargs["scripts"] = BABEL_POLYFILL_TAG.sub("", kwargs["scripts"])
-        return super().interpolate_index(**kwargs)
 
 
 def _empty_figure(message: str) -> go.Figure:
@@ -380,30 +342,6 @@ def build_layout(catalog: RunCatalog, runs: list[RunSummary]) -> html.Div:
     )
 
 
-class PageMemo:
-    """The page (``build_layout``) for the current listing of runs, built once per listing.
-
-    Runs are sealed, so the same listing gives the same page. The browser's preloaded request
-    builds it while the page's scripts are evaluated, and the renderer's own request (which the
-    browser does not match to the preload: it sends other headers) then finds it ready; a request
-    that comes while the page is being built waits for it instead of building it again.
-    """
-
-    def __init__(self, catalog: RunCatalog) -> None:
-        self._catalog = catalog
-        self._lock = threading.Lock()
-        self._listing: tuple[str, ...] | None = None
-        self._page: html.Div | None = None
-
-    def __call__(self) -> html.Div:
-        runs = self._catalog.summaries()
-        listing = tuple(s.run_id for s in runs)
-        with self._lock:
-            if self._page is None or listing != self._listing:
-                self._page, self._listing = build_layout(self._catalog, runs), listing
-            return self._page
-
-
 def create_app(runs_dir: Path, credentials: Credentials | None = None) -> Dash:
     """The dashboard for the runs in ``runs_dir``; with credentials every route asks for them."""
     catalog = RunCatalog(runs_dir)
@@ -417,7 +355,8 @@ def create_app(runs_dir: Path, credentials: Credentials | None = None) -> Dash:
     if credentials is not None:
         require_basic_auth(app.server, credentials)
     register_cell_route(app.server, catalog)
-    app.layout = PageMemo(catalog)  # a function: runs finished later appear on reload
+    # a function of the listing: runs finished later appear on reload
+    app.layout = PageMemo(catalog, lambda runs: build_layout(catalog, runs))
     app.catalog = catalog  # type: ignore[attr-defined]  # for tests and the benchmark
 
     def get_run(run_id: str | None) -> ComparisonRun:

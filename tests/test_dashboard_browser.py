@@ -136,7 +136,6 @@ def test_verification_plot_draws_limits_coverage_floor_band_and_webgl_points(pag
     assert len(greys) == run.rows("NEUT#")["counting_error_low_pct"].drop_nulls().len() > 0
     assert all(float(d["opacity"]) < 1 and d["dash"] == "none" and d["segments"] == 1 for d in greys)
     assert page.locator("#verification canvas").count() >= 1  # the WebGL layer of the points
-
     assert page.locator("#verdict-reason").inner_text().startswith("NEUT#: ")
     # the plot follows the window's width
     width = "() => document.querySelector('#verification .js-plotly-plot')._fullLayout.width"
@@ -148,6 +147,21 @@ def test_verification_plot_draws_limits_coverage_floor_band_and_webgl_points(pag
     shot = tmp_path / "dashboard.png"
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 20_000
+
+
+def test_webgl_layers_are_drawn_at_the_screens_pixel_ratio(browser: Browser, url: str):
+    # assets/wbcv-plot-config.js: plotly.js would draw them at twice the plot's size on any screen
+    for scale in (1, 2):
+        context = browser.new_context(viewport={"width": 1400, "height": 1000}, device_scale_factor=scale)
+        p = context.new_page()
+        p.goto(url)
+        wait_for_plot(p, "#verification", lambda traces: any(t["name"] == "samples" for t in traces))
+        canvas_width, plot_width = p.evaluate(
+            "() => { const g = document.querySelector('#verification .js-plotly-plot');"
+            " return [g.querySelector('canvas.gl-canvas-context').width, g._fullLayout.width]; }"
+        )
+        context.close()
+        assert canvas_width == scale * plot_width > 0
 
 
 def test_first_load_draws_the_plot_from_the_layout_with_the_lean_scripts(page: Page):
