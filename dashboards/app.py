@@ -498,12 +498,15 @@ def create_app(runs_dir: Path, credentials: Credentials | None = None) -> Dash:
         Output("selected-sample", "data"),
         Input("verification", "clickData"),
         Input("samples", "active_cell"),
+        Input("run", "data"),
         State("samples", "derived_viewport_data"),
         prevent_initial_call=True,
     )
     def select_sample(
-        click: dict[str, Any] | None, cell: dict[str, Any] | None, rows: list[dict[str, Any]] | None
-    ) -> str:
+        click: dict[str, Any] | None, cell: dict[str, Any] | None, _: str | None, rows: list[dict[str, Any]] | None
+    ) -> str | None:
+        if ctx.triggered_id == "run":
+            return None  # another run: its samples are others
         if ctx.triggered_id == "verification" and click:
             sample_id = click["points"][0].get("text")  # validation.figures.verification_plot
             if sample_id:
@@ -515,7 +518,7 @@ def create_app(runs_dir: Path, credentials: Credentials | None = None) -> Dash:
     @app.callback(
         Output("gallery", "children"),
         Input("selected-sample", "data"),
-        Input("run", "data"),
+        State("run", "data"),
         prevent_initial_call=True,  # the layout says no sample is selected
     )
     def gallery(sample_id: str | None, run_id: str | None) -> list[Any]:

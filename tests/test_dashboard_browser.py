@@ -239,6 +239,11 @@ def test_clicking_a_row_of_the_sample_table_opens_its_cells(page: Page, runs: Pa
     title = page.locator("#gallery-title")
     title.wait_for(timeout=15000)
     assert title.inner_text().startswith(f"sample {sample_id}: {run.inference.cells_of(sample_id).height} cells")
+    # opening another run closes the sample: its samples are others
+    older = RunCatalog(runs).summaries()[1]
+    page.locator("#runs-table tbody tr", has_text=older.run_id).click()
+    page.locator("#gallery", has_text="No sample selected").wait_for(timeout=15000)
+    assert page.locator("#gallery-title").count() == 0
 
 
 def test_switching_measurand_redraws_the_plot_and_verdict(page: Page, runs: Path):
