@@ -51,6 +51,8 @@ PREDICTIONS_FILE: Final[str] = "predictions.parquet"
 COUNTS_FILE: Final[str] = "counts.parquet"
 SKIPPED_FILE: Final[str] = "skipped.parquet"
 INPUTS_FILE: Final[str] = "inputs.parquet"
+#: The tables every inference run writes.
+RUN_TABLES: Final[tuple[str, ...]] = (PREDICTIONS_FILE, COUNTS_FILE, SKIPPED_FILE, INPUTS_FILE)
 
 #: Per-cell predictions, one row per decoded cell (skipped files are in SKIPPED_SCHEMA).
 PREDICTION_SCHEMA: Final[dict[str, pl.DataType]] = {

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from fixtures.slidesets import build_slide_set
-from inference.runner import COUNTS_FILE, INPUTS_FILE, PREDICTIONS_FILE, SKIPPED_FILE
+from inference.runner import COUNTS_FILE, PREDICTIONS_FILE, RUN_TABLES
 from tests.conftest import run_wbcv
 
 wbcv = run_wbcv
@@ -111,7 +111,7 @@ def test_sigkill_at_any_moment_then_rerun_gives_identical_outputs(batch, model_d
     assert len(finished) == 1, f"expected exactly one run, found {finished}"
     if done_before:
         assert f"resumed: {done_before} of 10 slides were already done" in r.stdout
-    for name in (PREDICTIONS_FILE, COUNTS_FILE, SKIPPED_FILE, INPUTS_FILE):
+    for name in RUN_TABLES:
         assert (finished[0] / name).read_bytes() == (uninterrupted / name).read_bytes(), name
 
 

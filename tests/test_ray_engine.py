@@ -23,8 +23,8 @@ from inference.artifact import load_artifact
 from inference.ray_engine import ChunkClassifier, RayOptions, run_inference_ray
 from inference.runner import (
     COUNTS_FILE,
-    INPUTS_FILE,
     PREDICTIONS_FILE,
+    RUN_TABLES,
     SKIPPED_FILE,
     InferenceParams,
     InferenceResult,
@@ -34,7 +34,6 @@ from inference.slideset import read_slide_set
 from tests.conftest import run_wbcv
 from wbcv import cli
 
-TABLES = (PREDICTIONS_FILE, COUNTS_FILE, SKIPPED_FILE, INPUTS_FILE)
 # 10 cells a chunk: 24-cell slides are cut into 10 + 10 + 4, so chunk boundaries matter.
 PARAMS = InferenceParams(chunk_size=10, workers=2)
 # Where the fault-injecting actor below finds its trigger; set for the workers by ray.init.
@@ -98,7 +97,7 @@ def ray_run(ray_cluster, slides, model, tmp_path_factory) -> InferenceResult:
 
 
 def _tables(run_dir: Path) -> dict[str, pl.DataFrame]:
-    return {name: pl.read_parquet(run_dir / name) for name in TABLES}
+    return {name: pl.read_parquet(run_dir / name) for name in RUN_TABLES}
 
 
 def test_ray_engine_gives_the_local_engines_tables(local_run, ray_run):
@@ -108,7 +107,7 @@ def test_ray_engine_gives_the_local_engines_tables(local_run, ray_run):
     assert pred.height == 4 * 24 - 2 and pred["sample_id"].n_unique() == 4
     assert 0 < pred["unclassified"].sum() < pred.height and pred["predicted_class"].n_unique() >= 4
     assert local[SKIPPED_FILE].height == 4
-    for name in TABLES:
+    for name in RUN_TABLES:
         # Every column, floats to the bit; no table holds a time or anything else per session.
         assert_frame_equal(distributed[name], local[name], check_exact=True)
         assert (ray_run.run_dir / name).read_bytes() == (local_run.run_dir / name).read_bytes(), name
@@ -123,7 +122,7 @@ def test_ray_run_record_differs_only_where_the_session_does(local_run, ray_run):
     assert a["run_id"].rsplit("-", 1)[1] == b["run_id"].rsplit("-", 1)[1]
     for key in ("batch", "model", "parameters"):
         assert a[key] == b[key], key
-    assert {n: a["files"][n] for n in TABLES} == {n: b["files"][n] for n in TABLES}
+    assert {n: a["files"][n] for n in RUN_TABLES} == {n: b["files"][n] for n in RUN_TABLES}
     s_a, s_b = dict(a["summary"]), dict(b["summary"])
     s_a.pop("wall_seconds_last_session"), s_b.pop("wall_seconds_last_session")
     assert s_a == s_b
@@ -204,7 +203,7 @@ def test_ray_finishes_an_interrupted_local_run_through_an_actor_killed_mid_batch
     # nothing lost, nothing doubled: the uninterrupted local run's tables, to the byte
     pred = pl.read_parquet(result.run_dir / PREDICTIONS_FILE)
     assert pred["cell_path"].is_unique().all()
-    for name in TABLES:
+    for name in RUN_TABLES:
         assert_frame_equal(pl.read_parquet(result.run_dir / name), _tables(local_run.run_dir)[name], check_exact=True)
         assert (result.run_dir / name).read_bytes() == (local_run.run_dir / name).read_bytes(), name
     assert [p.name for p in runs.iterdir()] == [result.run_dir.name]
@@ -233,7 +232,7 @@ def test_cli_engine_ray_on_an_existing_cluster(ray_cluster, pbc_cells, model, tm
     (run_dir,) = runs.iterdir()
     record = json.loads((run_dir / "run.json").read_text())
     assert record["engine"]["name"] == "ray" and record["engine"]["address"] == ray_cluster["address"]
-    for name in TABLES:
+    for name in RUN_TABLES:
         assert_frame_equal(pl.read_parquet(run_dir / name), pl.read_parquet(local.run_dir / name), check_exact=True)
 
 

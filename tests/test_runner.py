@@ -22,6 +22,7 @@ from inference.runner import (
     INPUTS_FILE,
     PREDICTION_SCHEMA,
     PREDICTIONS_FILE,
+    RUN_TABLES,
     SKIPPED_FILE,
     InferenceParams,
     run_inference,
@@ -29,7 +30,6 @@ from inference.runner import (
 from inference.slideset import read_slide_set
 from inference.taxonomy import CELL_CLASSES
 
-TABLES = (PREDICTIONS_FILE, COUNTS_FILE, SKIPPED_FILE, INPUTS_FILE)
 PARAMS = InferenceParams(chunk_size=16, workers=2)
 
 
@@ -50,7 +50,7 @@ def _run(batch: Path, model, runs: Path, params: InferenceParams = PARAMS):
 def test_run_writes_predictions_counts_and_input_hashes(batch, model, tmp_path):
     result = _run(batch, model, tmp_path / "runs")
     run = result.run_dir
-    assert sorted(p.name for p in run.iterdir()) == sorted([*TABLES, "run.json", "log.txt"])
+    assert sorted(p.name for p in run.iterdir()) == sorted([*RUN_TABLES, "run.json", "log.txt"])
     pred = pl.read_parquet(run / PREDICTIONS_FILE)
     assert pred.schema == pl.Schema(PREDICTION_SCHEMA)
     assert pred.height == 80 and pred["sample_id"].n_unique() == 4
@@ -81,7 +81,7 @@ def test_run_writes_predictions_counts_and_input_hashes(batch, model, tmp_path):
     record = json.loads((run / "run.json").read_text())
     assert record["model"]["sha256"] == model.sha256
     assert record["batch"]["n_samples"] == 4 and record["parameters"]["chunk_size"] == 16
-    for name in TABLES:
+    for name in RUN_TABLES:
         assert record["files"][name] == hashlib.sha256((run / name).read_bytes()).hexdigest()
     inputs = pl.read_parquet(run / INPUTS_FILE)
     assert set(inputs["path"]) == {"manifest.csv", "cell_labels.csv", *pred["cell_path"]}
@@ -127,7 +127,7 @@ def test_bad_cells_are_skipped_counted_and_recorded_with_reasons(batch, model, t
 def test_same_inputs_give_identical_tables(batch, model, tmp_path):
     a = _run(batch, model, tmp_path / "a").run_dir
     b = _run(batch, model, tmp_path / "b").run_dir
-    for name in TABLES:
+    for name in RUN_TABLES:
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
 
 
@@ -169,7 +169,7 @@ def test_interrupted_run_resumes_without_redoing_slides(batch, model, tmp_path, 
     result = _run(batch, model, runs)
     assert result.resumed and result.slides_done_before == 2
     assert sorted(written) == [2, 3]  # only the unfinished slides were classified
-    for name in TABLES:
+    for name in RUN_TABLES:
         assert (result.run_dir / name).read_bytes() == (reference / name).read_bytes(), name
     assert [p.name for p in runs.iterdir()] == [result.run_dir.name]
 
