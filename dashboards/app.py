@@ -139,7 +139,7 @@ def _verification_view(run: ComparisonRun, measurand: str, opts: list[str]) -> t
         webgl=True,
     )
     if SHOW_EXCLUDED in opts:
-        extra = run.excluded_values
+        extra = run.excluded_rows(measurand)
         if extra is None:
             fig.add_annotation(
                 text="excluded samples cannot be drawn: the protocol file or the inference run is not available",
@@ -150,8 +150,7 @@ def _verification_view(run: ComparisonRun, measurand: str, opts: list[str]) -> t
                 y=1.0,
             )
         else:
-            rows = extra.filter(pl.col("measurand") == measurand).rename({"reason": "excluded_reason"})
-            fig.add_trace(excluded_samples_trace(rows, webgl=True))
+            fig.add_trace(excluded_samples_trace(extra, webgl=True))
     fig.update_layout(uirevision=f"{run.run_id}/{measurand}", clickmode="event")
     return fig, _verdict_table(run, measurand)
 

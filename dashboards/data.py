@@ -291,13 +291,27 @@ class ComparisonRun:
         # a rerun's superseded row is a second measurement, not an excluded sample: it is not plotted
         return out.filter(~pl.col("reason").str.starts_with("rerun:")).unique(["sample_id", "measurand"])
 
+    def excluded_rows(self, measurand: str) -> pl.DataFrame | None:
+        """``excluded_values`` of one measurand, the reason as ``excluded_reason``; None as there."""
+        extra = self.excluded_values
+        if extra is None:
+            return None
+        return extra.filter(pl.col("measurand") == measurand).rename({"reason": "excluded_reason"})
+
+    @cached_property
+    def _listed_samples(self) -> set[str]:
+        """Samples in the reference's parsed measurements or in the run's counts."""
+        samples = set(pl.read_parquet(self.path / REFERENCE_FILE, columns=["sample_id"])["sample_id"].to_list())
+        if self.inference is not None:
+            samples |= set(self.inference.counts["sample_id"].to_list())
+        return samples
+
     def sample_table(self, measurand: str, include_excluded: bool) -> pl.DataFrame:
         """The rows the page shows for one measurand (and exports as CSV)."""
         rows = self.rows(measurand).with_columns(excluded_reason=pl.lit(None, dtype=pl.String))
         if include_excluded:
-            extra = self.excluded_values
+            extra = self.excluded_rows(measurand)
             if extra is not None:
-                extra = extra.filter(pl.col("measurand") == measurand).rename({"reason": "excluded_reason"})
                 rows = pl.concat([rows, extra.select(rows.columns)], how="vertical")
             listed = set(rows["sample_id"].to_list())
             rest = self.excluded.filter(
@@ -305,10 +319,7 @@ class ComparisonRun:
                 & ~pl.col("sample_id").is_in(list(listed))
             )
             # technical rows (QC, background checks) are neither in the run nor among the parsed measurements
-            samples = set(pl.read_parquet(self.path / REFERENCE_FILE, columns=["sample_id"])["sample_id"].to_list())
-            if self.inference is not None:
-                samples |= set(self.inference.counts["sample_id"].to_list())
-            rest = rest.filter(pl.col("sample_id").is_in(list(samples)))
+            rest = rest.filter(pl.col("sample_id").is_in(list(self._listed_samples)))
             if rest.height:
                 rows = pl.concat(
                     [
