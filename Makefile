@@ -47,7 +47,7 @@ test: setup lint
 	$(PY) -m pytest
 
 demo: setup
-	$(PY) -m fixtures.demo $(if $(CELLS),--cells $(CELLS)) --out $(DEMO_OUT)
+	$(PY) -m wbcv.fixtures.demo $(if $(CELLS),--cells $(CELLS)) --out $(DEMO_OUT)
 
 bench: setup
 	$(PY) benchmarks/bench_infer.py $(if $(CELLS),--cells $(CELLS))

@@ -21,8 +21,8 @@ For a comparison run of --samples samples (and, as the baseline measured in the 
     page opens (above 2,000 samples without the sampling-floor band) and once with the band.
 
 The runs are synthetic but made by the real pipeline's last stage: a simulated study's slide counts
-(``fixtures.simulator.draw_samples``, a classifier confusing 4 % of monocytes for lymphocytes) are
-sealed as an inference run and compared with `validation.study.run_comparison` (Sysmex-format
+(``wbcv.fixtures.simulator.draw_samples``, a classifier confusing 4 % of monocytes for lymphocytes) are
+sealed as an inference run and compared with `wbcv.validation.study.run_comparison` (Sysmex-format
 reference, a two-measurand protocol). No cells are classified, so the gallery is empty.
 Results are printed and written as JSON (--json). Not a test: nothing is asserted.
 """
@@ -56,12 +56,13 @@ sys.path.insert(0, str(REPO))
 import polars as pl  # noqa: E402
 from playwright.sync_api import Page, sync_playwright  # noqa: E402
 
-from fixtures.classifiers import confused_counts  # noqa: E402
-from fixtures.simulator import StudyConfig, draw_samples, write_sysmex  # noqa: E402
-from inference.runner import COUNTS_FILE, PREDICTION_SCHEMA, PREDICTIONS_FILE  # noqa: E402
-from inference.runstore import WorkingRun, cpu_name, software_info  # noqa: E402
-from validation.pdf import CHROMIUM_ARGS, find_chromium  # noqa: E402
-from validation.study import run_comparison  # noqa: E402
+from wbcv.base.runstore import WorkingRun  # noqa: E402
+from wbcv.base.software import cpu_name, software_info  # noqa: E402
+from wbcv.base.tables import COUNTS_FILE, PREDICTION_SCHEMA, PREDICTIONS_FILE  # noqa: E402
+from wbcv.fixtures.classifiers import confused_counts  # noqa: E402
+from wbcv.fixtures.simulator import StudyConfig, draw_samples, write_sysmex  # noqa: E402
+from wbcv.validation.pdf import CHROMIUM_ARGS, find_chromium  # noqa: E402
+from wbcv.validation.study import run_comparison  # noqa: E402
 
 PROTOCOL = """protocol: {id: BENCH, version: "1"}
 study: {id: BENCH-STUDY}

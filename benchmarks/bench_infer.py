@@ -38,12 +38,12 @@ from torch.utils.flop_counter import FlopCounterMode
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from fixtures.slidesets import build_slide_set  # noqa: E402
-from inference.artifact import InputSpec, load_artifact, make_card, save_artifact  # noqa: E402
-from inference.ensemble import WbcEnsembleNet  # noqa: E402
-from inference.library import read_cell_library  # noqa: E402
-from inference.res2net import variant  # noqa: E402
-from inference.runstore import cpu_name  # noqa: E402
+from wbcv.base.software import cpu_name  # noqa: E402
+from wbcv.fixtures.slidesets import build_slide_set  # noqa: E402
+from wbcv.inference.artifact import InputSpec, load_artifact, make_card, save_artifact  # noqa: E402
+from wbcv.inference.ensemble import WbcEnsembleNet  # noqa: E402
+from wbcv.inference.library import read_cell_library  # noqa: E402
+from wbcv.inference.res2net import variant  # noqa: E402
 
 
 def measured_peak_gflops(threads: int, n: int = 2048, seconds: float = 3.0) -> float:

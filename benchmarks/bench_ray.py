@@ -34,13 +34,14 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from fixtures.slidesets import build_slide_set  # noqa: E402
-from inference.artifact import load_artifact  # noqa: E402
-from inference.library import read_cell_library  # noqa: E402
-from inference.ray_engine import RayOptions, import_ray, run_inference_ray  # noqa: E402
-from inference.runner import PREDICTIONS_FILE, InferenceParams, run_inference  # noqa: E402
-from inference.runstore import cpu_name  # noqa: E402
-from inference.slideset import read_slide_set  # noqa: E402
+from wbcv.base.software import cpu_name  # noqa: E402
+from wbcv.base.tables import PREDICTIONS_FILE  # noqa: E402
+from wbcv.fixtures.slidesets import build_slide_set  # noqa: E402
+from wbcv.inference.artifact import load_artifact  # noqa: E402
+from wbcv.inference.library import read_cell_library  # noqa: E402
+from wbcv.inference.ray_engine import RayOptions, import_ray, run_inference_ray  # noqa: E402
+from wbcv.inference.runner import InferenceParams, run_inference  # noqa: E402
+from wbcv.inference.slideset import read_slide_set  # noqa: E402
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
-"""The Dash app: layout and callbacks. Data come from ``dashboards.data``, figures from ``validation.figures``.
+"""The Dash app: layout and callbacks. Data come from ``wbcv.dashboards.data``, figures from
+``wbcv.validation.figures``.
 
 Page, top to bottom: the runs list (a click opens a run); the measurand and the toggles (excluded
 samples, sampling-floor band); tabs: run review (verdict and verification plot), method comparison
@@ -6,7 +7,7 @@ samples, sampling-floor band); tabs: run review (verdict and verification plot),
 (confusion matrix), compare two runs, coverage across runs (drift); below them the gallery of the
 clicked sample's cells. The newest run's verification plot comes with the page (``build_layout``);
 every other view is built by its own callback when its tab is open. How the page loads fast:
-``dashboards.page``.
+``wbcv.dashboards.page``.
 """
 
 from __future__ import annotations
@@ -21,13 +22,13 @@ import polars as pl
 from dash import ALL, Dash, Input, Output, State, ctx, dash_table, dcc, html
 from dash.exceptions import PreventUpdate
 
-from dashboards.auth import Credentials, require_basic_auth
-from dashboards.cells import cell_url, register_cell_route
-from dashboards.data import TABLE_COLUMNS, ComparisonRun, RunCatalog, RunSummary, coverage_trend
-from dashboards.page import LeanDash, PageMemo
-from dashboards.table import apply_view, page
-from inference.errors import WbcvError
-from validation.figures import (
+from wbcv.base.errors import WbcvError
+from wbcv.dashboards.auth import Credentials, require_basic_auth
+from wbcv.dashboards.cells import cell_url, register_cell_route
+from wbcv.dashboards.data import TABLE_COLUMNS, ComparisonRun, RunCatalog, RunSummary, coverage_trend
+from wbcv.dashboards.page import LeanDash, PageMemo
+from wbcv.dashboards.table import apply_view, page
+from wbcv.validation.figures import (
     bland_altman_plot,
     confusion_matrix_plot,
     coverage_trend_plot,
@@ -257,7 +258,7 @@ def build_layout(catalog: RunCatalog, runs: list[RunSummary]) -> html.Div:
     samples_table = dash_table.DataTable(
         id="samples",
         columns=[{"name": c, "id": c, "type": TABLE_TYPES.get(c, "text")} for c in TABLE_COLUMNS],
-        # filtered, sorted and paged on the server (dashboards.table): only one page travels
+        # filtered, sorted and paged on the server (wbcv.dashboards.table): only one page travels
         sort_action="custom",
         filter_action="custom",
         page_action="custom",
@@ -507,7 +508,7 @@ def create_app(runs_dir: Path, credentials: Credentials | None = None) -> Dash:
         if ctx.triggered_id == "run":
             return None  # another run: its samples are others
         if ctx.triggered_id == "verification" and click:
-            sample_id = click["points"][0].get("text")  # validation.figures.verification_plot
+            sample_id = click["points"][0].get("text")  # wbcv.validation.figures.verification_plot
             if sample_id:
                 return str(sample_id)
         if ctx.triggered_id == "samples" and cell and rows:

@@ -19,7 +19,7 @@ from typing import Final
 
 from flask import Flask, Response, request
 
-from inference.errors import WbcvError
+from wbcv.base.errors import WbcvError
 
 AUTH_ENV: Final[str] = "WBCV_DASHBOARD_AUTH"
 REALM: Final[str] = "wbcv dashboard"

@@ -26,7 +26,7 @@ from urllib.parse import quote
 from flask import Flask, Response, abort, send_file
 from PIL import Image
 
-from dashboards.data import RunCatalog
+from wbcv.dashboards.data import RunCatalog
 
 ROUTE_PREFIX: Final[str] = "/cells"
 #: Formats every browser shows as they are; other cell formats (TIFF, 16-bit PNG ...) are converted.

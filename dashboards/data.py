@@ -1,13 +1,13 @@
 """Reading run records for the dashboard: the runs of a folder, and one comparison run in full.
 
-The dashboard only reads. Sealed runs never change (``inference.runstore``), so a loaded run is
+The dashboard only reads. Sealed runs never change (``wbcv.base.runstore``), so a loaded run is
 cached by its id for the life of the process; the list of runs is re-read when the folder's
 entries change, so runs finished while the dashboard is open appear on the next page load.
 
 A comparison run names its inference run (``inputs.inference_run``) by path and by the sha256 of
 its run.json. The dashboard follows that link only when the hash still matches: the inference
 run's record says which batch folder the cell images come from, so an altered record must not be
-able to widen what the image route serves (``dashboards.cells``).
+able to widen what the image route serves (``wbcv.dashboards.cells``).
 """
 
 from __future__ import annotations
@@ -23,17 +23,24 @@ from typing import Any, Final
 import numpy as np
 import polars as pl
 
-from inference.atomic import sha256_file
-from inference.errors import WbcvError
-from inference.runner import COUNTS_FILE, PREDICTIONS_FILE
-from inference.runstore import INCOMPLETE_PREFIX, RUN_RECORD, read_run_record
-from inference.taxonomy import CELL_CLASSES
-from validation.compare import compare
-from validation.measurands import ALL_REFERENCE_QUANTITIES
-from validation.model_evaluation import class_report
-from validation.protocol import Protocol, load_protocol
-from validation.reference import ReferenceData
-from validation.study import COMPARISON_FILE, EXCLUDED_FILE, REFERENCE_FILE, STATISTICS_FILE, VERDICT_FILE
+from wbcv.base.atomic import sha256_file
+from wbcv.base.errors import WbcvError
+from wbcv.base.runstore import INCOMPLETE_PREFIX, RUN_RECORD, read_run_record
+from wbcv.base.tables import (
+    COMPARISON_FILE,
+    COUNTS_FILE,
+    EXCLUDED_FILE,
+    PREDICTIONS_FILE,
+    REFERENCE_FILE,
+    STATISTICS_FILE,
+    VERDICT_FILE,
+)
+from wbcv.base.taxonomy import CELL_CLASSES
+from wbcv.validation.compare import compare
+from wbcv.validation.measurands import ALL_REFERENCE_QUANTITIES
+from wbcv.validation.model_evaluation import class_report
+from wbcv.validation.protocol import Protocol, load_protocol
+from wbcv.validation.reference import ReferenceData
 
 #: Columns of the sample table (and of its CSV export), in this order.
 TABLE_COLUMNS: Final[tuple[str, ...]] = (
@@ -254,7 +261,7 @@ class ComparisonRun:
     def excluded_values(self) -> pl.DataFrame | None:
         """Excluded samples with the values they would have had, for the plot's 'excluded' toggle.
 
-        The same comparison (``validation.compare``) is run again on the stored reference and the
+        The same comparison (``wbcv.validation.compare``) is run again on the stored reference and the
         run's counts with the exclusion rules switched off (flags, marks, minimum cells and
         reference); the rows kept are those the real comparison excluded, with its reason. Needs
         the protocol file unchanged (its sha256 is in run.json); None when that is not possible.

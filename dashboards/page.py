@@ -16,7 +16,7 @@ from dash import Dash
 from dash._utils import to_json
 from dash.development.base_component import Component
 
-from dashboards.data import RunCatalog, RunSummary
+from wbcv.dashboards.data import RunCatalog, RunSummary
 
 #: Dash's script tag for @babel/polyfill (core-js 2 and regenerator-runtime for old browsers).
 BABEL_POLYFILL_TAG: Final[re.Pattern[str]] = re.compile(r'<script src="[^"]*/polyfill@[^"]*"></script>\n?')
@@ -74,7 +74,7 @@ class LeanDash(Dash):
 
 
 class PageMemo:
-    """The page (``dashboards.app.build_layout``) for the current listing of runs, built once per listing.
+    """The page (``wbcv.dashboards.app.build_layout``) for the current listing of runs, built once per listing.
 
     Runs are sealed, so the same listing gives the same page. The browser's preloaded request
     builds it while the page's scripts are evaluated, and the renderer's own request (which the

@@ -6,9 +6,9 @@ from pathlib import Path
 
 from werkzeug.serving import BaseWSGIServer, make_server
 
-from dashboards.app import create_app
-from dashboards.auth import Credentials, check_exposure
-from inference.errors import WbcvError
+from wbcv.base.errors import WbcvError
+from wbcv.dashboards.app import create_app
+from wbcv.dashboards.auth import Credentials, check_exposure
 
 
 def make_dashboard_server(

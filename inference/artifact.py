@@ -25,12 +25,12 @@ from typing import Any, Final
 import torch
 from torch import nn
 
-from inference.atomic import atomic_write_bytes, sha256_file
-from inference.combine import Calibration, Thresholds
-from inference.ensemble import WbcEnsembleNet
-from inference.errors import WbcvError
-from inference.res2net import Res2NetConfig, fold_batchnorm
-from inference.taxonomy import CELL_CLASSES, LINEAGES
+from wbcv.base.atomic import atomic_write_bytes, sha256_file
+from wbcv.base.errors import WbcvError
+from wbcv.base.taxonomy import CELL_CLASSES, LINEAGES
+from wbcv.inference.combine import Calibration, Thresholds
+from wbcv.inference.ensemble import WbcEnsembleNet
+from wbcv.inference.res2net import Res2NetConfig, fold_batchnorm
 
 ARTIFACT_FORMAT: Final[str] = "wbcv-model/1"
 CARD_FILE: Final[str] = "model.json"
@@ -50,7 +50,7 @@ class InputSpec:
     size: int = 64
     mean: tuple[float, float, float] = (128.0, 128.0, 128.0)
     std: tuple[float, float, float] = (64.0, 64.0, 64.0)
-    crop: float = 1.0  # central fraction of the image kept before resizing (see inference.decode)
+    crop: float = 1.0  # central fraction of the image kept before resizing (see wbcv.inference.decode)
 
     def __post_init__(self) -> None:
         if not 0.1 <= self.crop <= 1.0:

@@ -27,8 +27,8 @@ from typing import Final
 
 import torch
 
-from inference.ensemble import EnsembleLogits
-from inference.taxonomy import CELL_CLASSES, LINEAGE_INDEX_OF_CLASS
+from wbcv.base.taxonomy import CELL_CLASSES, LINEAGE_INDEX_OF_CLASS
+from wbcv.inference.ensemble import EnsembleLogits
 
 #: Reason codes of the abstention rules, in the order they are checked. Code 0 means classified.
 ABSTAIN_REASONS: Final[tuple[str, ...]] = (

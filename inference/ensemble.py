@@ -4,7 +4,7 @@
 Sharing the backbone is the efficient form of the source study's "OVA and 3-class classification
 strategy": the heads are separate classifiers over one feature extractor. An optional plain 5-way
 softmax head exists only for the ablation that measures what the OVA + lineage design adds.
-How the heads' outputs are combined into a decision lives in ``inference.combine``.
+How the heads' outputs are combined into a decision lives in ``wbcv.inference.combine``.
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from inference.res2net import Res2NetBackbone, Res2NetConfig
-from inference.taxonomy import CELL_CLASSES, LINEAGES
+from wbcv.base.taxonomy import CELL_CLASSES, LINEAGES
+from wbcv.inference.res2net import Res2NetBackbone, Res2NetConfig
 
 
 class EnsembleLogits(NamedTuple):
-    """Raw head outputs; calibration and combination happen in ``inference.combine``."""
+    """Raw head outputs; calibration and combination happen in ``wbcv.inference.combine``."""
 
     ova: torch.Tensor  # (N, 5) one-vs-all logits, CELL_CLASSES order
     lineage: torch.Tensor  # (N, 3) lineage logits, LINEAGES order

@@ -17,8 +17,8 @@ import io
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from inference.decode import IMAGE_EXTENSIONS
-from inference.errors import WbcvError
+from wbcv.base.errors import WbcvError
+from wbcv.inference.decode import IMAGE_EXTENSIONS
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from inference.artifact import LoadedModel
-from inference.combine import CombinedOutput, combine
-from inference.decode import CellRejected, decode_cell
-from inference.ensemble import EnsembleLogits
+from wbcv.inference.artifact import LoadedModel
+from wbcv.inference.combine import CombinedOutput, combine
+from wbcv.inference.decode import CellRejected, decode_cell
+from wbcv.inference.ensemble import EnsembleLogits
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,10 @@
 """The Ray engine: the local engine's batch run, scaled out over a Ray cluster with Ray Data.
 
-Same run, other executor. ``run_inference_ray`` goes through ``inference.runner.execute_run``
+Same run, other executor. ``run_inference_ray`` goes through ``wbcv.inference.runner.execute_run``
 like the local engine (same run key, working directory, part files, resumption, sealing, tables
 and run record); only the step that turns the unfinished slides into part files differs:
 
-* the slides are cut by ``inference.runner.chunks`` into the same chunks as in the local engine
+* the slides are cut by ``wbcv.inference.runner.chunks`` into the same chunks as in the local engine
   and become a Ray dataset of chunks, one row (and one block) each;
 * ``Map(_decode_row)`` reads, hashes and decodes each chunk in a Ray task with the local engine's
   ``decode_chunk``; a file missing or unreadable on the worker is recorded as a skipped cell with
@@ -46,9 +46,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from inference.artifact import LoadedModel
-from inference.errors import WbcvError
-from inference.runner import (
+from wbcv.base.errors import WbcvError
+from wbcv.base.runstore import WorkingRun
+from wbcv.inference.artifact import LoadedModel
+from wbcv.inference.runner import (
     InferenceParams,
     InferenceResult,
     chunks,
@@ -57,11 +58,10 @@ from inference.runner import (
     execute_run,
     write_slide,
 )
-from inference.runstore import WorkingRun
-from inference.slideset import CellEntry, Sample, SlideSet
+from wbcv.inference.slideset import CellEntry, Sample, SlideSet
 
 INSTALL_HINT: Final[str] = "pip install 'wbcv[ray]' (in a checkout: .venv/bin/pip install -e '.[ray]')"
-#: Column prefix of the score arrays of a classified chunk (the keys of ``inference.runner.classify``).
+#: Column prefix of the score arrays of a classified chunk (the keys of ``wbcv.inference.runner.classify``).
 _SCORE_PREFIX: Final[str] = "score_"
 
 
@@ -136,7 +136,7 @@ def run_inference_ray(
     progress: bool = True,
     classifier: type[ChunkClassifier] | None = None,
 ) -> InferenceResult:
-    """``inference.runner.run_inference`` on Ray. ``classifier`` replaces the actor class (tests
+    """``wbcv.inference.runner.run_inference`` on Ray. ``classifier`` replaces the actor class (tests
     use it to kill an actor mid-batch)."""
     ray = import_ray()
     options = options or RayOptions()

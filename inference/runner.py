@@ -12,7 +12,7 @@ cut into the same chunks, its predictions do not depend on what else was in the 
 whether the run was interrupted, so a resumed run gives the same bytes as an uninterrupted one.
 
 Everything around the classification (run key, working run, resumption, tables, run record,
-sealing) is ``execute_run``, shared with the Ray engine (``inference.ray_engine``), which cuts
+sealing) is ``execute_run``, shared with the Ray engine (``wbcv.inference.ray_engine``), which cuts
 slides with the same ``chunks`` and decodes and classifies them with the same ``decode_chunk``
 and ``classify``; so both engines write the same tables.
 
@@ -39,73 +39,27 @@ import polars as pl
 import torch
 from tqdm import tqdm
 
-from inference.artifact import LoadedModel
-from inference.combine import ABSTAIN_REASONS, UNCLASSIFIED_INDEX, combine
-from inference.decode import DEFAULT_MAX_PIXELS, CellRejected, decode_cell
-from inference.errors import WbcvError
-from inference.runstore import AlreadySealed, WorkingRun, read_run_record, software_info
-from inference.slideset import CellEntry, Sample, SlideSet
-from inference.taxonomy import CELL_CLASSES, LINEAGES, OUTCOMES
+from wbcv.base.errors import WbcvError
+from wbcv.base.runstore import AlreadySealed, WorkingRun, read_run_record
+from wbcv.base.software import software_info
+from wbcv.base.tables import (
+    COUNT_COLUMNS,
+    COUNTS_FILE,
+    INPUTS_FILE,
+    PREDICTION_SCHEMA,
+    PREDICTIONS_FILE,
+    SAMPLE_FIELDS,
+    SKIPPED_FILE,
+    SKIPPED_SCHEMA,
+)
+from wbcv.base.taxonomy import CELL_CLASSES, LINEAGES, OUTCOMES
+from wbcv.inference.artifact import LoadedModel
+from wbcv.inference.combine import ABSTAIN_REASONS, UNCLASSIFIED_INDEX, combine
+from wbcv.inference.decode import DEFAULT_MAX_PIXELS, CellRejected, decode_cell
+from wbcv.inference.slideset import CellEntry, Sample, SlideSet
 
-PREDICTIONS_FILE: Final[str] = "predictions.parquet"
-COUNTS_FILE: Final[str] = "counts.parquet"
-SKIPPED_FILE: Final[str] = "skipped.parquet"
-INPUTS_FILE: Final[str] = "inputs.parquet"
-#: The tables every inference run writes.
-RUN_TABLES: Final[tuple[str, ...]] = (PREDICTIONS_FILE, COUNTS_FILE, SKIPPED_FILE, INPUTS_FILE)
-
-#: Per-cell predictions, one row per decoded cell (skipped files are in SKIPPED_SCHEMA).
-PREDICTION_SCHEMA: Final[dict[str, pl.DataType]] = {
-    "sample_id": pl.String(),
-    "cell_path": pl.String(),  # relative to the batch directory, POSIX separators
-    "sha256": pl.String(),  # content hash of the image file
-    "bytes": pl.Int64(),
-    "source_mode": pl.String(),  # Pillow mode as stored: RGB, L, RGBA, I;16 ...
-    "source_width": pl.Int32(),
-    "source_height": pl.Int32(),
-    "expert_label": pl.String(),  # from cell_labels.csv, when given
-    "predicted_class": pl.Enum(list(OUTCOMES)),
-    "unclassified": pl.Boolean(),
-    "abstain_reason": pl.String(),  # null when classified; see inference.combine
-    "confidence": pl.Float32(),  # max combined probability
-    **{f"p_{c}": pl.Float32() for c in CELL_CLASSES},
-    **{f"ova_{c}": pl.Float32() for c in CELL_CLASSES},
-    **{f"lineage_{g}": pl.Float32() for g in LINEAGES},
-    "model_id": pl.String(),
-}
-#: Files and folders that were given but not classified, each with its reason.
-SKIPPED_SCHEMA: Final[dict[str, pl.DataType]] = {
-    "level": pl.Enum(["cell", "folder"]),
-    "sample_id": pl.String(),
-    "path": pl.String(),
-    "sha256": pl.String(),
-    "bytes": pl.Int64(),
-    "reason": pl.String(),
-}
 #: Part files hold both: prediction columns plus the skip reason (null for a decoded cell).
 PART_SCHEMA: Final[dict[str, pl.DataType]] = {**PREDICTION_SCHEMA, "skip_reason": pl.String()}
-#: Manifest fields carried into the counts table, so validation needs nothing but the run.
-SAMPLE_FIELDS: Final[dict[str, pl.DataType]] = {
-    "imaged_volume_ul": pl.Float64(),
-    "calibration_factor": pl.Float64(),
-    "scanner": pl.String(),
-    "date": pl.String(),
-    "notes": pl.String(),
-}
-COUNT_COLUMNS: Final[tuple[str, ...]] = (
-    "sample_id",
-    "slide_dir",
-    "n_files",
-    "n_skipped",
-    "n_cells",
-    "n_classified",
-    "n_unclassified",
-    *(f"k_{c}" for c in CELL_CLASSES),
-    *(f"fraction_{c}" for c in CELL_CLASSES),
-    "unclassified_fraction",
-    *SAMPLE_FIELDS,
-    "model_id",
-)
 
 
 def available_cores() -> int:

@@ -44,8 +44,8 @@ from typing import Any, Final
 
 import yaml
 
-from inference.decode import IMAGE_EXTENSIONS
-from inference.errors import WbcvError, suggest
+from wbcv.base.errors import WbcvError, suggest
+from wbcv.inference.decode import IMAGE_EXTENSIONS
 
 MANIFEST_NAMES: Final[tuple[str, ...]] = ("manifest.csv", "manifest.yaml", "manifest.yml")
 CELL_LABELS_NAME: Final[str] = "cell_labels.csv"

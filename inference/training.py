@@ -2,7 +2,7 @@
 
 Recipe (every number is in ``Recipe`` and recorded in the model card):
 
-1. **Data.** Read the library (``inference.library``), hash every file, and deduplicate by
+1. **Data.** Read the library (``wbcv.inference.library``), hash every file, and deduplicate by
    content: byte-identical copies count once; copies that carry different labels are dropped
    altogether (the label is in doubt) and listed in the card. Only the five classes are trained;
    other labels are kept out and counted.
@@ -15,7 +15,7 @@ Recipe (every number is in ``Recipe`` and recorded in the model card):
    Background crops from the image corners (red cells, platelets, no white cell) are cached as
    negatives: every OVA head must stay silent on them ("outlier exposure").
 4. **Training.** Class-balanced sampling (each class equally likely per draw), augmentation
-   (``inference.augment``), AdamW with a one-cycle cosine schedule. Loss = BCE over the five OVA
+   (``wbcv.inference.augment``), AdamW with a one-cycle cosine schedule. Loss = BCE over the five OVA
    heads + CE of the lineage head + CE of the plain softmax head (trained jointly on the same
    backbone for the ablation only; inference does not use it). The shipped weights are an
    exponential moving average of the trained ones (buffers included).
@@ -49,17 +49,17 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from PIL import Image
 
-from inference.artifact import CARD_FILE, InputSpec, make_card, save_artifact
-from inference.atomic import atomic_write_bytes
-from inference.augment import AugmentConfig, augment
-from inference.combine import Calibration, Thresholds, calibrated_scores, combine
-from inference.decode import CellRejected, decode_cell
-from inference.ensemble import EnsembleLogits, WbcEnsembleNet
-from inference.errors import WbcvError
-from inference.library import LabelledCell, read_cell_library
-from inference.res2net import Res2NetConfig, variant
-from inference.runstore import cpu_name
-from inference.taxonomy import CELL_CLASSES, LINEAGE_INDEX_OF_CLASS
+from wbcv.base.atomic import atomic_write_bytes
+from wbcv.base.errors import WbcvError
+from wbcv.base.software import cpu_name
+from wbcv.base.taxonomy import CELL_CLASSES, LINEAGE_INDEX_OF_CLASS
+from wbcv.inference.artifact import CARD_FILE, InputSpec, make_card, save_artifact
+from wbcv.inference.augment import AugmentConfig, augment
+from wbcv.inference.combine import Calibration, Thresholds, calibrated_scores, combine
+from wbcv.inference.decode import CellRejected, decode_cell
+from wbcv.inference.ensemble import EnsembleLogits, WbcEnsembleNet
+from wbcv.inference.library import LabelledCell, read_cell_library
+from wbcv.inference.res2net import Res2NetConfig, variant
 
 SPLIT_FILE = "split.csv"
 SPLITS = ("train", "validation", "test")

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from inference.artifact import InputSpec, make_card, save_artifact
-from inference.ensemble import WbcEnsembleNet
-from inference.library import LabelledCell, read_cell_library
-from inference.res2net import variant
+from wbcv.inference.artifact import InputSpec, make_card, save_artifact
+from wbcv.inference.ensemble import WbcEnsembleNet
+from wbcv.inference.library import LabelledCell, read_cell_library
+from wbcv.inference.res2net import variant
 
 REPO = Path(__file__).resolve().parent.parent
 PBC_DIR = Path(os.environ.get("WBCV_PBC_DIR", REPO.parent / "shared" / "data" / "pbc"))

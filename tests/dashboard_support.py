@@ -11,14 +11,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from dashboards.auth import Credentials
-from dashboards.server import make_dashboard_server
-from fixtures.phantom import PHANTOM_MODEL, write_phantom_library
-from fixtures.simulator import simulate_study
-from inference.library import read_cell_library
 from tests.conftest import REPO, write_test_artifact
 from wbcv.cli import EXIT_FAILED_ACCEPTANCE, EXIT_OK
 from wbcv.cli import main as wbcv_main
+from wbcv.dashboards.auth import Credentials
+from wbcv.dashboards.server import make_dashboard_server
+from wbcv.fixtures.phantom import PHANTOM_MODEL, write_phantom_library
+from wbcv.fixtures.simulator import simulate_study
+from wbcv.inference.library import read_cell_library
 
 PROTOCOL_TEXT = (REPO / "fixtures" / "samples" / "protocol.yaml").read_text()
 

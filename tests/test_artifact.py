@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from inference.artifact import CARD_FILE, DEFAULT_MODEL_FILE, WEIGHTS_FILE, load_artifact, resolve_model_path
-from inference.errors import WbcvError
-from inference.taxonomy import CELL_CLASSES
 from tests.conftest import write_test_artifact
+from wbcv.base.errors import WbcvError
+from wbcv.base.taxonomy import CELL_CLASSES
+from wbcv.inference.artifact import CARD_FILE, DEFAULT_MODEL_FILE, WEIGHTS_FILE, load_artifact, resolve_model_path
 
 
 @pytest.fixture

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from inference.artifact import load_artifact, models_dir
-from inference.decode import decode_cell
-from inference.library import LabelledCell
-from inference.predict import score_pixels
-from inference.taxonomy import CELL_CLASSES
-from inference.training import read_split
 from tests.conftest import PBC_DIR
-from validation.model_evaluation import EVALUATION_KEYS, evaluate_cells
+from wbcv.base.taxonomy import CELL_CLASSES
+from wbcv.inference.artifact import load_artifact, models_dir
+from wbcv.inference.decode import decode_cell
+from wbcv.inference.library import LabelledCell
+from wbcv.inference.predict import score_pixels
+from wbcv.inference.training import read_split
+from wbcv.validation.model_evaluation import EVALUATION_KEYS, evaluate_cells
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from validation import cell_metrics as cm
-from validation.model_evaluation import class_report
+from wbcv.validation import cell_metrics as cm
+from wbcv.validation.model_evaluation import class_report
 
 U = cm.UNCLASSIFIED
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from fixtures.slidesets import build_slide_set
-from inference.runner import COUNTS_FILE, PREDICTIONS_FILE, RUN_TABLES
 from tests.conftest import run_wbcv
+from wbcv.base.tables import COUNTS_FILE, PREDICTIONS_FILE, RUN_TABLES
+from wbcv.fixtures.slidesets import build_slide_set
 
 wbcv = run_wbcv
 

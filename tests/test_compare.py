@@ -8,13 +8,13 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from fixtures.classifiers import counts_table
-from fixtures.slidesets import build_slide_set
 from tests.conftest import run_wbcv
-from validation.compare import compare
-from validation.protocol import load_protocol
-from validation.reference import read_reference
-from validation.verdict import decide, overall
+from wbcv.fixtures.classifiers import counts_table
+from wbcv.fixtures.slidesets import build_slide_set
+from wbcv.validation.compare import compare
+from wbcv.validation.protocol import load_protocol
+from wbcv.validation.reference import read_reference
+from wbcv.validation.verdict import decide, overall
 
 HEADER = (
     "Sample No.,Date,Time,WBC(10^3/uL),NEUT#(10^3/uL),NEUT#/M,NEUT%(%),LYMPH#(10^3/uL),IG#(10^3/uL),IP SUS(WBC)Blasts?"
@@ -177,7 +177,7 @@ def test_volumetric_mode_estimates_wbc_from_cells_found(tmp_path):
 def test_missing_reference_column_is_an_input_error(tmp_path):
     counts = counts_frame([{"sample_id": "A", "neutrophil": 60, "lymphocyte": 40}])
     ref = read_reference(reference(tmp_path, ["A,2026/01/01,08:00,5.00,3.00,,60.0,2.0,0.01,"]))
-    from inference.errors import WbcvError
+    from wbcv.base.errors import WbcvError
 
     with pytest.raises(WbcvError, match="needs column"):
         compare(

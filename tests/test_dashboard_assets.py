@@ -55,7 +55,7 @@ def test_bundle_has_every_trace_type_the_dashboard_builds():
 
 def test_regenerator_runtime_is_the_locked_version_and_sets_the_global():
     # Dash's lazy loader calls the global regeneratorRuntime, which @babel/polyfill used to set
-    # (dashboards.app.LeanDash leaves the polyfill out; the browser tests load the page without it)
+    # (wbcv.dashboards.app.LeanDash leaves the polyfill out; the browser tests load the page without it)
     with RUNTIME.open(encoding="utf-8") as f:
         m = RUNTIME_BANNER.match(f.readline())
         code = f.read()
@@ -68,7 +68,7 @@ def test_regenerator_runtime_is_the_locked_version_and_sets_the_global():
 
 
 def test_plotly_stylesheet_is_the_one_of_the_bundled_plotly_js():
-    # the dashboard tells plotly.js not to insert its style rules (dashboards.app.LeanDash): the
+    # the dashboard tells plotly.js not to insert its style rules (wbcv.dashboards.app.LeanDash): the
     # stylesheet must be the one made for the bundled version
     css = REPO / "dashboards" / "assets" / "plotly.css"
     with css.open(encoding="utf-8") as f:

@@ -20,14 +20,14 @@ import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 from plotly.offline import get_plotlyjs_version
 
-from dashboards.data import RunCatalog
-from inference.errors import WbcvError
 from tests.dashboard_support import make_study_runs, serving
-from validation.pdf import CHROMIUM_ARGS, find_chromium
+from wbcv.base.errors import WbcvError
+from wbcv.dashboards.data import RunCatalog
+from wbcv.validation.pdf import CHROMIUM_ARGS, find_chromium
 
-RED = "rgb(214, 39, 40)"  # validation.figures.LIMIT_COLOUR
-BLUE = "rgb(31, 79, 214)"  # validation.figures.COVERAGE_COLOUR
-GREY = "rgb(128, 128, 128)"  # validation.figures.FLOOR_COLOUR without its alpha
+RED = "rgb(214, 39, 40)"  # wbcv.validation.figures.LIMIT_COLOUR
+BLUE = "rgb(31, 79, 214)"  # wbcv.validation.figures.COVERAGE_COLOUR
+GREY = "rgb(128, 128, 128)"  # wbcv.validation.figures.FLOOR_COLOUR without its alpha
 
 # _fullData: the traces as Plotly drew them, float arrays decoded from the figure's binary form
 PLOT_TRACES = """(sel) => {

@@ -22,10 +22,10 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from dashboards.auth import Credentials, check_exposure, is_loopback, load_credentials
-from dashboards.data import RunCatalog
-from inference.errors import WbcvError
 from tests.dashboard_support import make_study_runs, serving
+from wbcv.base.errors import WbcvError
+from wbcv.dashboards.auth import Credentials, check_exposure, is_loopback, load_credentials
+from wbcv.dashboards.data import RunCatalog
 
 SECRET = "TOP-SECRET-CONTENT-7f3a"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from dashboards.table import apply_view, page
+from wbcv.dashboards.table import apply_view, page
 
 FRAME = pl.DataFrame(
     {

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from inference.decode import CellRejected, decode_cell
+from wbcv.inference.decode import CellRejected, decode_cell
 
 
 def _png(im: Image.Image) -> bytes:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from fixtures.demo import main
 from tests.conftest import PBC_DIR
+from wbcv.fixtures.demo import main
 
 
 def test_demo_runs_the_whole_validation(tmp_path, capsys):

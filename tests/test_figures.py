@@ -5,19 +5,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fixtures.classifiers import oracle_counts
-from fixtures.simulator import StudyConfig, draw_samples, write_sysmex
-from validation.compare import compare
-from validation.figures import (
+from wbcv.fixtures.classifiers import oracle_counts
+from wbcv.fixtures.simulator import StudyConfig, draw_samples, write_sysmex
+from wbcv.validation.compare import compare
+from wbcv.validation.figures import (
     COVERAGE_COLOUR,
     LIMIT_COLOUR,
     bland_altman_plot,
     regression_plot,
     verification_plot,
 )
-from validation.protocol import load_protocol
-from validation.reference import read_reference
-from validation.verdict import decide
+from wbcv.validation.protocol import load_protocol
+from wbcv.validation.reference import read_reference
+from wbcv.validation.verdict import decide
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,7 @@ def test_bland_altman_and_regression_plots_use_the_stored_statistics(comparison)
 
 
 def test_confusion_matrix_plot_shows_counts_and_row_shares():
-    from validation.figures import confusion_matrix_plot
+    from wbcv.validation.figures import confusion_matrix_plot
 
     cm = np.zeros((5, 6), dtype=int)
     cm[0, 0], cm[0, 5], cm[2, 1] = 90, 10, 7

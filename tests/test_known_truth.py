@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fixtures.classifiers import confused_counts, oracle_counts
-from fixtures.simulator import StudyConfig, draw_samples, write_sysmex
-from inference.taxonomy import CELL_CLASSES
-from validation.compare import compare
-from validation.protocol import load_protocol
-from validation.reference import read_reference
-from validation.verdict import decide
+from wbcv.base.taxonomy import CELL_CLASSES
+from wbcv.fixtures.classifiers import confused_counts, oracle_counts
+from wbcv.fixtures.simulator import StudyConfig, draw_samples, write_sysmex
+from wbcv.validation.compare import compare
+from wbcv.validation.protocol import load_protocol
+from wbcv.validation.reference import read_reference
+from wbcv.validation.verdict import decide
 
 EXACT = dataclasses.replace(
     StudyConfig(),

@@ -9,10 +9,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from inference.combine import ABSTAIN_REASONS, UNCLASSIFIED_INDEX, Calibration, Thresholds, combine
-from inference.ensemble import EnsembleLogits, WbcEnsembleNet
-from inference.res2net import VARIANTS, Bottle2neck, Res2NetConfig, fold_batchnorm, variant
-from inference.taxonomy import CELL_CLASSES, LINEAGE_INDEX_OF_CLASS, LINEAGE_OF_CLASS, LINEAGES
+from wbcv.base.taxonomy import CELL_CLASSES, LINEAGE_INDEX_OF_CLASS, LINEAGE_OF_CLASS, LINEAGES
+from wbcv.inference.combine import ABSTAIN_REASONS, UNCLASSIFIED_INDEX, Calibration, Thresholds, combine
+from wbcv.inference.ensemble import EnsembleLogits, WbcEnsembleNet
+from wbcv.inference.res2net import VARIANTS, Bottle2neck, Res2NetConfig, fold_batchnorm, variant
 
 MEAN, STD = (128.0, 128.0, 128.0), (64.0, 64.0, 64.0)
 

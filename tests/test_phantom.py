@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fixtures.phantom import render_cell, write_phantom_library
-from inference.library import read_cell_library
-from inference.taxonomy import CELL_CLASSES
+from wbcv.base.taxonomy import CELL_CLASSES
+from wbcv.fixtures.phantom import render_cell, write_phantom_library
+from wbcv.inference.library import read_cell_library
 
 
 def test_render_is_deterministic_for_a_seed_and_varies_between_seeds():

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from inference.errors import WbcvError
-from validation.protocol import load_protocol
+from wbcv.base.errors import WbcvError
+from wbcv.validation.protocol import load_protocol
 
 SAMPLE = Path(__file__).resolve().parent.parent / "fixtures" / "samples" / "protocol.yaml"
 

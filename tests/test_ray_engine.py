@@ -17,22 +17,15 @@ import pytest
 import ray
 from polars.testing import assert_frame_equal
 
-from fixtures.slidesets import build_slide_set
-from inference import runstore
-from inference.artifact import load_artifact
-from inference.ray_engine import ChunkClassifier, RayOptions, run_inference_ray
-from inference.runner import (
-    COUNTS_FILE,
-    PREDICTIONS_FILE,
-    RUN_TABLES,
-    SKIPPED_FILE,
-    InferenceParams,
-    InferenceResult,
-    run_inference,
-)
-from inference.slideset import read_slide_set
 from tests.conftest import run_wbcv
 from wbcv import cli
+from wbcv.base import runstore
+from wbcv.base.tables import COUNTS_FILE, PREDICTIONS_FILE, RUN_TABLES, SKIPPED_FILE
+from wbcv.fixtures.slidesets import build_slide_set
+from wbcv.inference.artifact import load_artifact
+from wbcv.inference.ray_engine import ChunkClassifier, RayOptions, run_inference_ray
+from wbcv.inference.runner import InferenceParams, InferenceResult, run_inference
+from wbcv.inference.slideset import read_slide_set
 
 # 10 cells a chunk: 24-cell slides are cut into 10 + 10 + 4, so chunk boundaries matter.
 PARAMS = InferenceParams(chunk_size=10, workers=2)

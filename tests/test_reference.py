@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from inference.errors import WbcvError
-from validation.reference import read_reference
+from wbcv.base.errors import WbcvError
+from wbcv.validation.reference import read_reference
 
 HEADER = (
     "Nickname,Analyzer ID,Date,Time,Rack,Position,Sample No.,WBC(10^3/uL),WBC/M,NEUT#(10^3/uL),NEUT#/M,"

@@ -1,4 +1,4 @@
-"""validation.regression against the reference cases of the R package mcr (../shared/reference/mcr).
+"""wbcv.validation.regression against the reference cases of the R package mcr (../shared/reference/mcr).
 
 Every <Algorithm> of the three XML files whose <RegMethod> we implement is checked: intercept,
 slope, their CI limits and (where <Bias> is given) the bias with its CI at the decision levels, to
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from validation.regression import (
+from wbcv.validation.regression import (
     RegressionResult,
     cusum_linearity,
     deming,

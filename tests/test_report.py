@@ -17,15 +17,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fixtures.phantom import PHANTOM_MODEL, write_phantom_library
-from fixtures.simulator import simulate_study
-from inference.errors import WbcvError
-from inference.library import read_cell_library
 from tests.conftest import REPO, run_wbcv
-from validation.integrity import verify_record
-from validation.pdf import CHROMIUM_ARGS, DRAWN_FIGURES_JS, find_chromium
-from validation.report import load_report_data, render_html, write_report
+from wbcv.base.errors import WbcvError
 from wbcv.cli import main as wbcv_main
+from wbcv.fixtures.phantom import PHANTOM_MODEL, write_phantom_library
+from wbcv.fixtures.simulator import simulate_study
+from wbcv.inference.library import read_cell_library
+from wbcv.validation.integrity import verify_record
+from wbcv.validation.pdf import CHROMIUM_ARGS, DRAWN_FIGURES_JS, find_chromium
+from wbcv.validation.report import load_report_data, render_html, write_report
 
 PROTOCOL = REPO / "fixtures" / "samples" / "protocol.yaml"
 MEASURANDS = ("NEUT#", "LYMPH#", "MONO#", "EO#", "BASO#", "NEUT%", "LYMPH%")
@@ -192,7 +192,7 @@ def test_same_record_gives_byte_identical_html_and_the_same_pdf_text(study_run, 
 
 
 def _prepared():
-    from validation.report import Signatory
+    from wbcv.validation.report import Signatory
 
     return Signatory("Prepared by", "Ada Lovelace", "QA engineer")
 
@@ -302,8 +302,8 @@ def test_report_says_why_cell_level_results_are_missing(study_run, tmp_path):
 
 
 def test_a_report_left_half_written_by_a_killed_process_is_replaced(study_run, tmp_path):
-    from validation.integrity import REPORT_STAGING
-    from validation.study import run_comparison
+    from wbcv.validation.integrity import REPORT_STAGING
+    from wbcv.validation.study import run_comparison
 
     infer = study_run["infer"]
     record = json.loads((study_run["compare"] / "run.json").read_text())

@@ -13,10 +13,8 @@ import polars as pl
 import pytest
 from PIL import Image
 
-from fixtures.slidesets import build_slide_set
-from inference import runstore
-from inference.artifact import load_artifact
-from inference.runner import (
+from wbcv.base import runstore
+from wbcv.base.tables import (
     COUNT_COLUMNS,
     COUNTS_FILE,
     INPUTS_FILE,
@@ -24,11 +22,12 @@ from inference.runner import (
     PREDICTIONS_FILE,
     RUN_TABLES,
     SKIPPED_FILE,
-    InferenceParams,
-    run_inference,
 )
-from inference.slideset import read_slide_set
-from inference.taxonomy import CELL_CLASSES
+from wbcv.base.taxonomy import CELL_CLASSES
+from wbcv.fixtures.slidesets import build_slide_set
+from wbcv.inference.artifact import load_artifact
+from wbcv.inference.runner import InferenceParams, run_inference
+from wbcv.inference.slideset import read_slide_set
 
 PARAMS = InferenceParams(chunk_size=16, workers=2)
 

@@ -8,11 +8,11 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from fixtures.simulator import draw_samples, simulate_study
-from inference.errors import WbcvError
-from inference.slideset import read_slide_set
-from inference.taxonomy import CELL_CLASSES
-from validation.reference import read_reference
+from wbcv.base.errors import WbcvError
+from wbcv.base.taxonomy import CELL_CLASSES
+from wbcv.fixtures.simulator import draw_samples, simulate_study
+from wbcv.inference.slideset import read_slide_set
+from wbcv.validation.reference import read_reference
 
 
 def _digest(folder: Path) -> str:
@@ -97,7 +97,7 @@ def test_simulate_command(tmp_path):
 
 
 def test_study_config_from_yaml_changes_only_what_it_names(tmp_path):
-    from fixtures.simulator import StudyConfig, load_study_config
+    from wbcv.fixtures.simulator import StudyConfig, load_study_config
 
     sample = load_study_config(Path(__file__).resolve().parent.parent / "fixtures" / "samples" / "study.yaml")
     assert sample == StudyConfig()  # the documented example is the defaults, spelled out
@@ -110,7 +110,7 @@ def test_study_config_from_yaml_changes_only_what_it_names(tmp_path):
 
 
 def test_study_config_problems_are_all_named(tmp_path):
-    from fixtures.simulator import load_study_config
+    from wbcv.fixtures.simulator import load_study_config
 
     path = tmp_path / "bad.yaml"
     path.write_text(
@@ -127,8 +127,8 @@ def test_study_config_problems_are_all_named(tmp_path):
 
 
 def test_simulate_cli_takes_a_config(tmp_path):
-    from fixtures.phantom import write_phantom_library
     from wbcv.cli import main
+    from wbcv.fixtures.phantom import write_phantom_library
 
     library = write_phantom_library(tmp_path / "lib", 5)
     config = tmp_path / "study.yaml"

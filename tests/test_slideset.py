@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from fixtures.slidesets import build_slide_set
-from inference.errors import WbcvError
-from inference.slideset import read_slide_set
+from wbcv.base.errors import WbcvError
+from wbcv.fixtures.slidesets import build_slide_set
+from wbcv.inference.slideset import read_slide_set
 
 
 @pytest.fixture

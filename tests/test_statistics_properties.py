@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from validation.agreement import (
+from wbcv.validation.agreement import (
     bland_altman,
     clopper_pearson,
     coverage,
@@ -21,8 +21,8 @@ from validation.agreement import (
     pearson,
     spearman,
 )
-from validation.regression import deming, ols, passing_bablok, weighted_deming
-from validation.sampling import (
+from wbcv.validation.regression import deming, ols, passing_bablok, weighted_deming
+from wbcv.validation.sampling import (
     counting_coverage,
     counting_error_distribution,
     perfect_classifier_coverage,
@@ -424,7 +424,7 @@ def test_invalid_input_raises_value_error(call, message):
 @settings(max_examples=60, deadline=None)
 @given(st.integers(20, 2000), st.floats(0.02, 0.9))
 def test_counting_error_interval_brackets_zero_and_narrows_with_more_cells(n, p):
-    from validation.sampling import counting_error_interval
+    from wbcv.validation.sampling import counting_error_interval
 
     low, high = counting_error_interval(n, p)
     assert low <= 0 <= high

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from inference.artifact import load_artifact
-from inference.library import read_cell_library
-from inference.taxonomy import CELL_CLASSES
-from inference.training import SPLIT_FILE, Recipe, prepare_data, train
 from tests.conftest import run_wbcv
-from validation.model_evaluation import EVALUATION_KEYS, evaluate_cells
+from wbcv.base.taxonomy import CELL_CLASSES
+from wbcv.inference.artifact import load_artifact
+from wbcv.inference.library import read_cell_library
+from wbcv.inference.training import SPLIT_FILE, Recipe, prepare_data, train
+from wbcv.validation.model_evaluation import EVALUATION_KEYS, evaluate_cells
 
 QUICK = dataclasses.replace(Recipe(), epochs=2, batch_size=32, threads=2)
 

@@ -18,7 +18,7 @@ from typing import Literal
 import numpy as np
 from scipy import stats
 
-from validation.regression import paired_arrays
+from wbcv.validation.regression import paired_arrays
 
 __all__ = [
     "BlandAltmanResult",

@@ -16,7 +16,7 @@ then has the absolute criterion only, and without A it is excluded with that rea
 
 The sampling floor of a sample (relative mode, class measurands): the probability that counting
 n_classified cells alone keeps the error within the effective limit when the true fraction is the
-reference's, and the central 95 % band of the error counting alone causes (``validation.sampling``).
+reference's, and the central 95 % band of the error counting alone causes (``wbcv.validation.sampling``).
 
 Nothing is dropped silently: every sample or value left out is in the excluded table with a reason.
 """
@@ -28,11 +28,11 @@ from typing import Any, Final
 
 import polars as pl
 
-from inference.errors import WbcvError
-from validation import sampling
-from validation.measurands import MEASURANDS
-from validation.protocol import Protocol
-from validation.reference import MARKS, ReferenceData
+from wbcv.base.errors import WbcvError
+from wbcv.validation import sampling
+from wbcv.validation.measurands import MEASURANDS
+from wbcv.validation.protocol import Protocol
+from wbcv.validation.reference import MARKS, ReferenceData
 
 COMPARISON_SCHEMA: Final[dict[str, pl.DataType]] = {
     "sample_id": pl.String(),

@@ -4,7 +4,7 @@
 count (x), one point per sample; red dotted lines at ±the allowable error; blue dotted lines at
 ±the error that covers the required fraction of samples; and, as grey vertical bars, each
 sample's sampling-floor band (the central 95 % of the error that counting its cells alone would
-cause, ``validation.sampling.counting_error_interval``). ``bland_altman_plot`` and
+cause, ``wbcv.validation.sampling.counting_error_interval``). ``bland_altman_plot`` and
 ``regression_plot`` draw the method-comparison results stored in statistics.json;
 ``confusion_matrix_plot`` the cell-level confusion matrix against expert labels.
 """
@@ -17,8 +17,8 @@ import numpy as np
 import plotly.graph_objects as go
 import polars as pl
 
-from inference.taxonomy import CELL_CLASSES, UNCLASSIFIED
-from validation.measurands import MEASURANDS
+from wbcv.base.taxonomy import CELL_CLASSES, UNCLASSIFIED
+from wbcv.validation.measurands import MEASURANDS
 
 LIMIT_COLOUR: Final[str] = "#d62728"  # red, as in the source study
 COVERAGE_COLOUR: Final[str] = "#1f4fd6"  # blue
@@ -45,7 +45,7 @@ def _sample_points(
     """One point per sample at (reference, error %), hover: sample, reference, predicted, error,
     cells counted and ``note`` (column, label).
 
-    The sample id is the point's text: a click on a point reads it there (dashboards.app). Fixed-width
+    The sample id is the point's text: a click on a point reads it there (wbcv.dashboards.app). Fixed-width
     string and float arrays, which plotly copies whole (lists and object arrays it checks item by
     item: about a second for 10,000 samples), and floats travel as binary in the figure's JSON.
     """
@@ -76,7 +76,7 @@ def verification_plot(
     show_floor_band: bool = True,
     webgl: bool = False,
 ) -> go.Figure:
-    """The verification plot of one measurand from comparison-table rows (``validation.compare``)."""
+    """The verification plot of one measurand from comparison-table rows (``wbcv.validation.compare``)."""
     m = MEASURANDS[measurand]
     data = rows.filter((pl.col("measurand") == measurand) & pl.col("error_pct").is_not_null())
     # NumPy arrays, not lists: plotly validates a list element by element (about a second for
@@ -226,7 +226,7 @@ def regression_plot(
 
 
 def confusion_matrix_plot(cm: np.ndarray, title: str = "Cells: expert label against prediction") -> go.Figure:
-    """Heat map of ``validation.cell_metrics.confusion_matrix`` (rows: expert label, columns: the
+    """Heat map of ``wbcv.validation.cell_metrics.confusion_matrix`` (rows: expert label, columns: the
     predicted class then unclassified); each cell shows its count and its share of the row."""
     cm = np.asarray(cm, dtype=np.int64)
     if cm.shape != (len(CELL_CLASSES), len(CELL_CLASSES) + 1):

@@ -2,7 +2,7 @@
 
 Three manifests, each hashing what it covers with sha256:
 
-* ``RUN/run.json`` lists every data file of the run (``inference.runstore.verify_run``); the
+* ``RUN/run.json`` lists every data file of the run (``wbcv.base.runstore.verify_run``); the
   report prints run.json's own sha256 on its title page.
 * ``RUN/report/manifest.json`` lists report.html and report.pdf and records run.json's sha256 at
   the time the report was written; `wbcv report` prints the manifest's own sha256.
@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from inference.atomic import sha256_file
-from inference.runstore import RUN_RECORD, verify_run
+from wbcv.base.atomic import sha256_file
+from wbcv.base.runstore import RUN_RECORD, verify_run
 
 # The report's layout inside a run; defined here (light imports) so `wbcv verify` starts fast.
 REPORT_DIR: Final[str] = "report"

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from inference.taxonomy import CELL_CLASSES
+from wbcv.base.taxonomy import CELL_CLASSES
 
 Kind = Literal["count", "percent"]
 

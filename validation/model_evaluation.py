@@ -22,13 +22,13 @@ import numpy as np
 import torch
 from PIL import Image, ImageEnhance, ImageFilter
 
-from inference.artifact import LoadedModel, load_artifact, read_card
-from inference.combine import UNCLASSIFIED_INDEX
-from inference.library import LabelledCell
-from inference.predict import Scored, decode_files, score_pixels
-from inference.taxonomy import CELL_CLASSES, OUTCOMES, UNCLASSIFIED
-from inference.training import read_split, update_card
-from validation import cell_metrics as cm
+from wbcv.base.taxonomy import CELL_CLASSES, OUTCOMES, UNCLASSIFIED
+from wbcv.inference.artifact import LoadedModel, load_artifact, read_card
+from wbcv.inference.combine import UNCLASSIFIED_INDEX
+from wbcv.inference.library import LabelledCell
+from wbcv.inference.predict import Scored, decode_files, score_pixels
+from wbcv.inference.training import read_split, update_card
+from wbcv.validation import cell_metrics as cm
 
 EVALUATION_KEYS: Final[tuple[str, ...]] = (
     "n",

@@ -15,7 +15,7 @@ from html import escape
 from pathlib import Path
 from typing import Final
 
-from inference.errors import WbcvError
+from wbcv.base.errors import WbcvError
 
 #: Where Debian (and most distributions) install Chromium; WBCV_CHROMIUM overrides.
 CHROMIUM_CANDIDATES: Final[tuple[str, ...]] = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")

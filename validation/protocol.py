@@ -4,7 +4,7 @@ Example (every key that exists; ``wbcv`` refuses unknown keys and suggests the c
 
     protocol: {id: WBC-DIFF-VAL-001, version: "1.0", title: Differential vs Sysmex XN}
     study: {id: STUDY-7, site: Core lab, reference_analyzer: Sysmex XN-1000, description: ...}
-    count_mode: relative            # relative | volumetric (see validation.compare)
+    count_mode: relative            # relative | volumetric (see wbcv.validation.compare)
     measurands:
       NEUT#: {allowable_error_pct: 10, absolute_limit: 0.2}   # absolute limit: 10^3/uL, optional
       LYMPH#: {allowable_error_pct: 10}
@@ -34,9 +34,9 @@ from typing import Any, Final, Literal
 
 import yaml
 
-from inference.errors import WbcvError, suggest
-from validation.measurands import MEASURANDS
-from validation.reference import MARKS
+from wbcv.base.errors import WbcvError, suggest
+from wbcv.validation.measurands import MEASURANDS
+from wbcv.validation.reference import MARKS
 
 TOP_KEYS: Final[tuple[str, ...]] = (
     "protocol",

@@ -7,7 +7,7 @@ Sysmex XN export, as handled here:
 * any number of lines before the header row; the header row is the first row with a
   ``Sample No.`` column; columns are found by name, never by position;
 * value columns carry their unit in the header (``NEUT#(10^3/uL)``, ``(10^9/L)``, ``(%)``,
-  ``(10^(-1)%)``); values are converted to canonical units (``validation.measurands``);
+  ``(10^(-1)%)``); values are converted to canonical units (``wbcv.validation.measurands``);
 * a value column may have a mark column ``<name>/M`` holding ``*`` (low reliability),
   ``@`` (out of linearity) or ``!`` (panic value), in any combination;
 * ``----`` means no result, ``++++`` over range: kept as a status, never as a number;
@@ -15,7 +15,7 @@ Sysmex XN export, as handled here:
   (other than ``0``) means the flag is set;
 * technical rows (sample numbers starting ``QC-``, ``CAL``, ``ERR``, ``PRE-CHK-``,
   ``BACKGROUNDCHECK``) are excluded with that reason; a sample measured several times keeps every
-  measurement here, and the protocol's rerun rule picks one later (``validation.compare``).
+  measurement here, and the protocol's rerun rule picks one later (``wbcv.validation.compare``).
 
 A plain CSV reference (other analyzers) has a ``sample_id`` column and measurand columns named
 like the Sysmex ones (``WBC``, ``NEUT#``, ``NEUT%`` ..., optionally with a unit in parentheses).
@@ -36,8 +36,8 @@ from typing import Any, Final
 
 import polars as pl
 
-from inference.errors import WbcvError
-from validation.measurands import ALL_REFERENCE_QUANTITIES, MEASURANDS, UnitError, parse_header, unit_factor
+from wbcv.base.errors import WbcvError
+from wbcv.validation.measurands import ALL_REFERENCE_QUANTITIES, MEASURANDS, UnitError, parse_header, unit_factor
 
 TECHNICAL_PREFIXES: Final[tuple[str, ...]] = ("QC-", "CAL", "ERR", "PRE-CHK-", "BACKGROUNDCHECK")
 NO_RESULT: Final[str] = "----"

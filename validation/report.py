@@ -3,8 +3,8 @@
 Written into the sealed comparison run; these are the only files ever added to a sealed run::
 
     RUN/report/report.html     plotly.js, styles and every figure inline: opens offline, anywhere
-    RUN/report/report.pdf      report.html printed by the system Chromium (validation.pdf)
-    RUN/report/manifest.json   sha256 of both files and of RUN/run.json (see validation.integrity)
+    RUN/report/report.pdf      report.html printed by the system Chromium (wbcv.validation.pdf)
+    RUN/report/manifest.json   sha256 of both files and of RUN/run.json (see wbcv.validation.integrity)
 
 The report prints the sha256 of RUN/run.json, the manifest of every data file of the run, on its
 title page; `wbcv report` prints the sha256 of report/manifest.json. `wbcv verify RUN` checks both.
@@ -39,14 +39,23 @@ from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescap
 from markupsafe import Markup
 from plotly.offline import get_plotlyjs
 
-from inference.atomic import atomic_write_bytes, atomic_write_json, fsync_dir, sha256_file
-from inference.errors import WbcvError
-from inference.runner import COUNTS_FILE, PREDICTIONS_FILE, SKIPPED_FILE
-from inference.runstore import read_run_record, software_info, verify_run
-from inference.taxonomy import CELL_CLASSES
-from validation import cell_metrics
-from validation.figures import bland_altman_plot, confusion_matrix_plot, regression_plot, verification_plot
-from validation.integrity import (
+from wbcv.base.atomic import atomic_write_bytes, atomic_write_json, fsync_dir, sha256_file
+from wbcv.base.errors import WbcvError
+from wbcv.base.runstore import read_run_record, verify_run
+from wbcv.base.software import software_info
+from wbcv.base.tables import (
+    COMPARISON_FILE,
+    COUNTS_FILE,
+    EXCLUDED_FILE,
+    PREDICTIONS_FILE,
+    SKIPPED_FILE,
+    STATISTICS_FILE,
+    VERDICT_FILE,
+)
+from wbcv.base.taxonomy import CELL_CLASSES
+from wbcv.validation import cell_metrics
+from wbcv.validation.figures import bland_altman_plot, confusion_matrix_plot, regression_plot, verification_plot
+from wbcv.validation.integrity import (
     REPORT_DIR,
     REPORT_FILES,
     REPORT_HTML,
@@ -55,8 +64,7 @@ from validation.integrity import (
     REPORT_STAGING,
     source_run_findings,
 )
-from validation.measurands import MEASURANDS
-from validation.study import COMPARISON_FILE, EXCLUDED_FILE, STATISTICS_FILE, VERDICT_FILE
+from wbcv.validation.measurands import MEASURANDS
 
 REPORT_FORMAT: Final[str] = "wbcv-report/1"
 SIGNATURE_ROLES: Final[tuple[str, ...]] = ("Prepared by", "Reviewed by", "Approved by")
@@ -544,7 +552,7 @@ def _remove_staging(staging: Path) -> None:
 def write_report(run_dir: Path, signatories: Sequence[Signatory] = (), out_dir: Path | None = None) -> ReportResult:
     """Render report.html, print report.pdf and write manifest.json into ``RUN/report`` (or
     ``out_dir``, for a copy outside the run). An existing report is never overwritten."""
-    from validation.pdf import find_chromium, html_to_pdf
+    from wbcv.validation.pdf import find_chromium, html_to_pdf
 
     find_chromium()  # before any work: says how to install it
     run_dir = Path(run_dir)

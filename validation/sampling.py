@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from validation.agreement import clopper_pearson
+from wbcv.validation.agreement import clopper_pearson
 
 __all__ = [
     "CountingErrorDistribution",

@@ -19,20 +19,15 @@ from typing import Any
 
 import polars as pl
 
-from inference.atomic import sha256_file
-from inference.errors import WbcvError
-from inference.runner import COUNTS_FILE
-from inference.runstore import RUN_RECORD, AlreadySealed, WorkingRun, read_run_record, software_info
-from validation.compare import compare
-from validation.protocol import Protocol, load_protocol
-from validation.reference import ReferenceData, read_reference
-from validation.verdict import MeasurandVerdict, decide, overall, to_jsonable
-
-COMPARISON_FILE = "comparison.parquet"
-EXCLUDED_FILE = "excluded.parquet"
-REFERENCE_FILE = "reference.parquet"
-STATISTICS_FILE = "statistics.json"
-VERDICT_FILE = "verdict.json"
+from wbcv.base.atomic import sha256_file
+from wbcv.base.errors import WbcvError
+from wbcv.base.runstore import RUN_RECORD, AlreadySealed, WorkingRun, read_run_record
+from wbcv.base.software import software_info
+from wbcv.base.tables import COMPARISON_FILE, COUNTS_FILE, EXCLUDED_FILE, REFERENCE_FILE, STATISTICS_FILE, VERDICT_FILE
+from wbcv.validation.compare import compare
+from wbcv.validation.protocol import Protocol, load_protocol
+from wbcv.validation.reference import ReferenceData, read_reference
+from wbcv.validation.verdict import MeasurandVerdict, decide, overall, to_jsonable
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,10 @@ For every measurand of the protocol, on the values that were not excluded:
   the verification plot), with a bootstrap CI; samples judged on an absolute limit with a zero
   reference have no relative error and are left out of this figure only;
 * **sampling floor**: the mean over samples of the probability that counting alone keeps the
-  error within the limit (``validation.sampling``), i.e. the coverage a perfect classifier would
+  error within the limit (``wbcv.validation.sampling``), i.e. the coverage a perfect classifier would
   be expected to reach on this batch;
 * **sample-size planning**: how many samples would show the criterion at the lower confidence
-  bound if the true coverage were the observed one (``validation.sampling.samples_needed``);
+  bound if the true coverage were the observed one (``wbcv.validation.sampling.samples_needed``);
 * method comparison: Bland–Altman (absolute and percent), Passing–Bablok with the CUSUM test,
   Deming, OLS, Lin's CCC, Pearson and Spearman, and bias at the protocol's decision levels.
 
@@ -32,8 +32,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from validation import agreement, regression, sampling
-from validation.protocol import Protocol
+from wbcv.validation import agreement, regression, sampling
+from wbcv.validation.protocol import Protocol
 
 
 @dataclass(frozen=True)

@@ -13,11 +13,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from inference.errors import WbcvError
 from wbcv import __version__
+from wbcv.base.errors import WbcvError
 
 if TYPE_CHECKING:
-    from validation.report import Signatory
+    from wbcv.validation.report import Signatory
 
 EXIT_OK = 0
 EXIT_INPUT_ERROR = 2
@@ -49,12 +49,12 @@ def _positive_float(text: str) -> float:
 
 def _infer(args: argparse.Namespace) -> Path:
     """Shared by `infer` and `run`: classify the batch, print the summary, return the run."""
-    from inference.artifact import load_artifact
-    from inference.runner import InferenceParams, run_inference
-    from inference.slideset import read_slide_set
+    from wbcv.inference.artifact import load_artifact
+    from wbcv.inference.runner import InferenceParams, run_inference
+    from wbcv.inference.slideset import read_slide_set
 
     if args.engine == "ray":
-        from inference.ray_engine import RayOptions, import_ray, run_inference_ray
+        from wbcv.inference.ray_engine import RayOptions, import_ray, run_inference_ray
 
         import_ray()  # before reading the batch: say at once when Ray is missing
         ray_options = RayOptions(address=args.address, actors=args.actors, gpus_per_actor=args.gpus_per_actor or 0.0)
@@ -103,8 +103,8 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
 
 def _print_comparison(result: object) -> int:
-    from validation.study import ComparisonResult
-    from validation.verdict import format_verdicts
+    from wbcv.validation.study import ComparisonResult
+    from wbcv.validation.verdict import format_verdicts
 
     assert isinstance(result, ComparisonResult)
     print(format_verdicts(result.verdicts))
@@ -116,13 +116,13 @@ def _print_comparison(result: object) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from validation.study import run_comparison
+    from wbcv.validation.study import run_comparison
 
     return _print_comparison(run_comparison(args.run_dir, args.reference, args.protocol, args.out))
 
 
 def _signatories(args: argparse.Namespace) -> list[Signatory]:
-    from validation.report import Signatory
+    from wbcv.validation.report import Signatory
 
     out: list[Signatory] = []
     for role, value in (
@@ -137,7 +137,7 @@ def _signatories(args: argparse.Namespace) -> list[Signatory]:
 
 
 def _report(run_dir: Path, args: argparse.Namespace) -> None:
-    from validation.report import write_report
+    from wbcv.validation.report import write_report
 
     result = write_report(run_dir, _signatories(args), out_dir=getattr(args, "report_out", None))
     print(f"report {result.document_id}: {result.html}")
@@ -151,9 +151,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from validation.protocol import load_protocol
-    from validation.reference import read_reference
-    from validation.study import run_comparison
+    from wbcv.validation.protocol import load_protocol
+    from wbcv.validation.reference import read_reference
+    from wbcv.validation.study import run_comparison
 
     # Check the protocol and the reference before spending time on inference.
     protocol = load_protocol(args.protocol)
@@ -173,8 +173,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from inference.training import Recipe, train
-    from validation.model_evaluation import format_report, qualify_model
+    from wbcv.inference.training import Recipe, train
+    from wbcv.validation.model_evaluation import format_report, qualify_model
 
     recipe = Recipe()
     changes = {k: v for k, v in (("epochs", args.epochs), ("seed", args.seed)) if v is not None}
@@ -189,9 +189,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from inference.artifact import load_artifact
-    from inference.library import read_cell_library
-    from validation.model_evaluation import evaluate_cells, format_report
+    from wbcv.inference.artifact import load_artifact
+    from wbcv.inference.library import read_cell_library
+    from wbcv.validation.model_evaluation import evaluate_cells, format_report
 
     model = load_artifact(args.model)
     cells = read_cell_library(args.cells_dir)
@@ -208,8 +208,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_simulate(args: argparse.Namespace) -> int:
     from collections import Counter
 
-    from fixtures.simulator import load_study_config, simulate_study
-    from inference.library import read_cell_library
+    from wbcv.fixtures.simulator import load_study_config, simulate_study
+    from wbcv.inference.library import read_cell_library
 
     config = load_study_config(args.config) if args.config else None
     samples = simulate_study(
@@ -225,7 +225,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from validation.integrity import verify_record
+    from wbcv.validation.integrity import verify_record
 
     v = verify_record(args.run_dir)
     print(f"run record {v.run_dir}/run.json sha256 {v.record_sha256}")
@@ -247,8 +247,8 @@ def _port(text: str) -> int:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
-    from dashboards.auth import load_credentials
-    from dashboards.server import make_dashboard_server
+    from wbcv.dashboards.auth import load_credentials
+    from wbcv.dashboards.server import make_dashboard_server
 
     credentials = load_credentials(args.auth_file)
     server = make_dashboard_server(args.runs, args.host, args.port, credentials, insecure=args.insecure)

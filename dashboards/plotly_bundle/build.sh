@@ -1,10 +1,10 @@
 #!/bin/sh
 # Rebuilds the dashboard's vendored browser scripts in ../assets:
 #   plotly-wbcv.min.js          plotly.js with only the trace types the dashboard draws;
-#   plotly.css                  plotly.js's style rules as a stylesheet (dashboards.app.LeanDash
+#   plotly.css                  plotly.js's style rules as a stylesheet (wbcv.dashboards.app.LeanDash
 #                               tells plotly.js not to insert them one by one as it loads);
 #   regenerator-runtime.min.js  the one part of @babel/polyfill that Dash's scripts need
-#                               (dashboards.app.LeanDash leaves the 99 KB polyfill out of the page).
+#                               (wbcv.dashboards.app.LeanDash leaves the 99 KB polyfill out of the page).
 #
 #   sh dashboards/plotly_bundle/build.sh        (needs Node.js >= 20 and the npm registry)
 #

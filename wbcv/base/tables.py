@@ -1,0 +1,79 @@
+"""The tables and documents of a run: file names and the Parquet contract between the layers.
+
+``wbcv.validation`` and ``wbcv.dashboards`` read an inference run through these names and schemas,
+never through the runner's internals (and so without importing torch).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import polars as pl
+
+from wbcv.base.taxonomy import CELL_CLASSES, LINEAGES, OUTCOMES
+
+# Inference run (`wbcv infer`)
+PREDICTIONS_FILE: Final[str] = "predictions.parquet"
+COUNTS_FILE: Final[str] = "counts.parquet"
+SKIPPED_FILE: Final[str] = "skipped.parquet"
+INPUTS_FILE: Final[str] = "inputs.parquet"
+#: The tables every inference run writes.
+RUN_TABLES: Final[tuple[str, ...]] = (PREDICTIONS_FILE, COUNTS_FILE, SKIPPED_FILE, INPUTS_FILE)
+
+#: Per-cell predictions, one row per decoded cell (skipped files are in SKIPPED_SCHEMA).
+PREDICTION_SCHEMA: Final[dict[str, pl.DataType]] = {
+    "sample_id": pl.String(),
+    "cell_path": pl.String(),  # relative to the batch directory, POSIX separators
+    "sha256": pl.String(),  # content hash of the image file
+    "bytes": pl.Int64(),
+    "source_mode": pl.String(),  # Pillow mode as stored: RGB, L, RGBA, I;16 ...
+    "source_width": pl.Int32(),
+    "source_height": pl.Int32(),
+    "expert_label": pl.String(),  # from cell_labels.csv, when given
+    "predicted_class": pl.Enum(list(OUTCOMES)),
+    "unclassified": pl.Boolean(),
+    "abstain_reason": pl.String(),  # null when classified; see wbcv.inference.combine
+    "confidence": pl.Float32(),  # max combined probability
+    **{f"p_{c}": pl.Float32() for c in CELL_CLASSES},
+    **{f"ova_{c}": pl.Float32() for c in CELL_CLASSES},
+    **{f"lineage_{g}": pl.Float32() for g in LINEAGES},
+    "model_id": pl.String(),
+}
+#: Files and folders that were given but not classified, each with its reason.
+SKIPPED_SCHEMA: Final[dict[str, pl.DataType]] = {
+    "level": pl.Enum(["cell", "folder"]),
+    "sample_id": pl.String(),
+    "path": pl.String(),
+    "sha256": pl.String(),
+    "bytes": pl.Int64(),
+    "reason": pl.String(),
+}
+#: Manifest fields carried into the counts table, so validation needs nothing but the run.
+SAMPLE_FIELDS: Final[dict[str, pl.DataType]] = {
+    "imaged_volume_ul": pl.Float64(),
+    "calibration_factor": pl.Float64(),
+    "scanner": pl.String(),
+    "date": pl.String(),
+    "notes": pl.String(),
+}
+COUNT_COLUMNS: Final[tuple[str, ...]] = (
+    "sample_id",
+    "slide_dir",
+    "n_files",
+    "n_skipped",
+    "n_cells",
+    "n_classified",
+    "n_unclassified",
+    *(f"k_{c}" for c in CELL_CLASSES),
+    *(f"fraction_{c}" for c in CELL_CLASSES),
+    "unclassified_fraction",
+    *SAMPLE_FIELDS,
+    "model_id",
+)
+
+# Comparison run (`wbcv compare`)
+COMPARISON_FILE: Final[str] = "comparison.parquet"
+EXCLUDED_FILE: Final[str] = "excluded.parquet"
+REFERENCE_FILE: Final[str] = "reference.parquet"
+STATISTICS_FILE: Final[str] = "statistics.json"
+VERDICT_FILE: Final[str] = "verdict.json"
