@@ -19,6 +19,26 @@ from wbcv.inference.res2net import variant
 REPO = Path(__file__).resolve().parent.parent
 PBC_DIR = Path(os.environ.get("WBCV_PBC_DIR", REPO.parent / "shared" / "data" / "pbc"))
 
+#: Test modules that are heavy as a whole (a real Chromium, a Ray cluster, training, the PDF
+#: print, the demo): marked `slow`, so `pytest -m "not slow"` is the quick loop. Single heavy tests
+#: elsewhere (kill-and-resume, end to end on real cells) carry the mark themselves.
+SLOW_MODULES = frozenset(
+    {
+        "test_dashboard_browser",
+        "test_dashboard_security",
+        "test_ray_engine",
+        "test_training",
+        "test_report",
+        "test_demo",
+    }
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.module is not None and item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def pbc_cells() -> list[LabelledCell]:

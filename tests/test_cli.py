@@ -87,6 +87,7 @@ def uninterrupted(batch, model_dir, tmp_path_factory) -> Path:
     return next(runs.iterdir())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kill_when", ["while starting", "after 1 slide", "after half the slides"])
 def test_sigkill_at_any_moment_then_rerun_gives_identical_outputs(batch, model_dir, tmp_path, uninterrupted, kill_when):
     runs = tmp_path / "runs"

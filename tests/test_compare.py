@@ -211,6 +211,7 @@ def test_verdict_point_estimate_versus_lower_bound(tmp_path):
         assert stats["NEUT#"]["samples_needed_at_observed_coverage"]["n_samples"] > 100  # 96 % is close to 95 %
 
 
+@pytest.mark.slow
 def test_wbcv_run_end_to_end_on_real_cells(tmp_path, pbc_cells, model_dir):
     batch = build_slide_set(pbc_cells, tmp_path / "batch", n_samples=6, cells_per_slide=30, seed=5)
     labels = pl.read_csv(batch / "cell_labels.csv")

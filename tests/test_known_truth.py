@@ -59,7 +59,7 @@ def test_oracle_coverage_agrees_with_the_sampling_floor(study, tmp_path):
         assert v.n == N_SAMPLES
         assert v.coverage_lower <= v.sampling_floor <= v.coverage_upper, v
     floors = {v.measurand: v.sampling_floor for v in verdicts}
-    # DESIGN §3: with 200 cells a perfect classifier cannot keep monocytes within ±10 %
+    # README, "Domain facts": with 200 cells a perfect classifier cannot keep monocytes within ±10 %
     assert floors["MONO%"] < 0.5 < floors["NEUT%"] < 0.95
     # relative mode: the same relative error (up to the rounding of the two reference columns)
     assert floors["NEUT#"] == pytest.approx(floors["NEUT%"], abs=0.005)

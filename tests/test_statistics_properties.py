@@ -226,7 +226,7 @@ def test_clopper_pearson_brackets_the_estimate_within_unit_interval(n, data, con
 
 
 def test_clopper_pearson_hand_values():
-    """95 of 100 → 88.7–98.4 % (DESIGN §3); 0 of 10 → upper 1 − 0.025^(1/10); 10 of 10 → lower 0.025^(1/10)."""
+    """95 of 100 → 88.7–98.4 % (README, "Domain facts"); 0 of 10 → upper 1 − 0.025^(1/10); 10 of 10 → lower 0.025^(1/10)."""
     ci = clopper_pearson(95, 100)
     assert (ci.lower, ci.upper) == pytest.approx((0.8871651, 0.9835681), abs=1e-7)
     assert clopper_pearson(0, 10).upper == pytest.approx(1 - 0.025 ** (1 / 10), rel=1e-12)
@@ -316,7 +316,7 @@ def test_correlations_hand_example():
     [(0.60, 3.464, 5.774), (0.06, 1.679, 27.99), (0.01, 0.7036, 70.36)],
 )
 def test_design_counting_numbers(p, sd_points, sd_relative):
-    """DESIGN §3: n = 200 → 3.5 points ≈ 5.8 % relative at 60 %, ≈ 28 % at 6 %, ≈ 70 % at 1 %."""
+    """README, "Domain facts": n = 200 → 3.5 points ≈ 5.8 % relative at 60 %, ≈ 28 % at 6 %, ≈ 70 % at 1 %."""
     d = counting_error_distribution(200, p)
     assert d.sd_points == pytest.approx(sd_points, rel=1e-3)
     assert d.sd_relative_pct == pytest.approx(sd_relative, rel=1e-3)
@@ -359,7 +359,7 @@ def test_perfect_classifier_coverage_is_the_mean_probability():
     n, p = [200, 200, 200], [0.60, 0.06, 0.01]
     want = np.mean([counting_coverage(200, f, 10) for f in p])
     assert perfect_classifier_coverage(n, p, 10) == pytest.approx(want, rel=1e-12)
-    assert perfect_classifier_coverage(n, p, 10) < 0.95  # the sampling floor of DESIGN §3
+    assert perfect_classifier_coverage(n, p, 10) < 0.95  # the sampling floor (README, "Domain facts")
 
 
 @pytest.mark.parametrize(("expected", "n", "k"), [(1.0, 72, 72), (0.99, 142, 140), (0.98, 230, 225)])

@@ -3,7 +3,7 @@
 Conventions shared by every function here:
 
 * ``errors_pct`` are relative errors in percent, 100 · (test − reference) / reference, one per
-  sample (DESIGN §3); samples whose reference is zero must be excluded or judged by an absolute
+  sample (README, "Domain facts"); samples whose reference is zero must be excluded or judged by an absolute
   criterion *before* calling these functions — a NaN here raises, it is never dropped silently.
 * ``confidence`` is the two-sided confidence level of every interval (0.95 → 95 %).
 * Results are frozen dataclasses; invalid input raises ``ValueError`` naming the argument.
@@ -123,7 +123,7 @@ def coverage(errors_pct: object, limit_pct: float, confidence: float = 0.95) -> 
     """Fraction of samples whose relative error lies within ±``limit_pct`` (boundary included).
 
     fraction = #{|e_i| <= limit} / n, CI: :func:`clopper_pearson` of that count. The acceptance
-    criterion of the source study is "at least 95 % of samples within ±10 %" (DESIGN §3); the
+    criterion of the source study is "at least 95 % of samples within ±10 %" (README, "Domain facts"); the
     protocol decides whether the point estimate or the lower bound must reach it.
     """
     e = _errors(errors_pct)

@@ -1,6 +1,6 @@
 """Joining a run's per-sample counts to the reference and computing per-sample errors.
 
-Modes (the protocol's ``count_mode``; DESIGN §3):
+Modes (the protocol's ``count_mode``; README, "Domain facts"):
 
 * **relative**: the differential of class c is f_c = k_c / n_classified. Predicted ``X%`` =
   100 f_c; predicted ``X#`` = f_c x reference WBC, so its relative error equals that of f_c.

@@ -3,7 +3,7 @@
 A slide contributes n classified cells; the differential of class c is k/n. Even a perfect
 classifier sees k ~ Binomial(n, p) for a true fraction p, so the relative error
 100 · (k/n − p) / p has SD 100 · sqrt((1 − p) / (n p)) — 5.8 % for neutrophils at 60 % on 200 cells,
-28 % for monocytes at 6 %, 70 % for basophils at 1 % (DESIGN §3). These functions give that error
+28 % for monocytes at 6 %, 70 % for basophils at 1 % (README, "Domain facts"). These functions give that error
 distribution exactly (no normal approximation), the chance that counting alone keeps a sample within
 an allowable error, and the expected coverage of a perfect classifier over a study ("sampling
 floor"), so that a failed criterion can be attributed to the classifier or to the protocol.
@@ -101,7 +101,7 @@ def counting_error_distribution(n_cells: int, true_fraction: float) -> CountingE
     """The distribution of the relative error 100 · (k/n − p) / p with k ~ Binomial(n, p).
 
     Mean 0, SD 100 · sqrt((1 − p) / (n p)). For n = 200: p = 0.60 → SD 3.46 points = 5.8 % relative;
-    p = 0.06 → 1.68 points = 28 %; p = 0.01 → 0.70 points = 70 % (DESIGN §3). Assumes cells are
+    p = 0.06 → 1.68 points = 28 %; p = 0.01 → 0.70 points = 70 % (README, "Domain facts"). Assumes cells are
     counted independently from a well-mixed smear (the binomial model of CLSI H20-A2); slide
     distribution errors come on top.
     """
