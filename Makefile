@@ -40,8 +40,16 @@ system:
 
 setup: $(STAMP) system
 
+# mypy checks the installed layout: .typecheck/wbcv links the top-level folders in as
+# wbcv.inference, wbcv.validation, ... (pyproject's package-dir, which mypy cannot follow).
+TYPECHECK := .typecheck/wbcv
+
 lint: setup
 	$(PY) -m ruff check .
+	rm -rf .typecheck && mkdir -p $(TYPECHECK)
+	for layer in inference validation dashboards fixtures; do ln -s ../../$$layer $(TYPECHECK)/$$layer; done
+	for part in __init__.py cli.py base; do ln -s ../../wbcv/$$part $(TYPECHECK)/$$part; done
+	$(PY) -m mypy $(TYPECHECK)
 
 test: setup lint
 	$(PY) -m pytest
@@ -53,4 +61,4 @@ bench: setup
 	$(PY) benchmarks/bench_infer.py $(if $(CELLS),--cells $(CELLS))
 
 clean:
-	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .ruff_cache .hypothesis .mypy_cache .typecheck
