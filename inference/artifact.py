@@ -281,5 +281,5 @@ def load_artifact(spec: str | Path | None = None) -> LoadedModel:
         raise WbcvError(f"{weights}: weights do not fit the card's architecture: {e}") from None
     net.eval()
     fold_batchnorm(net)
-    net.to(memory_format=torch.channels_last)
+    net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # accepted, missing from torch's overloads
     return LoadedModel(net, card, model_dir, spec_in, cal, thr, digest)

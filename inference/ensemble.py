@@ -35,6 +35,9 @@ class WbcEnsembleNet(nn.Module):
     prefer on CPU.
     """
 
+    mean: torch.Tensor  # buffers, registered in __init__
+    inv_std: torch.Tensor
+
     def __init__(
         self,
         backbone: Res2NetConfig,

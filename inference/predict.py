@@ -34,11 +34,11 @@ def score_pixels(model: LoadedModel, pixels: np.ndarray | torch.Tensor, batch: i
     with torch.inference_mode():
         for i in range(0, len(x), batch):
             parts.append(model.net(x[i : i + batch]))
-    soft = [p.softmax5 for p in parts]
+    soft = [p.softmax5 for p in parts if p.softmax5 is not None]
     logits = EnsembleLogits(
         torch.cat([p.ova for p in parts]),
         torch.cat([p.lineage for p in parts]),
-        torch.cat(soft) if parts and all(s is not None for s in soft) else None,  # type: ignore[arg-type]
+        torch.cat(soft) if parts and len(soft) == len(parts) else None,
     )
     return Scored(logits, combine(logits, model.calibration, model.thresholds))
 

@@ -157,7 +157,9 @@ class Res2NetBackbone(nn.Module):
         # Zero the last norm of each residual branch so every block starts as identity (Goyal et al. 2017).
         for m in self.modules():
             if isinstance(m, Bottle2neck):
-                nn.init.zeros_(m.conv3[1].weight)
+                norm = m.conv3[1]
+                assert isinstance(norm, nn.BatchNorm2d | nn.GroupNorm)
+                nn.init.zeros_(norm.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.flatten(self.pool(self.stages(self.stem(x))), 1)

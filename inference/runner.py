@@ -374,7 +374,7 @@ def execute_run(
     runs_dir = Path(runs_dir)
     key = run_key(slides, model, params)
     created = dt.datetime.now(dt.UTC).replace(microsecond=0)
-    started = {
+    started: dict[str, Any] = {
         "run_id": f"{created:%Y%m%dT%H%M%SZ}-{key[:8]}",
         "created_utc": created.isoformat(),
         "key": key,
@@ -382,8 +382,8 @@ def execute_run(
     }
     try:
         work, resumed = WorkingRun.open(runs_dir, key, started)
-    except AlreadySealed as done:
-        return InferenceResult(done.run_dir, read_run_record(done.run_dir), True, len(slides.samples), True)
+    except AlreadySealed as sealed:
+        return InferenceResult(sealed.run_dir, read_run_record(sealed.run_dir), True, len(slides.samples), True)
     t0 = time.perf_counter()
     with work.locked():
         started = work.started

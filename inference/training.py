@@ -272,16 +272,23 @@ def choose_threshold(
 
 def predict_logits(net: WbcEnsembleNet, images: torch.Tensor, batch: int = 512) -> EnsembleLogits:
     net.eval()
-    outs = []
+    outs: list[EnsembleLogits] = []
     with torch.inference_mode():
         for i in range(0, len(images), batch):
             outs.append(net(images[i : i + batch]))
-    soft = [o.softmax5 for o in outs]
+    soft = [o.softmax5 for o in outs if o.softmax5 is not None]
     return EnsembleLogits(
         torch.cat([o.ova for o in outs]),
         torch.cat([o.lineage for o in outs]),
-        torch.cat(soft) if all(s is not None for s in soft) else None,  # type: ignore[arg-type]
+        torch.cat(soft) if len(soft) == len(outs) else None,
     )
+
+
+def _averaged_net(ema: torch.optim.swa_utils.AveragedModel) -> WbcEnsembleNet:
+    """The EMA copy of the network (AveragedModel types it as a plain Module)."""
+    net = ema.module
+    assert isinstance(net, WbcEnsembleNet)
+    return net
 
 
 def write_split(path: Path, data: PreparedData, root: Path) -> str:
@@ -356,7 +363,7 @@ def train(
 
     cfg: Res2NetConfig = variant(recipe.variant)
     net = WbcEnsembleNet(cfg, recipe.input.mean, recipe.input.std, with_softmax_head=True)
-    net = net.to(memory_format=torch.channels_last)
+    net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # missing from torch's overloads
     g = torch.Generator().manual_seed(recipe.seed)
     by_class = [torch.nonzero(train_cache.labels == c).flatten() for c in range(len(CELL_CLASSES))]
     steps_per_epoch = max(1, len(train_cache.labels) // recipe.batch_size)
@@ -366,7 +373,7 @@ def train(
 
     if recipe.ema_warmup:
 
-        def ema_avg(averaged: torch.Tensor, current: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+        def ema_avg(averaged: torch.Tensor, current: torch.Tensor, n: torch.Tensor | int) -> torch.Tensor:
             decay = min(recipe.ema_decay, (1 + int(n)) / (10 + int(n)))
             return decay * averaged + (1 - decay) * current
 
@@ -397,14 +404,14 @@ def train(
             sched.step()
             ema.update_parameters(net)
             running += float(loss.detach())
-        val = predict_logits(ema.module, val_cache.images)
+        val = predict_logits(_averaged_net(ema), val_cache.images)
         val_acc = float((val.ova.argmax(1) == val_cache.labels).float().mean())
         log(
             f"epoch {epoch + 1}/{recipe.epochs}: loss {running / steps_per_epoch:.4f}, "
             f"validation OVA-argmax accuracy {val_acc:.4f} ({time.perf_counter() - t_epoch:.0f} s)"
         )
 
-    net = ema.module
+    net = _averaged_net(ema)
     val = predict_logits(net, val_cache.images)
     cal = fit_calibration(val.ova, val.lineage, val_cache.labels)
     thr, curve = choose_threshold(val, val_cache.labels, cal, recipe.max_unclassified, recipe.abstention_cost)

@@ -226,7 +226,8 @@ def test_clopper_pearson_brackets_the_estimate_within_unit_interval(n, data, con
 
 
 def test_clopper_pearson_hand_values():
-    """95 of 100 → 88.7–98.4 % (README, "Domain facts"); 0 of 10 → upper 1 − 0.025^(1/10); 10 of 10 → lower 0.025^(1/10)."""
+    """95 of 100 → 88.7–98.4 % (README, "Domain facts"); 0 of 10 → upper 1 − 0.025^(1/10);
+    10 of 10 → lower 0.025^(1/10)."""
     ci = clopper_pearson(95, 100)
     assert (ci.lower, ci.upper) == pytest.approx((0.8871651, 0.9835681), abs=1e-7)
     assert clopper_pearson(0, 10).upper == pytest.approx(1 - 0.025 ** (1 / 10), rel=1e-12)
