@@ -125,8 +125,8 @@ def nothing_decoded(cells: Sequence[LabelledCell], rejected: dict[int, str]) -> 
         for reason, paths in sorted(by_reason.items(), key=lambda item: -len(item[1]))
     )
     return (
-        f"none of the {len(cells)} labelled cells could be decoded, so there is nothing to evaluate ({reasons}); "
-        f"expected single-cell {ACCEPTED_FORMATS_TEXT} images"
+        f"none of the {len(cells)} labelled cells could be decoded, so there is nothing to evaluate; expected at "
+        f"least one readable single-cell image ({ACCEPTED_FORMATS_TEXT}). Reasons: {reasons}"
     )
 
 
