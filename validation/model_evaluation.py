@@ -52,7 +52,10 @@ def _r(x: float) -> float | None:
 
 
 def class_report(y_true: np.ndarray, y_pred: np.ndarray, confidence: np.ndarray) -> dict[str, Any]:
-    """Every in-scope metric of the evaluation JSON from true and predicted indices."""
+    """Every in-scope metric of the evaluation JSON from true and predicted indices (definitions:
+    ``cell_metrics``, scikit-learn's with zero_division=0, so a per-class sensitivity, PPV or F1 with
+    a zero denominator is 0; the per-class unclassified rate, not a scikit-learn metric, is None for
+    a class without cells)."""
     k = len(CELL_CLASSES)
     m = cm.confusion_matrix(y_true, y_pred, k)
     committed = y_pred != UNCLASSIFIED_INDEX
