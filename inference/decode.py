@@ -2,15 +2,21 @@
 
 A cell image becomes a square uint8 RGB array of the model's input size:
 
-1. identify the format from the bytes (JPEG or PNG; the file extension is not trusted);
+1. identify the format from the bytes (JPEG, PNG, BMP or TIFF, ``ACCEPTED_FORMATS``; the file
+   extension is not trusted);
 2. refuse images larger than ``max_pixels`` before decoding anything (decompression bombs);
+   refuse a TIFF that holds more than one frame (a z-stack, time series or multi-page file: which
+   frame shows the cell is not ours to guess, and classifying the first would silently drop the
+   others) and a TIFF of 32-bit or signed integer samples (no scale to 8 bits is known);
 3. for JPEG, ask libjpeg-turbo for a reduced-size decode (DCT scaling by 1/2, 1/4 or 1/8, the
    largest reduction that still leaves at least the input size): a 360x363 slide crop decodes at
    90x91 for a 64-pixel model, sixteen times fewer pixels. simplejpeg does this about twice as
    fast as Pillow's ``draft`` and releases the GIL, so decoding threads scale; JPEGs it cannot
    take (CMYK, unusual headers) go through Pillow's ``draft`` instead;
 4. bring any mode to 8-bit RGB: grayscale and palette are expanded, transparency is composited
-   over white (the colour of an empty slide), 16-bit samples are scaled by 255/65535, not clipped;
+   over white (the colour of an empty slide), 16-bit grayscale samples are scaled by 255/65535, not
+   clipped (16-bit RGB TIFF: Pillow keeps each sample's high byte, v // 256, which is within one
+   level of that scaling);
 5. keep the central square whose side is ``crop`` times the shorter side (the scanner centres the
    cell; cropping the margin of red cells makes the white cell fill more of the input) and resize
    it (bilinear with antialiasing) to the input size.
@@ -32,9 +38,12 @@ import simplejpeg
 from PIL import Image, UnidentifiedImageError
 
 #: Formats a scanner saves cells in; anything else is rejected with this list in the message.
-ACCEPTED_FORMATS: Final[tuple[str, ...]] = ("JPEG", "PNG")
-#: File extensions the slide-set reader treats as cell images.
-IMAGE_EXTENSIONS: Final[tuple[str, ...]] = (".jpg", ".jpeg", ".png")
+#: (Pillow's format names; BMP and TIFF are what many microscope cameras write.)
+ACCEPTED_FORMATS: Final[tuple[str, ...]] = ("JPEG", "PNG", "BMP", "TIFF")
+#: File extensions the slide-set and labelled-library readers treat as cell images.
+IMAGE_EXTENSIONS: Final[tuple[str, ...]] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+#: The accepted formats as a message says them: "JPEG, PNG, BMP or TIFF".
+ACCEPTED_FORMATS_TEXT: Final[str] = ", ".join(ACCEPTED_FORMATS[:-1]) + " or " + ACCEPTED_FORMATS[-1]
 #: Default ceiling on width x height; a single-cell crop is far below (360 x 363 = 130,680).
 DEFAULT_MAX_PIXELS: Final[int] = 4096 * 4096
 
@@ -92,6 +101,19 @@ def _too_small(width: int, height: int) -> CellRejected:
     return CellRejected(f"image is only {width}x{height} pixels; expected a single-cell crop of at least 8x8")
 
 
+def _refuse_unusable_tiff(im: Image.Image) -> None:
+    """Multi-frame TIFFs and integer samples wider than 16 bits are refused, with the reason."""
+    if getattr(im, "is_animated", False):  # reads the second frame's header only, not every frame
+        raise CellRejected(
+            "TIFF holds more than one frame (a z-stack, time series or multi-page file); expected one "
+            "image per cell file: save the frame to classify as a file of its own"
+        )
+    if im.mode == "I":
+        raise CellRejected(
+            "TIFF with 32-bit or signed integer samples (mode I); expected 8- or 16-bit unsigned RGB or grayscale"
+        )
+
+
 _JPEG_MAGIC: Final[bytes] = b"\xff\xd8\xff"
 _FAST_JPEG_COLORSPACES: Final[dict[str, str]] = {"YCbCr": "RGB", "Gray": "L"}
 
@@ -117,6 +139,23 @@ def _decode_jpeg_fast(data: bytes, size: int, max_pixels: int, crop: float) -> D
     return DecodedCell(pixels, _FAST_JPEG_COLORSPACES[colorspace], width, height)
 
 
+def _open_accepted(data: bytes) -> Image.Image:
+    """Pillow's lazy open (header only) of an image in one of ``ACCEPTED_FORMATS``, by content."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise CellRejected(
+            f"not a readable image (unknown or damaged header); expected {ACCEPTED_FORMATS_TEXT}"
+        ) from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise CellRejected(f"cannot open image: {e}") from None
+    if im.format not in ACCEPTED_FORMATS:
+        raise CellRejected(f"unsupported image format {im.format}; expected {ACCEPTED_FORMATS_TEXT}")
+    return im
+
+
 def decode_cell(data: bytes, size: int, max_pixels: int = DEFAULT_MAX_PIXELS, crop: float = 1.0) -> DecodedCell:
     """Decode one image file's bytes into a (size, size, 3) uint8 array, or raise CellRejected."""
     if not 0.1 <= crop <= 1.0:
@@ -127,16 +166,7 @@ def decode_cell(data: bytes, size: int, max_pixels: int = DEFAULT_MAX_PIXELS, cr
         fast = _decode_jpeg_fast(data, size, max_pixels, crop)
         if fast is not None:
             return fast
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
-    except UnidentifiedImageError:
-        raise CellRejected("not a readable image (unknown or damaged header); expected JPEG or PNG") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise CellRejected(f"cannot open image: {e}") from None
-    if im.format not in ACCEPTED_FORMATS:
-        raise CellRejected(f"unsupported image format {im.format}; expected {' or '.join(ACCEPTED_FORMATS)}")
+    im = _open_accepted(data)
     width, height = im.size
     if width * height > max_pixels:
         raise _too_large(width, height, max_pixels)
@@ -144,6 +174,8 @@ def decode_cell(data: bytes, size: int, max_pixels: int = DEFAULT_MAX_PIXELS, cr
         raise _too_small(width, height)
     source_mode = im.mode
     try:
+        if im.format == "TIFF":
+            _refuse_unusable_tiff(im)
         if im.format == "JPEG":
             need = math.ceil(size / crop)
             im.draft("RGB", (need, need))

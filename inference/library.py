@@ -4,7 +4,9 @@ Two layouts are accepted:
 
 * a ``manifest.csv`` with at least the columns ``path`` (relative to the library folder) and
   ``label`` (like ``../shared/data/pbc/manifest.csv``; an ``sha256`` column is used when present);
-* otherwise one sub-folder per label, holding that label's images.
+* otherwise one sub-folder per label, holding that label's images (files named like
+  ``decode.IMAGE_EXTENSIONS``: JPEG, PNG, BMP or TIFF; each is decoded by content as ``wbcv infer``
+  decodes cells, and a file that cannot be decoded is reported with its reason).
 
 Labels are kept as written (lower-cased); labels outside ``CELL_CLASSES`` (platelet, erythroblast,
 ig, smudge ...) are legitimate: they are the out-of-scope cells an evaluation must see rejected.

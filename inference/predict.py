@@ -28,17 +28,16 @@ class Scored:
 
 
 def score_pixels(model: LoadedModel, pixels: np.ndarray | torch.Tensor, batch: int = 256) -> Scored:
-    """Head outputs and combined decisions for uint8 (N, S, S, 3) cells, in order."""
+    """Head outputs and combined decisions for uint8 (N, S, S, 3) cells, in order (N may be 0)."""
     x = torch.as_tensor(pixels)
-    parts: list[EnsembleLogits] = []
+    chunks = [x[i : i + batch] for i in range(0, len(x), batch)] or [x]  # no cells: one empty batch
     with torch.inference_mode():
-        for i in range(0, len(x), batch):
-            parts.append(model.net(x[i : i + batch]))
+        parts = [model.net(chunk) for chunk in chunks]
     soft = [p.softmax5 for p in parts if p.softmax5 is not None]
     logits = EnsembleLogits(
         torch.cat([p.ova for p in parts]),
         torch.cat([p.lineage for p in parts]),
-        torch.cat(soft) if parts and len(soft) == len(parts) else None,
+        torch.cat(soft) if len(soft) == len(parts) else None,
     )
     return Scored(logits, combine(logits, model.calibration, model.thresholds))
 

@@ -6,7 +6,8 @@ Layout (the contract a QA engineer prepares)::
       manifest.csv | manifest.yaml   which samples belong to the batch (required)
       cell_labels.csv                optional expert labels: sample_id,file,label
       <slide_dir>/                   one folder per sample (default name: the sample id)
-        *.jpg | *.jpeg | *.png       one image per cell
+        *.jpg | *.jpeg | *.png       one image per cell (``decode.IMAGE_EXTENSIONS``; the format is
+        *.bmp | *.tif | *.tiff       then told by content, ``decode.ACCEPTED_FORMATS``)
 
 Manifest fields (CSV header or YAML keys of each entry under ``samples:``):
 

@@ -89,7 +89,7 @@ def test_corrupt_bytes_are_rejected(real_jpeg):
 def test_other_formats_are_rejected_by_content_not_extension():
     buf = io.BytesIO()
     Image.new("RGB", (64, 64)).save(buf, format="GIF")
-    with pytest.raises(CellRejected, match="unsupported image format GIF; expected JPEG or PNG"):
+    with pytest.raises(CellRejected, match="unsupported image format GIF; expected JPEG, PNG, BMP or TIFF"):
         decode_cell(buf.getvalue(), 64)
 
 
@@ -117,3 +117,169 @@ def test_real_compressed_bomb_is_refused_under_a_lower_limit():
 def test_tiny_image_is_refused():
     with pytest.raises(CellRejected, match="only 4x4 pixels"):
         decode_cell(_png(Image.new("RGB", (4, 4))), 64)
+
+
+# --- BMP and TIFF (microscope-camera formats) -----------------------------------------------
+
+
+def _encoded(im: Image.Image, fmt: str, **options: object) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format=fmt, **options)
+    return buf.getvalue()
+
+
+def _test_card(mode: str) -> Image.Image:
+    """A 48x40 image with structure in every channel, in the given Pillow mode."""
+    y, x = np.mgrid[0:40, 0:48]
+    rgb = np.stack([x * 5, y * 6, (x + y) * 3 % 256], axis=-1).astype(np.uint8)
+    im = Image.fromarray(rgb)
+    return im.quantize(64) if mode == "P" else im.convert(mode)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "mode", "options"),
+    [
+        ("BMP", "RGB", {}),
+        ("BMP", "L", {}),
+        ("BMP", "P", {}),
+        ("TIFF", "RGB", {}),
+        ("TIFF", "L", {}),
+        ("TIFF", "P", {}),
+        ("TIFF", "CMYK", {}),
+        ("TIFF", "RGB", {"compression": "tiff_lzw"}),
+        ("TIFF", "RGB", {"compression": "tiff_adobe_deflate"}),
+    ],
+)
+def test_bmp_and_tiff_decode_exactly_like_the_same_pixels_in_png(fmt, mode, options):
+    im = _test_card(mode)
+    cell = decode_cell(_encoded(im, fmt, **options), 32, crop=0.8)
+    assert (cell.source_mode, cell.source_width, cell.source_height) == (mode, 48, 40)
+    assert np.array_equal(cell.pixels, decode_cell(_png(im.convert("RGB")), 32, crop=0.8).pixels)
+
+
+def test_sixteen_bit_grayscale_tiff_is_scaled_not_clipped():
+    a = np.full((64, 64), 65535, dtype=np.uint16)
+    a[:, 32:] = 32896  # 128 * 257
+    cell = decode_cell(_encoded(Image.fromarray(a), "TIFF"), 64)
+    assert cell.source_mode.startswith("I;16")
+    assert cell.pixels[0, 0, 0] == 255 and cell.pixels[0, 63, 0] == 128
+
+
+def _tiff(a: np.ndarray, photometric: int, extra_samples: int | None = None) -> bytes:
+    """An uncompressed one-strip little-endian TIFF of a (h, w) or (h, w, c) array, written by hand
+    (TIFF 6.0, section 2) for sample layouts Pillow cannot write: 16-bit RGB, 32-bit integers."""
+    a = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<"))
+    h, w = a.shape[:2]
+    c = 1 if a.ndim == 2 else a.shape[2]
+    bits = a.dtype.itemsize * 8
+    n_tags = 9 + (extra_samples is not None)
+    bits_at = 8 + 2 + 12 * n_tags + 4  # the BitsPerSample array follows the one IFD
+    data_at = bits_at + 2 * c
+    short, long_ = 3, 4
+    tags = [
+        (256, long_, 1, w),
+        (257, long_, 1, h),
+        (258, short, c, bits if c == 1 else bits_at),
+        (259, short, 1, 1),  # no compression
+        (262, short, 1, photometric),
+        (273, long_, 1, data_at),
+        (277, short, 1, c),
+        (278, long_, 1, h),
+        (279, long_, 1, a.nbytes),
+    ]
+    if extra_samples is not None:
+        tags.append((338, short, 1, extra_samples))
+    ifd = struct.pack("<H", n_tags) + b"".join(
+        struct.pack("<HHIHH", t, typ, n, v, 0) if typ == short and n == 1 else struct.pack("<HHII", t, typ, n, v)
+        for t, typ, n, v in tags
+    )
+    return (
+        b"II*\x00"
+        + struct.pack("<I", 8)
+        + ifd
+        + struct.pack("<I", 0)
+        + struct.pack(f"<{c}H", *[bits] * c)
+        + a.tobytes()
+    )
+
+
+def test_sixteen_bit_rgb_tiff_is_scaled_not_clipped():
+    a = np.zeros((16, 16, 3), dtype=np.uint16)
+    a[...] = (65535, 32896, 257)  # 255, 128 and 1 times 257
+    cell = decode_cell(_tiff(a, photometric=2), 16)
+    assert tuple(cell.pixels[8, 8]) == (255, 128, 1)
+
+
+@pytest.mark.parametrize("fmt", ["TIFF", "PNG"])
+def test_transparent_tiff_is_composited_over_white_like_png(fmt):
+    rgba = np.zeros((64, 64, 4), dtype=np.uint8)
+    rgba[:32, :, :] = (200, 0, 0, 255)  # opaque red top half, transparent black bottom half
+    cell = decode_cell(_encoded(Image.fromarray(rgba, mode="RGBA"), fmt), 64)
+    assert cell.source_mode == "RGBA"
+    assert tuple(cell.pixels[5, 5]) == (200, 0, 0) and tuple(cell.pixels[60, 5]) == (255, 255, 255)
+
+
+def _bmp_with_alpha(rgba: np.ndarray) -> bytes:
+    """A 32-bit BMP with a BITMAPV4HEADER whose bit fields include an alpha mask (Pillow writes
+    BMP without alpha, so the file is written by hand): pixels bottom-up, stored B, G, R, A."""
+    h, w = rgba.shape[:2]
+    pixels = np.ascontiguousarray(rgba[::-1, :, [2, 1, 0, 3]]).tobytes()
+    size_etc = (108, w, h, 1, 32, 3, len(pixels), 2835, 2835, 0, 0)  # 32 bpp, BI_BITFIELDS, 72 dpi
+    masks = (0x00FF0000, 0x0000FF00, 0x000000FF, 0xFF000000)  # red, green, blue, alpha
+    header = struct.pack("<IiiHHIIiiII4I", *size_etc, *masks) + b"BGRs" + bytes(36 + 12)  # sRGB, no gamma
+    offset = 14 + len(header)
+    return b"BM" + struct.pack("<IHHI", offset + len(pixels), 0, 0, offset) + header + pixels
+
+
+def test_bmp_with_an_alpha_channel_is_composited_over_white():
+    rgba = np.zeros((64, 64, 4), dtype=np.uint8)
+    rgba[:32, :, :] = (200, 0, 0, 255)
+    cell = decode_cell(_bmp_with_alpha(rgba), 64)
+    assert cell.source_mode == "RGBA"
+    assert tuple(cell.pixels[5, 5]) == (200, 0, 0) and tuple(cell.pixels[60, 5]) == (255, 255, 255)
+
+
+def test_multi_frame_tiff_is_refused_with_the_reason():
+    frames = [_test_card("RGB"), _test_card("L").convert("RGB")]
+    data = _encoded(frames[0], "TIFF", save_all=True, append_images=frames[1:])
+    assert Image.open(io.BytesIO(data)).n_frames == 2
+    with pytest.raises(CellRejected, match=r"more than one frame .*z-stack.*save the frame to classify"):
+        decode_cell(data, 32)
+
+
+def test_thirty_two_bit_integer_tiff_is_refused_not_clipped():
+    with pytest.raises(CellRejected, match="32-bit or signed integer samples"):
+        decode_cell(_tiff(np.full((16, 16), 70_000, dtype=np.uint32), photometric=1), 16)
+
+
+def _bmp_claiming_size(width: int, height: int) -> bytes:
+    raw = bytearray(_encoded(Image.new("RGB", (8, 8)), "BMP"))
+    raw[18:26] = struct.pack("<ii", width, height)  # BITMAPINFOHEADER width and height
+    return bytes(raw)
+
+
+def _tiff_claiming_size(width: int, height: int) -> bytes:
+    raw = _tiff(np.zeros((8, 8), dtype=np.uint8), photometric=1)
+    for tag, value in ((256, width), (257, height)):  # ImageWidth, ImageLength
+        raw = raw.replace(struct.pack("<HHII", tag, 4, 1, 8), struct.pack("<HHII", tag, 4, 1, value))
+    return raw
+
+
+@pytest.mark.parametrize("claiming", [_bmp_claiming_size, _tiff_claiming_size], ids=["bmp", "tiff"])
+def test_huge_bmp_or_tiff_is_refused_before_decoding(claiming):
+    with pytest.raises(CellRejected, match="50000x50000 = 2,500,000,000 pixels, above the limit"):
+        decode_cell(claiming(50_000, 50_000), 64)
+
+
+def test_real_compressed_tiff_bomb_is_refused_under_a_lower_limit():
+    bomb = _encoded(Image.new("L", (3000, 3000)), "TIFF", compression="tiff_adobe_deflate")
+    assert len(bomb) < 50_000
+    with pytest.raises(CellRejected, match="possible decompression bomb"):
+        decode_cell(bomb, 64, max_pixels=1_000_000)
+
+
+@pytest.mark.parametrize("fmt", ["BMP", "TIFF"])
+def test_truncated_bmp_or_tiff_is_rejected(fmt):
+    data = _encoded(_test_card("RGB"), fmt)
+    with pytest.raises(CellRejected, match="corrupt or truncated"):
+        decode_cell(data[: len(data) // 2], 32)

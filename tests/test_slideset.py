@@ -96,7 +96,7 @@ def test_bad_field_values(batch):
 def test_empty_slide_folder(batch):
     for f in (batch / "S00001").iterdir():
         f.unlink()
-    _fails(batch, "slide folder", "S00001 has no cell images; expected at least one .jpg, .jpeg, .png file")
+    _fails(batch, "S00001 has no cell images; expected at least one .jpg, .jpeg, .png, .bmp, .tif, .tiff file")
 
 
 def test_folder_holding_only_non_images_is_empty_too(batch):

@@ -8,8 +8,17 @@ Conventions (shared by every function here):
 * The confusion matrix has K rows (true classes) and K+1 columns (predicted classes, then
   unclassified).
 
-Definitions follow scikit-learn's ``sklearn.metrics`` where one exists; the differences are the
-handling of the abstention column, stated per function.
+Every metric that scikit-learn has is scikit-learn's definition, with ``unclassified`` mapped as a
+prediction of no class: per-class figures are ``sklearn.metrics`` with ``labels=range(K)`` (an
+unclassified cell is then a false negative of its true class and a false positive of none), and
+a per-class ratio whose denominator is zero is 0, scikit-learn's ``zero_division=0`` rule (never
+NaN, and never silently left out of an average: a class with cells that is never predicted has
+PPV 0 and F1 0 and pulls macro-F1 down). The averages use scikit-learn's label sets: balanced
+accuracy the classes in the expert labels, macro-F1 the classes in the labels or the predictions.
+tests/test_cell_metrics.py checks each metric against ``sklearn.metrics`` on random label vectors
+with never-predicted and never-present classes and unclassified cells.
+References: scikit-learn user guide, "Metrics and scoring" (sklearn.metrics, version 1.9);
+Sokolova M, Lapalme G, Inf Process Manag 45 (2009) 427-437 (macro-averaged measures).
 """
 
 from __future__ import annotations
@@ -41,26 +50,45 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> 
     return cm
 
 
+def _ratio_or_zero(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """numerator / denominator element-wise, 0 where the denominator is 0 (``zero_division=0``)."""
+    out = np.zeros(np.shape(numerator), dtype=np.float64)
+    np.divide(numerator, denominator, out=out, where=np.asarray(denominator) > 0)
+    return out
+
+
+def _true_positives(cm: np.ndarray) -> np.ndarray:
+    return np.diag(cm[:, :-1])
+
+
+def _true_counts(cm: np.ndarray) -> np.ndarray:
+    """n_i: cells whose expert label is class i (TP_i + FN_i; FN_i includes its unclassified cells)."""
+    return cm.sum(axis=1)
+
+
+def _predicted_counts(cm: np.ndarray) -> np.ndarray:
+    """P_i: cells the model called class i (TP_i + FP_i; unclassified cells are called nothing)."""
+    return cm[:, :-1].sum(axis=0)
+
+
 def sensitivity(cm: np.ndarray) -> np.ndarray:
-    """Recall per class, TP_i / n_i (unclassified cells of class i count as misses); NaN if n_i = 0."""
-    n = cm.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(n > 0, np.diag(cm[:, :-1]) / n, np.nan)
+    """Recall per class, TP_i / n_i, unclassified cells of class i counting as misses; 0 where
+    n_i = 0. = sklearn ``recall_score(y_true, y_pred, labels=range(K), average=None, zero_division=0)``."""
+    return _ratio_or_zero(_true_positives(cm), _true_counts(cm))
 
 
 def ppv(cm: np.ndarray) -> np.ndarray:
-    """Positive predictive value per class, TP_i / (cells predicted as i); NaN if none were."""
-    predicted = cm[:, :-1].sum(axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(predicted > 0, np.diag(cm[:, :-1]) / predicted, np.nan)
+    """Positive predictive value (precision) per class, TP_i / P_i; 0 where the class was never
+    predicted (P_i = 0). = sklearn ``precision_score(..., labels=range(K), average=None, zero_division=0)``."""
+    return _ratio_or_zero(_true_positives(cm), _predicted_counts(cm))
 
 
 def f1(cm: np.ndarray) -> np.ndarray:
-    """Harmonic mean of PPV and sensitivity per class; 0 where both are 0, NaN where undefined."""
-    s, p = sensitivity(cm), ppv(cm)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = 2 * s * p / (s + p)
-    return np.where((s == 0) & (p == 0), 0.0, out)
+    """F1 per class, 2 TP_i / (2 TP_i + FP_i + FN_i) = 2 TP_i / (n_i + P_i), the harmonic mean of PPV
+    and sensitivity where both are positive; 0 where n_i + P_i = 0, and 0 when TP_i = 0 (so a class
+    with cells that is never predicted scores 0, not "undefined").
+    = sklearn ``f1_score(..., labels=range(K), average=None, zero_division=0)`` (scikit-learn >= 1.3)."""
+    return _ratio_or_zero(2 * _true_positives(cm), _true_counts(cm) + _predicted_counts(cm))
 
 
 def accuracy(cm: np.ndarray) -> float:
@@ -69,10 +97,11 @@ def accuracy(cm: np.ndarray) -> float:
 
 
 def balanced_accuracy(cm: np.ndarray) -> float:
-    """Mean sensitivity over the classes present (sklearn's balanced_accuracy_score, with
-    unclassified cells as misses)."""
-    s = sensitivity(cm)
-    return float(s[~np.isnan(s)].mean())
+    """Mean sensitivity over the classes present in the expert labels (n_i > 0), unclassified cells
+    counting as misses; NaN with no cells. = sklearn ``balanced_accuracy_score(y_true, y_pred)``
+    (Brodersen et al., ICPR 2010), which drops classes absent from y_true, unclassified among them."""
+    present = _true_counts(cm) > 0
+    return float(sensitivity(cm)[present].mean()) if present.any() else float("nan")
 
 
 def selective_accuracy(cm: np.ndarray) -> float:
@@ -86,17 +115,22 @@ def unclassified_rate(cm: np.ndarray) -> float:
 
 
 def macro_f1(cm: np.ndarray) -> float:
-    """Unweighted mean of the per-class F1 over the classes present in y_true."""
-    scores = f1(cm)[cm.sum(axis=1) > 0]
-    scores = scores[~np.isnan(scores)]
-    return float(scores.mean()) if scores.size else float("nan")
+    """Unweighted mean of the per-class F1 (``f1``, zero_division=0) over the classes that occur in
+    the expert labels or the predictions (n_i + P_i > 0): a class with cells that is never predicted
+    counts with F1 = 0, and so does a class predicted but absent from the labels; a class neither
+    labelled nor predicted is left out. NaN with no cells. = sklearn ``f1_score(y_true, y_pred,
+    labels=<those classes>, average="macro", zero_division=0)``, i.e. sklearn's default label set
+    (every label seen in y_true or y_pred) less ``unclassified``, which is an outcome, not a class."""
+    occurring = (_true_counts(cm) + _predicted_counts(cm)) > 0
+    return float(f1(cm)[occurring].mean()) if occurring.any() else float("nan")
 
 
 def cohen_kappa(cm: np.ndarray) -> float:
     """Cohen's kappa over K+1 categories (the classes and unclassified), kappa = (p_o - p_e) / (1 - p_e),
-    p_o = observed agreement, p_e = sum_k (row_k / n)(col_k / n) (Cohen 1960; sklearn's
-    cohen_kappa_score with unweighted agreement). The expert never says "unclassified", so every
-    abstention is a disagreement."""
+    p_o = observed agreement, p_e = sum_k (row_k / n)(col_k / n) (Cohen 1960); NaN when p_e = 1.
+    The expert never says "unclassified", so every abstention is a disagreement.
+    = sklearn ``cohen_kappa_score(y_true, y_pred, labels=[*range(K), UNCLASSIFIED])``; note that
+    ``labels=range(K)`` would instead drop the unclassified cells from kappa."""
     n = cm.sum()
     square = np.zeros((cm.shape[1], cm.shape[1]))
     square[: cm.shape[0], :] = cm

@@ -22,9 +22,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageEnhance, ImageFilter
 
+from wbcv.base.errors import WbcvError
 from wbcv.base.taxonomy import CELL_CLASSES, OUTCOMES, UNCLASSIFIED
 from wbcv.inference.artifact import LoadedModel, load_artifact, read_card
 from wbcv.inference.combine import UNCLASSIFIED_INDEX
+from wbcv.inference.decode import ACCEPTED_FORMATS_TEXT
 from wbcv.inference.library import LabelledCell
 from wbcv.inference.predict import Scored, decode_files, score_pixels
 from wbcv.inference.training import read_split, update_card
@@ -50,7 +52,10 @@ def _r(x: float) -> float | None:
 
 
 def class_report(y_true: np.ndarray, y_pred: np.ndarray, confidence: np.ndarray) -> dict[str, Any]:
-    """Every in-scope metric of the evaluation JSON from true and predicted indices."""
+    """Every in-scope metric of the evaluation JSON from true and predicted indices (definitions:
+    ``cell_metrics``, scikit-learn's with zero_division=0, so a per-class sensitivity, PPV or F1 with
+    a zero denominator is 0; the per-class unclassified rate, not a scikit-learn metric, is None for
+    a class without cells)."""
     k = len(CELL_CLASSES)
     m = cm.confusion_matrix(y_true, y_pred, k)
     committed = y_pred != UNCLASSIFIED_INDEX
@@ -80,8 +85,11 @@ def class_report(y_true: np.ndarray, y_pred: np.ndarray, confidence: np.ndarray)
 
 
 def evaluate_cells(model: LoadedModel, cells: Sequence[LabelledCell], workers: int = 2) -> dict[str, Any]:
-    """The evaluation report (keys ``EVALUATION_KEYS``) plus ``skipped`` for undecodable files."""
+    """The evaluation report (keys ``EVALUATION_KEYS``) plus ``skipped`` for undecodable files.
+    Raises WbcvError, with the reasons, when not one cell could be decoded."""
     pixels, rejected = decode_files(model, [c.path for c in cells], workers=workers)
+    if cells and len(rejected) == len(cells):
+        raise WbcvError(nothing_decoded(cells, rejected))
     kept = [c for i, c in enumerate(cells) if i not in rejected]
     scored = score_pixels(model, pixels)
     pred = scored.combined.predicted.numpy()
@@ -107,6 +115,22 @@ def evaluate_cells(model: LoadedModel, cells: Sequence[LabelledCell], workers: i
     ordered = {key: report[key] for key in EVALUATION_KEYS}
     ordered["skipped"] = {cells[i].path.as_posix(): reason for i, reason in sorted(rejected.items())}
     return ordered
+
+
+def nothing_decoded(cells: Sequence[LabelledCell], rejected: dict[int, str]) -> str:
+    """The message for a labelled set of which no cell could be decoded: each distinct reason with
+    how many files gave it and one of them."""
+    by_reason: dict[str, list[Path]] = {}
+    for i, reason in sorted(rejected.items()):
+        by_reason.setdefault(reason, []).append(cells[i].path)
+    reasons = "; ".join(
+        f"{len(paths)} file(s), e.g. {paths[0]}: {reason}"
+        for reason, paths in sorted(by_reason.items(), key=lambda item: -len(item[1]))
+    )
+    return (
+        f"none of the {len(cells)} labelled cells could be decoded, so there is nothing to evaluate; expected at "
+        f"least one readable single-cell image ({ACCEPTED_FORMATS_TEXT}). Reasons: {reasons}"
+    )
 
 
 # --- ablation -----------------------------------------------------------------------------
