@@ -56,6 +56,7 @@ sys.path.insert(0, str(REPO))
 import polars as pl  # noqa: E402
 from playwright.sync_api import Page, sync_playwright  # noqa: E402
 
+from wbcv.base.records import BatchRef, InferenceRecord, InferenceSummary, ModelRef  # noqa: E402
 from wbcv.base.runstore import WorkingRun  # noqa: E402
 from wbcv.base.software import cpu_name, software_info  # noqa: E402
 from wbcv.base.tables import COUNTS_FILE, PREDICTION_SCHEMA, PREDICTIONS_FILE  # noqa: E402
@@ -139,13 +140,34 @@ def make_run(root: Path, n_samples: int, seed: int = 11) -> Path:
             runs,
             f"bench-infer-{n_samples}",
             {COUNTS_FILE: counts, PREDICTIONS_FILE: pl.DataFrame(schema=PREDICTION_SCHEMA)},
-            {
-                "kind": "inference",
-                "created_utc": "2026-01-01T00:00:00+00:00",
-                "batch": {"path": str((root / "batch").resolve()), "n_samples": n_samples},
-                "model": {"id": "bench-confused-classifier"},
-                "software": software_info(),
-            },
+            InferenceRecord(
+                created_utc="2026-01-01T00:00:00+00:00",
+                finished_utc="2026-01-01T00:00:00+00:00",
+                batch=BatchRef(
+                    path=(root / "batch").resolve(),
+                    batch_id=None,
+                    manifest="manifest.csv",
+                    cell_labels=None,
+                    inputs_sha256="0" * 64,
+                    n_samples=n_samples,
+                    n_files=0,
+                    unlisted_dirs=(),
+                ),
+                model=ModelRef(
+                    id="bench-confused-classifier", name="confused", sha256="0" * 64, path=root, input_size=0
+                ),
+                parameters={},
+                software=software_info(),
+                summary=InferenceSummary(
+                    n_samples=n_samples,
+                    n_cells=0,
+                    n_unclassified=0,
+                    n_skipped_cells=0,
+                    n_unlisted_folders=0,
+                    resumed=False,
+                    wall_seconds_last_session=0.0,
+                ),
+            ),
         )
     run_comparison(inference, root / "XN.csv", root / "protocol.yaml", runs)
     return runs

@@ -34,6 +34,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from wbcv.base.records import InferenceRecord  # noqa: E402
 from wbcv.base.software import cpu_name  # noqa: E402
 from wbcv.base.tables import PREDICTIONS_FILE  # noqa: E402
 from wbcv.fixtures.slidesets import build_slide_set  # noqa: E402
@@ -69,7 +70,7 @@ def main() -> None:
         params = InferenceParams()
         options = RayOptions(actors=args.actors)
 
-        def timed(fn, runs: Path) -> tuple[float, bytes, dict]:
+        def timed(fn, runs: Path) -> tuple[float, bytes, InferenceRecord]:
             t0 = time.perf_counter()
             result = fn(slides, model, runs, params, progress=False)
             wall = time.perf_counter() - t0
@@ -88,7 +89,7 @@ def main() -> None:
                 locals_.append(wall)
                 wall, pred, record = timed(ray_run, scratch / f"ray-{i}")
                 rays.append(wall)
-                engine = record["engine"]
+                engine = record.engine
                 if pred != reference or pred_cold != reference:
                     raise SystemExit("the Ray engine's predictions differ from the local engine's")
         finally:

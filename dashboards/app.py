@@ -16,7 +16,6 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any, Final
 
-import numpy as np
 import plotly.graph_objects as go
 import polars as pl
 from dash import ALL, Dash, Input, Output, State, ctx, dash_table, dcc, html
@@ -28,6 +27,7 @@ from wbcv.dashboards.cells import cell_url, register_cell_route
 from wbcv.dashboards.data import TABLE_COLUMNS, ComparisonRun, RunCatalog, RunSummary, coverage_trend
 from wbcv.dashboards.page import LeanDash, PageMemo
 from wbcv.dashboards.table import apply_view, page
+from wbcv.validation import cell_metrics
 from wbcv.validation.figures import (
     bland_altman_plot,
     confusion_matrix_plot,
@@ -117,7 +117,7 @@ def _verdict_table(run: ComparisonRun, measurand: str) -> html.Div:
                 [
                     html.B(f"run {run.run_id}: overall {run.summary.verdict.upper()}"),
                     f" · protocol {run.summary.protocol} · model {run.summary.model} · "
-                    f"{run.summary.n_values} values compared, {run.summary.n_excluded} excluded",
+                    f"{run.summary.n_values} values compared, {run.summary.exclusions_text}",
                 ]
             ),
             html.Table([html.Thead(html.Tr([html.Th(h) for h in head])), html.Tbody(rows)], className="verdicts"),
@@ -143,7 +143,8 @@ def _verification_view(run: ComparisonRun, measurand: str, opts: list[str]) -> t
         extra = run.excluded_rows(measurand)
         if extra is None:
             fig.add_annotation(
-                text="excluded samples cannot be drawn: the protocol file or the inference run is not available",
+                text="excluded samples cannot be drawn: this run was compared before wbcv recorded their values; "
+                "compare it again to see them",
                 showarrow=False,
                 xref="paper",
                 yref="paper",
@@ -201,7 +202,7 @@ RUN_LIST_COLUMNS: Final[tuple[tuple[str, str], ...]] = (
     ("model", "model"),
     ("verdict", "verdict"),
     ("values", "n_values"),
-    ("excluded", "n_excluded"),
+    ("exclusions", "n_exclusions"),
 )
 
 
@@ -536,21 +537,17 @@ def create_app(runs_dir: Path, credentials: Credentials | None = None) -> Dash:
     def confusion(view: str, run_id: str | None) -> tuple[go.Figure, Any]:
         only_in(CELLS_TAB, view)
         run = get_run(run_id)
-        report = run.inference.cell_report if run.inference is not None else None
-        if report is None:
+        labelled = run.inference.labelled if run.inference is not None else None
+        if labelled is None or labelled.confusion is None:
             return _empty_figure("no expert labels in this run's batch"), ""
-        cm = report["confusion_matrix"]
+        cm = labelled.confusion
         summary = (
-            f"{sum(map(sum, cm['counts']))} labelled cells · accuracy {_pct(report.get('accuracy'))} · "
-            f"balanced accuracy {_pct(report.get('balanced_accuracy'))} · "
-            f"unclassified {_pct(report.get('unclassified_rate'))}"
-            + (
-                f" · {report['n_other_labels']} cells labelled outside the five classes"
-                if report["n_other_labels"]
-                else ""
-            )
+            f"{int(cm.sum())} labelled cells · accuracy {_pct(cell_metrics.accuracy(cm))} · "
+            f"balanced accuracy {_pct(cell_metrics.balanced_accuracy(cm))} · "
+            f"unclassified {_pct(cell_metrics.unclassified_rate(cm))}"
+            + (f" · {labelled.n_outside} cells labelled outside the five classes" if labelled.n_outside else "")
         )
-        return confusion_matrix_plot(np.array(cm["counts"])), html.P(summary)
+        return confusion_matrix_plot(cm), html.P(summary)
 
     @app.callback(
         Output("compare-a", "figure"),

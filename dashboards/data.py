@@ -5,14 +5,18 @@ cached by its id for the life of the process; the list of runs is re-read when t
 entries change, so runs finished while the dashboard is open appear on the next page load.
 
 A comparison run names its inference run (``inputs.inference_run``) by path and by the sha256 of
-its run.json. The dashboard follows that link only when the hash still matches: the inference
-run's record says which batch folder the cell images come from, so an altered record must not be
-able to widen what the image route serves (``wbcv.dashboards.cells``).
+its run.json (found as ``wbcv.validation.integrity.locate_source_run`` says). The dashboard
+follows that link only when the hash still matches: the inference run's record says which batch
+folder the cell images come from, so an altered record must not be able to widen what the image
+route serves (``wbcv.dashboards.cells``).
+
+Everything a comparison shows comes from its own folder: the excluded samples are drawn at the
+values excluded.parquet recorded for them at comparison, so a runs folder that was moved, or whose
+protocol and reference files are gone, shows the same.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import threading
 from dataclasses import dataclass
@@ -20,12 +24,11 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Final
 
-import numpy as np
 import polars as pl
 
-from wbcv.base.atomic import sha256_file
 from wbcv.base.errors import WbcvError
-from wbcv.base.runstore import INCOMPLETE_PREFIX, RUN_RECORD, read_run_record
+from wbcv.base.records import ComparisonRecord, InferenceRecord
+from wbcv.base.runstore import INCOMPLETE_PREFIX, RUN_RECORD, read_record_of, read_run_record
 from wbcv.base.tables import (
     COMPARISON_FILE,
     COUNTS_FILE,
@@ -35,12 +38,8 @@ from wbcv.base.tables import (
     STATISTICS_FILE,
     VERDICT_FILE,
 )
-from wbcv.base.taxonomy import CELL_CLASSES
-from wbcv.validation.compare import compare
-from wbcv.validation.measurands import ALL_REFERENCE_QUANTITIES
-from wbcv.validation.model_evaluation import class_report
-from wbcv.validation.protocol import Protocol, load_protocol
-from wbcv.validation.reference import ReferenceData
+from wbcv.validation.expert_labels import LabelledCells, labelled_cells
+from wbcv.validation.integrity import source_run_findings
 
 #: Columns of the sample table (and of its CSV export), in this order.
 TABLE_COLUMNS: Final[tuple[str, ...]] = (
@@ -73,24 +72,23 @@ class RunSummary:
     model: str
     verdict: str
     n_values: int
-    n_excluded: int
+    n_exclusions: int  # ComparisonSummary.n_exclusions: the count the command line and the report show
+    exclusions_text: str
 
 
-def _summary(path: Path, record: dict[str, Any]) -> RunSummary:
-    proto = record.get("protocol", {})
-    study = proto.get("study", {}) or {}
-    model = record.get("inputs", {}).get("inference_run", {}).get("model", {})
-    summary = record.get("summary", {})
+def _summary(path: Path, record: ComparisonRecord) -> RunSummary:
+    proto = record.protocol
     return RunSummary(
-        run_id=record["run_id"],
+        run_id=record.run_id,
         path=path,
-        created_utc=record.get("created_utc", ""),
-        study=study.get("id") or proto.get("title") or "",
-        protocol=f"{proto.get('id', '?')} v{proto.get('version', '?')}",
-        model=model.get("id", "?"),
-        verdict=record.get("verdict", "?"),
-        n_values=int(summary.get("n_values_compared", 0)),
-        n_excluded=int(summary.get("n_excluded", 0)),
+        created_utc=record.created_utc,
+        study=proto.study.get("id") or proto.title,
+        protocol=f"{proto.id} v{proto.version}",
+        model=record.inputs.inference_run.model.id,
+        verdict=record.verdict,
+        n_values=record.summary.n_values_compared,
+        n_exclusions=record.summary.n_exclusions,
+        exclusions_text=record.summary.exclusions_text,
     )
 
 
@@ -122,7 +120,7 @@ class RunCatalog:
                         record = read_run_record(self.runs_dir / name)
                     except WbcvError:
                         continue  # not ours, or unreadable: the list shows what can be reviewed
-                    if record.get("kind") == "comparison":
+                    if isinstance(record, ComparisonRecord):
                         found.append(_summary(self.runs_dir / name, record))
                 self._summaries = sorted(found, key=lambda s: (s.created_utc, s.run_id), reverse=True)
                 self._listing = names
@@ -153,11 +151,11 @@ class RunCatalog:
 class InferenceRun:
     """The per-cell side of a comparison: predictions, counts and the registered slide folders."""
 
-    def __init__(self, path: Path, record: dict[str, Any]) -> None:
+    def __init__(self, path: Path, record: InferenceRecord) -> None:
         self.path = path
         self.record = record
-        self.run_id: str = record["run_id"]
-        self.batch_root = Path(record.get("batch", {}).get("path", ""))
+        self.run_id = record.run_id
+        self.batch_root = record.batch.path
 
     @cached_property
     def predictions(self) -> pl.DataFrame:
@@ -188,28 +186,9 @@ class InferenceRun:
         )
 
     @cached_property
-    def cell_report(self) -> dict[str, Any] | None:
-        """Confusion matrix and cell-level metrics against the expert labels, when there are any.
-
-        Cells labelled outside the five classes (immature granulocytes, debris ...) have no row in
-        the matrix; they are counted in ``n_other_labels`` instead of being dropped silently.
-        """
-        p = self.predictions
-        if p.is_empty() or p["expert_label"].null_count() == p.height:
-            return None
-        labelled = p.filter(pl.col("expert_label").is_not_null())
-        known = labelled.filter(pl.col("expert_label").is_in(list(CELL_CLASSES)))
-        if known.is_empty():
-            return None
-        index = {c: i for i, c in enumerate(CELL_CLASSES)}
-        y_true = np.array([index[c] for c in known["expert_label"]], dtype=np.int64)
-        y_pred = np.array(
-            [-1 if u else index[c] for c, u in known.select("predicted_class", "unclassified").iter_rows()],
-            dtype=np.int64,
-        )
-        report = class_report(y_true, y_pred, known["confidence"].to_numpy())
-        report["n_other_labels"] = labelled.height - known.height
-        return report
+    def labelled(self) -> LabelledCells | None:
+        """The cells against their expert labels (the report's confusion matrix), when there are any."""
+        return None if self.predictions.is_empty() else labelled_cells(self.predictions)
 
 
 class ComparisonRun:
@@ -217,7 +196,7 @@ class ComparisonRun:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.record = read_run_record(path)
+        self.record = read_record_of(path, ComparisonRecord, "the dashboard shows comparison runs")
         self.summary = _summary(path, self.record)
         self.run_id = self.summary.run_id
         self.table = pl.read_parquet(path / COMPARISON_FILE)
@@ -226,84 +205,41 @@ class ComparisonRun:
         verdict = json.loads((path / VERDICT_FILE).read_text(encoding="utf-8"))
         self.verdicts: dict[str, dict[str, Any]] = {v["measurand"]: v for v in verdict["measurands"]}
         self.measurands: list[str] = list(self.verdicts)
-        self.required_coverage = float(self.record.get("protocol", {}).get("required_coverage", 0.95))
+        self.required_coverage = self.record.protocol.required_coverage
         self.notes: list[str] = []  # what the dashboard could not show, and why
 
     @cached_property
     def inference(self) -> InferenceRun | None:
-        link = self.record.get("inputs", {}).get("inference_run", {})
-        candidates = [Path(link.get("path", "")), self.path.parent / str(link.get("run_id", ""))]
-        for cand in candidates:
-            if not (cand / RUN_RECORD).is_file():
-                continue
-            if sha256_file(cand / RUN_RECORD) != link.get("record_sha256"):
-                self.notes.append(
-                    f"the inference run {cand} does not match the sha256 this comparison recorded; "
-                    "its cells are not shown"
-                )
-                return None
-            return InferenceRun(cand, read_run_record(cand))
-        self.notes.append(f"the inference run {link.get('run_id', '?')} was not found; cells are not shown")
-        return None
+        path, findings = source_run_findings(self.path, self.record, files=False)
+        assert path is not None  # a comparison record names its inference run
+        if findings:
+            what = (
+                "was not found, at its recorded path or beside this run"
+                if findings[0].kind == "missing"
+                else "does not match the sha256 this comparison recorded"
+            )
+            self.notes.append(f"the inference run {path} {what}; its cells are not shown")
+            return None
+        return InferenceRun(path, read_record_of(path, InferenceRecord, "expected the comparison's inference run"))
 
     def rows(self, measurand: str) -> pl.DataFrame:
         return self.table.filter(pl.col("measurand") == measurand)
 
     @cached_property
-    def _protocol(self) -> Protocol | None:
-        info = self.record.get("inputs", {}).get("protocol", {})
-        path = Path(info.get("path", ""))
-        if not path.is_file() or sha256_file(path) != info.get("sha256"):
-            return None
-        return load_protocol(path)
-
-    @cached_property
     def excluded_values(self) -> pl.DataFrame | None:
-        """Excluded samples with the values they would have had, for the plot's 'excluded' toggle.
-
-        The same comparison (``wbcv.validation.compare``) is run again on the stored reference and the
-        run's counts with the exclusion rules switched off (flags, marks, minimum cells and
-        reference); the rows kept are those the real comparison excluded, with its reason. Needs
-        the protocol file unchanged (its sha256 is in run.json); None when that is not possible.
-        """
-        proto, inf = self._protocol, self.inference
-        if proto is None or inf is None:
+        """The excluded values with what they would have been (excluded.parquet: reference, predicted,
+        error %, classified cells, reason), for the 'excluded' toggle of the plot and the table.
+        None for a run written before excluded.parquet held those values."""
+        if "error_pct" not in self.excluded.columns:
             return None
-        relaxed = dataclasses.replace(proto, exclude_flags="none", exclude_marks=(), min_cells=0, min_reference={})
-        table = pl.read_parquet(self.path / REFERENCE_FILE)
-        info = self.record["inputs"]["reference"]
-        ref = ReferenceData(
-            path=Path(info["path"]),
-            format=info.get("format", ""),
-            encoding=info.get("encoding", ""),
-            table=table,
-            excluded=pl.DataFrame(),
-            quantities=tuple(q for q in ALL_REFERENCE_QUANTITIES if q in table.columns),
-        )
-        everything = compare(inf.counts, ref, relaxed).table
-        reasons = self.excluded.filter(pl.col("sample_id").is_in(everything["sample_id"].unique().to_list()))
-        whole = reasons.filter(pl.col("measurand").is_null()).group_by("sample_id").agg(pl.col("reason").first())
-        one = (
-            reasons.filter(pl.col("measurand").is_not_null())
-            .group_by("sample_id", "measurand")
-            .agg(pl.col("reason").first())
-        )
-        out = pl.concat(
-            [
-                everything.join(whole, on="sample_id", how="inner"),
-                everything.join(one, on=["sample_id", "measurand"], how="inner"),
-            ],
-            how="vertical",
-        )
-        # a rerun's superseded row is a second measurement, not an excluded sample: it is not plotted
-        return out.filter(~pl.col("reason").str.starts_with("rerun:")).unique(["sample_id", "measurand"])
+        return self.excluded.filter(pl.col("measurand").is_not_null())
 
     def excluded_rows(self, measurand: str) -> pl.DataFrame | None:
         """``excluded_values`` of one measurand, the reason as ``excluded_reason``; None as there."""
-        extra = self.excluded_values
-        if extra is None:
+        values = self.excluded_values
+        if values is None:
             return None
-        return extra.filter(pl.col("measurand") == measurand).rename({"reason": "excluded_reason"})
+        return values.filter(pl.col("measurand") == measurand).rename({"reason": "excluded_reason"})
 
     @cached_property
     def _listed_samples(self) -> set[str]:
@@ -316,30 +252,21 @@ class ComparisonRun:
     def sample_table(self, measurand: str, include_excluded: bool) -> pl.DataFrame:
         """The rows the page shows for one measurand (and exports as CSV)."""
         rows = self.rows(measurand).with_columns(excluded_reason=pl.lit(None, dtype=pl.String))
-        if include_excluded:
-            extra = self.excluded_rows(measurand)
-            if extra is not None:
-                rows = pl.concat([rows, extra.select(rows.columns)], how="vertical")
-            listed = set(rows["sample_id"].to_list())
-            rest = self.excluded.filter(
-                (pl.col("measurand").is_null() | (pl.col("measurand") == measurand))
-                & ~pl.col("sample_id").is_in(list(listed))
-            )
+        if not include_excluded:
+            return rows.select(TABLE_COLUMNS)
+        parts = [rows]
+        values = self.excluded_rows(measurand)
+        if values is not None:
+            parts.append(values)
+        listed = set(pl.concat([p.select("sample_id") for p in parts])["sample_id"].to_list())
+        rest = self.excluded.filter(
+            (pl.col("measurand").is_null() | (pl.col("measurand") == measurand))
+            & ~pl.col("sample_id").is_in(list(listed))
             # technical rows (QC, background checks) are neither in the run nor among the parsed measurements
-            rest = rest.filter(pl.col("sample_id").is_in(list(self._listed_samples)))
-            if rest.height:
-                rows = pl.concat(
-                    [
-                        rows,
-                        rest.select(
-                            "sample_id",
-                            pl.lit(measurand).alias("measurand"),
-                            pl.col("reason").alias("excluded_reason"),
-                        ),
-                    ],
-                    how="diagonal_relaxed",
-                )
-        return rows.select(TABLE_COLUMNS)
+            & pl.col("sample_id").is_in(list(self._listed_samples))
+        )
+        parts.append(rest.select("sample_id", pl.lit(measurand).alias("measurand"), excluded_reason="reason"))
+        return pl.concat(parts, how="diagonal_relaxed").select(TABLE_COLUMNS)
 
     def coverage_point(self, measurand: str) -> dict[str, Any] | None:
         v = self.verdicts.get(measurand)

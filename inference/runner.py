@@ -40,7 +40,8 @@ import torch
 from tqdm import tqdm
 
 from wbcv.base.errors import WbcvError
-from wbcv.base.runstore import AlreadySealed, WorkingRun, read_run_record
+from wbcv.base.records import BatchRef, InferenceRecord, InferenceSummary, ModelRef
+from wbcv.base.runstore import AlreadySealed, WorkingRun, read_record_of
 from wbcv.base.software import software_info
 from wbcv.base.tables import (
     COUNT_COLUMNS,
@@ -98,7 +99,7 @@ class InferenceParams:
 @dataclass(frozen=True)
 class InferenceResult:
     run_dir: Path
-    record: dict[str, Any]
+    record: InferenceRecord
     resumed: bool
     slides_done_before: int
     already_finished: bool = False
@@ -383,7 +384,13 @@ def execute_run(
     try:
         work, resumed = WorkingRun.open(runs_dir, key, started)
     except AlreadySealed as sealed:
-        return InferenceResult(sealed.run_dir, read_run_record(sealed.run_dir), True, len(slides.samples), True)
+        return InferenceResult(
+            sealed.run_dir,
+            read_record_of(sealed.run_dir, InferenceRecord, "expected an inference run"),
+            True,
+            len(slides.samples),
+            True,
+        )
     t0 = time.perf_counter()
     with work.locked():
         started = work.started
@@ -403,47 +410,48 @@ def execute_run(
         inputs, inputs_hash = _inputs(slides, parts)
         finished = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
         work.log(f"{finished} finished: {predictions.height} cells classified, {skipped.height} skipped")
-        record = {
-            "kind": "inference",
-            "created_utc": started["created_utc"],
-            "finished_utc": finished,
-            "batch": {
-                "path": str(slides.root.resolve()),
-                "batch_id": slides.batch_id,
-                "manifest": slides.manifest_path.name,
-                "cell_labels": slides.cell_labels_path.name if slides.cell_labels_path else None,
-                "inputs_sha256": inputs_hash,
-                "n_samples": len(slides.samples),
-                "n_files": slides.n_files,
-                "unlisted_dirs": list(slides.unlisted_dirs),
-            },
-            "model": {
-                "id": model.model_id,
-                "name": model.name,
-                "sha256": model.sha256,
-                "path": str(model.path.resolve()),
-                "input_size": model.input.size,
-            },
-            "parameters": started["parameters"],
-            "engine": engine_record,
-            "software": software_info(),
-            "summary": {
-                "n_samples": len(slides.samples),
-                "n_cells": predictions.height,
-                "n_unclassified": int(predictions["unclassified"].sum()),
-                "n_skipped_cells": int((skipped["level"] == "cell").sum()),
-                "n_unlisted_folders": len(slides.unlisted_dirs),
-                "resumed": resumed,
-                "wall_seconds_last_session": round(time.perf_counter() - t0, 3),
-            },
-        }
+        record = InferenceRecord(
+            created_utc=started["created_utc"],
+            finished_utc=finished,
+            batch=BatchRef(
+                path=slides.root.resolve(),
+                batch_id=slides.batch_id,
+                manifest=slides.manifest_path.name,
+                cell_labels=slides.cell_labels_path.name if slides.cell_labels_path else None,
+                inputs_sha256=inputs_hash,
+                n_samples=len(slides.samples),
+                n_files=slides.n_files,
+                unlisted_dirs=tuple(slides.unlisted_dirs),
+            ),
+            model=ModelRef(
+                id=model.model_id,
+                name=model.name,
+                sha256=model.sha256,
+                path=model.path.resolve(),
+                input_size=model.input.size,
+            ),
+            parameters=started["parameters"],
+            engine=engine_record,
+            software=software_info(),
+            summary=InferenceSummary(
+                n_samples=len(slides.samples),
+                n_cells=predictions.height,
+                n_unclassified=int(predictions["unclassified"].sum()),
+                n_skipped_cells=int((skipped["level"] == "cell").sum()),
+                n_unlisted_folders=len(slides.unlisted_dirs),
+                resumed=resumed,
+                wall_seconds_last_session=round(time.perf_counter() - t0, 3),
+            ),
+        )
         run_dir = work.seal(
             runs_dir,
             started["run_id"],
             {PREDICTIONS_FILE: predictions, COUNTS_FILE: counts, SKIPPED_FILE: skipped, INPUTS_FILE: inputs},
             record,
         )
-    return InferenceResult(run_dir, read_run_record(run_dir), resumed, len(done))
+    return InferenceResult(
+        run_dir, read_record_of(run_dir, InferenceRecord, "expected an inference run"), resumed, len(done)
+    )
 
 
 def _process(

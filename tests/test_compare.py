@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -91,18 +92,81 @@ def test_relative_mode_errors_limits_and_exclusions(tmp_path):
         and t["C"]["limit_pct"] == pytest.approx(200)
     )
     assert t["Z"]["error_pct"] is None and t["Z"]["within_limit"] is True
-    reasons = {(r["sample_id"], r["measurand"]): r["reason"] for r in result.excluded.iter_rows(named=True)}
-    assert "50 classified cells, below the protocol's min_cells 80" in reasons[("D", None)]
-    assert "reference flag(s) IP SUS(WBC)Blasts?" in reasons[("E", None)]
-    assert reasons[("F", None)] == "in the run but not in the reference file"
-    assert "not in the run" in reasons[("H", None)]
-    assert "marked * (low reliability)" in reasons[("G", "NEUT#")]
+    excluded = {(r["sample_id"], r["measurand"]): r for r in result.excluded.iter_rows(named=True)}
+    assert len(excluded) == result.excluded.height == 5  # one row per exclusion
+    # samples in both run and reference, excluded as a whole: a row per measurand, with the values
+    # they would have had
+    d, e = excluded[("D", "NEUT#")], excluded[("E", "NEUT#")]
+    assert "50 classified cells, below the protocol's min_cells 80" in d["reason"]
+    assert (d["reference"], d["predicted"], d["n_classified"]) == (3.0, pytest.approx(0.6 * 5.0), 50)
+    assert d["error_pct"] == pytest.approx(0.0)
+    assert "reference flag(s) IP SUS(WBC)Blasts?" in e["reason"]
+    assert (e["reference"], e["predicted"], e["error_pct"]) == (3.0, pytest.approx(3.0), pytest.approx(0.0))
+    # one excluded value: marked, but its value is known
+    g = excluded[("G", "NEUT#")]
+    assert "marked * (low reliability)" in g["reason"] and g["reference"] == 3.0 and g["predicted"] == pytest.approx(3)
+    # samples on one side only: no value to compare, the measurand blank
+    assert excluded[("F", None)]["reason"] == "in the run but not in the reference file"
+    assert "not in the run" in excluded[("H", None)]["reason"] and excluded[("H", None)]["predicted"] is None
     # counting-only floor: A has n=100 at p=0.6 and a 10 % limit: P(|k/100 - 0.6| <= 0.06)
     assert 0.7 < t["A"]["counting_coverage"] < 0.85
     # and the band counting alone fills: n = 100, p = 0.6 gives k from 50 to 69 (binomial 2.5 and
     # 97.5 % quantiles), i.e. -16.7 % .. +15.0 %
     assert t["A"]["counting_error_low_pct"] == pytest.approx(-100 / 6, abs=1e-9)
     assert t["A"]["counting_error_high_pct"] == pytest.approx(15.0, abs=1e-9)
+
+
+def test_excluded_values_are_those_a_comparison_without_the_exclusion_rules_computes(tmp_path):
+    """excluded.parquet's would-be values (what the dashboard draws for excluded samples) agree with
+    comparing again with flags, marks, min_cells and min_reference switched off."""
+    counts = counts_frame(
+        [
+            {"sample_id": "A", "neutrophil": 55, "lymphocyte": 45},  # compared
+            {"sample_id": "D", "neutrophil": 30, "lymphocyte": 20},  # too few cells
+            {"sample_id": "E", "neutrophil": 70, "lymphocyte": 30},  # flagged
+            {"sample_id": "G", "neutrophil": 66, "lymphocyte": 34},  # NEUT# marked
+            {"sample_id": "L", "neutrophil": 2, "lymphocyte": 98},  # NEUT# below min_reference
+        ]
+    )
+    ref = read_reference(
+        reference(
+            tmp_path,
+            [
+                "A,2026/01/01,08:00,5.00,3.00,,60.0,2.0,0.01,",
+                "D,2026/01/01,08:00,5.00,3.00,,60.0,2.0,0.01,",
+                "E,2026/01/01,08:00,4.00,2.60,,65.0,1.4,0.01,1",
+                "G,2026/01/01,08:00,6.00,3.60,*,60.0,2.4,0.01,",
+                "L,2026/01/01,08:00,5.00,0.05,,1.0,4.9,0.01,",
+            ],
+        )
+    )
+    proto = load_protocol(
+        protocol(
+            tmp_path,
+            "measurands: {NEUT#: {allowable_error_pct: 10}, NEUT%: {allowable_error_pct: 10}}\n"
+            "exclusions: {min_cells: 80, min_reference: {NEUT#: 0.1}}\n",
+        )
+    )
+    result = compare(counts, ref, proto)
+    relaxed = dataclasses.replace(proto, exclude_flags="none", exclude_marks=(), min_cells=0, min_reference={})
+    everything = {
+        (r["sample_id"], r["measurand"]): r for r in compare(counts, ref, relaxed).table.iter_rows(named=True)
+    }
+    excluded = result.excluded.filter(pl.col("measurand").is_not_null())
+    # D and E whole (both measurands), G's NEUT#, L's NEUT#
+    assert sorted(zip(excluded["sample_id"], excluded["measurand"], strict=True)) == [
+        ("D", "NEUT#"),
+        ("D", "NEUT%"),
+        ("E", "NEUT#"),
+        ("E", "NEUT%"),
+        ("G", "NEUT#"),
+        ("L", "NEUT#"),
+    ]
+    for row in excluded.iter_rows(named=True):
+        full = everything[(row["sample_id"], row["measurand"])]
+        for column in ("reference", "predicted", "error_pct", "n_classified"):
+            assert row[column] == pytest.approx(full[column]), (row["sample_id"], row["measurand"], column)
+    assert result.table.height == 4  # A's two values, G's and L's NEUT%
 
 
 def test_zero_reference_without_absolute_limit_is_excluded_with_the_reason(tmp_path):

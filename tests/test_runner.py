@@ -119,8 +119,8 @@ def test_bad_cells_are_skipped_counted_and_recorded_with_reasons(batch, model, t
     pred = pl.read_parquet(run / PREDICTIONS_FILE)
     gray = pred.filter(pl.col("cell_path") == "S00001/zz_gray.png").row(0, named=True)
     assert gray["source_mode"] == "L"
-    s = result.record["summary"]
-    assert (s["n_skipped_cells"], s["n_unlisted_folders"], s["n_cells"]) == (3, 1, 79)
+    s = result.record.summary
+    assert (s.n_skipped_cells, s.n_unlisted_folders, s.n_cells) == (3, 1, 79)
 
 
 def test_same_inputs_give_identical_tables(batch, model, tmp_path):
@@ -191,7 +191,7 @@ def test_crash_while_sealing_is_finished_by_the_next_attempt(batch, model, tmp_p
 
 def test_crash_after_the_commit_does_not_make_a_second_run(batch, model, tmp_path, monkeypatch):
     runs = tmp_path / "runs"
-    real_remove = runstore._remove_tree
+    real_remove = runstore.remove_tree
     calls = []
 
     def fail_on_cleanup(path):
@@ -200,7 +200,7 @@ def test_crash_after_the_commit_does_not_make_a_second_run(batch, model, tmp_pat
             raise OSError(5, "simulated crash after the commit")
         real_remove(path)
 
-    monkeypatch.setattr(runstore, "_remove_tree", fail_on_cleanup)
+    monkeypatch.setattr(runstore, "remove_tree", fail_on_cleanup)
     with pytest.raises(OSError):
         _run(batch, model, runs)
     result = _run(batch, model, runs)

@@ -18,7 +18,15 @@ The sampling floor of a sample (relative mode, class measurands): the probabilit
 n_classified cells alone keeps the error within the effective limit when the true fraction is the
 reference's, and the central 95 % band of the error counting alone causes (``wbcv.validation.sampling``).
 
-Nothing is dropped silently: every sample or value left out is in the excluded table with a reason.
+Nothing is dropped silently: every sample or value left out is in the excluded table with a reason,
+one row per exclusion. A sample that is both in the run and in the reference but excluded as a
+whole (no classified cells, too few, a reference flag) has one row per measurand, with the
+sample's reason; a value excluded on its own (a mark, no result, below min_reference, ...) has
+its row. Each of these rows carries what the value would have been (reference, predicted, error %,
+classified cells) where that can be computed, so a reviewer can see the excluded samples where
+they would have been without comparing again. Reference rows and samples with no counterpart
+(reruns not used, samples only in the run or only in the reference) have one row with the
+measurand left blank.
 """
 
 from __future__ import annotations
@@ -57,9 +65,15 @@ COMPARISON_SCHEMA: Final[dict[str, pl.DataType]] = {
 }
 EXCLUDED_SCHEMA: Final[dict[str, pl.DataType]] = {
     "sample_id": pl.String(),
-    "measurand": pl.String(),  # null: the whole sample
+    # null: a reference row or sample with no value to compare (see the module docstring)
+    "measurand": pl.String(),
     "source_row": pl.Int64(),
     "reason": pl.String(),
+    # what the value would have been, where it can be computed (null otherwise)
+    "reference": pl.Float64(),
+    "predicted": pl.Float64(),
+    "error_pct": pl.Float64(),
+    "n_classified": pl.Int64(),
 }
 
 
@@ -165,28 +179,35 @@ def compare(counts: pl.DataFrame, ref: ReferenceData, protocol: Protocol) -> Com
         r = ref_by_id.get(sid)
         if r is None:
             continue
-
-        def drop(measurand: str | None, reason: str, r: dict[str, Any] = r, sid: str = sid) -> None:
-            excluded.append({"sample_id": sid, "measurand": measurand, "source_row": r["source_row"], "reason": reason})
-
-        if c["n_classified"] == 0:
-            drop(None, f"no classified cells on the slide ({c['n_cells']} decoded, all unclassified or skipped)")
-            continue
-        if c["n_classified"] < protocol.min_cells:
-            drop(None, f"{c['n_classified']} classified cells, below the protocol's min_cells {protocol.min_cells}")
-            continue
-        reason = _flag_reason(r["flags"], protocol)
-        if reason:
-            drop(None, reason)
-            continue
+        sample_reason = _sample_reason(c, r, protocol)
         wbc_pred = _volumetric_wbc(c) if protocol.count_mode == "volumetric" else None
         for name, rule in protocol.measurands.items():
-            row = _one_value(name, rule, c, r, protocol, wbc_pred, drop)
-            if row is not None:
+            row, reason = _one_value(name, rule, c, r, protocol, wbc_pred)
+            if sample_reason or reason:
+                would_be = {k: row[k] for k in ("reference", "predicted", "error_pct", "n_classified")}
+                excluded.append(
+                    {
+                        "sample_id": sid,
+                        "measurand": name,
+                        "source_row": r["source_row"],
+                        "reason": sample_reason or reason,
+                    }
+                    | would_be
+                )
+            else:
                 rows.append({"sample_id": sid, "measurand": name, **row})
     table = pl.DataFrame(rows, schema=COMPARISON_SCHEMA) if rows else pl.DataFrame(schema=COMPARISON_SCHEMA)
     ex = pl.DataFrame(excluded, schema=EXCLUDED_SCHEMA) if excluded else pl.DataFrame(schema=EXCLUDED_SCHEMA)
     return Comparison(table, ex, len(run_by_id), ref.table["sample_id"].n_unique())
+
+
+def _sample_reason(c: dict[str, Any], r: dict[str, Any], protocol: Protocol) -> str | None:
+    """Why a sample in both the run and the reference is excluded as a whole; None when it is not."""
+    if c["n_classified"] == 0:
+        return f"no classified cells on the slide ({c['n_cells']} decoded, all unclassified or skipped)"
+    if c["n_classified"] < protocol.min_cells:
+        return f"{c['n_classified']} classified cells, below the protocol's min_cells {protocol.min_cells}"
+    return _flag_reason(r["flags"], protocol)
 
 
 def _volumetric_wbc(c: dict[str, Any]) -> float | None:
@@ -198,22 +219,44 @@ def _volumetric_wbc(c: dict[str, Any]) -> float | None:
 
 
 def _reference_value(name: str, r: dict[str, Any], protocol: Protocol) -> tuple[float | None, str | None, str]:
-    """(value, reason it cannot be used, marks) of one reference quantity, IG mapping applied."""
+    """(value, reason it cannot be used, marks) of one reference quantity, IG mapping applied.
+
+    The value is None only when there is no result; a marked value is returned with its reason.
+    """
     status, marks = r[f"{name} status"], r[f"{name} marks"] or ""
     if status != "ok":
         return None, f"reference {name}: {status}", marks
     bad = [m for m in marks if m in protocol.exclude_marks]
-    if bad:
-        return None, f"reference {name} marked {''.join(bad)} ({', '.join(MARKS[m] for m in bad)})", marks
+    reason = f"reference {name} marked {''.join(bad)} ({', '.join(MARKS[m] for m in bad)})" if bad else None
     value = r[name]
     m = MEASURANDS.get(name)
     if m is not None and m.cell_class == "neutrophil" and protocol.immature_granulocytes == "with_neutrophils":
         ig = "IG#" if m.kind == "count" else "IG%"
-        ig_value, ig_reason, ig_marks = _reference_value(ig, r, protocol)
-        if ig_value is None:
-            return None, f"{ig_reason} (IG counted with neutrophils)", marks + ig_marks
-        value += ig_value
-    return value, None, marks
+        ig_value, ig_reason, _ = _reference_value(ig, r, protocol)
+        if ig_reason and not reason:
+            reason = f"{ig_reason} (IG counted with neutrophils)"
+        value = None if ig_value is None else value + ig_value
+    return value, reason, marks
+
+
+def _predicted(
+    name: str, c: dict[str, Any], r: dict[str, Any], protocol: Protocol, wbc_pred: float | None
+) -> tuple[float | None, float | None, str | None]:
+    """(predicted value, the reference's WBC in relative count mode, why the value cannot be used)."""
+    m = MEASURANDS[name]
+    fraction = c[f"fraction_{m.cell_class}"] if m.cell_class else None
+    if m.cell_class is not None and fraction is None:
+        return None, None, None  # no classified cells: the sample's own reason says so
+    if m.kind == "percent":
+        return 100.0 * fraction, None, None
+    if m.cell_class is not None and protocol.count_mode == "relative":
+        wbc_ref, wbc_reason, _ = _reference_value("WBC", r, protocol)
+        why = f"{wbc_reason}; needed to turn the fraction into a count" if wbc_reason else None
+        return (None if wbc_ref is None else fraction * wbc_ref), wbc_ref, why
+    if wbc_pred is None:
+        what = "the volumetric WBC count" if m.cell_class is None else "the volumetric count"
+        return None, None, f"no imaged_volume_ul or calibration_factor in the manifest for {what}"
+    return (wbc_pred if m.cell_class is None else fraction * wbc_pred), None, None
 
 
 def _one_value(
@@ -223,54 +266,36 @@ def _one_value(
     r: dict[str, Any],
     protocol: Protocol,
     wbc_pred: float | None,
-    drop: Any,
-) -> dict[str, Any] | None:
+) -> tuple[dict[str, Any], str | None]:
+    """The comparison row of one measurand of a sample, and why the value is excluded (None: it
+    is compared). An excluded value's row holds what could be computed: reference, predicted,
+    error % and the classified cells, None where they cannot be."""
     m = MEASURANDS[name]
     ref_value, reason, marks = _reference_value(name, r, protocol)
-    if reason:
-        drop(name, reason)
-        return None
-    assert ref_value is not None
-    if ref_value < protocol.min_reference.get(name, 0.0):
-        drop(
-            name, f"reference {name} {ref_value:g} below the protocol's min_reference {protocol.min_reference[name]:g}"
-        )
-        return None
-    fraction = c[f"fraction_{m.cell_class}"] if m.cell_class else None
-    ref_fraction: float | None = None
-    if m.kind == "percent":
-        predicted = 100.0 * fraction
-        ref_fraction = ref_value / 100.0
-    elif m.cell_class is None:  # WBC total, volumetric only
-        if wbc_pred is None:
-            drop(name, "no imaged_volume_ul or calibration_factor in the manifest for the volumetric WBC count")
-            return None
-        predicted = wbc_pred
-    elif protocol.count_mode == "relative":
-        wbc_ref, wbc_reason, _ = _reference_value("WBC", r, protocol)
-        if wbc_ref is None:
-            drop(name, f"{wbc_reason}; needed to turn the fraction into a count")
-            return None
-        predicted = fraction * wbc_ref
-        ref_fraction = ref_value / wbc_ref if wbc_ref > 0 else None
-    else:
-        if wbc_pred is None:
-            drop(name, "no imaged_volume_ul or calibration_factor in the manifest for the volumetric count")
-            return None
-        predicted = fraction * wbc_pred
+    if reason is None and ref_value is not None and ref_value < protocol.min_reference.get(name, 0.0):
+        reason = f"reference {name} {ref_value:g} below the protocol's min_reference {protocol.min_reference[name]:g}"
+    predicted, wbc_ref, why = _predicted(name, c, r, protocol, wbc_pred)
+    reason = reason or why
+    if ref_value == 0 and rule.absolute_limit is None:
+        reason = reason or "reference is 0: the relative error is undefined and the protocol gives no absolute_limit"
+    usable = predicted is not None and ref_value is not None
+    error_pct = 100.0 * (predicted - ref_value) / ref_value if usable and ref_value != 0 else None
+    if reason is not None or not usable:
+        would_be = {"reference": ref_value, "predicted": predicted, "error_pct": error_pct}
+        return would_be | {"n_classified": c["n_classified"]}, reason
+    assert predicted is not None and ref_value is not None
     difference = predicted - ref_value
     if ref_value == 0:
-        if rule.absolute_limit is None:
-            drop(name, "reference is 0: the relative error is undefined and the protocol gives no absolute_limit")
-            return None
-        error_pct, limit_pct, criterion = None, None, "absolute"
+        limit_pct, criterion = None, "absolute"
         within = abs(difference) <= rule.absolute_limit
     else:
-        error_pct = 100.0 * difference / ref_value
         abs_as_pct = 100.0 * rule.absolute_limit / ref_value if rule.absolute_limit is not None else 0.0
         limit_pct = max(rule.allowable_error_pct, abs_as_pct)
         criterion = "absolute" if abs_as_pct > rule.allowable_error_pct else "relative"
         within = abs(error_pct) <= limit_pct + 1e-12
+    ref_fraction = ref_value / 100.0 if m.kind == "percent" else None
+    if m.kind == "count" and wbc_ref is not None:
+        ref_fraction = ref_value / wbc_ref if wbc_ref > 0 else None
     floor = band_low = band_high = None
     if ref_fraction is not None and protocol.count_mode == "relative" and 0 < ref_fraction <= 1:
         band_low, band_high = sampling.counting_error_interval(int(c["n_classified"]), ref_fraction)
@@ -294,4 +319,4 @@ def _one_value(
         "flags": ", ".join(r["flags"]) or None,
         "marks": marks or None,
         "source_row": r["source_row"],
-    }
+    }, None

@@ -7,7 +7,12 @@ Three manifests, each hashing what it covers with sha256:
 * ``RUN/report/manifest.json`` lists report.html and report.pdf and records run.json's sha256 at
   the time the report was written; `wbcv report` prints the manifest's own sha256.
 * a comparison run's run.json records the sha256 of the inference run's run.json (the inputs
-  manifest: every image's hash, the predictions, the counts), which is verified the same way.
+  manifest: every image's hash, the predictions, the counts), which is verified the same way;
+  the inference run is looked for at its recorded path, then beside the comparison
+  (``locate_source_run``: a runs folder moved whole).
+
+Manifests are written and compared by ``wbcv.base.runstore`` (``write_manifest``,
+``manifest_differences``), for the run and for its report alike.
 
 ``verify_record`` names every file that was changed, added or removed anywhere in that chain.
 """
@@ -17,10 +22,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 from wbcv.base.atomic import sha256_file
-from wbcv.base.runstore import RUN_RECORD, verify_run
+from wbcv.base.records import ComparisonRecord, RunRecord
+from wbcv.base.runstore import RUN_RECORD, manifest_differences, verify_run
 
 # The report's layout inside a run; defined here (light imports) so `wbcv verify` starts fast.
 REPORT_DIR: Final[str] = "report"
@@ -72,31 +78,37 @@ def _verify_report(run_dir: Path, record_sha256: str) -> tuple[str | None, list[
     findings: list[Finding] = []
     if recorded_run != record_sha256:
         findings.append(Finding("changed", RUN_RECORD, f"the report was written for run.json sha256 {recorded_run}"))
-    present = {p.relative_to(report).as_posix() for p in report.rglob("*") if p.is_file()} - {REPORT_MANIFEST}
-    for name in sorted(set(expected) | present):
-        rel = f"{REPORT_DIR}/{name}"
-        if name not in present:
-            findings.append(Finding("missing", rel))
-        elif name not in expected:
-            findings.append(Finding("added", rel))
-        elif sha256_file(report / name) != expected[name]:
-            findings.append(Finding("changed", rel))
+    changed, added, missing = manifest_differences(report, expected, REPORT_MANIFEST)
+    for kind, names in (("changed", changed), ("added", added), ("missing", missing)):
+        findings += [Finding(kind, f"{REPORT_DIR}/{name}") for name in names]
     if set(REPORT_FILES) - set(expected):
         findings.append(Finding("unreadable", f"{REPORT_DIR}/{REPORT_MANIFEST}", "does not list both report files"))
     return manifest_sha, findings
 
 
-def source_run_findings(record: dict[str, Any]) -> tuple[Path | None, list[Finding]]:
+def locate_source_run(run_dir: Path, record: ComparisonRecord) -> Path:
+    """Where the inference run of a comparison is: at the path recorded, or else beside the
+    comparison under its run id (a runs folder moved or copied whole). Whoever uses it checks
+    its run.json against the sha256 the comparison recorded (``source_run_findings`` does)."""
+    link = record.inputs.inference_run
+    for candidate in (link.path, Path(run_dir).parent / link.run_id):
+        if (candidate / RUN_RECORD).is_file():
+            return candidate
+    return link.path
+
+
+def source_run_findings(run_dir: Path, record: RunRecord, *, files: bool = True) -> tuple[Path | None, list[Finding]]:
     """The inference run a comparison record was made from (None for other runs) and what no longer
-    matches: its run.json against the sha256 recorded at comparison, then its files."""
-    source = record.get("inputs", {}).get("inference_run") if record.get("kind") == "comparison" else None
-    if not source:
+    matches: its run.json against the sha256 recorded at comparison, then (``files``) its files."""
+    if not isinstance(record, ComparisonRecord):
         return None, []
-    path = Path(source["path"])
+    path = locate_source_run(run_dir, record)
     if not (path / RUN_RECORD).is_file():
         return path, [Finding("missing", str(path / RUN_RECORD), "the inference run this comparison used")]
-    if sha256_file(path / RUN_RECORD) != source["record_sha256"]:
+    if sha256_file(path / RUN_RECORD) != record.inputs.inference_run.record_sha256:
         return path, [Finding("changed", str(path / RUN_RECORD), "differs from the sha256 recorded at comparison")]
+    if not files:
+        return path, []
     inner = verify_run(path)
     kinds = (("changed", inner.changed), ("added", inner.added), ("missing", inner.missing))
     return path, [Finding(kind, str(path / name)) for kind, names in kinds for name in names]
@@ -112,7 +124,6 @@ def verify_record(run_dir: Path) -> RecordVerification:
     findings += [Finding("added", name) for name in v.added if not name.startswith(f"{REPORT_DIR}/")]
     manifest_sha, report_findings = _verify_report(run_dir, v.record_sha256)
     findings += report_findings
-    record = json.loads((run_dir / RUN_RECORD).read_text(encoding="utf-8"))
-    linked, linked_findings = source_run_findings(record)
+    linked, linked_findings = source_run_findings(run_dir, v.record)
     findings += linked_findings
     return RecordVerification(run_dir, v.record_sha256, manifest_sha, (linked,) if linked else (), tuple(findings))

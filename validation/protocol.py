@@ -28,13 +28,14 @@ Only safe YAML loading is used. Every problem names the file and the key path.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 import yaml
 
 from wbcv.base.errors import WbcvError, suggest
+from wbcv.base.records import MeasurandRule, ProtocolRecord
 from wbcv.validation.measurands import MEASURANDS
 from wbcv.validation.reference import MARKS
 
@@ -57,31 +58,16 @@ EXCLUSION_KEYS: Final[tuple[str, ...]] = ("flags", "marks", "min_cells", "min_re
 CLASS_MAPPING_KEYS: Final[tuple[str, ...]] = ("immature_granulocytes",)
 
 
-@dataclass(frozen=True)
-class MeasurandRule:
-    allowable_error_pct: float
-    absolute_limit: float | None = None
+@dataclass(frozen=True, kw_only=True)
+class Protocol(ProtocolRecord):
+    """A loaded protocol: the fields a comparison run records (``ProtocolRecord``, one definition
+    for both) and the file it came from."""
 
-
-@dataclass(frozen=True)
-class Protocol:
     path: Path
-    id: str
-    version: str
-    title: str
-    study: dict[str, str]
-    count_mode: Literal["relative", "volumetric"]
-    measurands: dict[str, MeasurandRule]
-    required_coverage: float = 0.95
-    basis: Literal["point_estimate", "lower_bound"] = "point_estimate"
-    confidence: float = 0.95
-    exclude_flags: Literal["any", "none"] | tuple[str, ...] = "any"
-    exclude_marks: tuple[str, ...] = ("*", "@")
-    min_cells: int = 0
-    min_reference: dict[str, float] = field(default_factory=dict)
-    immature_granulocytes: Literal["separate", "with_neutrophils"] = "separate"
-    rerun_rule: Literal["last", "first", "reject"] = "last"
-    decision_levels: dict[str, tuple[float, ...]] = field(default_factory=dict)
+
+    def as_record(self) -> ProtocolRecord:
+        """The protocol as a comparison run records it: every field but the path."""
+        return ProtocolRecord(**{f.name: getattr(self, f.name) for f in fields(ProtocolRecord)})
 
 
 class _Checker:

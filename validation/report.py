@@ -24,14 +24,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-import numpy as np
 import plotly.graph_objects as go
 import plotly.io as pio
 import polars as pl
@@ -39,9 +37,10 @@ from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescap
 from markupsafe import Markup
 from plotly.offline import get_plotlyjs
 
-from wbcv.base.atomic import atomic_write_bytes, atomic_write_json, fsync_dir, sha256_file
+from wbcv.base.atomic import atomic_write_bytes, sha256_file
 from wbcv.base.errors import WbcvError
-from wbcv.base.runstore import read_run_record, verify_run
+from wbcv.base.records import ComparisonRecord, InferenceRecord, ProtocolRecord, to_json
+from wbcv.base.runstore import RUN_RECORD, read_record_of, remove_tree, seal_directory, verify_run, write_manifest
 from wbcv.base.software import software_info
 from wbcv.base.tables import (
     COMPARISON_FILE,
@@ -54,6 +53,7 @@ from wbcv.base.tables import (
 )
 from wbcv.base.taxonomy import CELL_CLASSES
 from wbcv.validation import cell_metrics
+from wbcv.validation.expert_labels import LabelledCells, labelled_cells
 from wbcv.validation.figures import bland_altman_plot, confusion_matrix_plot, regression_plot, verification_plot
 from wbcv.validation.integrity import (
     REPORT_DIR,
@@ -88,20 +88,20 @@ class Signatory:
 class CellEvidence:
     """What the inference run behind the comparison says about single cells."""
 
-    record: dict[str, Any]
+    record: InferenceRecord
     n_cells: int
     n_unclassified: int
     abstain_reasons: dict[str, int]
     unclassified_by_sample: pl.DataFrame  # sample_id, n_cells, n_unclassified, unclassified_pct
     skipped: pl.DataFrame
-    confusion: np.ndarray | None  # None when no cell has an expert label
-    labels_outside_classes: dict[str, int]
+    labelled: LabelledCells | None  # None when no cell has an expert label
 
 
 @dataclass(frozen=True)
 class ReportData:
     run_dir: Path
-    record: dict[str, Any]
+    record: ComparisonRecord
+    protocol: ProtocolRecord  # record.protocol: a report needs the whole protocol
     record_sha256: str
     verdicts: list[dict[str, Any]]
     statistics: dict[str, Any]
@@ -133,33 +133,21 @@ def _read_json(path: Path) -> Any:
         raise WbcvError(f"{path}: unreadable: {e}") from None
 
 
-def _cell_evidence(record: dict[str, Any]) -> tuple[CellEvidence | None, str | None]:
+def _cell_evidence(run_dir: Path, record: ComparisonRecord) -> tuple[CellEvidence | None, str | None]:
     """Read the inference run the comparison was made from, if it is still there and unchanged."""
-    path, findings = source_run_findings(record)
-    if path is None:
-        return None, "this comparison names no inference run; cell-level results are not shown"
+    path, findings = source_run_findings(run_dir, record)
     if findings:
         what = "; ".join(map(str, findings))
         return (
             None,
             f"the inference run at {path} is not as it was at comparison ({what}); cell-level results are not shown",
         )
-    inference = read_run_record(path)
+    assert path is not None  # a comparison record names its inference run
+    inference = read_record_of(path, InferenceRecord, "expected the inference run of the comparison")
     columns = ["sample_id", "expert_label", "predicted_class", "unclassified", "abstain_reason"]
     predictions = pl.read_parquet(path / PREDICTIONS_FILE, columns=columns)
     counts = pl.read_parquet(path / COUNTS_FILE, columns=["sample_id", "n_cells", "n_unclassified"])
     reasons = predictions.filter(pl.col("unclassified")).group_by("abstain_reason").len().sort("abstain_reason")
-    labelled = predictions.filter(pl.col("expert_label").is_not_null())
-    known = labelled.filter(pl.col("expert_label").is_in(CELL_CLASSES))
-    outside = labelled.filter(~pl.col("expert_label").is_in(CELL_CLASSES)).group_by("expert_label").len()
-    confusion = None
-    if known.height:
-        index = {c: i for i, c in enumerate(CELL_CLASSES)}
-        y_true = np.array([index[c] for c in known["expert_label"]], dtype=np.int64)
-        y_pred = np.array(
-            [index.get(str(c), cell_metrics.UNCLASSIFIED) for c in known["predicted_class"]], dtype=np.int64
-        )
-        confusion = cell_metrics.confusion_matrix(y_true, y_pred, len(CELL_CLASSES))
     by_sample = (
         counts.filter(pl.col("n_unclassified") > 0)
         .with_columns(unclassified_pct=100 * pl.col("n_unclassified") / pl.col("n_cells"))
@@ -173,8 +161,7 @@ def _cell_evidence(record: dict[str, Any]) -> tuple[CellEvidence | None, str | N
             abstain_reasons={str(r): int(n) for r, n in reasons.iter_rows()},
             unclassified_by_sample=by_sample,
             skipped=pl.read_parquet(path / SKIPPED_FILE),
-            confusion=confusion,
-            labels_outside_classes={str(k): int(v) for k, v in outside.sort("expert_label").iter_rows()},
+            labelled=labelled_cells(predictions),
         ),
         None,
     )
@@ -183,11 +170,14 @@ def _cell_evidence(record: dict[str, Any]) -> tuple[CellEvidence | None, str | N
 def load_report_data(run_dir: Path) -> ReportData:
     """Everything the report shows, from a sealed, intact comparison run."""
     run_dir = Path(run_dir)
-    record = read_run_record(run_dir)
-    if record.get("kind") != "comparison":
+    record = read_record_of(
+        run_dir, ComparisonRecord, "a report is made from a comparison run (`wbcv compare` or `wbcv run`)"
+    )
+    if not isinstance(record.protocol, ProtocolRecord):
         raise WbcvError(
-            f"{run_dir}: a report is made from a comparison run (`wbcv compare` or `wbcv run`), "
-            f"this is a {record.get('kind')!r} run"
+            f"{run_dir / RUN_RECORD}: field 'protocol.measurands' missing: this comparison was made by a wbcv that "
+            "recorded only the protocol's identification, and the report states every rule. Compare again "
+            "(`wbcv compare`) to report it."
         )
     check = verify_run(run_dir)
     # A report, or one a killed `wbcv report` left half-written, is not part of the data.
@@ -198,10 +188,11 @@ def load_report_data(run_dir: Path) -> ReportData:
             f"{run_dir}: the run record was altered ({', '.join(altered)}); a report would certify data that "
             "is not what was computed. Run `wbcv verify` for details."
         )
-    cells, problem = _cell_evidence(record)
+    cells, problem = _cell_evidence(run_dir, record)
     return ReportData(
         run_dir=run_dir,
         record=record,
+        protocol=record.protocol,
         record_sha256=check.record_sha256,
         verdicts=_read_json(run_dir / VERDICT_FILE)["measurands"],
         statistics=_read_json(run_dir / STATISTICS_FILE),
@@ -370,17 +361,17 @@ def _measurand_sections(data: ReportData, required_coverage: float, confidence: 
     return sections
 
 
-def _methods(protocol: dict[str, Any], statistics: dict[str, Any]) -> list[tuple[str, str]]:
+def _methods(protocol: ProtocolRecord, statistics: dict[str, Any]) -> list[tuple[str, str]]:
     """Every convention the numbers depend on, as (topic, statement) pairs."""
-    conf = f"{100 * protocol['confidence']:g} %"
-    req = f"{100 * protocol['required_coverage']:g} %"
+    conf = f"{100 * protocol.confidence:g} %"
+    req = f"{100 * protocol.required_coverage:g} %"
     any_stats = next(iter(statistics.values()), {})
     ce = any_stats.get("coverage_error", {}) if isinstance(any_stats, dict) else {}
     n_boot = ce.get("n_boot", 2000) if isinstance(ce, dict) else 2000
     seed = ce.get("seed", 0) if isinstance(ce, dict) else 0
-    mode = protocol["count_mode"]
-    excl = protocol.get("exclude_flags")
-    flags = {"any": "any IP or Q-flag", "none": "no flag"}.get(excl, ", ".join(excl) if isinstance(excl, list) else "")
+    mode = protocol.count_mode
+    excl = protocol.exclude_flags
+    flags = {"any": "any IP or Q-flag", "none": "no flag"}[excl] if isinstance(excl, str) else ", ".join(excl)
     out = [
         (
             "Error",
@@ -403,7 +394,7 @@ def _methods(protocol: dict[str, Any], statistics: dict[str, Any]) -> list[tuple
             "Acceptance",
             f"coverage = samples within limits / samples compared, with its exact two-sided {conf} "
             "Clopper–Pearson interval (Clopper & Pearson 1934). A measurand passes when the "
-            + ("observed coverage" if protocol["basis"] == "point_estimate" else "lower confidence bound")
+            + ("observed coverage" if protocol.basis == "point_estimate" else "lower confidence bound")
             + f" is at least {req}; the study passes when every measurand passes.",
         ),
         (
@@ -452,11 +443,11 @@ def _methods(protocol: dict[str, Any], statistics: dict[str, Any]) -> list[tuple
         (
             "Exclusions",
             f"reference results with {flags} are excluded; values carrying the marks "
-            f"{', '.join(protocol.get('exclude_marks') or []) or 'none'} are excluded; samples with fewer than "
-            f"{protocol.get('min_cells', 0)} classified cells are excluded; reruns: the "
-            f"{protocol.get('rerun_rule')} result is used"
-            + (" (a rerun excludes the sample)" if protocol.get("rerun_rule") == "reject" else "")
-            + f"; immature granulocytes: {protocol.get('immature_granulocytes')}. Technical rows (background "
+            f"{', '.join(protocol.exclude_marks) or 'none'} are excluded; samples with fewer than "
+            f"{protocol.min_cells} classified cells are excluded; reruns: the "
+            f"{protocol.rerun_rule} result is used"
+            + (" (a rerun excludes the sample)" if protocol.rerun_rule == "reject" else "")
+            + f"; immature granulocytes: {protocol.immature_granulocytes}. Technical rows (background "
             "checks, QC) are not samples. Every exclusion is listed with its reason in this report.",
         ),
         (
@@ -471,19 +462,15 @@ def _methods(protocol: dict[str, Any], statistics: dict[str, Any]) -> list[tuple
 
 def render_html(data: ReportData, signatories: Sequence[Signatory] = ()) -> str:
     """The report as one self-contained HTML document (a pure function of the run record)."""
-    record = data.record
-    protocol = record["protocol"]
-    inputs = record["inputs"]
-    inference = data.cells.record if data.cells else None
+    record, protocol = data.record, data.protocol
     by_role = {s.role: s for s in signatories}
-    sections = _measurand_sections(data, protocol["required_coverage"], protocol["confidence"])
-    excluded = data.excluded.sort(["sample_id", "measurand"], nulls_last=False)
+    sections = _measurand_sections(data, protocol.required_coverage, protocol.confidence)
     cells = data.cells
     cell_view: dict[str, Any] | None = None
     if cells is not None:
         confusion = None
-        if cells.confusion is not None:
-            cm = cells.confusion
+        if cells.labelled is not None and cells.labelled.confusion is not None:
+            cm = cells.labelled.confusion
             confusion = {
                 "figure": _figure(confusion_matrix_plot(cm), "fig-confusion-matrix", 420),
                 "n": int(cm.sum()),
@@ -504,9 +491,8 @@ def render_html(data: ReportData, signatories: Sequence[Signatory] = ()) -> str:
             "by_sample": _table(cells.unclassified_by_sample, ["sample_id", "n_cells", "n_unclassified"]),
             "skipped": _table(cells.skipped, ["level", "sample_id", "path", "reason"]),
             "confusion": confusion,
-            "labels_outside": cells.labels_outside_classes,
+            "labels_outside": cells.labelled.outside_classes if cells.labelled else {},
         }
-    software = record["software"]
     env = Environment(
         loader=PackageLoader("validation", "templates"),
         autoescape=select_autoescape(default=True),
@@ -522,31 +508,34 @@ def render_html(data: ReportData, signatories: Sequence[Signatory] = ()) -> str:
         record=record,
         record_sha256=data.record_sha256,
         protocol=protocol,
-        inputs=inputs,
-        inference=inference,
-        software=software,
-        passed=record["verdict"] == "pass",
+        inputs=record.inputs,
+        inference=data.cells.record if data.cells else None,
+        software=record.software,
+        passed=record.verdict == "pass",
         verdicts=data.verdicts,
         sections=sections,
-        excluded=_table(excluded, ["sample_id", "measurand", "source_row", "reason"]),
+        excluded=_table(exclusion_lines(data.excluded), ["sample_id", "measurands", "source_row", "reason"]),
         cells=cell_view,
         cells_problem=data.cells_problem,
         methods=_methods(protocol, data.statistics),
-        rules=protocol["measurands"],
+        rules=protocol.measurands,
         signatures=[by_role.get(role, Signatory(role)) for role in SIGNATURE_ROLES],
         report_format=REPORT_FORMAT,
     )
 
 
+def exclusion_lines(excluded: pl.DataFrame) -> pl.DataFrame:
+    """The rows of excluded.parquet as the report lists them: one line per sample (or reference row)
+    and reason, so a sample excluded as a whole is one line naming its measurands."""
+    return (
+        excluded.group_by(["sample_id", "source_row", "reason"], maintain_order=True)
+        .agg(measurands=pl.col("measurand").drop_nulls().str.join(", "))
+        .sort(["sample_id", "source_row"], nulls_last=False)
+    )
+
+
 def count_figures(html: str) -> int:
     return html.count('<div class="figure">')
-
-
-def _remove_staging(staging: Path) -> None:
-    staging.chmod(0o755)
-    for p in staging.iterdir():
-        p.unlink()
-    staging.rmdir()
 
 
 def write_report(run_dir: Path, signatories: Sequence[Signatory] = (), out_dir: Path | None = None) -> ReportResult:
@@ -571,34 +560,29 @@ def write_report(run_dir: Path, signatories: Sequence[Signatory] = (), out_dir: 
         run_dir.chmod(run_mode | stat.S_IWUSR)  # the sealed run opens only for this one folder
     try:
         if inside and staging.exists():  # left by a `wbcv report` that was killed
-            _remove_staging(staging)
+            remove_tree(staging)
         staging.mkdir(parents=True, exist_ok=not inside)
         atomic_write_bytes(staging / REPORT_HTML, html.encode("utf-8"))
         html_to_pdf(
             staging / REPORT_HTML,
             staging / REPORT_PDF,
-            f"{data.document_id} · {data.record['protocol']['id']} v{data.record['protocol']['version']}",
+            f"{data.document_id} · {data.protocol.id} v{data.protocol.version}",
             expected_figures=count_figures(html),
         )
         manifest = {
             "format": REPORT_FORMAT,
             "document_id": data.document_id,
-            "run_id": data.record["run_id"],
+            "run_id": data.record.run_id,
             "run_record_sha256": data.record_sha256,
-            "files": {name: sha256_file(staging / name) for name in REPORT_FILES},
             "signatories": [s.__dict__ for s in signatories],
-            "software": software_info(),
+            "software": to_json(software_info()),
         }
-        atomic_write_json(staging / REPORT_MANIFEST, manifest)
+        write_manifest(staging, REPORT_MANIFEST, manifest, REPORT_FILES)
         if inside:
-            for p in staging.iterdir():
-                p.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
-            staging.chmod(0o555)
-            os.rename(staging, target)
-            fsync_dir(run_dir)
+            seal_directory(staging, target)
     except BaseException:
         if inside and staging.exists():
-            _remove_staging(staging)
+            remove_tree(staging)
         raise
     finally:
         if inside:

@@ -81,17 +81,17 @@ def _infer(args: argparse.Namespace) -> Path:
         result = run_inference_ray(slides, model, args.out, params, ray_options, progress=not args.no_progress)
     else:
         result = run_inference(slides, model, args.out, params, progress=not args.no_progress)
-    s = result.record["summary"]
+    s = result.record.summary
     if result.already_finished:
         print(f"this run had already finished: {result.run_dir}")
     elif result.resumed:
-        print(f"resumed: {result.slides_done_before} of {s['n_samples']} slides were already done")
+        print(f"resumed: {result.slides_done_before} of {s.n_samples} slides were already done")
     print(
-        f"run {result.record['run_id']}: {s['n_cells']} cells classified in {s['n_samples']} samples, "
-        f"{s['n_unclassified']} unclassified, {s['n_skipped_cells']} file(s) skipped"
-        + (f", {s['n_unlisted_folders']} unlisted folder(s)" if s["n_unlisted_folders"] else "")
+        f"run {result.record.run_id}: {s.n_cells} cells classified in {s.n_samples} samples, "
+        f"{s.n_unclassified} unclassified, {s.n_skipped_cells} file(s) skipped"
+        + (f", {s.n_unlisted_folders} unlisted folder(s)" if s.n_unlisted_folders else "")
     )
-    if s["n_skipped_cells"] or s["n_unlisted_folders"]:
+    if s.n_skipped_cells or s.n_unlisted_folders:
         print(f"  skipped files and folders, with reasons: {result.run_dir / 'skipped.parquet'}")
     print(f"  {result.run_dir}")
     return result.run_dir
@@ -109,7 +109,7 @@ def _print_comparison(result: object) -> int:
     assert isinstance(result, ComparisonResult)
     print(format_verdicts(result.verdicts))
     print(
-        f"comparison run: {result.run_dir} ({result.n_excluded} excluded sample(s)/value(s), with reasons, "
+        f"comparison run: {result.run_dir} ({result.record.summary.exclusions_text}, each with its reason, "
         "in excluded.parquet)"
     )
     return EXIT_OK if result.passed else EXIT_FAILED_ACCEPTANCE

@@ -7,7 +7,7 @@ Life of a run directory::
       started.json                 creation time and parameters, written once
       parts/00000042.parquet       one finished slide each, written by rename
     RUNS/<run_id>/                 after the final rename, read-only from then on
-      run.json                     the run record: inputs, model, software, parameters, file hashes
+      run.json                     the run record (typed: wbcv.base.records) with every file's sha256
       predictions.parquet, counts.parquet, skipped.parquet, inputs.parquet, log.txt
 
 Every file is written to a temporary name, flushed to disk and renamed into place, so a reader
@@ -15,27 +15,32 @@ Every file is written to a temporary name, flushed to disk and renamed into plac
 appears by one rename of the finished working directory; before that rename its files are made
 read-only. A run killed at any moment is picked up again by the same command (same key): slides
 whose part exists are not redone.
+
+Sealing (``write_manifest`` then ``seal_directory``) and checking a manifest
+(``manifest_differences``) are shared with the report, which is sealed inside a run the same way.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import fcntl
 import json
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import polars as pl
 
 from wbcv.base.atomic import atomic_write_bytes, atomic_write_json, atomic_write_parquet, fsync_dir, sha256_file
 from wbcv.base.errors import WbcvError
+from wbcv.base.records import RUN_FORMAT, ComparisonRecord, InferenceRecord, RunRecord, parse_record, to_json
 
-RUN_FORMAT: Final[str] = "wbcv-run/1"
+R = TypeVar("R", InferenceRecord, ComparisonRecord)
 RUN_RECORD: Final[str] = "run.json"
 INCOMPLETE_PREFIX: Final[str] = ".incomplete-"
 
@@ -70,7 +75,7 @@ class WorkingRun:
             finished = runs_dir / previous["run_id"]
             if (finished / RUN_RECORD).is_file():
                 # Killed between the final rename and the clean-up: that run is finished.
-                _remove_tree(path)
+                remove_tree(path)
                 raise AlreadySealed(finished)
         run = cls(path)
         path.mkdir(exist_ok=True)
@@ -124,7 +129,7 @@ class WorkingRun:
         runs_dir: Path,
         run_id: str,
         tables: dict[str, pl.DataFrame],
-        record: dict[str, Any],
+        record: RunRecord,
         documents: dict[str, Any] | None = None,
     ) -> Path:
         """Write the final run into a staging folder, make it read-only and rename it into place.
@@ -135,35 +140,48 @@ class WorkingRun:
         """
         staging = runs_dir / f".sealing-{run_id}"
         if staging.exists():
-            _remove_tree(staging)
+            remove_tree(staging)
         staging.mkdir()
-        files: dict[str, str] = {}
         for name, frame in tables.items():
             atomic_write_parquet(staging / name, frame)
-            files[name] = sha256_file(staging / name)
         for name, doc in (documents or {}).items():
             atomic_write_json(staging / name, doc)
-            files[name] = sha256_file(staging / name)
         log = self.path / "log.txt"
         if log.exists():
             atomic_write_bytes(staging / "log.txt", log.read_bytes())
-            files["log.txt"] = sha256_file(staging / "log.txt")
-        record = {**record, "format": RUN_FORMAT, "run_id": run_id, "files": files}
-        atomic_write_json(staging / RUN_RECORD, record)
-        for p in staging.iterdir():
-            p.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
-        fsync_dir(staging)
-        staging.chmod(0o555)
+        files = [*tables, *(documents or {}), *(["log.txt"] if log.exists() else [])]
+        document = to_json(dataclasses.replace(record, format=RUN_FORMAT, run_id=run_id))
+        write_manifest(staging, RUN_RECORD, document, files)
         final = runs_dir / run_id
-        if final.exists():
-            raise WbcvError(f"{final}: a run with this id already exists")
-        os.rename(staging, final)
-        fsync_dir(runs_dir)
-        _remove_tree(self.path)
+        seal_directory(staging, final)
+        remove_tree(self.path)
         return final
 
 
-def _remove_tree(path: Path) -> None:
+def write_manifest(folder: Path, name: str, document: dict[str, Any], files: Iterable[str]) -> None:
+    """Write ``document`` as ``folder/name`` with ``files``: the sha256 of each named file of ``folder``.
+
+    The one way a manifest is made: a run's run.json (``WorkingRun.seal``) and a report's
+    manifest.json (``wbcv.validation.report``); ``manifest_differences`` checks either.
+    """
+    atomic_write_json(folder / name, {**document, "files": {n: sha256_file(folder / n) for n in sorted(files)}})
+
+
+def seal_directory(staging: Path, final: Path) -> None:
+    """Make ``staging`` and its files read-only, then rename it to ``final``: the commit point of a
+    run and of a report. Refused when ``final`` exists (a sealed folder is never replaced)."""
+    for p in staging.iterdir():
+        p.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+    fsync_dir(staging)
+    staging.chmod(0o555)
+    if final.exists():
+        raise WbcvError(f"{final}: already exists; a sealed folder is never replaced")
+    os.rename(staging, final)
+    fsync_dir(final.parent)
+
+
+def remove_tree(path: Path) -> None:
+    """Delete a folder of ours that was made read-only (a working run, a staging folder)."""
     for p in sorted(path.rglob("*"), key=lambda q: len(q.parts), reverse=True):
         if p.is_dir() and not p.is_symlink():
             p.chmod(0o755)
@@ -179,6 +197,7 @@ class Verification:
     """What ``verify_run`` found: files whose content changed, files added, files missing."""
 
     run_dir: Path
+    record: InferenceRecord | ComparisonRecord
     record_sha256: str  # sha256 of run.json, the manifest of the run's files
     changed: tuple[str, ...]
     added: tuple[str, ...]
@@ -189,6 +208,16 @@ class Verification:
         return not (self.changed or self.added or self.missing)
 
 
+def manifest_differences(
+    folder: Path, expected: dict[str, str], manifest: str
+) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """(changed, added, missing) files of ``folder`` (and its sub-folders) against a manifest's
+    ``files`` map; the manifest file itself is not listed."""
+    present = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()} - {manifest}
+    changed = tuple(sorted(n for n in expected if n in present and sha256_file(folder / n) != expected[n]))
+    return changed, tuple(sorted(present - set(expected))), tuple(sorted(set(expected) - present))
+
+
 def verify_run(run_dir: Path) -> Verification:
     """Recompute the sha256 of every file of a sealed run against the ``files`` map of its run.json.
 
@@ -197,26 +226,27 @@ def verify_run(run_dir: Path) -> Verification:
     """
     run_dir = Path(run_dir)
     record = read_run_record(run_dir)
-    expected: dict[str, str] = record.get("files", {})
-    present = {p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*") if p.is_file()} - {RUN_RECORD}
-    changed = tuple(sorted(n for n in expected if n in present and sha256_file(run_dir / n) != expected[n]))
-    return Verification(
-        run_dir,
-        sha256_file(run_dir / RUN_RECORD),
-        changed,
-        tuple(sorted(present - set(expected))),
-        tuple(sorted(set(expected) - present)),
-    )
+    changed, added, missing = manifest_differences(run_dir, record.files, RUN_RECORD)
+    return Verification(run_dir, record, sha256_file(run_dir / RUN_RECORD), changed, added, missing)
 
 
-def read_run_record(run_dir: Path) -> dict[str, Any]:
+def read_run_record(run_dir: Path) -> InferenceRecord | ComparisonRecord:
+    """The typed record of a finished run, every field checked (``wbcv.base.records``)."""
     path = Path(run_dir) / RUN_RECORD
     if not path.is_file():
         raise WbcvError(f"{run_dir}: not a finished wbcv run ({RUN_RECORD} is missing)")
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise WbcvError(f"{path}: unreadable run record: {e}") from None
-    if record.get("format") != RUN_FORMAT:
-        raise WbcvError(f"{path}: unknown run format {record.get('format')!r}; expected {RUN_FORMAT!r}")
+    return parse_record(document, str(path))
+
+
+def read_record_of(run_dir: Path, kind: type[R], expected: str) -> R:
+    """The record of a finished run that must be of one kind; ``expected`` tells the user which run to give."""
+    record = read_run_record(run_dir)
+    if not isinstance(record, kind):
+        raise WbcvError(
+            f"{run_dir}: this is {'an' if record.kind[0] in 'aeiou' else 'a'} {record.kind} run; {expected}"
+        )
     return record

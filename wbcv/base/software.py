@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import platform
 import subprocess
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
 
 
 def cpu_name() -> str:
@@ -20,7 +20,24 @@ def cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
-def software_info() -> dict[str, Any]:
+@dataclass(frozen=True, kw_only=True)
+class Software:
+    """The ``software`` section of a run record (``wbcv.base.records``) and of a report manifest."""
+
+    wbcv: str | None
+    git_commit: str | None
+    git_dirty: bool | None  # uncommitted changes to tracked files
+    python: str
+    torch: str | None
+    polars: str | None
+    numpy: str | None
+    pillow: str | None
+    platform: str
+    machine: str
+    cpu: str | None = None  # recorded since 2026-11-25 (6c88d2f); None in runs written before
+
+
+def software_info() -> Software:
     """Versions of wbcv and the libraries whose arithmetic is in the results, plus the git commit."""
 
     def version(dist: str) -> str | None:
@@ -49,16 +66,16 @@ def software_info() -> dict[str, Any]:
         )
     except (OSError, subprocess.SubprocessError):
         pass
-    return {
-        "wbcv": version("wbcv"),
-        "git_commit": commit,
-        "git_dirty": dirty,
-        "python": platform.python_version(),
-        "torch": version("torch"),
-        "polars": version("polars"),
-        "numpy": version("numpy"),
-        "pillow": version("pillow"),
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "cpu": cpu_name(),
-    }
+    return Software(
+        wbcv=version("wbcv"),
+        git_commit=commit,
+        git_dirty=dirty,
+        python=platform.python_version(),
+        torch=version("torch"),
+        polars=version("polars"),
+        numpy=version("numpy"),
+        pillow=version("pillow"),
+        platform=platform.platform(),
+        machine=platform.machine(),
+        cpu=cpu_name(),
+    )
