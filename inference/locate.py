@@ -1,0 +1,551 @@
+"""Finding the white blood cell in a single-cell image from any laboratory, at any scale.
+
+A cell image from a digital-morphology scanner holds one white blood cell (WBC), usually near the
+centre, among red cells on a bright background; how large the cell is in pixels and what colour
+the stain gives it depend on the laboratory. The classifier must not see either difference, so the
+pipeline first finds the cell and then crops it to a fixed size (``crop_to_cell``): the cell, not
+the image, fills a fixed share of the network's input.
+
+The method starts from the classic one (Otsu thresholds on a colour channel in which the nucleus is
+the most saturated, darkest blue-purple object; the cytoplasm grown around it), with cues chosen to
+hold across laboratories and stains:
+
+1. **Working resolution.** The image is reduced by an integer stride ``k`` to about ``work_size``
+   pixels on the long side; each working pixel is the mean of four samples of its k x k block.
+2. **Background and optical density.** The background is the brightest mode: the mean colour of
+   the brightest tenth of the pixels. Every pixel becomes an optical density (OD) relative to it,
+   ``OD_c = ln(bg_c + 1) - ln(I_c + 1)`` per channel, so a yellowish (rapid stain) or peach (May-
+   Grünwald-Giemsa) background both become OD 0 and the camera's white balance drops out.
+3. **Nucleus.** Nuclear stains (haematoxylin, azure/methylene blue in Romanowsky stains) absorb
+   green and let blue through, red cells and eosinophilic granules absorb green *and* blue. The
+   nucleus cue is ``OD_green - OD_blue`` (3 x 3 box-smoothed); measured on PBC and Raabin fields it
+   is 1-2.5 in nuclei and below 0.4 in red cells of both labs, whereas red-channel OD or
+   saturation confuse Raabin's grey-purple red cells with nuclei. The threshold is the upper one of
+   a three-class Otsu (background / red cells + cytoplasm / nucleus) of the image's own cue
+   distribution, never below ``NUCLEUS_FLOOR``. Nucleus pixels within ``LOBE_GAP_FRAC`` of the long
+   side of each other are one cluster (the lobes of a neutrophil); the cluster with the largest
+   nucleus area, discounted by its distance from the image centre, is the cell's nucleus.
+4. **Cell (nucleus + cytoplasm).** From the nucleus's centre, ``N_ANGLES`` rays sample the
+   stain cue (the sum of absolute ODs, which also sees pale cytoplasm whose blue OD is negative).
+   The cell's outline is the closed path, at least one pixel beyond the nucleus on every ray and
+   changing by at most one pixel of radius per ray, that maximises the edge evidence (stain falling
+   outwards; stain rising into a touching red cell, weight ``RISE_W``; background just outside,
+   ``BG_W``) minus the background it encloses (``REG_W`` per background sample): a dynamic
+   programme over the rays, run over 1.25 turns so that the outline closes. It is run twice, the
+   second time from the first outline's centroid. The outline is star-shaped about its origin, so
+   the cell mask has no holes and a touching red cell cannot pull it far: a red cell is only taken
+   in when no edge separates it and no background lies between.
+5. **Checks.** ``found`` is False, with the reason, for an image that is blank or overexposed,
+   too dark, uniform (no stained object), without a nucleus-like object (e.g. only red cells),
+   with a nucleus far too small to be a WBC's, or out of focus (the nucleus edge is wider than
+   ``BLUR_MAX`` of the nucleus's diameter).
+
+Every step is a vectorised numpy/scipy.ndimage operation on the whole batch (``locate_batch``), so
+the per-call overhead of the small arrays is shared by all cells of a batch; ``locate_cell`` is a
+batch of one. The constants were chosen on PBC fields (visually) and on crops of Raabin-WBC fields
+of the train split (against their WBC boxes), never on the Tecom set, which is kept for the
+second-lab check (``benchmarks/eval_locate.py``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+import scipy.ndimage as ndi
+
+#: Default long side of the working resolution, pixels.
+WORK_SIZE: Final[int] = 80
+#: Rays of the cell outline (one every 11.25 degrees).
+N_ANGLES: Final[int] = 32
+#: The nucleus cue threshold (OD green - OD blue) never goes below this (red cells stay under 0.4).
+NUCLEUS_FLOOR: Final[float] = 0.45
+#: Nucleus pixels closer than this share of the working long side are lobes of one nucleus.
+LOBE_GAP_FRAC: Final[float] = 0.05
+#: The background/stained threshold of the outline is this share of the lower three-class Otsu
+#: threshold of the stain cue.
+FG_FRAC: Final[float] = 0.2
+#: Weights of the outline's evidence terms (see the module docstring).
+RISE_W: Final[float] = 1.0
+BG_W: Final[float] = 0.6
+REG_W: Final[float] = 0.5
+#: Smallest nucleus, as a share of the image area, that counts as a WBC's (a platelet is smaller).
+MIN_NUCLEUS_FRAC: Final[float] = 0.004
+#: Largest nucleus edge width, as a share of the nucleus diameter, of a cell in focus.
+BLUR_MAX: Final[float] = 0.45
+#: Exposure limits: share of white-saturated pixels; brightness of the background (0..255).
+SATURATED_MAX: Final[float] = 0.95
+DARK_MIN: Final[float] = 40.0
+#: Smallest stain contrast (99th percentile of the summed OD) of an image with anything on it.
+CONTRAST_MIN: Final[float] = 0.15
+
+_LOG4: Final[np.ndarray] = np.log(np.arange(1021, dtype=np.float64) / 4.0 + 1.0).astype(np.float32)
+_OTSU_BINS: Final[int] = 32
+_TWO_PI: Final[float] = 2.0 * math.pi
+
+
+@dataclass(frozen=True, eq=False)
+class LocatedCell:
+    """Where the WBC is in one image (coordinates in the original image's pixels unless named).
+
+    ``found`` False comes with ``reason``; the geometry fields then hold NaN or empty masks.
+    Masks are at the working resolution (``stride`` original pixels per working pixel);
+    ``cell_mask_at`` and ``nucleus_mask_at`` render them at any other size.
+    """
+
+    found: bool
+    reason: str
+    image_shape: tuple[int, int]
+    stride: int
+    nucleus_mask: np.ndarray  # (h, w) bool, working resolution
+    cell_mask: np.ndarray  # (h, w) bool, working resolution
+    centre: tuple[float, float]  # (row, col) of the cell's centroid
+    bbox: tuple[float, float, float, float]  # (top, left, bottom, right) of the cell outline
+    diameter_px: float  # diameter of the circle with the cell's area
+    nucleus_diameter_px: float  # same for the nucleus
+    background: tuple[float, float, float]  # RGB 0..255
+    edge_fraction: float  # share of the outline lying on the image border (the cell is cut off)
+    blur: float  # nucleus edge width / nucleus diameter (larger = less sharp)
+    # the outline as drawn at the working resolution: origin (row, col) and one radius per ray
+    origin: tuple[float, float]
+    radii: np.ndarray  # (N_ANGLES,) float32, working pixels
+    nucleus_cue: np.ndarray  # (h, w) float32, OD green - OD blue
+    nucleus_threshold: float
+
+    def diameter_um(self, um_per_px: float) -> float:
+        """The cell's equivalent diameter in micrometres, for a scanner of ``um_per_px``."""
+        return self.diameter_px * um_per_px
+
+    def cell_mask_at(self, shape: tuple[int, int] | None = None) -> np.ndarray:
+        """The cell mask drawn at ``shape`` (default: the original image's size) from the outline."""
+        shape = self.image_shape if shape is None else shape
+        if not self.found:
+            return np.zeros(shape, bool)
+        rows, cols = self._working_coords(shape)
+        return _star_mask(rows - self.origin[0], cols - self.origin[1], self.radii[None, :])[0]
+
+    def nucleus_mask_at(self, shape: tuple[int, int] | None = None) -> np.ndarray:
+        """The nucleus mask at ``shape``: the nucleus cue (bilinear) above its threshold, inside the cell."""
+        shape = self.image_shape if shape is None else shape
+        if not self.found:
+            return np.zeros(shape, bool)
+        rows, cols = self._working_coords(shape)
+        grid = np.meshgrid(rows, cols, indexing="ij")
+        cue = ndi.map_coordinates(self.nucleus_cue, grid, order=1, mode="nearest")
+        return (cue > self.nucleus_threshold) & self.cell_mask_at(shape)
+
+    def _working_coords(self, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """Working-resolution coordinates of the pixel centres of the image resampled to ``shape``."""
+        k = self.stride
+        off = _offset(k)
+        rows = ((np.arange(shape[0]) + 0.5) * (self.image_shape[0] / shape[0]) - 0.5 - off) / k
+        cols = ((np.arange(shape[1]) + 0.5) * (self.image_shape[1] / shape[1]) - 0.5 - off) / k
+        return rows, cols
+
+
+def _offset(k: int) -> float:
+    """Original-image coordinate of working pixel 0 (the mean of its samples at offsets 0 and k // 2)."""
+    return (k // 2) / 2.0
+
+
+def _stride(height: int, width: int, work_size: int) -> int:
+    return max(1, int(max(height, width) / work_size + 0.5))
+
+
+def _as_rgb_batch(images: np.ndarray) -> np.ndarray:
+    a = np.asarray(images)
+    if a.dtype != np.uint8:
+        raise TypeError(f"images must be uint8, got {a.dtype}")
+    if a.ndim == 3:  # a batch of grayscale images
+        a = np.repeat(a[..., None], 3, axis=3)
+    if a.ndim != 4 or a.shape[3] not in (3, 4):
+        raise ValueError(f"expected a batch (N, H, W, 3) of RGB images, got shape {a.shape}")
+    return a[..., :3]
+
+
+def locate_cell(image: np.ndarray, work_size: int = WORK_SIZE) -> LocatedCell:
+    """Find the WBC in one RGB (H, W, 3) or grayscale (H, W) uint8 image."""
+    a = np.asarray(image)
+    if a.ndim == 2:
+        a = a[..., None]
+    return locate_batch(a[None] if a.shape[-1] != 1 else a[None, ..., 0], work_size)[0]
+
+
+def locate_cells(images: Sequence[np.ndarray], work_size: int = WORK_SIZE, batch: int = 64) -> list[LocatedCell]:
+    """``locate_batch`` over images of any mix of sizes: same-size images are processed together."""
+    out: list[LocatedCell | None] = [None] * len(images)
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, im in enumerate(images):
+        groups.setdefault(np.shape(im), []).append(i)
+    for idx in groups.values():
+        for s in range(0, len(idx), batch):
+            part = idx[s : s + batch]
+            for i, res in zip(part, locate_batch(np.stack([images[i] for i in part]), work_size), strict=True):
+                out[i] = res
+    return out  # type: ignore[return-value]
+
+
+def _downscale(images: np.ndarray, k: int) -> np.ndarray:
+    """Sum of four samples of each k x k block (uint16 0..1020): offsets 0 and k//2 in each axis."""
+    hh, ww = images.shape[1:3]
+    a = images[:, : hh // k * k, : ww // k * k]
+    if k == 1:
+        return a.astype(np.uint16) * 4
+    o = k // 2
+    s = a[:, 0::k, 0::k].astype(np.uint16)
+    s += a[:, o::k, o::k]
+    s += a[:, 0::k, o::k]
+    s += a[:, o::k, 0::k]
+    return s
+
+
+def _box3(a: np.ndarray) -> np.ndarray:
+    """3 x 3 mean over the last two axes (edges replicated)."""
+    p = np.pad(a, ((0, 0), (1, 1), (1, 1)), mode="edge")
+    r = p[:, :-2] + p[:, 1:-1] + p[:, 2:]
+    return (r[:, :, :-2] + r[:, :, 1:-1] + r[:, :, 2:]) * np.float32(1.0 / 9.0)
+
+
+def _dilate(m: np.ndarray, r: int) -> np.ndarray:
+    """Binary dilation of (N, h, w) masks by a (2r+1) square, separably."""
+    if r <= 0:
+        return m
+    n, h, w = m.shape
+    p = np.zeros((n, h + 2 * r, w), bool)
+    for i in range(2 * r + 1):
+        p[:, i : i + h] |= m
+    q = np.zeros((n, h, w + 2 * r), bool)
+    rows = p[:, r : r + h]
+    for i in range(2 * r + 1):
+        q[:, :, i : i + w] |= rows
+    return q[:, :, r : r + w]
+
+
+def _otsu3(values: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per image, the two thresholds of a three-class Otsu of ``values`` (N, ...) over [0, hi].
+
+    Otsu (1979) generalised to three classes: maximise sum_k w_k mu_k^2 over all threshold
+    pairs of a 32-bin histogram (exhaustive, vectorised).
+    """
+    n = values.shape[0]
+    b = _OTSU_BINS
+    v = values.reshape(n, -1)
+    step = np.maximum(hi, 1e-3) / b
+    idx = np.clip((v / step[:, None]).astype(np.int32), 0, b - 1)
+    idx += (np.arange(n, dtype=np.int32) * b)[:, None]
+    hist = np.bincount(idx.ravel(), minlength=n * b).reshape(n, b).astype(np.float64)
+    centres = (np.arange(b) + 0.5)[None, :] * step[:, None]
+    p = np.cumsum(hist, axis=1)
+    s = np.cumsum(hist * centres, axis=1)
+    pt, st = p[:, -1:, None], s[:, -1:, None]
+    p1, s1 = p[:, :, None], s[:, :, None]  # class 1: bins 0..i
+    p2, s2 = p[:, None, :] - p1, s[:, None, :] - s1  # class 2: bins i+1..j
+    p3, s3 = pt - p[:, None, :], st - s[:, None, :]  # class 3: bins j+1..
+    with np.errstate(divide="ignore", invalid="ignore"):
+        crit = s1 * s1 / p1 + s2 * s2 / p2 + s3 * s3 / p3
+    ok = (p1 > 0) & (p2 > 0) & (p3 > 0) & _UPPER[None]
+    crit = np.where(ok, crit, -np.inf).reshape(n, -1)
+    best = np.argmax(crit, axis=1)
+    i, j = np.divmod(best, b)
+    return (i + 1) * step, (j + 1) * step
+
+
+_UPPER: Final[np.ndarray] = np.triu(np.ones((_OTSU_BINS, _OTSU_BINS), bool), 1)
+
+
+def _kth_value(a: np.ndarray, q: float) -> np.ndarray:
+    """Per image (first axis), the value at quantile ``q`` (order statistic, no interpolation)."""
+    flat = a.reshape(a.shape[0], -1)
+    k = min(flat.shape[1] - 1, int(q * flat.shape[1]))
+    return np.partition(flat, k, axis=1)[:, k]
+
+
+def _dp_closed(cost: np.ndarray) -> np.ndarray:
+    """Per image, the min-cost closed path through (N, A, R) costs, radius changing <= 1 per ray.
+
+    Dynamic programming over the rays; the rays wrap around, so it runs over 1.25 turns and keeps
+    the last full turn of the backtracked path (its start and end then agree to within a pixel or
+    two, and the mask drawn from it is closed by construction).
+    """
+    n, a_n, r_n = cost.shape
+    ext = a_n + a_n // 4
+    acc = np.full((n, ext, r_n + 2), np.float32(1e9), np.float32)
+    acc[:, 0, 1:-1] = cost[:, 0]
+    for a in range(1, ext):
+        p = acc[:, a - 1]
+        row = acc[:, a, 1:-1]
+        np.minimum(p[:, :-2], p[:, 1:-1], out=row)
+        np.minimum(row, p[:, 2:], out=row)
+        row += cost[:, a % a_n]
+    path = np.empty((n, ext), np.int64)
+    j = np.argmin(acc[:, ext - 1, 1:-1], axis=1)
+    path[:, ext - 1] = j
+    three = np.arange(3)[None, :]
+    rows = np.arange(n)
+    for a in range(ext - 2, -1, -1):
+        cand = acc[rows[:, None], a, j[:, None] + three]  # radii j-1, j, j+1 (padded j, j+1, j+2)
+        j = j + np.argmin(cand, axis=1) - 1
+        path[:, a] = j
+    out = np.empty((n, a_n), np.int64)
+    keep = np.arange(ext - a_n, ext)
+    out[:, keep % a_n] = path[:, keep]
+    return out
+
+
+def _star_mask(dy: np.ndarray, dx: np.ndarray, radii: np.ndarray) -> np.ndarray:
+    """Masks (N, h, w) of the star-shaped regions {r <= radius(angle)}, radii (N, A) linearly interpolated.
+
+    ``dy`` (N, h) and ``dx`` (N, w) (or (h,), (w,) for one image) are offsets from each origin.
+    """
+    dy = np.atleast_2d(dy)[:, :, None]
+    dx = np.atleast_2d(dx)[:, None, :]
+    n_img, a_n = radii.shape
+    pos = np.arctan2(dy, dx) * (a_n / _TWO_PI) % a_n  # fractional ray index
+    i0 = pos.astype(np.int64)
+    frac = (pos - i0).astype(np.float32)
+    i0 %= a_n
+    i1 = (i0 + 1) % a_n
+    flat_r = radii.reshape(-1)
+    base = (np.arange(n_img) * a_n)[:, None, None]
+    rad = flat_r[base + i0] * (1 - frac) + flat_r[base + i1] * frac
+    return dy * dy + dx * dx <= rad * rad
+
+
+def locate_batch(images: np.ndarray, work_size: int = WORK_SIZE) -> list[LocatedCell]:
+    """Find the WBC in each of a batch (N, H, W, 3) of uint8 RGB single-cell images."""
+    imgs = _as_rgb_batch(images)
+    n, hh, ww = imgs.shape[:3]
+    if n == 0:
+        return []
+    k = _stride(hh, ww, work_size)
+    if hh // k < 8 or ww // k < 8:
+        return [_not_found(f"image is only {ww}x{hh} pixels; at least 8x8 at the working scale is needed",
+                           (hh, ww), k, (8, 8), np.full(3, np.nan)) for _ in range(n)]
+    s4 = _downscale(imgs, k)
+    h, w = s4.shape[1:3]
+    npx = h * w
+
+    # background = brightest tenth; optical density relative to it
+    bright = s4.sum(axis=3, dtype=np.int32)
+    q = _kth_value(bright, 0.9)
+    bgm = bright >= q[:, None, None]
+    bg = (s4 * bgm[..., None]).sum(axis=(1, 2), dtype=np.float64) / bgm.sum(axis=(1, 2))[:, None] / 4.0
+    od = np.log(bg + 1.0).astype(np.float32)[:, None, None, :] - _LOG4[s4]
+    nuc_cue = _box3(od[..., 1] - od[..., 2])
+    fg_cue = _box3(np.abs(od).sum(axis=3))
+
+    # image-level checks
+    saturated = (s4.min(axis=3) >= 4 * 250).mean(axis=(1, 2))
+    bg_level = bg.mean(axis=1)
+    contrast = _kth_value(fg_cue, 0.99)
+    nuc_max = nuc_cue.reshape(n, -1).max(axis=1)
+
+    # nucleus: upper three-class Otsu threshold of the nucleus cue, clustered into lobes
+    _, t2 = _otsu3(nuc_cue, np.maximum(nuc_max, 0.1))
+    t_nuc = np.maximum(t2, NUCLEUS_FLOOR).astype(np.float32)
+    nmask = nuc_cue > t_nuc[:, None, None]
+    near = _dilate(nmask, max(1, round(LOBE_GAP_FRAC * max(h, w))))
+    lab, n_lab = ndi.label(near, structure=_STRUCT)
+    yy = np.arange(h, dtype=np.float64)
+    xx = np.arange(w, dtype=np.float64)
+    best_label = np.zeros(n, np.int64)
+    nuc_area = np.zeros(n)
+    oy = np.full(n, (h - 1) / 2.0)
+    ox = np.full(n, (w - 1) / 2.0)
+    if n_lab > 0:
+        lab_n = np.where(nmask, lab, 0).reshape(-1)
+        img_of = np.repeat(np.arange(n, dtype=np.float64), npx)
+        area = np.bincount(lab_n, minlength=n_lab + 1)[1:].astype(np.float64)
+        safe = np.maximum(area, 1.0)
+        cy = np.bincount(lab_n, np.broadcast_to(yy[None, :, None], (n, h, w)).reshape(-1), n_lab + 1)[1:] / safe
+        cx = np.bincount(lab_n, np.broadcast_to(xx[None, None, :], (n, h, w)).reshape(-1), n_lab + 1)[1:] / safe
+        comp_img = np.rint(np.bincount(lab_n, img_of, n_lab + 1)[1:] / safe).astype(np.int64)
+        d2 = ((cy - (h - 1) / 2) ** 2 + (cx - (w - 1) / 2) ** 2) / (0.25 * min(h, w)) ** 2
+        score = np.where(area > 0, area / (1.0 + d2), -1.0)
+        top = np.full(n, -np.inf)
+        np.maximum.at(top, comp_img, score)
+        winners = np.flatnonzero((score == top[comp_img]) & (score > 0))
+        best_label[comp_img[winners]] = winners + 1
+        has = best_label > 0
+        bi = best_label[has] - 1
+        nuc_area[has] = area[bi]
+        oy[has], ox[has] = cy[bi], cx[bi]
+    sel = (lab == best_label[:, None, None]) & nmask & (best_label > 0)[:, None, None]
+
+    # cell outline: two passes of the dynamic programme, the second from the first outline's centroid
+    f1, _ = _otsu3(fg_cue, np.maximum(fg_cue.reshape(n, -1).max(axis=1), 0.1))
+    t_fg = np.maximum(FG_FRAC * f1, 0.08).astype(np.float32)
+    radii = np.arange(0.0, 0.75 * max(h, w), 1.0, dtype=np.float32)
+    ang = np.arange(N_ANGLES) * (_TWO_PI / N_ANGLES)
+    sin = np.sin(ang).astype(np.float32)[None, :, None]
+    cos = np.cos(ang).astype(np.float32)[None, :, None]
+    for _ in range(2):
+        origin_y, origin_x = oy, ox
+        r, on_edge = _outline(origin_y, origin_x, fg_cue, sel, t_fg, radii, sin, cos)
+        area_c, oy, ox = _polygon(origin_y, origin_x, r, sin[..., 0], cos[..., 0])
+    cell = _star_mask(yy[None, :] - origin_y[:, None], xx[None, :] - origin_x[:, None], r)
+    # focus: the nucleus edge's width (the cue's rise from the cytoplasm to the nucleus's peak over
+    # the steepest gradient around the nucleus) relative to the nucleus's diameter
+    region = lab == best_label[:, None, None]
+    cyto = cell & ~nmask
+    outside = (nuc_cue * cyto).sum(axis=(1, 2)) / np.maximum(cyto.sum(axis=(1, 2)), 1)
+    peak = np.where(region, nuc_cue, -np.inf).reshape(n, -1).max(axis=1)
+    span = np.maximum(peak - outside, 1e-3)
+    gy = np.zeros_like(nuc_cue)
+    gx = np.zeros_like(nuc_cue)
+    gy[:, 1:-1] = nuc_cue[:, 2:] - nuc_cue[:, :-2]
+    gx[:, :, 1:-1] = nuc_cue[:, :, 2:] - nuc_cue[:, :, :-2]
+    grad = 0.5 * np.hypot(gy, gx)
+    steepest = np.where(region, grad, 0.0).reshape(n, -1).max(axis=1)
+    nucleus = nmask & cell
+    nuc_px = nucleus.sum(axis=(1, 2))
+    d_nuc = 2.0 * np.sqrt(nuc_px / math.pi)
+    blur = (span / np.maximum(steepest, 1e-6)) / np.maximum(d_nuc, 1.0)
+
+    off = _offset(k)
+    results = []
+    for i in range(n):
+        bgc = (float(bg[i, 0]), float(bg[i, 1]), float(bg[i, 2]))
+        reason = ""
+        if saturated[i] > SATURATED_MAX:
+            reason = f"blank or overexposed: {saturated[i]:.0%} of the pixels are saturated white"
+        elif bg_level[i] < DARK_MIN:
+            reason = f"too dark: the brightest tenth of the image averages {bg_level[i]:.0f}/255"
+        elif contrast[i] < CONTRAST_MIN:
+            reason = f"uniform image: no stained object (stain contrast {contrast[i]:.2f} < {CONTRAST_MIN})"
+        elif nuc_max[i] <= NUCLEUS_FLOOR or best_label[i] == 0:
+            reason = (
+                f"no nucleus-like object: the nuclear-stain cue peaks at {nuc_max[i]:.2f}, "
+                f"below {NUCLEUS_FLOOR} (red cells alone stay below it)"
+            )
+        elif nuc_area[i] < MIN_NUCLEUS_FRAC * npx:
+            reason = (
+                f"the largest nucleus-like object covers {nuc_area[i] / npx:.2%} of the image, "
+                f"below {MIN_NUCLEUS_FRAC:.1%}: too small for a WBC's nucleus"
+            )
+        elif blur[i] > BLUR_MAX:
+            reason = f"out of focus: the nucleus edge is {blur[i]:.2f} of its diameter wide (at most {BLUR_MAX})"
+        if reason:
+            results.append(_not_found(reason, (hh, ww), k, (h, w), bg[i], blur=float(blur[i])))
+            continue
+        ri = r[i]
+        ys = origin_y[i] + ri * sin[0, :, 0]
+        xs = origin_x[i] + ri * cos[0, :, 0]
+        results.append(
+            LocatedCell(
+                found=True,
+                reason="",
+                image_shape=(hh, ww),
+                stride=k,
+                nucleus_mask=nucleus[i],
+                cell_mask=cell[i],
+                centre=(float(oy[i] * k + off), float(ox[i] * k + off)),
+                bbox=(
+                    float(max(ys.min() * k + off, 0.0)),
+                    float(max(xs.min() * k + off, 0.0)),
+                    float(min(ys.max() * k + off + 1, hh)),
+                    float(min(xs.max() * k + off + 1, ww)),
+                ),
+                diameter_px=float(2.0 * math.sqrt(max(area_c[i], 0.0) / math.pi) * k),
+                nucleus_diameter_px=float(d_nuc[i] * k),
+                background=bgc,
+                edge_fraction=float(on_edge[i].mean()),
+                blur=float(blur[i]),
+                origin=(float(origin_y[i]), float(origin_x[i])),
+                radii=ri.copy(),
+                nucleus_cue=nuc_cue[i],
+                nucleus_threshold=float(t_nuc[i]),
+            )
+        )
+    return results
+
+
+# 4-connectivity within each image, none across the batch axis
+_STRUCT: Final[np.ndarray] = np.zeros((3, 3, 3), bool)
+_STRUCT[1] = ndi.generate_binary_structure(2, 1)
+
+
+def _outline(
+    oy: np.ndarray,
+    ox: np.ndarray,
+    fg_cue: np.ndarray,
+    sel: np.ndarray,
+    t_fg: np.ndarray,
+    radii: np.ndarray,
+    sin: np.ndarray,
+    cos: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Radii (N, A) of each cell's outline about (oy, ox), and which rays end on the image border."""
+    n, h, w = fg_cue.shape
+    nr = radii.size
+    py = np.rint(oy[:, None, None] + sin * radii).astype(np.int64)
+    px = np.rint(ox[:, None, None] + cos * radii).astype(np.int64)
+    inside = (py >= 0) & (py < h) & (px >= 0) & (px < w)
+    flat = (np.arange(n)[:, None, None] * h + np.clip(py, 0, h - 1)) * w + np.clip(px, 0, w - 1)
+    t = t_fg[:, None, None]
+    f = np.where(inside, fg_cue.reshape(-1)[flat], 0.0)
+    pn = sel.reshape(-1)[flat] & inside
+    # the outline lies beyond the last nucleus sample of each ray
+    n_ext = np.where(pn.any(axis=2), nr - 1 - np.argmax(pn[:, :, ::-1], axis=2), 0)
+    g = np.zeros_like(f)
+    g[:, :, 1:-1] = np.clip((f[:, :, :-2] - f[:, :, 2:]) / (2 * t), -1.0, 1.0)
+    after_bg = np.zeros(f.shape, bool)
+    after_bg[:, :, :-2] = (f[:, :, 1:-1] <= t) & (f[:, :, 2:] <= t)
+    evidence = np.maximum(g, 0) + RISE_W * np.maximum(-g, 0) + BG_W * after_bg
+    bgness = np.clip((t - f) / t, 0.0, 1.0)
+    cost = REG_W * np.cumsum(bgness, axis=2) - evidence
+    cost[np.arange(nr)[None, None, :] <= n_ext[:, :, None]] = 1e3
+    path = _dp_closed(cost.astype(np.float32))
+    r = radii[path]
+    edge = ~np.take_along_axis(inside, np.minimum(path + 1, nr - 1)[:, :, None], axis=2)[:, :, 0]
+    return r, edge
+
+
+def _polygon(
+    oy: np.ndarray, ox: np.ndarray, r: np.ndarray, sin: np.ndarray, cos: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Area and centroid (shoelace formulae) of each polygon with vertices origin + r * (sin, cos)."""
+    vy = oy[:, None] + r * sin
+    vx = ox[:, None] + r * cos
+    ny, nx = np.roll(vy, -1, axis=1), np.roll(vx, -1, axis=1)
+    cross = vx * ny - nx * vy
+    area2 = cross.sum(axis=1)
+    ok = np.abs(area2) > 1e-9
+    safe = np.where(ok, 3.0 * area2, 1.0)
+    cy = np.where(ok, ((vy + ny) * cross).sum(axis=1) / safe, oy)
+    cx = np.where(ok, ((vx + nx) * cross).sum(axis=1) / safe, ox)
+    return 0.5 * np.abs(area2), cy, cx
+
+
+def _not_found(
+    reason: str,
+    image_shape: tuple[int, int],
+    k: int,
+    work_shape: tuple[int, int],
+    bg: np.ndarray,
+    blur: float = math.nan,
+) -> LocatedCell:
+    empty = np.zeros(work_shape, bool)
+    nan = math.nan
+    return LocatedCell(
+        found=False,
+        reason=reason,
+        image_shape=image_shape,
+        stride=k,
+        nucleus_mask=empty,
+        cell_mask=empty,
+        centre=(nan, nan),
+        bbox=(nan, nan, nan, nan),
+        diameter_px=nan,
+        nucleus_diameter_px=nan,
+        background=(float(bg[0]), float(bg[1]), float(bg[2])),
+        edge_fraction=nan,
+        blur=blur,
+        origin=(nan, nan),
+        radii=np.zeros(N_ANGLES, np.float32),
+        nucleus_cue=np.zeros(work_shape, np.float32),
+        nucleus_threshold=nan,
+    )
