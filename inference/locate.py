@@ -52,6 +52,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Final
 
 import numpy as np
@@ -75,7 +76,7 @@ REG_W: Final[float] = 0.5
 #: Smallest nucleus, as a share of the image area, that counts as a WBC's (a platelet is smaller).
 MIN_NUCLEUS_FRAC: Final[float] = 0.004
 #: Largest nucleus edge width, as a share of the nucleus diameter, of a cell in focus.
-BLUR_MAX: Final[float] = 0.45
+BLUR_MAX: Final[float] = 0.35
 #: Exposure limits: share of white-saturated pixels; brightness of the background (0..255).
 SATURATED_MAX: Final[float] = 0.95
 DARK_MIN: Final[float] = 40.0
@@ -83,7 +84,9 @@ DARK_MIN: Final[float] = 40.0
 CONTRAST_MIN: Final[float] = 0.15
 
 _LOG4: Final[np.ndarray] = np.log(np.arange(1021, dtype=np.float64) / 4.0 + 1.0).astype(np.float32)
-_OTSU_BINS: Final[int] = 32
+_OTSU_BINS: Final[int] = 24
+#: Rays are sampled up to this share of the working long side from the nucleus.
+RAY_LENGTH: Final[float] = 0.6
 _TWO_PI: Final[float] = 2.0 * math.pi
 
 
@@ -91,17 +94,18 @@ _TWO_PI: Final[float] = 2.0 * math.pi
 class LocatedCell:
     """Where the WBC is in one image (coordinates in the original image's pixels unless named).
 
-    ``found`` False comes with ``reason``; the geometry fields then hold NaN or empty masks.
-    Masks are at the working resolution (``stride`` original pixels per working pixel);
-    ``cell_mask_at`` and ``nucleus_mask_at`` render them at any other size.
+    ``found`` False comes with ``reason``; the geometry fields then hold NaN and the masks are
+    empty. The masks are drawn on demand from the outline and the nucleus cue: ``cell_mask`` and
+    ``nucleus_mask`` at the working resolution (``stride`` original pixels per working pixel,
+    ``work_shape``), ``cell_mask_at`` and ``nucleus_mask_at`` at any size (the original image's by
+    default).
     """
 
     found: bool
     reason: str
     image_shape: tuple[int, int]
     stride: int
-    nucleus_mask: np.ndarray  # (h, w) bool, working resolution
-    cell_mask: np.ndarray  # (h, w) bool, working resolution
+    work_shape: tuple[int, int]
     centre: tuple[float, float]  # (row, col) of the cell's centroid
     bbox: tuple[float, float, float, float]  # (top, left, bottom, right) of the cell outline
     diameter_px: float  # diameter of the circle with the cell's area
@@ -114,6 +118,20 @@ class LocatedCell:
     radii: np.ndarray  # (N_ANGLES,) float32, working pixels
     nucleus_cue: np.ndarray  # (h, w) float32, OD green - OD blue
     nucleus_threshold: float
+
+    @cached_property
+    def cell_mask(self) -> np.ndarray:
+        """(h, w) bool at the working resolution."""
+        if not self.found:
+            return np.zeros(self.work_shape, bool)
+        rows = np.arange(self.work_shape[0], dtype=np.float32) - self.origin[0]
+        cols = np.arange(self.work_shape[1], dtype=np.float32) - self.origin[1]
+        return _star_mask(rows, cols, self.radii[None, :])[0]
+
+    @cached_property
+    def nucleus_mask(self) -> np.ndarray:
+        """(h, w) bool at the working resolution."""
+        return (self.nucleus_cue > self.nucleus_threshold) & self.cell_mask
 
     def diameter_um(self, um_per_px: float) -> float:
         """The cell's equivalent diameter in micrometres, for a scanner of ``um_per_px``."""
@@ -189,24 +207,36 @@ def locate_cells(images: Sequence[np.ndarray], work_size: int = WORK_SIZE, batch
 
 
 def _downscale(images: np.ndarray, k: int) -> np.ndarray:
-    """Sum of four samples of each k x k block (uint16 0..1020): offsets 0 and k//2 in each axis."""
+    """Colour planes (3, N, h, w): the sum of four samples of each k x k block (uint16, 0..1020).
+
+    The samples sit at offsets 0 and k // 2 in each axis: a cheap box filter against aliasing.
+    """
     hh, ww = images.shape[1:3]
-    a = images[:, : hh // k * k, : ww // k * k]
+    a = np.moveaxis(images[:, : hh // k * k, : ww // k * k], 3, 0)
     if k == 1:
         return a.astype(np.uint16) * 4
     o = k // 2
-    s = a[:, 0::k, 0::k].astype(np.uint16)
-    s += a[:, o::k, o::k]
-    s += a[:, 0::k, o::k]
-    s += a[:, o::k, 0::k]
+    s = a[:, :, 0::k, 0::k].astype(np.uint16)
+    s += a[:, :, o::k, o::k]
+    s += a[:, :, 0::k, o::k]
+    s += a[:, :, o::k, 0::k]
     return s
 
 
 def _box3(a: np.ndarray) -> np.ndarray:
     """3 x 3 mean over the last two axes (edges replicated)."""
-    p = np.pad(a, ((0, 0), (1, 1), (1, 1)), mode="edge")
-    r = p[:, :-2] + p[:, 1:-1] + p[:, 2:]
-    return (r[:, :, :-2] + r[:, :, 1:-1] + r[:, :, 2:]) * np.float32(1.0 / 9.0)
+    r = a.copy()
+    r[:, 1:] += a[:, :-1]
+    r[:, :-1] += a[:, 1:]
+    r[:, 0] += a[:, 0]
+    r[:, -1] += a[:, -1]
+    c = r.copy()
+    c[:, :, 1:] += r[:, :, :-1]
+    c[:, :, :-1] += r[:, :, 1:]
+    c[:, :, 0] += r[:, :, 0]
+    c[:, :, -1] += r[:, :, -1]
+    c *= np.float32(1.0 / 9.0)
+    return c
 
 
 def _dilate(m: np.ndarray, r: int) -> np.ndarray:
@@ -225,35 +255,32 @@ def _dilate(m: np.ndarray, r: int) -> np.ndarray:
 
 
 def _otsu3(values: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per image, the two thresholds of a three-class Otsu of ``values`` (N, ...) over [0, hi].
+    """Per image, the two thresholds of a three-class Otsu of ``values`` (N, h, w) over [0, hi].
 
-    Otsu (1979) generalised to three classes: maximise sum_k w_k mu_k^2 over all threshold
-    pairs of a 32-bin histogram (exhaustive, vectorised).
+    Otsu (1979) generalised to three classes (Liao, Chen & Chung 2001): the pair of thresholds of
+    a 32-bin histogram that maximises sum_k w_k mu_k^2, searched exhaustively and vectorised.
     """
     n = values.shape[0]
     b = _OTSU_BINS
-    v = values.reshape(n, -1)
-    step = np.maximum(hi, 1e-3) / b
-    idx = np.clip((v / step[:, None]).astype(np.int32), 0, b - 1)
+    step = (np.maximum(hi, 1e-3) / b).astype(np.float32)
+    idx = (values.reshape(n, -1) / step[:, None]).astype(np.int32)
+    np.clip(idx, 0, b - 1, out=idx)
     idx += (np.arange(n, dtype=np.int32) * b)[:, None]
-    hist = np.bincount(idx.ravel(), minlength=n * b).reshape(n, b).astype(np.float64)
-    centres = (np.arange(b) + 0.5)[None, :] * step[:, None]
+    hist = np.bincount(idx.ravel(), minlength=n * b).reshape(n, b).astype(np.float32)
     p = np.cumsum(hist, axis=1)
-    s = np.cumsum(hist * centres, axis=1)
-    pt, st = p[:, -1:, None], s[:, -1:, None]
-    p1, s1 = p[:, :, None], s[:, :, None]  # class 1: bins 0..i
-    p2, s2 = p[:, None, :] - p1, s[:, None, :] - s1  # class 2: bins i+1..j
-    p3, s3 = pt - p[:, None, :], st - s[:, None, :]  # class 3: bins j+1..
+    s = np.cumsum(hist * _OTSU_CENTRES, axis=1)  # in bin units
+    pi, si = p[:, _PAIR_I], s[:, _PAIR_I]  # class 1: bins 0..i
+    p2, s2 = p[:, _PAIR_J] - pi, s[:, _PAIR_J] - si  # class 2: bins i+1..j
+    p3, s3 = p[:, -1:] - p[:, _PAIR_J], s[:, -1:] - s[:, _PAIR_J]  # class 3: bins j+1..
     with np.errstate(divide="ignore", invalid="ignore"):
-        crit = s1 * s1 / p1 + s2 * s2 / p2 + s3 * s3 / p3
-    ok = (p1 > 0) & (p2 > 0) & (p3 > 0) & _UPPER[None]
-    crit = np.where(ok, crit, -np.inf).reshape(n, -1)
+        crit = si * si / pi + s2 * s2 / p2 + s3 * s3 / p3
+    crit[~((pi > 0) & (p2 > 0) & (p3 > 0))] = -np.inf
     best = np.argmax(crit, axis=1)
-    i, j = np.divmod(best, b)
-    return (i + 1) * step, (j + 1) * step
+    return (_PAIR_I[best] + 1) * step, (_PAIR_J[best] + 1) * step
 
 
-_UPPER: Final[np.ndarray] = np.triu(np.ones((_OTSU_BINS, _OTSU_BINS), bool), 1)
+_PAIR_I, _PAIR_J = np.triu_indices(_OTSU_BINS, 1)
+_OTSU_CENTRES: Final[np.ndarray] = np.arange(_OTSU_BINS, dtype=np.float32) + np.float32(0.5)
 
 
 def _kth_value(a: np.ndarray, q: float) -> np.ndarray:
@@ -324,45 +351,63 @@ def locate_batch(images: np.ndarray, work_size: int = WORK_SIZE) -> list[Located
     if hh // k < 8 or ww // k < 8:
         return [_not_found(f"image is only {ww}x{hh} pixels; at least 8x8 at the working scale is needed",
                            (hh, ww), k, (8, 8), np.full(3, np.nan)) for _ in range(n)]
-    s4 = _downscale(imgs, k)
-    h, w = s4.shape[1:3]
+    planes = _downscale(imgs, k)  # (3, N, h, w) uint16, 4x the mean
+    h, w = planes.shape[2:]
     npx = h * w
 
     # background = brightest tenth; optical density relative to it
-    bright = s4.sum(axis=3, dtype=np.int32)
+    # (estimated on every other row and column)
+    sub = planes[:, :, ::2, ::2]
+    bright = sub[0] + sub[1] + sub[2]
     q = _kth_value(bright, 0.9)
-    bgm = bright >= q[:, None, None]
-    bg = (s4 * bgm[..., None]).sum(axis=(1, 2), dtype=np.float64) / bgm.sum(axis=(1, 2))[:, None] / 4.0
-    od = np.log(bg + 1.0).astype(np.float32)[:, None, None, :] - _LOG4[s4]
-    nuc_cue = _box3(od[..., 1] - od[..., 2])
-    fg_cue = _box3(np.abs(od).sum(axis=3))
+    bgm = (bright >= q[:, None, None]).reshape(n, -1).astype(np.float32)
+    n_bg = bgm.sum(axis=1)
+    bg = np.stack([np.einsum("ij,ij->i", p.reshape(n, -1).astype(np.float32), bgm) for p in sub], axis=1)
+    bg = bg / n_bg[:, None] / 4.0
+    lbg = np.log(bg + 1.0).astype(np.float32)
+    lr, lg, lb = np.take(_LOG4, planes)
+    nuc_cue = _box3((lbg[:, 1] - lbg[:, 2])[:, None, None] - lg + lb)
+    lr -= lbg[:, 0, None, None]
+    lg -= lbg[:, 1, None, None]
+    lb -= lbg[:, 2, None, None]
+    fg_raw = np.abs(lr)
+    fg_raw += np.abs(lg)
+    fg_raw += np.abs(lb)
+    fg_cue = _box3(fg_raw)
 
     # image-level checks
-    saturated = (s4.min(axis=3) >= 4 * 250).mean(axis=(1, 2))
+    saturated = (bright >= 3 * 4 * 250).reshape(n, -1).mean(axis=1)
     bg_level = bg.mean(axis=1)
     contrast = _kth_value(fg_cue, 0.99)
     nuc_max = nuc_cue.reshape(n, -1).max(axis=1)
 
-    # nucleus: upper three-class Otsu threshold of the nucleus cue, clustered into lobes
-    _, t2 = _otsu3(nuc_cue, np.maximum(nuc_max, 0.1))
+    # nucleus: upper three-class Otsu threshold of the nucleus cue (histogram of every other row and
+    # column), clustered into lobes; the stain cue's lower threshold scales the outline's background
+    fg_max = fg_cue.reshape(n, -1).max(axis=1)
+    lower, upper = _otsu3(
+        np.concatenate([nuc_cue[:, ::2, ::2], fg_cue[:, ::2, ::2]]), np.maximum(np.concatenate([nuc_max, fg_max]), 0.1)
+    )
+    t2, f1 = upper[:n], lower[n:]
     t_nuc = np.maximum(t2, NUCLEUS_FLOOR).astype(np.float32)
     nmask = nuc_cue > t_nuc[:, None, None]
     near = _dilate(nmask, max(1, round(LOBE_GAP_FRAC * max(h, w))))
     lab, n_lab = ndi.label(near, structure=_STRUCT)
-    yy = np.arange(h, dtype=np.float64)
-    xx = np.arange(w, dtype=np.float64)
     best_label = np.zeros(n, np.int64)
     nuc_area = np.zeros(n)
-    oy = np.full(n, (h - 1) / 2.0)
-    ox = np.full(n, (w - 1) / 2.0)
+    oy = np.full(n, (h - 1) / 2.0, np.float32)
+    ox = np.full(n, (w - 1) / 2.0, np.float32)
     if n_lab > 0:
-        lab_n = np.where(nmask, lab, 0).reshape(-1)
-        img_of = np.repeat(np.arange(n, dtype=np.float64), npx)
-        area = np.bincount(lab_n, minlength=n_lab + 1)[1:].astype(np.float64)
+        # per cluster: nucleus area and centroid, from the nucleus pixels only
+        idx = np.flatnonzero(nmask)
+        lab_i = lab.reshape(-1)[idx]
+        img_i, rest = np.divmod(idx, npx)
+        y_i, x_i = np.divmod(rest, w)
+        area = np.bincount(lab_i, minlength=n_lab + 1)[1:].astype(np.float64)
         safe = np.maximum(area, 1.0)
-        cy = np.bincount(lab_n, np.broadcast_to(yy[None, :, None], (n, h, w)).reshape(-1), n_lab + 1)[1:] / safe
-        cx = np.bincount(lab_n, np.broadcast_to(xx[None, None, :], (n, h, w)).reshape(-1), n_lab + 1)[1:] / safe
-        comp_img = np.rint(np.bincount(lab_n, img_of, n_lab + 1)[1:] / safe).astype(np.int64)
+        cy = np.bincount(lab_i, y_i, n_lab + 1)[1:] / safe
+        cx = np.bincount(lab_i, x_i, n_lab + 1)[1:] / safe
+        comp_img = np.zeros(n_lab, np.int64)
+        comp_img[lab_i - 1] = img_i
         d2 = ((cy - (h - 1) / 2) ** 2 + (cx - (w - 1) / 2) ** 2) / (0.25 * min(h, w)) ** 2
         score = np.where(area > 0, area / (1.0 + d2), -1.0)
         top = np.full(n, -np.inf)
@@ -373,12 +418,12 @@ def locate_batch(images: np.ndarray, work_size: int = WORK_SIZE) -> list[Located
         bi = best_label[has] - 1
         nuc_area[has] = area[bi]
         oy[has], ox[has] = cy[bi], cx[bi]
-    sel = (lab == best_label[:, None, None]) & nmask & (best_label > 0)[:, None, None]
+    region = (lab == best_label[:, None, None]) & (best_label > 0)[:, None, None]
+    sel = region & nmask
 
     # cell outline: two passes of the dynamic programme, the second from the first outline's centroid
-    f1, _ = _otsu3(fg_cue, np.maximum(fg_cue.reshape(n, -1).max(axis=1), 0.1))
     t_fg = np.maximum(FG_FRAC * f1, 0.08).astype(np.float32)
-    radii = np.arange(0.0, 0.75 * max(h, w), 1.0, dtype=np.float32)
+    radii = np.arange(0.0, RAY_LENGTH * max(h, w), 1.0, dtype=np.float32)
     ang = np.arange(N_ANGLES) * (_TWO_PI / N_ANGLES)
     sin = np.sin(ang).astype(np.float32)[None, :, None]
     cos = np.cos(ang).astype(np.float32)[None, :, None]
@@ -386,29 +431,37 @@ def locate_batch(images: np.ndarray, work_size: int = WORK_SIZE) -> list[Located
         origin_y, origin_x = oy, ox
         r, on_edge = _outline(origin_y, origin_x, fg_cue, sel, t_fg, radii, sin, cos)
         area_c, oy, ox = _polygon(origin_y, origin_x, r, sin[..., 0], cos[..., 0])
-    cell = _star_mask(yy[None, :] - origin_y[:, None], xx[None, :] - origin_x[:, None], r)
-    # focus: the nucleus edge's width (the cue's rise from the cytoplasm to the nucleus's peak over
-    # the steepest gradient around the nucleus) relative to the nucleus's diameter
-    region = lab == best_label[:, None, None]
-    cyto = cell & ~nmask
-    outside = (nuc_cue * cyto).sum(axis=(1, 2)) / np.maximum(cyto.sum(axis=(1, 2)), 1)
+    # focus: the nucleus edge's width (the cue's rise from the ring around the nucleus to the
+    # nucleus's peak, over the steepest gradient there) relative to the nucleus's diameter
+    ring = region & ~nmask
+    outside = (nuc_cue * ring).sum(axis=(1, 2)) / np.maximum(ring.sum(axis=(1, 2)), 1)
     peak = np.where(region, nuc_cue, -np.inf).reshape(n, -1).max(axis=1)
     span = np.maximum(peak - outside, 1e-3)
-    gy = np.zeros_like(nuc_cue)
-    gx = np.zeros_like(nuc_cue)
-    gy[:, 1:-1] = nuc_cue[:, 2:] - nuc_cue[:, :-2]
-    gx[:, :, 1:-1] = nuc_cue[:, :, 2:] - nuc_cue[:, :, :-2]
-    grad = 0.5 * np.hypot(gy, gx)
-    steepest = np.where(region, grad, 0.0).reshape(n, -1).max(axis=1)
-    nucleus = nmask & cell
-    nuc_px = nucleus.sum(axis=(1, 2))
-    d_nuc = 2.0 * np.sqrt(nuc_px / math.pi)
+    grad = np.zeros_like(nuc_cue)
+    grad[:, 1:-1] = np.abs(nuc_cue[:, 2:] - nuc_cue[:, :-2])
+    grad[:, :, 1:-1] += np.abs(nuc_cue[:, :, 2:] - nuc_cue[:, :, :-2])
+    steepest = 0.5 * np.where(region, grad, 0.0).reshape(n, -1).max(axis=1)
+    d_nuc = 2.0 * np.sqrt(nuc_area / math.pi)
     blur = (span / np.maximum(steepest, 1e-6)) / np.maximum(d_nuc, 1.0)
 
     off = _offset(k)
+    ys = origin_y[:, None] + r * sin[0, :, 0]
+    xs = origin_x[:, None] + r * cos[0, :, 0]
+    top = np.maximum(ys.min(axis=1) * k + off + 0.5, 0.0).tolist()
+    left = np.maximum(xs.min(axis=1) * k + off + 0.5, 0.0).tolist()
+    bottom = np.minimum(ys.max(axis=1) * k + off + 0.5, hh).tolist()
+    right = np.minimum(xs.max(axis=1) * k + off + 0.5, ww).tolist()
+    cen_y = (oy * k + off).tolist()
+    cen_x = (ox * k + off).tolist()
+    diam = (2.0 * np.sqrt(np.maximum(area_c, 0.0) / math.pi) * k).tolist()
+    diam_n = (d_nuc * k).tolist()
+    edge_frac = on_edge.mean(axis=1).tolist()
+    bgl = bg.tolist()
+    blurl = blur.tolist()
+    o_y, o_x = origin_y.tolist(), origin_x.tolist()
+    thr = t_nuc.tolist()
     results = []
     for i in range(n):
-        bgc = (float(bg[i, 0]), float(bg[i, 1]), float(bg[i, 2]))
         reason = ""
         if saturated[i] > SATURATED_MAX:
             reason = f"blank or overexposed: {saturated[i]:.0%} of the pixels are saturated white"
@@ -426,38 +479,29 @@ def locate_batch(images: np.ndarray, work_size: int = WORK_SIZE) -> list[Located
                 f"the largest nucleus-like object covers {nuc_area[i] / npx:.2%} of the image, "
                 f"below {MIN_NUCLEUS_FRAC:.1%}: too small for a WBC's nucleus"
             )
-        elif blur[i] > BLUR_MAX:
-            reason = f"out of focus: the nucleus edge is {blur[i]:.2f} of its diameter wide (at most {BLUR_MAX})"
+        elif blurl[i] > BLUR_MAX:
+            reason = f"out of focus: the nucleus edge is {blurl[i]:.2f} of its diameter wide (at most {BLUR_MAX})"
         if reason:
-            results.append(_not_found(reason, (hh, ww), k, (h, w), bg[i], blur=float(blur[i])))
+            results.append(_not_found(reason, (hh, ww), k, (h, w), bg[i], blur=blurl[i]))
             continue
-        ri = r[i]
-        ys = origin_y[i] + ri * sin[0, :, 0]
-        xs = origin_x[i] + ri * cos[0, :, 0]
         results.append(
             LocatedCell(
                 found=True,
                 reason="",
                 image_shape=(hh, ww),
                 stride=k,
-                nucleus_mask=nucleus[i],
-                cell_mask=cell[i],
-                centre=(float(oy[i] * k + off), float(ox[i] * k + off)),
-                bbox=(
-                    float(max(ys.min() * k + off, 0.0)),
-                    float(max(xs.min() * k + off, 0.0)),
-                    float(min(ys.max() * k + off + 1, hh)),
-                    float(min(xs.max() * k + off + 1, ww)),
-                ),
-                diameter_px=float(2.0 * math.sqrt(max(area_c[i], 0.0) / math.pi) * k),
-                nucleus_diameter_px=float(d_nuc[i] * k),
-                background=bgc,
-                edge_fraction=float(on_edge[i].mean()),
-                blur=float(blur[i]),
-                origin=(float(origin_y[i]), float(origin_x[i])),
-                radii=ri.copy(),
+                work_shape=(h, w),
+                centre=(cen_y[i], cen_x[i]),
+                bbox=(top[i], left[i], bottom[i], right[i]),
+                diameter_px=diam[i],
+                nucleus_diameter_px=diam_n[i],
+                background=(bgl[i][0], bgl[i][1], bgl[i][2]),
+                edge_fraction=edge_frac[i],
+                blur=blurl[i],
+                origin=(o_y[i], o_x[i]),
+                radii=r[i],
                 nucleus_cue=nuc_cue[i],
-                nucleus_threshold=float(t_nuc[i]),
+                nucleus_threshold=thr[i],
             )
         )
     return results
@@ -481,24 +525,36 @@ def _outline(
     """Radii (N, A) of each cell's outline about (oy, ox), and which rays end on the image border."""
     n, h, w = fg_cue.shape
     nr = radii.size
-    py = np.rint(oy[:, None, None] + sin * radii).astype(np.int64)
-    px = np.rint(ox[:, None, None] + cos * radii).astype(np.int64)
-    inside = (py >= 0) & (py < h) & (px >= 0) & (px < w)
-    flat = (np.arange(n)[:, None, None] * h + np.clip(py, 0, h - 1)) * w + np.clip(px, 0, w - 1)
-    t = t_fg[:, None, None]
-    f = np.where(inside, fg_cue.reshape(-1)[flat], 0.0)
-    pn = sel.reshape(-1)[flat] & inside
+    yf = oy[:, None, None] + sin * radii
+    xf = ox[:, None, None] + cos * radii
+    inside = (yf > -0.5) & (yf < h - 0.5) & (xf > -0.5) & (xf < w - 0.5)
+    py = np.clip(yf + 0.5, 0, h - 1).astype(np.int32)
+    px = np.clip(xf + 0.5, 0, w - 1).astype(np.int32)
+    flat = py * w
+    flat += px
+    flat += (np.arange(n, dtype=np.int32) * (h * w))[:, None, None]
+    # stain cue in units of the background threshold; 0 (background) beyond the image
+    f = fg_cue.reshape(-1)[flat]
+    f *= inside
+    f /= t_fg[:, None, None]
+    pn = sel.reshape(-1)[flat]
     # the outline lies beyond the last nucleus sample of each ray
     n_ext = np.where(pn.any(axis=2), nr - 1 - np.argmax(pn[:, :, ::-1], axis=2), 0)
     g = np.zeros_like(f)
-    g[:, :, 1:-1] = np.clip((f[:, :, :-2] - f[:, :, 2:]) / (2 * t), -1.0, 1.0)
-    after_bg = np.zeros(f.shape, bool)
-    after_bg[:, :, :-2] = (f[:, :, 1:-1] <= t) & (f[:, :, 2:] <= t)
-    evidence = np.maximum(g, 0) + RISE_W * np.maximum(-g, 0) + BG_W * after_bg
-    bgness = np.clip((t - f) / t, 0.0, 1.0)
-    cost = REG_W * np.cumsum(bgness, axis=2) - evidence
+    np.subtract(f[:, :, :-2], f[:, :, 2:], out=g[:, :, 1:-1])
+    g *= 0.5
+    np.clip(g, -1.0, 1.0, out=g)
+    # max(g, 0) + RISE_W * max(-g, 0), plus BG_W where the next two samples are background
+    evidence = np.abs(g)
+    evidence *= 0.5 * (1.0 + RISE_W)
+    evidence += (0.5 * (1.0 - RISE_W)) * g
+    evidence[:, :, :-2] += BG_W * ((f[:, :, 1:-1] <= 1.0) & (f[:, :, 2:] <= 1.0))
+    bgness = np.clip(1.0 - f, 0.0, 1.0)
+    cost = np.cumsum(bgness, axis=2)
+    cost *= REG_W
+    cost -= evidence
     cost[np.arange(nr)[None, None, :] <= n_ext[:, :, None]] = 1e3
-    path = _dp_closed(cost.astype(np.float32))
+    path = _dp_closed(cost)
     r = radii[path]
     edge = ~np.take_along_axis(inside, np.minimum(path + 1, nr - 1)[:, :, None], axis=2)[:, :, 0]
     return r, edge
@@ -528,15 +584,13 @@ def _not_found(
     bg: np.ndarray,
     blur: float = math.nan,
 ) -> LocatedCell:
-    empty = np.zeros(work_shape, bool)
     nan = math.nan
     return LocatedCell(
         found=False,
         reason=reason,
         image_shape=image_shape,
         stride=k,
-        nucleus_mask=empty,
-        cell_mask=empty,
+        work_shape=work_shape,
         centre=(nan, nan),
         bbox=(nan, nan, nan, nan),
         diameter_px=nan,
