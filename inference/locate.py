@@ -36,9 +36,10 @@ hold across laboratories and stains:
    the cell mask has no holes and a touching red cell cannot pull it far: a red cell is only taken
    in when no edge separates it and no background lies between.
 5. **Checks.** ``found`` is False, with the reason, for an image that is blank or overexposed,
-   too dark, uniform (no stained object), without a nucleus-like object (e.g. only red cells),
-   with a nucleus far too small to be a WBC's, or out of focus (the nucleus edge is wider than
-   ``BLUR_MAX`` of the nucleus's diameter).
+   too dark, uniform (no stained object), noise (most of its variation from pixel to pixel),
+   without a nucleus-like object (e.g. only red cells), with a nucleus far too small to be a
+   WBC's, or out of focus (the nucleus edge is wider than ``BLUR_MAX`` of the nucleus's diameter:
+   only severe defocus; sharp PBC cells measure about 0.1, Raabin's smartphone images up to 0.25).
 
 Every step is a vectorised numpy/scipy.ndimage operation on the whole batch (``locate_batch``), so
 the per-call overhead of the small arrays is shared by all cells of a batch; ``locate_cell`` is a
@@ -57,6 +58,9 @@ from typing import Final
 
 import numpy as np
 import scipy.ndimage as ndi
+from PIL import Image
+
+from wbcv.inference.decode import CellRejected
 
 #: Default long side of the working resolution, pixels.
 WORK_SIZE: Final[int] = 80
@@ -80,8 +84,13 @@ BLUR_MAX: Final[float] = 0.35
 #: Exposure limits: share of white-saturated pixels; brightness of the background (0..255).
 SATURATED_MAX: Final[float] = 0.95
 DARK_MIN: Final[float] = 40.0
+#: Largest share of the stain cue's variance that is pixel-to-pixel (PBC at most 0.14, white noise 0.87).
+NOISE_MAX: Final[float] = 0.5
 #: Smallest stain contrast (99th percentile of the summed OD) of an image with anything on it.
 CONTRAST_MIN: Final[float] = 0.15
+
+#: Default share of the crop's side that the cell's diameter fills in ``crop_to_cell``.
+CELL_FRACTION: Final[float] = 0.7
 
 _LOG4: Final[np.ndarray] = np.log(np.arange(1021, dtype=np.float64) / 4.0 + 1.0).astype(np.float32)
 _OTSU_BINS: Final[int] = 24
@@ -374,6 +383,10 @@ def locate_batch(images: np.ndarray, work_size: int = WORK_SIZE) -> list[Located
     fg_raw += np.abs(lg)
     fg_raw += np.abs(lb)
     fg_cue = _box3(fg_raw)
+    # share of the stain cue's variance that is pixel-to-pixel (white noise: 8/9; images: far less)
+    resid = fg_raw - fg_cue
+    total_var = fg_raw.reshape(n, -1).var(axis=1)
+    noise_share = (resid * resid).reshape(n, -1).mean(axis=1) / np.maximum(total_var, 1e-12)
 
     # image-level checks
     saturated = (bright >= 3 * 4 * 250).reshape(n, -1).mean(axis=1)
@@ -469,6 +482,11 @@ def locate_batch(images: np.ndarray, work_size: int = WORK_SIZE) -> list[Located
             reason = f"too dark: the brightest tenth of the image averages {bg_level[i]:.0f}/255"
         elif contrast[i] < CONTRAST_MIN:
             reason = f"uniform image: no stained object (stain contrast {contrast[i]:.2f} < {CONTRAST_MIN})"
+        elif noise_share[i] > NOISE_MAX:
+            reason = (
+                f"noise: {noise_share[i]:.0%} of the image's stain variation is from pixel to pixel "
+                f"(at most {NOISE_MAX:.0%} in a cell image)"
+            )
         elif nuc_max[i] <= NUCLEUS_FLOOR or best_label[i] == 0:
             reason = (
                 f"no nucleus-like object: the nuclear-stain cue peaks at {nuc_max[i]:.2f}, "
@@ -602,4 +620,70 @@ def _not_found(
         radii=np.zeros(N_ANGLES, np.float32),
         nucleus_cue=np.zeros(work_shape, np.float32),
         nucleus_threshold=nan,
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class CellCrop:
+    """A square crop in which the cell, not the image, has a fixed size."""
+
+    pixels: np.ndarray  # (out_size, out_size, 3) uint8
+    diameter_px: float  # the cell's equivalent diameter in the original image, pixels
+    diameter_um: float | None  # the same in micrometres, when the pixel size was given
+    scale: float  # output pixels per original pixel
+    padded: bool  # the crop reached beyond the image; the rest is the image's background colour
+
+
+def crop_to_cell(
+    image: np.ndarray,
+    located: LocatedCell,
+    out_size: int,
+    cell_fraction: float = CELL_FRACTION,
+    um_per_px: float | None = None,
+) -> CellCrop:
+    """The square around the cell's centre whose side is ``diameter / cell_fraction``, resized to ``out_size``.
+
+    Whatever the laboratory's magnification, the cell's diameter becomes ``cell_fraction *
+    out_size`` pixels: the classifier sees cells at one scale, and the scale the cell had (its
+    diameter, in pixels and, with ``um_per_px``, micrometres) is returned as a feature instead.
+    Where the square leaves the image it is filled with the image's background colour. Resizing
+    is bilinear with antialiasing (Pillow). Raises ``CellRejected`` when no cell was found.
+    """
+    if not located.found:
+        raise CellRejected(f"no white blood cell found: {located.reason}")
+    if not 0.05 <= cell_fraction <= 1.0:
+        raise ValueError(f"cell_fraction must lie in [0.05, 1], got {cell_fraction}")
+    if out_size < 1:
+        raise ValueError(f"out_size must be positive, got {out_size}")
+    a = np.asarray(image)
+    if a.shape[:2] != located.image_shape:
+        raise ValueError(f"image is {a.shape[:2]}, but the cell was located in an image of {located.image_shape}")
+    if a.ndim == 2:
+        a = np.repeat(a[..., None], 3, axis=2)
+    a = a[..., :3]
+    hh, ww = a.shape[:2]
+    side = max(located.diameter_px / cell_fraction, 2.0)
+    cy, cx = located.centre
+    # box in continuous coordinates (pixel i spans [i, i + 1))
+    top, left = cy + 0.5 - side / 2, cx + 0.5 - side / 2
+    bottom, right = top + side, left + side
+    pad_t = max(0, math.ceil(-top))
+    pad_l = max(0, math.ceil(-left))
+    pad_b = max(0, math.ceil(bottom - hh))
+    pad_r = max(0, math.ceil(right - ww))
+    padded = bool(pad_t or pad_l or pad_b or pad_r)
+    if padded:
+        fill = np.clip(np.rint(located.background), 0, 255).astype(np.uint8)
+        canvas = np.empty((hh + pad_t + pad_b, ww + pad_l + pad_r, 3), np.uint8)
+        canvas[...] = fill
+        canvas[pad_t : pad_t + hh, pad_l : pad_l + ww] = a
+        a = canvas
+    box = (left + pad_l, top + pad_t, right + pad_l, bottom + pad_t)
+    out = Image.fromarray(np.ascontiguousarray(a)).resize((out_size, out_size), Image.Resampling.BILINEAR, box=box)
+    return CellCrop(
+        pixels=np.asarray(out),
+        diameter_px=located.diameter_px,
+        diameter_um=None if um_per_px is None else located.diameter_px * um_per_px,
+        scale=out_size / side,
+        padded=padded,
     )

@@ -1,4 +1,5 @@
-"""Shared fixtures: the real PBC cell library (../shared/data/pbc) and small model artifacts."""
+"""Shared fixtures: the real PBC cell library (../shared/data/pbc), the second-lab Tecom crops with
+expert masks (../shared/data/tecom) and small model artifacts."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from wbcv.inference.res2net import variant
 
 REPO = Path(__file__).resolve().parent.parent
 PBC_DIR = Path(os.environ.get("WBCV_PBC_DIR", REPO.parent / "shared" / "data" / "pbc"))
+TECOM_DIR = Path(os.environ.get("WBCV_TECOM_DIR", REPO.parent / "shared" / "data" / "tecom"))
 
 #: Test modules that are heavy as a whole (a real Chromium, a Ray cluster, training, the PDF
 #: print, the demo): marked `slow`, so `pytest -m "not slow"` is the quick loop. Single heavy tests
@@ -45,6 +47,14 @@ def pbc_cells() -> list[LabelledCell]:
     if not (PBC_DIR / "manifest.csv").is_file():
         pytest.fail(f"the PBC cell library is expected at {PBC_DIR} (set WBCV_PBC_DIR to override)")
     return read_cell_library(PBC_DIR)
+
+
+@pytest.fixture(scope="session")
+def tecom_dir() -> Path:
+    """The Tecom second-lab set: only read (evaluated against), never used to fit anything."""
+    if not (TECOM_DIR / "manifest.csv").is_file():
+        pytest.fail(f"the Tecom set is expected at {TECOM_DIR} (set WBCV_TECOM_DIR to override)")
+    return TECOM_DIR
 
 
 def write_test_artifact(out_dir: Path, seed: int = 0, norm: str = "batch", name: str = "test-untrained") -> Path:

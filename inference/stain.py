@@ -1,0 +1,207 @@
+"""Stain normalisation: Reinhard colour transfer to fixed statistics of the training laboratory.
+
+Reinhard, Ashikhmin, Gooch & Shirley, *Color transfer between images*, IEEE CG&A 21(5) (2001):
+convert RGB to Ruderman's decorrelated lαβ space (RGB -> LMS cone responses -> log10 -> a fixed
+orthogonal rotation), shift and scale each of the three channels so that their mean and standard
+deviation over the chosen pixels equal the target's, and convert back. In lαβ the three channels
+are nearly decorrelated for natural images, so the per-channel transfer changes brightness,
+yellow-blue and red-green balance independently.
+
+Here the statistics are taken over a *mask* (the cell: the disc of ``cell_fraction`` of a crop made
+by ``crop_to_cell``, see ``disc_mask``; or the located cell mask), and the target statistics come
+from images of the training laboratory (PBC) only: ``stain_target`` computes them from a list of
+images (so that training can store them in the model card as ``StainStats.to_dict()``), and
+``PBC_TARGET`` holds the values computed with ``benchmarks/eval_stain.py --target`` from the
+bundled model's PBC training split.
+
+Because the whole map is a per-channel affine map in log-LMS coordinates, it folds into one 3 x 3
+matrix and an offset in log space: RGB -> LMS (matrix), log, matrix + offset, exp, LMS -> RGB
+(matrix). Everything is float32 numpy on the whole batch; the output is deterministic.
+
+Degenerate inputs: a channel whose standard deviation is below ``MIN_STD`` (a grayscale image has
+no α and β spread at all) is only shifted to the target mean, not stretched; a mask with fewer
+than ``MIN_PIXELS`` pixels falls back to the whole image. Black pixels are handled by working on
+``(RGB + 1) / 256``, so nothing is ever log(0), and the result is clipped to 0..255.
+
+A caveat worth knowing: matching the mean and spread of the *cell's own* pixels also removes the
+colour differences between cell classes (an eosinophil's orange granules versus a neutrophil's
+lilac ones) as far as they show in those statistics; the classifier keeps the cell's texture and
+its colour contrasts, not its absolute colour. ``benchmarks/eval_stain.py`` measures how much
+class information the mean colour carries before and after.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+
+# Reinhard et al. (2001), eq. 1-4 and 6-8 (RGB -> LMS, LMS -> lαβ and the inverses).
+_RGB2LMS: Final[np.ndarray] = np.array(
+    [[0.3811, 0.5783, 0.0402], [0.1967, 0.7244, 0.0782], [0.0241, 0.1288, 0.8444]], dtype=np.float64
+)
+_LMS2LAB: Final[np.ndarray] = np.diag([1 / math.sqrt(3), 1 / math.sqrt(6), 1 / math.sqrt(2)]) @ np.array(
+    [[1.0, 1.0, 1.0], [1.0, 1.0, -2.0], [1.0, -1.0, 0.0]]
+)
+_LAB2LMS: Final[np.ndarray] = np.linalg.inv(_LMS2LAB)
+_LMS2RGB: Final[np.ndarray] = np.linalg.inv(_RGB2LMS)
+
+#: Below this standard deviation (lαβ units, log10) a channel is shifted, not stretched.
+MIN_STD: Final[float] = 0.002
+#: A mask with fewer pixels than this is ignored (statistics over the whole image instead).
+MIN_PIXELS: Final[int] = 16
+#: The largest stretch of a channel's spread (target std / source std).
+MAX_GAIN: Final[float] = 4.0
+
+
+@dataclass(frozen=True)
+class StainStats:
+    """Mean and standard deviation of l, α, β (Ruderman's lαβ, log10 units) over a mask."""
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def to_dict(self) -> dict[str, object]:
+        return {"space": "lab-ruderman-log10", "mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, object]) -> StainStats:
+        if d.get("space") != "lab-ruderman-log10":
+            raise ValueError(f"unknown stain statistics space {d.get('space')!r}; expected 'lab-ruderman-log10'")
+        mean, std = d["mean"], d["std"]
+        if not (isinstance(mean, list | tuple) and isinstance(std, list | tuple) and len(mean) == len(std) == 3):
+            raise ValueError("stain statistics need three means and three standard deviations")
+        return cls(
+            (float(mean[0]), float(mean[1]), float(mean[2])), (float(std[0]), float(std[1]), float(std[2]))
+        )
+
+
+#: PBC (CellaVision DM96, May-Grünwald-Giemsa) target: the mean per-image statistics of the cell
+#: disc (``disc_mask(96, 0.7)``) of crop_to_cell(..., 96, 0.7) crops of the 6,179 images of the
+#: bundled model's training split (``python benchmarks/eval_stain.py --target``).
+PBC_TARGET: Final[StainStats] = StainStats(mean=(-0.6039, -0.1251, 0.0197), std=(0.2934, 0.128, 0.0094))
+
+
+def _as_batch(images: np.ndarray) -> np.ndarray:
+    a = np.asarray(images)
+    if a.dtype != np.uint8:
+        raise TypeError(f"images must be uint8, got {a.dtype}")
+    if a.ndim == 3 and a.shape[-1] not in (3, 4):  # batch of grayscale images
+        a = np.repeat(a[..., None], 3, axis=3)
+    if a.ndim != 4 or a.shape[3] not in (3, 4):
+        raise ValueError(f"expected a batch (N, H, W, 3) of RGB images, got shape {a.shape}")
+    return a[..., :3]
+
+
+def _log_lms(images: np.ndarray) -> np.ndarray:
+    """(N, P, 3) float32 log10 LMS of (RGB + 1) / 256."""
+    n = images.shape[0]
+    rgb = images.reshape(n, -1, 3).astype(np.float32)
+    rgb += 1.0
+    rgb *= np.float32(1.0 / 256.0)
+    lms = rgb @ _RGB2LMS.T.astype(np.float32)
+    np.maximum(lms, np.float32(1e-4), out=lms)
+    return np.log10(lms)
+
+
+def _masked_stats(lab: np.ndarray, masks: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Per image mean and std (N, 3) of lαβ pixels (N, P, 3) over the masks (N, P) (whole image if too small)."""
+    n, p, _ = lab.shape
+    if masks is None:
+        w = np.ones((n, p), np.float32)
+    else:
+        w = masks.reshape(n, -1).astype(np.float32)
+        small = w.sum(axis=1) < MIN_PIXELS
+        w[small] = 1.0
+    cnt = w.sum(axis=1)[:, None]
+    mean = np.einsum("np,npc->nc", w, lab) / cnt
+    var = np.einsum("np,npc->nc", w, lab * lab) / cnt - mean * mean
+    return mean.astype(np.float64), np.sqrt(np.maximum(var, 0.0)).astype(np.float64)
+
+
+def _check_masks(masks: np.ndarray | None, images: np.ndarray) -> np.ndarray | None:
+    if masks is None:
+        return None
+    m = np.asarray(masks, dtype=bool)
+    if m.ndim == 2:
+        m = np.broadcast_to(m, images.shape[:3])
+    if m.shape != images.shape[:3]:
+        raise ValueError(f"masks of shape {m.shape} do not match images of shape {images.shape[:3]}")
+    return m
+
+
+def stain_stats(images: np.ndarray, masks: np.ndarray | None = None) -> list[StainStats]:
+    """lαβ statistics of each image of a batch (N, H, W, 3) over its mask (N, H, W) or one mask (H, W)."""
+    imgs = _as_batch(images)
+    m = _check_masks(masks, imgs)
+    lab = _log_lms(imgs) @ _LMS2LAB.T.astype(np.float32)
+    mean, std = _masked_stats(lab, m)
+    return [StainStats(tuple(mu.tolist()), tuple(sd.tolist())) for mu, sd in zip(mean, std, strict=True)]  # type: ignore[arg-type]
+
+
+def stain_target(images: Iterable[np.ndarray], masks: Iterable[np.ndarray | None] | None = None) -> StainStats:
+    """Target statistics: the mean over images of the per-image means and standard deviations.
+
+    ``images`` are (H, W, 3) uint8 arrays of the training laboratory; ``masks`` the matching
+    boolean masks (or None for whole images). Compute it on exactly the kind of input that
+    ``normalise_stain`` will see (e.g. ``crop_to_cell`` crops with ``disc_mask``).
+    """
+    means, stds = [], []
+    mask_iter = iter(masks) if masks is not None else None
+    for im in images:
+        m = next(mask_iter) if mask_iter is not None else None
+        s = stain_stats(np.asarray(im)[None], None if m is None else np.asarray(m)[None])[0]
+        means.append(s.mean)
+        stds.append(s.std)
+    if not means:
+        raise ValueError("no images to compute stain statistics from")
+    mu = np.mean(np.asarray(means), axis=0)
+    sd = np.mean(np.asarray(stds), axis=0)
+    return StainStats((float(mu[0]), float(mu[1]), float(mu[2])), (float(sd[0]), float(sd[1]), float(sd[2])))
+
+
+def normalise_stain(
+    images: np.ndarray, masks: np.ndarray | None = None, target: StainStats = PBC_TARGET
+) -> np.ndarray:
+    """Reinhard-normalise one image (H, W, 3) or a batch (N, H, W, 3) of uint8 RGB to ``target``.
+
+    ``masks`` (bool, (H, W) for all, or (N, H, W)) selects the pixels whose statistics are
+    matched (the cell); the transfer is applied to every pixel. Returns uint8 of the input's shape.
+    """
+    a = np.asarray(images)
+    single = a.ndim == 3 and a.shape[-1] in (3, 4)
+    if a.ndim == 2:  # one grayscale image
+        a, single = a[None], True
+    batch = _as_batch(a[None] if single and a.ndim == 3 else a)
+    m = _check_masks(masks, batch)
+    n, h, w, _ = batch.shape
+    log_lms = _log_lms(batch)
+    lab = log_lms @ _LMS2LAB.T.astype(np.float32)
+    mean, std = _masked_stats(lab, m)
+    t_mean = np.asarray(target.mean)
+    t_std = np.asarray(target.std)
+    gain = np.where(std >= MIN_STD, t_std / np.maximum(std, MIN_STD), 1.0)
+    gain = np.minimum(gain, MAX_GAIN)
+    # lab' = gain * (lab - mean) + t_mean, folded into log-LMS: A = L2M diag(g) M2L, b = L2M (t - g mean)
+    a_mat = np.einsum("ij,nj,jk->nik", _LAB2LMS, gain, _LMS2LAB)
+    b_vec = (t_mean[None, :] - gain * mean) @ _LAB2LMS.T
+    z = np.matmul(log_lms, a_mat.transpose(0, 2, 1).astype(np.float32))
+    z += b_vec.astype(np.float32)[:, None, :]
+    z *= np.float32(math.log(10.0))
+    np.exp(z, out=z)
+    out = z @ _LMS2RGB.T.astype(np.float32)
+    out *= 256.0
+    out -= 1.0
+    np.clip(out, 0.0, 255.0, out=out)
+    res = np.rint(out).astype(np.uint8).reshape(n, h, w, 3)
+    return res[0] if single else res
+
+
+def disc_mask(size: int, cell_fraction: float) -> np.ndarray:
+    """(size, size) bool: the centred disc of diameter ``cell_fraction * size`` (the cell in a crop_to_cell crop)."""
+    c = (size - 1) / 2.0
+    yy, xx = np.ogrid[:size, :size]
+    return (yy - c) ** 2 + (xx - c) ** 2 <= (cell_fraction * size / 2.0) ** 2
