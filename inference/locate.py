@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Final
 
@@ -124,8 +124,8 @@ class LocatedCell:
     blur: float  # nucleus edge width / nucleus diameter (larger = less sharp)
     # the outline as drawn at the working resolution: origin (row, col) and one radius per ray
     origin: tuple[float, float]
-    radii: np.ndarray  # (N_ANGLES,) float32, working pixels
-    nucleus_cue: np.ndarray  # (h, w) float32, OD green - OD blue
+    radii: np.ndarray = field(repr=False)  # (N_ANGLES,) float32, working pixels
+    nucleus_cue: np.ndarray = field(repr=False)  # (h, w) float32, OD green - OD blue
     nucleus_threshold: float
 
     @cached_property
@@ -627,7 +627,7 @@ def _not_found(
 class CellCrop:
     """A square crop in which the cell, not the image, has a fixed size."""
 
-    pixels: np.ndarray  # (out_size, out_size, 3) uint8
+    pixels: np.ndarray = field(repr=False)  # (out_size, out_size, 3) uint8
     diameter_px: float  # the cell's equivalent diameter in the original image, pixels
     diameter_um: float | None  # the same in micrometres, when the pixel size was given
     scale: float  # output pixels per original pixel

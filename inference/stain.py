@@ -126,7 +126,7 @@ def _check_masks(masks: np.ndarray | None, images: np.ndarray) -> np.ndarray | N
     if masks is None:
         return None
     m = np.asarray(masks, dtype=bool)
-    if m.ndim == 2:
+    if m.ndim == 2 and m.shape == images.shape[1:3]:
         m = np.broadcast_to(m, images.shape[:3])
     if m.shape != images.shape[:3]:
         raise ValueError(f"masks of shape {m.shape} do not match images of shape {images.shape[:3]}")
@@ -169,13 +169,12 @@ def normalise_stain(
     """Reinhard-normalise one image (H, W, 3) or a batch (N, H, W, 3) of uint8 RGB to ``target``.
 
     ``masks`` (bool, (H, W) for all, or (N, H, W)) selects the pixels whose statistics are
-    matched (the cell); the transfer is applied to every pixel. Returns uint8 of the input's shape.
+    matched (the cell); the transfer is applied to every pixel. Returns uint8 RGB of the input's
+    shape (a grayscale (H, W) image comes back as (H, W, 3)).
     """
     a = np.asarray(images)
-    single = a.ndim == 3 and a.shape[-1] in (3, 4)
-    if a.ndim == 2:  # one grayscale image
-        a, single = a[None], True
-    batch = _as_batch(a[None] if single and a.ndim == 3 else a)
+    single = a.ndim == 2 or (a.ndim == 3 and a.shape[-1] in (3, 4))  # one grayscale or colour image
+    batch = _as_batch(a[None] if single else a)
     m = _check_masks(masks, batch)
     n, h, w, _ = batch.shape
     log_lms = _log_lms(batch)
