@@ -249,7 +249,9 @@ def main() -> None:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     if args.sheet:
-        contact_sheet(list(zip(pbc_images[:24], pbc_located[:24], strict=True)) + tecom_pairs[::13][:24], args.sheet)
+        step = max(1, len(pbc_images) // 24)  # the sample is in class order: every step-th spans the classes
+        pbc_pairs = list(zip(pbc_images[::step], pbc_located[::step], strict=True))[:24]
+        contact_sheet(pbc_pairs + tecom_pairs[::13][:24], args.sheet)
         print(f"contact sheet: {args.sheet}")
 
 
