@@ -680,19 +680,21 @@ def crop_to_cell(
     # box in continuous coordinates (pixel i spans [i, i + 1))
     top, left = cy + 0.5 - side / 2, cx + 0.5 - side / 2
     bottom, right = top + side, left + side
-    pad_t = max(0, math.ceil(-top))
-    pad_l = max(0, math.ceil(-left))
-    pad_b = max(0, math.ceil(bottom - hh))
-    pad_r = max(0, math.ceil(right - ww))
-    padded = bool(pad_t or pad_l or pad_b or pad_r)
-    if padded:
-        fill = np.clip(np.rint(located.background), 0, 255).astype(np.uint8)
-        canvas = np.empty((hh + pad_t + pad_b, ww + pad_l + pad_r, 3), np.uint8)
-        canvas[...] = fill
-        canvas[pad_t : pad_t + hh, pad_l : pad_l + ww] = a
-        a = canvas
-    box = (left + pad_l, top + pad_t, right + pad_l, bottom + pad_t)
-    out = Image.fromarray(np.ascontiguousarray(a)).resize((out_size, out_size), Image.Resampling.BILINEAR, box=box)
+    # only the box and a margin for the resampling filter's support are copied out of the image
+    margin = math.ceil(side / out_size) + 2
+    y0, x0 = math.floor(top) - margin, math.floor(left) - margin
+    y1, x1 = math.ceil(bottom) + margin, math.ceil(right) + margin
+    padded = top < 0 or left < 0 or bottom > hh or right > ww
+    if y0 < 0 or x0 < 0 or y1 > hh or x1 > ww:
+        region = np.empty((y1 - y0, x1 - x0, 3), np.uint8)
+        region[...] = np.clip(np.rint(located.background), 0, 255).astype(np.uint8)
+        sy0, sx0, sy1, sx1 = max(y0, 0), max(x0, 0), min(y1, hh), min(x1, ww)
+        if sy1 > sy0 and sx1 > sx0:
+            region[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = a[sy0:sy1, sx0:sx1]
+    else:
+        region = np.ascontiguousarray(a[y0:y1, x0:x1])
+    box = (left - x0, top - y0, right - x0, bottom - y0)
+    out = Image.fromarray(region).resize((out_size, out_size), Image.Resampling.BILINEAR, box=box)
     return CellCrop(
         pixels=np.asarray(out),
         diameter_px=located.diameter_px,
