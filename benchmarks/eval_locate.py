@@ -96,8 +96,11 @@ def eval_tecom(root: Path) -> tuple[dict, list[tuple[np.ndarray, LocatedCell]]]:
         "nucleus_iou_found_only": summary([v for v, f in zip(nuc_iou, found, strict=True) if f] or [0.0]),
         "cell_iou_found_only": summary([v for v, f in zip(cell_iou, found, strict=True) if f] or [0.0]),
         "per_class_mean_iou": {
-            k: {"n": len(v), "nucleus": round(float(np.mean([a for a, _ in v])), 4),
-                "cell": round(float(np.mean([b for _, b in v])), 4)}
+            k: {
+                "n": len(v),
+                "nucleus": round(float(np.mean([a for a, _ in v])), 4),
+                "cell": round(float(np.mean([b for _, b in v])), 4),
+            }
             for k, v in sorted(by_class.items())
         },
         "locate_ms_per_image": round(seconds / len(rows) * 1e3, 3),
@@ -129,8 +132,11 @@ def eval_pbc(images: list[np.ndarray]) -> tuple[dict, list[LocatedCell]]:
     scale = {}
     for factor in (0.5, 1.5):
         resized = [
-            np.asarray(Image.fromarray(im).resize((round(im.shape[1] * factor), round(im.shape[0] * factor)),
-                                                  Image.Resampling.BILINEAR))
+            np.asarray(
+                Image.fromarray(im).resize(
+                    (round(im.shape[1] * factor), round(im.shape[0] * factor)), Image.Resampling.BILINEAR
+                )
+            )
             for im in images[:100]
         ]
         again = locate_cells(resized)

@@ -22,9 +22,10 @@ hold across laboratories and stains:
    is 1-2.5 in nuclei and below 0.4 in red cells of both labs, whereas red-channel OD or
    saturation confuse Raabin's grey-purple red cells with nuclei. The threshold is the upper one of
    a three-class Otsu (background / red cells + cytoplasm / nucleus) of the image's own cue
-   distribution, never below ``NUCLEUS_FLOOR``. Nucleus pixels within ``LOBE_GAP_FRAC`` of the long
-   side of each other are one cluster (the lobes of a neutrophil); the cluster with the largest
-   nucleus area, discounted by its distance from the image centre, is the cell's nucleus.
+   distribution, never below ``NUCLEUS_FLOOR``. Nucleus pixels within about ``LOBE_GAP_FRAC`` of
+   the long side of each other are one cluster (the lobes of a neutrophil; found at half
+   resolution); the cluster with the largest nucleus area, discounted by its distance from the
+   image centre, is the cell's nucleus.
 4. **Cell (nucleus + cytoplasm).** From the nucleus's centre, ``N_ANGLES`` rays sample the
    stain cue (the sum of absolute ODs, which also sees pale cytoplasm whose blue OD is negative).
    The cell's outline is the closed path, at least one pixel beyond the nucleus on every ray and
@@ -362,8 +363,16 @@ def locate_batch(images: np.ndarray, work_size: int = WORK_SIZE) -> list[Located
         return []
     k = _stride(hh, ww, work_size)
     if hh // k < 8 or ww // k < 8:
-        return [_not_found(f"image is only {ww}x{hh} pixels; at least 8x8 at the working scale is needed",
-                           (hh, ww), k, (8, 8), np.full(3, np.nan)) for _ in range(n)]
+        return [
+            _not_found(
+                f"image is only {ww}x{hh} pixels; at least 8x8 at the working scale is needed",
+                (hh, ww),
+                k,
+                (8, 8),
+                np.full(3, np.nan),
+            )
+            for _ in range(n)
+        ]
     planes = _downscale(imgs, k)  # (3, N, h, w) uint16, 4x the mean
     h, w = planes.shape[2:]
     npx = h * w
@@ -468,7 +477,7 @@ def locate_batch(images: np.ndarray, work_size: int = WORK_SIZE) -> list[Located
     grad[:, :, :-1] += np.abs(cue_s[:, :, 1:] - cue_s[:, :, :-1])
     steepest = 0.5 * np.where(region2, grad, 0.0).reshape(n, -1).max(axis=1)
     d_nuc = 2.0 * np.sqrt(nuc_area / math.pi)
-    blur = (span / np.maximum(steepest, 1e-6)) / np.maximum(d_nuc, 1.0)
+    blur = np.where(best_label > 0, (span / np.maximum(steepest, 1e-6)) / np.maximum(d_nuc, 1.0), np.nan)
 
     off = _offset(k)
     ys = origin_y[:, None] + r * sin[0, :, 0]

@@ -74,9 +74,7 @@ class StainStats:
         mean, std = d["mean"], d["std"]
         if not (isinstance(mean, list | tuple) and isinstance(std, list | tuple) and len(mean) == len(std) == 3):
             raise ValueError("stain statistics need three means and three standard deviations")
-        return cls(
-            (float(mean[0]), float(mean[1]), float(mean[2])), (float(std[0]), float(std[1]), float(std[2]))
-        )
+        return cls((float(mean[0]), float(mean[1]), float(mean[2])), (float(std[0]), float(std[1]), float(std[2])))
 
 
 #: PBC (CellaVision DM96, May-Grünwald-Giemsa) target: the mean per-image statistics of the cell
@@ -163,9 +161,7 @@ def stain_target(images: Iterable[np.ndarray], masks: Iterable[np.ndarray | None
     return StainStats((float(mu[0]), float(mu[1]), float(mu[2])), (float(sd[0]), float(sd[1]), float(sd[2])))
 
 
-def normalise_stain(
-    images: np.ndarray, masks: np.ndarray | None = None, target: StainStats = PBC_TARGET
-) -> np.ndarray:
+def normalise_stain(images: np.ndarray, masks: np.ndarray | None = None, target: StainStats = PBC_TARGET) -> np.ndarray:
     """Reinhard-normalise one image (H, W, 3) or a batch (N, H, W, 3) of uint8 RGB to ``target``.
 
     ``masks`` (bool, (H, W) for all, or (N, H, W)) selects the pixels whose statistics are
