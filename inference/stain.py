@@ -16,7 +16,8 @@ bundled model's PBC training split.
 
 Because the whole map is a per-channel affine map in log-LMS coordinates, it folds into one 3 x 3
 matrix and an offset in log space: RGB -> LMS (matrix), log, matrix + offset, exp, LMS -> RGB
-(matrix). Everything is float32 numpy on the whole batch; the output is deterministic.
+(matrix). Everything is float32 numpy on the whole batch, the 3 x 3 products written out
+elementwise (no BLAS: single-threaded, and the same result whatever the batch size).
 
 Degenerate inputs: a channel whose standard deviation is below ``MIN_STD`` (a grayscale image has
 no α and β spread at all) is only shifted to the target mean, not stretched; a mask with fewer
@@ -94,29 +95,61 @@ def _as_batch(images: np.ndarray) -> np.ndarray:
     return a[..., :3]
 
 
-def _log_lms(images: np.ndarray) -> np.ndarray:
-    """(N, P, 3) float32 log10 LMS of (RGB + 1) / 256."""
+def _mix(m: np.ndarray, x: tuple[np.ndarray, ...], offset: np.ndarray | None = None) -> list[np.ndarray]:
+    """``m @ x (+ offset)`` for colour planes x (three arrays): elementwise, no BLAS.
+
+    ``m`` is (3, 3), or (N, 3, 3) with planes (N, P) for one matrix per image; ``offset`` (3,) or
+    (N, 3). Elementwise arithmetic keeps the result single-threaded and identical whatever the
+    batch size (a BLAS matrix product may block and thread differently for different sizes).
+    """
+    out = []
+    for i in range(3):
+        if m.ndim == 2:
+            acc = np.float32(m[i, 0]) * x[0]
+            acc += np.float32(m[i, 1]) * x[1]
+            acc += np.float32(m[i, 2]) * x[2]
+            if offset is not None:
+                acc += np.float32(offset[i])
+        else:
+            col = m[:, i, :, None].astype(np.float32)
+            acc = col[:, 0] * x[0]
+            acc += col[:, 1] * x[1]
+            acc += col[:, 2] * x[2]
+            if offset is not None:
+                acc += offset[:, i, None].astype(np.float32)
+        out.append(acc)
+    return out
+
+
+def _ln_lms(images: np.ndarray) -> list[np.ndarray]:
+    """Natural log of the LMS planes (N, P) of (RGB + 1) / 256."""
     n = images.shape[0]
-    rgb = images.reshape(n, -1, 3).astype(np.float32)
-    rgb += 1.0
-    rgb *= np.float32(1.0 / 256.0)
-    lms = rgb @ _RGB2LMS.T.astype(np.float32)
-    np.maximum(lms, np.float32(1e-4), out=lms)
-    return np.log10(lms)
+    rgb = tuple(images[..., c].reshape(n, -1).astype(np.float32) for c in range(3))
+    lms = _mix(_RGB2LMS / 256.0, rgb, _RGB2LMS.sum(axis=1) / 256.0)  # the + 1 of (RGB + 1) / 256
+    for plane in lms:
+        np.maximum(plane, np.float32(1e-4), out=plane)
+        np.log(plane, out=plane)
+    return lms
 
 
-def _masked_stats(lab: np.ndarray, masks: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """Per image mean and std (N, 3) of lαβ pixels (N, P, 3) over the masks (N, P) (whole image if too small)."""
-    n, p, _ = lab.shape
+def _lab(ln_lms: list[np.ndarray]) -> list[np.ndarray]:
+    """lαβ planes (log10 units, as in Reinhard et al.) from natural-log LMS planes."""
+    return _mix(_LMS2LAB / math.log(10.0), tuple(ln_lms))
+
+
+def _masked_stats(lab: list[np.ndarray], masks: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Per image mean and std (N, 3) of lαβ planes (N, P) over the masks (whole image if too small)."""
+    n, p = lab[0].shape
     if masks is None:
         w = np.ones((n, p), np.float32)
     else:
         w = masks.reshape(n, -1).astype(np.float32)
         small = w.sum(axis=1) < MIN_PIXELS
         w[small] = 1.0
-    cnt = w.sum(axis=1)[:, None]
-    mean = np.einsum("np,npc->nc", w, lab) / cnt
-    var = np.einsum("np,npc->nc", w, lab * lab) / cnt - mean * mean
+    cnt = w.sum(axis=1)
+    mean = np.stack([(w * c).sum(axis=1) for c in lab], axis=1) / cnt[:, None]
+    sq = np.stack([(w * c * c).sum(axis=1) for c in lab], axis=1) / cnt[:, None]
+    var = sq - mean * mean
     return mean.astype(np.float64), np.sqrt(np.maximum(var, 0.0)).astype(np.float64)
 
 
@@ -135,8 +168,7 @@ def stain_stats(images: np.ndarray, masks: np.ndarray | None = None) -> list[Sta
     """lαβ statistics of each image of a batch (N, H, W, 3) over its mask (N, H, W) or one mask (H, W)."""
     imgs = _as_batch(images)
     m = _check_masks(masks, imgs)
-    lab = _log_lms(imgs) @ _LMS2LAB.T.astype(np.float32)
-    mean, std = _masked_stats(lab, m)
+    mean, std = _masked_stats(_lab(_ln_lms(imgs)), m)
     return [StainStats(tuple(mu.tolist()), tuple(sd.tolist())) for mu, sd in zip(mean, std, strict=True)]  # type: ignore[arg-type]
 
 
@@ -173,25 +205,26 @@ def normalise_stain(images: np.ndarray, masks: np.ndarray | None = None, target:
     batch = _as_batch(a[None] if single else a)
     m = _check_masks(masks, batch)
     n, h, w, _ = batch.shape
-    log_lms = _log_lms(batch)
-    lab = log_lms @ _LMS2LAB.T.astype(np.float32)
-    mean, std = _masked_stats(lab, m)
+    ln_lms = _ln_lms(batch)
+    mean, std = _masked_stats(_lab(ln_lms), m)
     t_mean = np.asarray(target.mean)
     t_std = np.asarray(target.std)
     gain = np.where(std >= MIN_STD, t_std / np.maximum(std, MIN_STD), 1.0)
     gain = np.minimum(gain, MAX_GAIN)
     # lab' = gain * (lab - mean) + t_mean, folded into log-LMS: A = L2M diag(g) M2L, b = L2M (t - g mean)
+    # (A is the same in natural-log units; b is scaled by ln 10)
     a_mat = np.einsum("ij,nj,jk->nik", _LAB2LMS, gain, _LMS2LAB)
-    b_vec = (t_mean[None, :] - gain * mean) @ _LAB2LMS.T
-    z = np.matmul(log_lms, a_mat.transpose(0, 2, 1).astype(np.float32))
-    z += b_vec.astype(np.float32)[:, None, :]
-    z *= np.float32(math.log(10.0))
-    np.exp(z, out=z)
-    out = z @ _LMS2RGB.T.astype(np.float32)
-    out *= 256.0
-    out -= 1.0
-    np.clip(out, 0.0, 255.0, out=out)
-    res = np.rint(out).astype(np.uint8).reshape(n, h, w, 3)
+    b_vec = (t_mean[None, :] - gain * mean) @ _LAB2LMS.T * math.log(10.0)
+    z = _mix(a_mat, tuple(ln_lms), b_vec)
+    for plane in z:
+        np.exp(plane, out=plane)
+    # back to RGB: 256 * LMS2RGB @ lms - 1, + 0.5 so that truncation rounds
+    rgb = _mix(_LMS2RGB * 256.0, tuple(z), np.full(3, -0.5))
+    res = np.empty((n, h * w, 3), np.uint8)
+    for c in range(3):
+        np.clip(rgb[c], 0.0, 255.0, out=rgb[c])
+        res[..., c] = rgb[c]
+    res = res.reshape(n, h, w, 3)
     return res[0] if single else res
 
 
