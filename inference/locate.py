@@ -100,7 +100,7 @@ CELL_FRACTION: Final[float] = 0.7
 
 _OTSU_BINS: Final[int] = 24
 #: Rays are sampled up to this share of the working long side from the nucleus.
-RAY_LENGTH: Final[float] = 0.6
+RAY_LENGTH: Final[float] = 0.5
 _TWO_PI: Final[float] = 2.0 * math.pi
 
 
@@ -457,12 +457,16 @@ def locate_batch(images: np.ndarray, work_size: int = WORK_SIZE) -> list[Located
     # cell outline: two passes of the dynamic programme, the second from the first outline's centroid
     t_fg = np.maximum(FG_FRAC * f1, 0.08).astype(np.float32)
     radii = np.arange(0.0, RAY_LENGTH * max(h, w), 1.0, dtype=np.float32)
+    fg_pad = np.zeros((n, h + 2, w + 2), np.float32)
+    np.divide(fg_cue, t_fg[:, None, None], out=fg_pad[:, 1:-1, 1:-1])
+    sel_pad = np.zeros((n, h + 2, w + 2), bool)
+    sel_pad[:, 1:-1, 1:-1] = sel
     for n_rays in (FIRST_PASS_ANGLES, N_ANGLES):
         ang = np.arange(n_rays) * (_TWO_PI / n_rays)
         sin = np.sin(ang).astype(np.float32)[None, :, None]
         cos = np.cos(ang).astype(np.float32)[None, :, None]
         origin_y, origin_x = oy, ox
-        r, on_edge = _outline(origin_y, origin_x, fg_cue, sel, t_fg, radii, sin, cos)
+        r, on_edge = _outline(origin_y, origin_x, fg_pad, sel_pad, radii, sin, cos)
         area_c, oy, ox = _polygon(origin_y, origin_x, r, sin[..., 0], cos[..., 0])
     # focus: the nucleus edge's width (the cue's rise from the ring around the nucleus to the
     # nucleus's peak, over the steepest gradient there) relative to the nucleus's diameter; on every
@@ -555,29 +559,27 @@ _STRUCT[1] = ndi.generate_binary_structure(2, 1)
 def _outline(
     oy: np.ndarray,
     ox: np.ndarray,
-    fg_cue: np.ndarray,
-    sel: np.ndarray,
-    t_fg: np.ndarray,
+    fg_pad: np.ndarray,
+    sel_pad: np.ndarray,
     radii: np.ndarray,
     sin: np.ndarray,
     cos: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Radii (N, A) of each cell's outline about (oy, ox), and which rays end on the image border."""
-    n, h, w = fg_cue.shape
+    """Radii (N, A) of each cell's outline about (oy, ox), and which rays end on the image border.
+
+    ``fg_pad`` is the stain cue in units of each image's background threshold and ``sel_pad`` the
+    cell's nucleus, both with a one-pixel border of background around the image (N, h + 2, w + 2):
+    ray samples beyond the image are clipped onto that border and read as background.
+    """
+    n, hp, wp = fg_pad.shape
     nr = radii.size
-    yf = oy[:, None, None] + sin * radii
-    xf = ox[:, None, None] + cos * radii
-    inside = (yf > -0.5) & (yf < h - 0.5) & (xf > -0.5) & (xf < w - 0.5)
-    py = np.clip(yf + 0.5, 0, h - 1).astype(np.int32)
-    px = np.clip(xf + 0.5, 0, w - 1).astype(np.int32)
-    flat = py * w
+    py = np.clip(oy[:, None, None] + sin * radii + np.float32(1.5), 0, hp - 1).astype(np.int32)
+    px = np.clip(ox[:, None, None] + cos * radii + np.float32(1.5), 0, wp - 1).astype(np.int32)
+    flat = py * wp
     flat += px
-    flat += (np.arange(n, dtype=np.int32) * (h * w))[:, None, None]
-    # stain cue in units of the background threshold; 0 (background) beyond the image
-    f = fg_cue.reshape(-1)[flat]
-    f *= inside
-    f /= t_fg[:, None, None]
-    pn = sel.reshape(-1)[flat]
+    flat += (np.arange(n, dtype=np.int32) * (hp * wp))[:, None, None]
+    f = fg_pad.reshape(-1)[flat]
+    pn = sel_pad.reshape(-1)[flat]
     # the outline lies beyond the last nucleus sample of each ray
     n_ext = np.where(pn.any(axis=2), nr - 1 - np.argmax(pn[:, :, ::-1], axis=2), 0)
     g = np.zeros_like(f)
@@ -586,17 +588,21 @@ def _outline(
     np.clip(g, -1.0, 1.0, out=g)
     # max(g, 0) + RISE_W * max(-g, 0), plus BG_W where the next two samples are background
     evidence = np.abs(g)
-    evidence *= 0.5 * (1.0 + RISE_W)
-    evidence += (0.5 * (1.0 - RISE_W)) * g
-    evidence[:, :, :-2] += BG_W * ((f[:, :, 1:-1] <= 1.0) & (f[:, :, 2:] <= 1.0))
-    bgness = np.clip(1.0 - f, 0.0, 1.0)
-    cost = np.cumsum(bgness, axis=2)
+    if RISE_W != 1.0:
+        evidence *= 0.5 * (1.0 + RISE_W)
+        evidence += (0.5 * (1.0 - RISE_W)) * g
+    is_bg = f <= 1.0
+    evidence[:, :, :-2] += BG_W * (is_bg[:, :, 1:-1] & is_bg[:, :, 2:])
+    cost = np.maximum(1.0 - f, 0.0)  # background-ness (the cue is never negative)
+    np.cumsum(cost, axis=2, out=cost)
     cost *= REG_W
     cost -= evidence
     cost[np.arange(nr)[None, None, :] <= n_ext[:, :, None]] = 1e3
     path = _dp_closed(cost)
     r = radii[path]
-    edge = ~np.take_along_axis(inside, np.minimum(path + 1, nr - 1)[:, :, None], axis=2)[:, :, 0]
+    nxt = np.take_along_axis(flat, np.minimum(path + 1, nr - 1)[:, :, None], axis=2)[:, :, 0] % (hp * wp)
+    y, x = np.divmod(nxt, wp)
+    edge = (y == 0) | (y == hp - 1) | (x == 0) | (x == wp - 1)
     return r, edge
 
 
