@@ -44,7 +44,6 @@ def pbc_sample(pbc_cells) -> list[np.ndarray]:
     return out
 
 
-@pytest.mark.slow
 def test_tecom_expert_masks(tecom_dir):
     rows = list(csv.DictReader((tecom_dir / "manifest.csv").open()))
     images = [_rgb(tecom_dir / r["path"]) for r in rows]
