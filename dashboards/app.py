@@ -37,6 +37,7 @@ from wbcv.validation.figures import (
     regression_plot,
     verification_plot,
 )
+from wbcv.validation.verdict import coverage_error_label
 
 TABLE_PAGE_SIZE: Final[int] = 15
 TABLE_TYPES: Final[dict[str, str]] = {
@@ -96,7 +97,16 @@ def _pct(v: float | None) -> str:
 
 
 def _verdict_table(run: ComparisonRun, measurand: str) -> html.Div:
-    head = ["measurand", "n", "within", "coverage", "95 % CI", "E95 %", "sampling floor", "verdict"]
+    head = [
+        "measurand",
+        "n",
+        "within",
+        "coverage",
+        f"{100 * run.confidence:g} % CI",
+        f"{coverage_error_label(run.required_coverage)} %",
+        "sampling floor",
+        "verdict",
+    ]
     rows = []
     for m, v in run.verdicts.items():
         ci = "–" if v["coverage_lower"] is None else f"{_pct(v['coverage_lower'])} – {_pct(v['coverage_upper'])}"
@@ -138,6 +148,7 @@ def _verification_view(run: ComparisonRun, measurand: str, opts: list[str]) -> t
         v["required_coverage"],
         show_floor_band=SHOW_FLOOR in opts,
         webgl=True,
+        absolute_limit=v["absolute_limit"],
     )
     if SHOW_EXCLUDED in opts:
         extra = run.excluded_rows(measurand)
@@ -579,6 +590,7 @@ def create_app(runs_dir: Path, credentials: Credentials | None = None) -> Dash:
                 v["coverage_error_pct"],
                 v["required_coverage"],
                 webgl=True,
+                absolute_limit=v["absolute_limit"],
             )
             fig.update_layout(title=f"{tag}: {run.run_id} · coverage {_pct(v['coverage'])}", showlegend=False)
             figs.append(fig)

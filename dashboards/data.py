@@ -206,6 +206,8 @@ class ComparisonRun:
         self.verdicts: dict[str, dict[str, Any]] = {v["measurand"]: v for v in verdict["measurands"]}
         self.measurands: list[str] = list(self.verdicts)
         self.required_coverage = self.record.protocol.required_coverage
+        # the two-sided level of every interval of the run (its protocol's acceptance.confidence)
+        self.confidence = self.record.protocol.confidence
         self.notes: list[str] = []  # what the dashboard could not show, and why
 
     @cached_property
@@ -279,6 +281,7 @@ class ComparisonRun:
             "coverage": v["coverage"],
             "coverage_lower": v["coverage_lower"],
             "coverage_upper": v["coverage_upper"],
+            "confidence": self.confidence,
             "n": v["n"],
             "passed": v["passed"],
         }
@@ -294,6 +297,7 @@ def coverage_trend(catalog: RunCatalog, measurand: str) -> pl.DataFrame:
         "coverage": pl.Float64,
         "coverage_lower": pl.Float64,
         "coverage_upper": pl.Float64,
+        "confidence": pl.Float64,
         "n": pl.Int64,
         "passed": pl.Boolean,
     }

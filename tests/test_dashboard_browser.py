@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
@@ -36,6 +37,7 @@ PLOT_TRACES = """(sel) => {
   return g._fullData.map(t => ({name: t.name, type: t.type, visible: t.visible,
     colour: t.line ? t.line.color : null, dash: t.line ? t.line.dash : null,
     n: t.x ? t.x.length : 0, y0: t.y && t.y.length ? t.y[0] : null,
+    xs: t.x ? Array.from(t.x) : [], ys: t.y ? Array.from(t.y) : [],
     ids: t.text ? Array.from(t.text) : []}));
 }"""
 # The lines as Plotly drew them: one entry per line path of the plot's SVG.
@@ -110,6 +112,22 @@ def open_tab(page: Page, label: str) -> None:
     page.locator("#view").get_by_text(label, exact=True).click()
 
 
+def limit_levels(data: list[dict[str, Any]]) -> list[float]:
+    """The red limit lines' allowable error L: each line's value nearest 0 (the lines widen to
+    max(L, 100·A/reference) below the knee when the protocol has an absolute limit A)."""
+    return sorted(min(t["ys"], key=abs) for t in data if t["colour"] == "#d62728")
+
+
+def assert_limit_lines_are_the_effective_limit(data: list[dict[str, Any]], rows: pl.DataFrame) -> None:
+    """As drawn, a sample lies between the red lines at its reference value exactly when the
+    comparison counted it within limits (wbcv.validation.figures.limit_line)."""
+    upper, lower = sorted((t for t in data if t["colour"] == "#d62728"), key=lambda t: -t["ys"][0])
+    assert upper["xs"] == lower["xs"] and upper["ys"] == [-y for y in lower["ys"]]
+    x, e = rows["reference"].to_numpy(), rows["error_pct"].to_numpy()
+    inside = np.abs(e) <= np.interp(x, upper["xs"], upper["ys"]) + 1e-12
+    assert inside.tolist() == rows["within_limit"].to_list()
+
+
 def newest_run(runs: Path) -> Any:
     catalog = RunCatalog(runs)
     return catalog.get(catalog.summaries()[0].run_id)
@@ -122,7 +140,8 @@ def test_verification_plot_draws_limits_coverage_floor_band_and_webgl_points(pag
     samples = next(t for t in data if t["name"] == "samples")
     assert samples["type"] == "scattergl" and samples["n"] == run.rows("NEUT#").height > 0
     red = [t for t in data if t["colour"] == "#d62728"]
-    assert sorted(t["y0"] for t in red) == [-10.0, 10.0] and {t["dash"] for t in red} == {"dot"}
+    assert limit_levels(data) == [-10.0, 10.0] and {t["dash"] for t in red} == {"dot"}
+    assert_limit_lines_are_the_effective_limit(data, run.rows("NEUT#").drop_nulls("error_pct"))
     blue = [t for t in data if t["colour"] == "#1f4fd6"]
     assert sorted(t["y0"] for t in blue) == pytest.approx([-v["coverage_error_pct"], v["coverage_error_pct"]])
 
@@ -257,7 +276,8 @@ def test_switching_measurand_redraws_the_plot_and_verdict(page: Page, runs: Path
     samples = next(x for x in data if x["name"] == "samples")
     assert samples["n"] == lymph.height and set(samples["ids"]) == set(lymph["sample_id"].to_list())
     assert page.locator("#verification .g-xtitle").text_content() == "reference LYMPH% (%)"  # as drawn in the SVG
-    assert sorted(t["y0"] for t in data if t["colour"] == "#d62728") == [-10.0, 10.0]
+    assert limit_levels(data) == [-10.0, 10.0]
+    assert_limit_lines_are_the_effective_limit(data, lymph.drop_nulls("error_pct"))
     page.wait_for_function("() => document.querySelector('#verdict-reason').innerText.startsWith('LYMPH%: ')")
     # the method-comparison tab is built for the measurand chosen
     open_tab(page, "method comparison")
@@ -322,7 +342,7 @@ def test_runs_list_switch_run_compare_two_runs_and_trend(page: Page, runs: Path)
     newest, older = summaries[0], summaries[1]  # the ±10 % and the ±15 % comparison of one inference run
     # pick the older run from the runs list: the plot redraws with its ±15 % limits
     page.locator("#runs-table tbody tr", has_text=older.run_id).click()
-    wait_for_plot(page, "#verification", lambda t: sorted(x["y0"] for x in t if x["colour"] == "#d62728") == [-15, 15])
+    wait_for_plot(page, "#verification", lambda t: limit_levels(t) == [-15, 15])
     assert "selected" in (page.locator("#runs-table tbody tr", has_text=older.run_id).get_attribute("class") or "")
     assert "selected" not in (rows.first.get_attribute("class") or "")
     page.wait_for_function(f"() => document.querySelector('#verdict').innerText.includes('run {older.run_id}:')")
@@ -332,8 +352,8 @@ def test_runs_list_switch_run_compare_two_runs_and_trend(page: Page, runs: Path)
     page.get_by_role("option", name=newest.run_id).click()
     a = wait_for_plot(page, "#compare-a", lambda t: any(x["name"] == "samples" for x in t))
     b = wait_for_plot(page, "#compare-b", lambda t: any(x["name"] == "samples" for x in t))
-    assert sorted(x["y0"] for x in a if x["colour"] == "#d62728") == [-15, 15]
-    assert sorted(x["y0"] for x in b if x["colour"] == "#d62728") == [-10, 10]
+    assert limit_levels(a) == [-15, 15]
+    assert limit_levels(b) == [-10, 10]
     paired = wait_for_plot(page, "#paired", lambda t: t[0]["n"] > 0)
     assert paired[0]["n"] == catalog.get(newest.run_id).rows("NEUT#").height  # same samples, same inference
     # coverage trend: one point per run that has a coverage for NEUT#, in time order

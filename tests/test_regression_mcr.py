@@ -146,6 +146,29 @@ def test_estimates_and_cis_match_mcr(file, alg):
     assert not bad, f"{case.name}/{alg.name}: (ours, mcr, relative difference) beyond {alg.precision}: {bad}"
 
 
+@pytest.mark.parametrize(("file", "alg"), _checked({"PaBa", "PaBaLarge", "WDeming"}))
+def test_large_n_algorithms_match_mcr(file, alg):
+    """The large-n algorithms (used above LARGE_N pairs) forced on the 50-pair cases: Passing–Bablok
+    selects the same order statistics, so its results are identical to the quadratic algorithm's;
+    weighted Deming's leave-one-out fits are solved to their fixed points rather than refitted to
+    mcr's 1e-6 stopping rule, and still reproduce mcr's CIs and biases to the file's precision."""
+    case = CASES[file]
+    if alg.reg_method == "WDeming":
+        result = weighted_deming(case.x, case.y, error_ratio=alg.error_ratio, algorithm="large")
+        assert result.algorithm == "large" and result.jackknife_not_converged == 0
+        rows = result.bias_at(alg.bias_levels) if alg.bias_levels else ()
+        for key, attr in (("Bias", "bias"), ("BiasL", "lower"), ("BiasU", "upper")):
+            for row, ref in zip(rows, alg.reference.get(key, ()), strict=True):
+                assert _rel(getattr(row, attr), ref) <= alg.precision, (key, row.level)
+    else:
+        result = passing_bablok(case.x, case.y, algorithm="large")
+        assert result.algorithm == "large"
+        assert _values(result) == _values(passing_bablok(case.x, case.y, algorithm="exact"))
+    got = _values(result)
+    bad = {k: got[k] for k in COEFFICIENTS if _rel(got[k], alg.reference[k][0]) > alg.precision}
+    assert not bad, f"{case.name}/{alg.name}: beyond {alg.precision}: {bad}"
+
+
 @pytest.mark.parametrize(("file", "alg"), [p for p in _checked(set(IMPLEMENTED)) if p.values[1].bias_levels])
 def test_bias_at_decision_levels_matches_mcr(file, alg):
     case = CASES[file]

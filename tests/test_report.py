@@ -316,3 +316,30 @@ def test_a_report_left_half_written_by_a_killed_process_is_replaced(study_run, t
     assert {(f.kind, f.path) for f in verify_record(fresh).findings} == {("added", f"{REPORT_STAGING}/report.html")}
     write_report(fresh)  # the half-written report is not data: it is replaced
     assert not staging.exists() and verify_record(fresh).intact
+
+
+def test_labels_state_the_protocols_confidence_coverage_and_effective_limit(study_run):
+    """A protocol at 90 % confidence and 80 % coverage: the verdict table, the statistics and the
+    methods say 90 % CI and E80, nowhere a fixed 95 % CI; the verification plots' red lines are
+    the effective limit max(L, 100·A/reference) with the legend naming both limits. (Only the
+    rendering changes here; the statistics stay those of the run.)"""
+    import dataclasses
+
+    from markupsafe import escape
+
+    data = load_report_data(study_run["compare"])
+    protocol = dataclasses.replace(data.protocol, confidence=0.9, required_coverage=0.8)
+    html = render_html(
+        dataclasses.replace(data, protocol=protocol, record=dataclasses.replace(data.record, protocol=protocol))
+    )
+    assert "Coverage (90 % CI)</th><th>E80</th>" in html
+    # (the verdict reasons were written by the run at its real 95 %: leave them out)
+    labels = re.sub(r"<script.*?</script>", "", html, flags=re.S)  # plotly.js has "E95" in a Unicode table
+    for v in data.verdicts:
+        labels = labels.replace(str(escape(v["reason"])), "")
+    assert "95 % CI" not in labels and "E95" not in labels
+    assert "90 % CI" in html and "80 %-coverage error (E80)" in html
+    assert "±10 % or ±0.2 10^3/uL, whichever is wider (the lines widen below a reference of 2 10^3/uL)" in html
+    # the plots' red lines, in the figures' JSON (plotly escapes ± and /)
+    assert r'"name":"\u00b110 % allowable error or \u00b10.2 10^3\u002fuL, whichever is wider"' in html
+    assert r'"name":"\u00b110 % allowable error or \u00b12 percentage points, whichever is wider"' in html

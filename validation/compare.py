@@ -11,8 +11,10 @@ Modes (the protocol's ``count_mode``; README, "Domain facts"):
 
 Per sample and measurand: error % = (predicted - reference) / reference x 100. With an absolute
 limit A in the protocol the sample is within limits when |predicted - reference| <= max(L/100 x
-reference, A), i.e. |error %| <= the effective limit max(L, 100 A / reference); a reference of 0
-then has the absolute criterion only, and without A it is excluded with that reason.
+reference, A), i.e. |error %| <= the effective limit max(L, 100 A / reference)
+(``wbcv.validation.protocol.effective_limit_pct`` and ``within_limit``, which the verification
+plot's limit lines use too); a reference of 0 then has the absolute criterion only, and without A
+it is excluded with that reason.
 
 The sampling floor of a sample (relative mode, class measurands): the probability that counting
 n_classified cells alone keeps the error within the effective limit when the true fraction is the
@@ -39,7 +41,7 @@ import polars as pl
 from wbcv.base.errors import WbcvError
 from wbcv.validation import sampling
 from wbcv.validation.measurands import MEASURANDS
-from wbcv.validation.protocol import Protocol
+from wbcv.validation.protocol import MeasurandRule, Protocol, effective_limit_pct, within_limit
 from wbcv.validation.reference import MARKS, ReferenceData
 
 COMPARISON_SCHEMA: Final[dict[str, pl.DataType]] = {
@@ -261,7 +263,7 @@ def _predicted(
 
 def _one_value(
     name: str,
-    rule: Any,
+    rule: MeasurandRule,
     c: dict[str, Any],
     r: dict[str, Any],
     protocol: Protocol,
@@ -286,13 +288,14 @@ def _one_value(
     assert predicted is not None and ref_value is not None
     difference = predicted - ref_value
     if ref_value == 0:
+        assert rule.absolute_limit is not None  # without one the value was excluded above
         limit_pct, criterion = None, "absolute"
         within = abs(difference) <= rule.absolute_limit
     else:
-        abs_as_pct = 100.0 * rule.absolute_limit / ref_value if rule.absolute_limit is not None else 0.0
-        limit_pct = max(rule.allowable_error_pct, abs_as_pct)
-        criterion = "absolute" if abs_as_pct > rule.allowable_error_pct else "relative"
-        within = abs(error_pct) <= limit_pct + 1e-12
+        assert error_pct is not None
+        limit_pct = float(effective_limit_pct(rule, ref_value))
+        criterion = "absolute" if limit_pct > rule.allowable_error_pct else "relative"
+        within = bool(within_limit(rule, error_pct, ref_value))
     ref_fraction = ref_value / 100.0 if m.kind == "percent" else None
     if m.kind == "count" and wbc_ref is not None:
         ref_fraction = ref_value / wbc_ref if wbc_ref > 0 else None

@@ -1,11 +1,12 @@
 """Plotly figure builders: the single definition of every plot, for the report and the dashboard.
 
 ``verification_plot`` is the source study's verification plot: error % (y) against the reference
-count (x), one point per sample; red dotted lines at ±the allowable error; blue dotted lines at
-±the error that covers the required fraction of samples; and, as grey vertical bars, each
-sample's sampling-floor band (the central 95 % of the error that counting its cells alone would
-cause, ``wbcv.validation.sampling.counting_error_interval``). ``bland_altman_plot`` and
-``regression_plot`` draw the method-comparison results stored in statistics.json;
+count (x), one point per sample; red dotted lines at ±the allowable error (the effective limit
+max(L, 100 · A / reference), which widens at low reference values when the protocol gives an
+absolute limit A); blue dotted lines at ±the error that covers the required fraction of samples;
+and, as grey vertical bars, each sample's sampling-floor band (the central 95 % of the error that
+counting its cells alone would cause, ``wbcv.validation.sampling.counting_error_interval``).
+``bland_altman_plot`` and ``regression_plot`` draw the method-comparison results stored in statistics.json;
 ``confusion_matrix_plot`` the cell-level confusion matrix against expert labels.
 """
 
@@ -19,6 +20,7 @@ import polars as pl
 
 from wbcv.base.taxonomy import CELL_CLASSES, UNCLASSIFIED
 from wbcv.validation.measurands import MEASURANDS
+from wbcv.validation.protocol import MeasurandRule, effective_limit_pct
 
 LIMIT_COLOUR: Final[str] = "#d62728"  # red, as in the source study
 COVERAGE_COLOUR: Final[str] = "#1f4fd6"  # blue
@@ -67,6 +69,32 @@ def _sample_points(
     )
 
 
+def limit_line(
+    rule: MeasurandRule, x0: float, x1: float, references: np.ndarray, cap: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The upper limit line of the verification plot over [x0, x1]: y = min(limit(x), cap), with
+    limit(x) = ``effective_limit_pct(rule, x)``, the effective limit the comparison judges each sample by.
+
+    Without an absolute limit it is flat at L. With one it follows 100 · A / x below the knee
+    x = 100 · A / L, through a vertex at every sample's reference value there (so a sample lies
+    between ±y at its reference exactly when it is within limits) and a geometric grid for the
+    curve's shape; it is cut at ``cap`` (where the limit tends to infinity as x → 0), which the
+    caller sets above every sample's |error| so that the cut does not change that equivalence.
+    """
+    if rule.absolute_limit is None:
+        xs = np.array([x0, x1])
+    else:
+        knee = 100.0 * rule.absolute_limit / rule.allowable_error_pct
+        at_cap = 100.0 * rule.absolute_limit / cap  # where 100 A / x reaches the cap
+        lo, hi = max(x0, at_cap), min(x1, knee)
+        parts = [np.array([x0, x1]), np.array([v for v in (at_cap, knee) if x0 < v < x1])]
+        if lo < hi:
+            parts.append(np.geomspace(lo, hi, 64))
+            parts.append(references[(references > lo) & (references < hi)])
+        xs = np.unique(np.concatenate(parts))
+    return xs, np.minimum(effective_limit_pct(rule, xs), cap)
+
+
 def verification_plot(
     rows: pl.DataFrame,
     measurand: str,
@@ -75,9 +103,16 @@ def verification_plot(
     required_coverage: float = 0.95,
     show_floor_band: bool = True,
     webgl: bool = False,
+    absolute_limit: float | None = None,
 ) -> go.Figure:
-    """The verification plot of one measurand from comparison-table rows (``wbcv.validation.compare``)."""
+    """The verification plot of one measurand from comparison-table rows (``wbcv.validation.compare``).
+
+    ``limit_pct`` and ``absolute_limit`` are the measurand's allowable error L (%) and absolute limit
+    A of the protocol; the red dotted lines are ±the effective limit max(L, 100 · A / reference)
+    (:func:`limit_line`), which widens at low reference values when A is given.
+    """
     m = MEASURANDS[measurand]
+    rule = MeasurandRule(limit_pct, absolute_limit)
     data = rows.filter((pl.col("measurand") == measurand) & pl.col("error_pct").is_not_null())
     # NumPy arrays, not lists: plotly validates a list element by element (about a second for
     # 10,000 samples) and sends float arrays as compact binary in the figure's JSON.
@@ -113,9 +148,24 @@ def verification_plot(
             webgl=webgl,
         )
     )
+    largest = float(np.abs(data["error_pct"].to_numpy()).max()) if data.height else 0.0
+    line_x, line_y = limit_line(rule, x0, x1, x, cap=1.25 * max(largest, limit_pct))
+    unit = "percentage points" if m.unit == "%" else m.unit  # an absolute limit of a % is in points
+    name = f"±{limit_pct:g} % allowable error" + (
+        f" or ±{absolute_limit:g} {unit}, whichever is wider" if absolute_limit is not None else ""
+    )
     for sign in (1, -1):
         fig.add_trace(
-            _hline(f"±{limit_pct:g} % allowable error", sign * limit_pct, x0, x1, LIMIT_COLOUR, "limit", sign == 1)
+            go.Scatter(
+                x=line_x,
+                y=sign * line_y,
+                mode="lines",
+                name=name,
+                legendgroup="limit",
+                showlegend=sign == 1,
+                line={"color": LIMIT_COLOUR, "dash": "dot", "width": 2},
+                hoverinfo="name",
+            )
         )
     if coverage_error_pct is not None:
         for sign in (1, -1):
@@ -282,8 +332,12 @@ def excluded_samples_trace(rows: pl.DataFrame, webgl: bool = False) -> go.Scatte
 def coverage_trend_plot(points: pl.DataFrame, measurand: str, required_coverage: float) -> go.Figure:
     """Coverage of one measurand across runs with its Clopper–Pearson CI, against the requirement (drift).
 
-    ``points``: run_id, created_utc, model, coverage, coverage_lower, coverage_upper, n, passed.
+    ``points``: run_id, created_utc, model, coverage, coverage_lower, coverage_upper, confidence, n,
+    passed. Each run's interval is at its own protocol's confidence, which the legend states (or, when
+    the runs differ, the hover of each point).
     """
+    levels = sorted({float(c) for c in points["confidence"].to_list()})
+    ci_label = f"{100 * levels[0]:g} % CI" if len(levels) == 1 else "CI at each run's confidence"
     cov = [100 * v for v in points["coverage"].to_list()]
     lo = [100 * v for v in points["coverage_lower"].to_list()]
     hi = [100 * v for v in points["coverage_upper"].to_list()]
@@ -292,7 +346,7 @@ def coverage_trend_plot(points: pl.DataFrame, measurand: str, required_coverage:
             x=points["created_utc"].to_list(),
             y=cov,
             mode="lines+markers",
-            name="coverage (95 % CI)",
+            name=f"coverage ({ci_label})",
             line={"color": POINT_COLOUR},
             marker={
                 "size": 9,
@@ -305,10 +359,10 @@ def coverage_trend_plot(points: pl.DataFrame, measurand: str, required_coverage:
                 "arrayminus": [c - lw for c, lw in zip(cov, lo, strict=True)],
                 "color": "#777777",
             },
-            customdata=points.select("run_id", "model", "n").rows(),
+            customdata=points.select("run_id", "model", "n", (100 * pl.col("confidence")).round(4)).rows(),
             hovertemplate=(
                 "run %{customdata[0]}<br>model %{customdata[1]}<br>coverage %{y:.1f} % of %{customdata[2]} samples"
-                "<extra></extra>"
+                "<br>interval at %{customdata[3]} % confidence<extra></extra>"
             ),
         )
     )

@@ -32,6 +32,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Final
 
+import numpy as np
 import yaml
 
 from wbcv.base.errors import WbcvError, suggest
@@ -56,6 +57,35 @@ MEASURAND_KEYS: Final[tuple[str, ...]] = ("allowable_error_pct", "absolute_limit
 ACCEPTANCE_KEYS: Final[tuple[str, ...]] = ("required_coverage", "basis", "confidence")
 EXCLUSION_KEYS: Final[tuple[str, ...]] = ("flags", "marks", "min_cells", "min_reference")
 CLASS_MAPPING_KEYS: Final[tuple[str, ...]] = ("immature_granulocytes",)
+
+
+# Allowance (percentage points) of the within-limit decision at the boundary: an error equal to the
+# limit in decimal arithmetic can come out one rounding above it in floating point.
+LIMIT_TOLERANCE_PCT: Final[float] = 1e-12
+
+
+def effective_limit_pct(rule: MeasurandRule, reference: float | np.ndarray) -> np.ndarray:
+    """The effective relative limit (%) of a measurand at a reference value: max(L, 100 · A / reference).
+
+    L = ``rule.allowable_error_pct``, A = ``rule.absolute_limit``: a value is within limits when
+    |test − reference| <= max(L/100 · reference, A), i.e. when |error %| is at most this. L alone
+    without an absolute limit; +inf at a reference <= 0 with one (the absolute limit is then the
+    only criterion: the relative error is undefined at 0). The one definition used by the
+    comparison (``wbcv.validation.compare``) and the verification plot's limit lines
+    (``wbcv.validation.figures``).
+    """
+    ref = np.asarray(reference, dtype=float)
+    if rule.absolute_limit is None:
+        return np.full(ref.shape, float(rule.allowable_error_pct))
+    with np.errstate(divide="ignore"):
+        absolute_pct = np.where(ref > 0, 100.0 * rule.absolute_limit / np.where(ref > 0, ref, 1.0), np.inf)
+    return np.maximum(rule.allowable_error_pct, absolute_pct)
+
+
+def within_limit(rule: MeasurandRule, error_pct: float | np.ndarray, reference: float | np.ndarray) -> np.ndarray:
+    """Whether an error (%) at a reference value is within limits: |error %| <= the effective limit
+    (:func:`effective_limit_pct`; boundary included, with 1e-12 percentage points for rounding)."""
+    return np.abs(np.asarray(error_pct, dtype=float)) <= effective_limit_pct(rule, reference) + LIMIT_TOLERANCE_PCT
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -65,6 +65,8 @@ from wbcv.validation.integrity import (
     source_run_findings,
 )
 from wbcv.validation.measurands import MEASURANDS
+from wbcv.validation.regression import LARGE_N
+from wbcv.validation.verdict import coverage_error_label
 
 REPORT_FORMAT: Final[str] = "wbcv-report/1"
 SIGNATURE_ROLES: Final[tuple[str, ...]] = ("Prepared by", "Reviewed by", "Approved by")
@@ -245,7 +247,16 @@ def _figure(fig: go.Figure, div_id: str, height: int) -> Markup:
     return Markup(f'<div class="figure">{html}</div>')
 
 
-def _stat_rows(st: dict[str, Any], confidence: float) -> list[tuple[str, str, str]]:
+# The regressions of statistics.json (wbcv.validation.verdict), in the order the report lists them.
+FIT_LABELS: Final[dict[str, str]] = {
+    "passing_bablok": "Passing–Bablok",
+    "deming": "Deming",
+    "weighted_deming": "weighted Deming",
+    "ols": "least squares",
+}
+
+
+def _stat_rows(st: dict[str, Any], confidence: float, required_coverage: float) -> list[tuple[str, str, str]]:
     """(statistic, estimate, CI) rows of one measurand; a statistic that could not be computed
     says why."""
     level = f"{100 * confidence:g} % CI"
@@ -259,7 +270,8 @@ def _stat_rows(st: dict[str, Any], confidence: float) -> list[tuple[str, str, st
         return False
 
     ce = st.get("coverage_error")
-    if not missing("95 %-coverage error (E95)", ce):
+    e_name = f"{100 * required_coverage:g} %-coverage error ({coverage_error_label(required_coverage)})"
+    if not missing(e_name, ce):
         rows.append(
             (
                 f"error covering {100 * ce['coverage']:g} % of samples",
@@ -274,7 +286,7 @@ def _stat_rows(st: dict[str, Any], confidence: float) -> list[tuple[str, str, st
         rows.append((f"bias, Bland–Altman ({label})", f"{fmt(ba['bias'])}{unit}", f"{level} {ci(ba['bias_ci'])}"))
         rows.append((f"lower limit of agreement ({label})", f"{fmt(ba['loa_lower'])}{unit}", ci(ba["loa_lower_ci"])))
         rows.append((f"upper limit of agreement ({label})", f"{fmt(ba['loa_upper'])}{unit}", ci(ba["loa_upper_ci"])))
-    for key, label in (("passing_bablok", "Passing–Bablok"), ("deming", "Deming"), ("ols", "least squares")):
+    for key, label in FIT_LABELS.items():
         fit = st.get(key)
         if missing(label, fit):
             continue
@@ -293,7 +305,8 @@ def _stat_rows(st: dict[str, Any], confidence: float) -> list[tuple[str, str, st
             continue
         for b in levels:
             interval = "no CI defined" if b["lower"] is None else f"{level} {fmt(b['lower'])} to {fmt(b['upper'])}"
-            rows.append((f"bias at {fmt(b['level'])} ({method.replace('_', '–').title()})", fmt(b["bias"]), interval))
+            name = FIT_LABELS.get(method, method)
+            rows.append((f"bias at {fmt(b['level'])} ({name})", fmt(b["bias"]), interval))
     plan = st.get("samples_needed_at_observed_coverage")
     if isinstance(plan, dict) and "n_samples" in plan:
         rows.append(
@@ -325,7 +338,12 @@ def _measurand_sections(data: ReportData, required_coverage: float, confidence: 
             figures.append(
                 _figure(
                     verification_plot(
-                        data.comparison, name, v["allowable_error_pct"], v["coverage_error_pct"], required_coverage
+                        data.comparison,
+                        name,
+                        v["allowable_error_pct"],
+                        v["coverage_error_pct"],
+                        required_coverage,
+                        absolute_limit=v["absolute_limit"],
                     ),
                     f"fig-{slug}-verification",
                     430,
@@ -353,7 +371,7 @@ def _measurand_sections(data: ReportData, required_coverage: float, confidence: 
                 "slug": slug,
                 "unit": MEASURANDS[name].unit,
                 "verdict": v,
-                "stats": _stat_rows(st, confidence) if st else [],
+                "stats": _stat_rows(st, confidence, required_coverage) if st else [],
                 "figures": figures,
                 "n_absolute": int((rows["criterion"] == "absolute").sum()) if rows.height else 0,
             }
@@ -398,7 +416,7 @@ def _methods(protocol: ProtocolRecord, statistics: dict[str, Any]) -> list[tuple
             + f" is at least {req}; the study passes when every measurand passes.",
         ),
         (
-            "95 %-coverage error (E95)",
+            f"{req}-coverage error ({coverage_error_label(protocol.required_coverage)})",
             "the smallest |error| that at least the required fraction of samples do not exceed: the empirical "
             "quantile of |error %| with the inverted-CDF rule (Hyndman & Fan 1996 type 1, order statistic "
             f"⌈q·n⌉); its {conf} CI is a percentile bootstrap ({n_boot} resamples, seed {seed}; Efron & "
@@ -423,17 +441,25 @@ def _methods(protocol: ProtocolRecord, statistics: dict[str, Any]) -> list[tuple
             "Passing–Bablok",
             "slope = shifted median of all pairwise slopes, intercept = median(y − b·x), analytical CIs and the "
             "CUSUM linearity test (Passing & Bablok 1983), computed as the R package mcr 1.3.3.1 does "
-            "(checked against mcr's published reference cases).",
+            f"(checked against mcr's published reference cases); above {LARGE_N:,} samples the same order "
+            "statistics are selected without storing all the slopes.",
         ),
         (
             "Deming",
             "error ratio 1 (equal imprecision of both methods), CIs by jackknife centred on the full-data "
             "estimate with a t quantile on n − 2 degrees of freedom (Linnet 1990; mcr).",
         ),
+        (
+            "Weighted Deming",
+            "for a constant coefficient of variation: weights 1 / (estimated true value)², refitted until the "
+            "coefficients change by less than 1e-6 (Linnet 1990; mcr), jackknife CIs as for Deming; needs "
+            "positive values.",
+        ),
         ("Least squares", "ordinary least squares, analytical t-based CIs on n − 2 degrees of freedom (mcr)."),
         (
             "Bias at decision levels",
-            "intercept + (slope − 1) · level (CLSI EP09c; mcr calcBias); Deming with its jackknife CI; "
+            "intercept + (slope − 1) · level (CLSI EP09c; mcr calcBias); Deming and weighted Deming with their "
+            "jackknife CIs; "
             "Passing–Bablok defines no CI of the bias.",
         ),
         (
@@ -508,6 +534,7 @@ def render_html(data: ReportData, signatories: Sequence[Signatory] = ()) -> str:
         record=record,
         record_sha256=data.record_sha256,
         protocol=protocol,
+        e_label=coverage_error_label(protocol.required_coverage),
         inputs=record.inputs,
         inference=data.cells.record if data.cells else None,
         software=record.software,

@@ -44,6 +44,7 @@ class MeasurandVerdict:
     coverage: float | None
     coverage_lower: float | None
     coverage_upper: float | None
+    confidence: float  # two-sided level of the coverage interval (the protocol's)
     required_coverage: float
     basis: str
     allowable_error_pct: float
@@ -78,28 +79,47 @@ def _attempt(fn: Callable[[], Any]) -> Any:
         return {"not_computed": str(e)}
 
 
+def _fit(fn: Callable[[], regression.RegressionResult]) -> regression.RegressionResult | dict[str, str]:
+    """A regression result, or why it could not be computed (kept as the object: fitted once, its
+    bias at the decision levels is read from it)."""
+    try:
+        return fn()
+    except (ValueError, ZeroDivisionError, np.linalg.LinAlgError) as e:
+        return {"not_computed": str(e)}
+
+
 def measurand_statistics(rows: pl.DataFrame, protocol: Protocol, measurand: str) -> dict[str, Any]:
+    """The method-comparison statistics of one measurand (test = predicted, reference = reference),
+    every interval at the protocol's confidence. Each regression is fitted once; the bias at the
+    protocol's decision levels is read from those fits (``RegressionResult.bias_at``). The
+    quadratic parts of Passing–Bablok and the weighted-Deming jackknife switch to their large-n
+    algorithms above ``regression.LARGE_N`` pairs (``benchmarks/bench_stats.py``)."""
     ref, pred = rows["reference"].to_numpy(), rows["predicted"].to_numpy()
     errors = rows["error_pct"].drop_nulls().to_numpy()
     levels = protocol.decision_levels.get(measurand, ())
     alpha = 1 - protocol.confidence
+    fits = {
+        "passing_bablok": _fit(lambda: regression.passing_bablok(ref, pred, alpha)),
+        "deming": _fit(lambda: regression.deming(ref, pred, 1.0, alpha)),
+        "weighted_deming": _fit(lambda: regression.weighted_deming(ref, pred, 1.0, alpha)),
+        "ols": _fit(lambda: regression.ols(ref, pred, alpha)),
+    }
     out: dict[str, Any] = {
         "coverage_error": _attempt(
             lambda: agreement.coverage_error(errors, protocol.required_coverage, confidence=protocol.confidence)
         ),
         "bland_altman_absolute": _attempt(lambda: agreement.bland_altman(pred, ref, "absolute", protocol.confidence)),
         "bland_altman_percent": _attempt(lambda: agreement.bland_altman(pred, ref, "percent", protocol.confidence)),
-        "passing_bablok": _attempt(lambda: regression.passing_bablok(ref, pred, alpha)),
-        "deming": _attempt(lambda: regression.deming(ref, pred, 1.0, alpha)),
-        "ols": _attempt(lambda: regression.ols(ref, pred, alpha)),
+        **{name: to_jsonable(fit) for name, fit in fits.items()},
         "lins_ccc": _attempt(lambda: agreement.lins_ccc(ref, pred, protocol.confidence)),
         "pearson": _attempt(lambda: agreement.pearson(ref, pred, protocol.confidence)),
         "spearman": _attempt(lambda: agreement.spearman(ref, pred, protocol.confidence)),
     }
     if levels:
         out["bias_at_decision_levels"] = {
-            "passing_bablok": _attempt(lambda: regression.passing_bablok(ref, pred, alpha).bias_at(levels)),
-            "deming": _attempt(lambda: regression.deming(ref, pred, 1.0, alpha).bias_at(levels)),
+            name: fit if isinstance(fit, dict) else _attempt(lambda fit=fit: fit.bias_at(levels))
+            for name, fit in fits.items()
+            if name != "ols"
         }
     return out
 
@@ -114,6 +134,7 @@ def decide(table: pl.DataFrame, protocol: Protocol) -> tuple[list[MeasurandVerdi
         common = {
             "measurand": name,
             "n": n,
+            "confidence": protocol.confidence,
             "required_coverage": protocol.required_coverage,
             "basis": protocol.basis,
             "allowable_error_pct": rule.allowable_error_pct,
@@ -189,8 +210,18 @@ def overall(verdicts: list[MeasurandVerdict]) -> bool:
     return bool(verdicts) and all(v.passed for v in verdicts)
 
 
+def coverage_error_label(required_coverage: float) -> str:
+    """Short name of the error that covers the required fraction of samples: E95 for 95 %."""
+    return f"E{100 * required_coverage:g}"
+
+
 def format_verdicts(verdicts: list[MeasurandVerdict]) -> str:
-    head = f"{'measurand':<10} {'n':>5} {'within':>7} {'coverage':>9} {'95% CI':>15} {'E95 %':>7} {'floor':>7}  verdict"
+    """The verdict table as text; the CI and coverage-error columns are labelled with the protocol's
+    confidence and required coverage (the same for every measurand of a comparison)."""
+    confidence = verdicts[0].confidence if verdicts else 0.95
+    required = verdicts[0].required_coverage if verdicts else 0.95
+    ci_head, e_head = f"{100 * confidence:g}% CI", f"{coverage_error_label(required)} %"
+    head = f"{'measurand':<10} {'n':>5} {'within':>7} {'coverage':>9} {ci_head:>15} {e_head:>7} {'floor':>7}  verdict"
     lines = [head, "-" * len(head)]
     for v in verdicts:
         cov = "-" if v.coverage is None else f"{100 * v.coverage:.1f} %"
