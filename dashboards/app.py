@@ -213,7 +213,7 @@ RUN_LIST_COLUMNS: Final[tuple[tuple[str, str], ...]] = (
 
 
 def _runs_list(runs: list[RunSummary], selected: str | None) -> html.Div:
-    """The runs, newest first; a click on a row opens that run (a plain table: no DataTable to load)."""
+    """The runs, newest first; a click on a row opens that run (a plain table: no grid code to load)."""
     rows = []
     for s in runs:
         cells = []

@@ -12,6 +12,7 @@ import http.client
 import json
 import os
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -343,3 +344,25 @@ def test_a_port_in_use_is_a_message(study):
         taken.listen()
         with pytest.raises(WbcvError, match=r"cannot listen on 127\.0\.0\.1:\d+: .*choose another --port"):
             make_dashboard_server(runs, "127.0.0.1", taken.getsockname()[1], None)
+
+
+def test_cli_serves_until_ctrl_c(study):
+    runs, _ = study
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "wbcv.cli", "dashboard", "--runs", str(runs), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={k: v for k, v in os.environ.items() if k != "WBCV_DASHBOARD_AUTH"},
+    )
+    try:
+        line = proc.stdout.readline()
+        assert f"serving http://127.0.0.1:{port}/ (no authentication)" in line, line + proc.stderr.read()
+        assert raw_get(f"http://127.0.0.1:{port}", "/")[0] == 200
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0 and "wbcv dashboard: stopped" in out and "Traceback" not in err, (out, err)
+    finally:
+        proc.kill()
+        proc.wait(30)
