@@ -16,17 +16,19 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any, Final
 
+import dash_ag_grid as dag
 import plotly.graph_objects as go
 import polars as pl
-from dash import ALL, Dash, Input, Output, State, ctx, dash_table, dcc, html
+from dash import ALL, Dash, Input, Output, State, ctx, dcc, html
+from dash.development.base_component import Component
 from dash.exceptions import PreventUpdate
 
 from wbcv.base.errors import WbcvError
 from wbcv.dashboards.auth import Credentials, require_basic_auth
 from wbcv.dashboards.cells import cell_url, register_cell_route
 from wbcv.dashboards.data import TABLE_COLUMNS, ComparisonRun, RunCatalog, RunSummary, coverage_trend
-from wbcv.dashboards.page import LeanDash, PageMemo
-from wbcv.dashboards.table import apply_view, page
+from wbcv.dashboards.page import LeanDash, PageMemo, load_library_js
+from wbcv.dashboards.table import NUMBER_FILTERS, TEXT_FILTERS, apply_view, block
 from wbcv.validation import cell_metrics
 from wbcv.validation.figures import (
     bland_altman_plot,
@@ -40,9 +42,9 @@ from wbcv.validation.figures import (
 from wbcv.validation.verdict import coverage_error_label
 
 TABLE_PAGE_SIZE: Final[int] = 15
-TABLE_TYPES: Final[dict[str, str]] = {
-    c: "numeric"
-    for c in (
+#: The sample table's columns that hold numbers (number filters, right-aligned); the others are text.
+TABLE_NUMBERS: Final[frozenset[str]] = frozenset(
+    {
         "reference",
         "predicted",
         "error_pct",
@@ -51,8 +53,12 @@ TABLE_TYPES: Final[dict[str, str]] = {
         "n_unclassified",
         "counting_error_low_pct",
         "counting_error_high_pct",
-    )
-}
+    }
+)
+SAMPLES_GRID: Final[str] = "samples"  # the sample table's id (an AG Grid, built when its tab opens)
+#: CSS classes of the sample table's rows (assets/style.css): outside the limit; excluded sample.
+OUT_OF_LIMIT_ROW: Final[str] = "out-of-limit"
+EXCLUDED_ROW: Final[str] = "excluded-sample"
 #: Above this many samples the sampling-floor band starts switched off: software-rendered
 #: browsers need about 1.5 s to draw 10,000 bands (benchmarks/bench_dashboard.py); the toggle
 #: still shows it.
@@ -218,7 +224,7 @@ RUN_LIST_COLUMNS: Final[tuple[tuple[str, str], ...]] = (
 
 
 def _runs_list(runs: list[RunSummary], selected: str | None) -> html.Div:
-    """The runs, newest first; a click on a row opens that run (a plain table: no DataTable to load)."""
+    """The runs, newest first; a click on a row opens that run (a plain table: no grid code to load)."""
     rows = []
     for s in runs:
         cells = []
@@ -245,6 +251,64 @@ def _graph(graph_id: str, figure: go.Figure | None = None, **style: str) -> dcc.
     return dcc.Graph(id=graph_id, figure=figure if figure is not None else {}, config=GRAPH_CONFIG, style=style)
 
 
+def _sample_column(column: str) -> dict[str, Any]:
+    """The grid's definition of a sample-table column: its filter offers what wbcv.dashboards.table reads."""
+    if column in TABLE_NUMBERS:
+        kind, options = "number", NUMBER_FILTERS
+    else:
+        kind, options = "text", TEXT_FILTERS
+    return {
+        "field": column,
+        "headerName": column,
+        "cellDataType": kind,
+        "filter": f"ag{kind.capitalize()}ColumnFilter",
+        "filterParams": {"filterOptions": list(options), "maxNumConditions": 2},
+        **({"type": "rightAligned"} if kind == "number" else {}),
+        **({"minWidth": 130} if column == "sample_id" else {}),
+    }
+
+
+def samples_view() -> list[Component]:
+    """The samples tab once AG Grid's code is loaded: the sample table and its CSV export.
+
+    An AG Grid with the infinite row model: it asks the server for each page of rows under the
+    filter and sort of its header (``getRowsRequest``, wbcv.dashboards.table), so only one page
+    travels. Rows of samples outside the limit are shaded, excluded samples written in orange.
+    """
+    grid = dag.AgGrid(
+        id=SAMPLES_GRID,
+        columnDefs=[_sample_column(c) for c in TABLE_COLUMNS],
+        defaultColDef={"sortable": True, "filter": True, "floatingFilter": True, "resizable": True},
+        rowModelType="infinite",
+        dashGridOptions={
+            "pagination": True,
+            "paginationPageSize": TABLE_PAGE_SIZE,
+            "paginationPageSizeSelector": False,
+            "cacheBlockSize": TABLE_PAGE_SIZE,  # one request per page
+            # one request at a time: the grid takes the next response as the answer to its last request
+            "maxConcurrentDatasourceRequests": 1,
+            "domLayout": "autoHeight",
+            "rowHeight": 30,
+            "animateRows": False,
+            "suppressCellFocus": True,
+            "suppressColumnVirtualisation": True,  # 14 columns: every one in the page, and sized
+        },
+        # the values arrive as text ("false"), as in the CSV export
+        rowClassRules={
+            OUT_OF_LIMIT_ROW: "params.data && params.data.within_limit === 'false'",
+            EXCLUDED_ROW: "params.data && !!params.data.excluded_reason",
+        },
+        columnSize="autoSize",
+        className="samples-grid",
+    )
+    return [
+        html.P("Click a row to see the sample's cells below; filter and sort in the table's header."),
+        html.Button("download visible table as CSV", id="download-button"),
+        dcc.Download(id="download"),
+        grid,
+    ]
+
+
 def build_layout(catalog: RunCatalog, runs: list[RunSummary]) -> html.Div:
     """The page for the listed runs, with the newest one's verdict and verification plot already in it.
 
@@ -267,41 +331,15 @@ def build_layout(catalog: RunCatalog, runs: list[RunSummary]) -> html.Div:
             if measurand in run.verdicts:
                 figure, verdict = _verification_view(run, measurand, opts)
     options = [{"label": f"{s.run_id} · {s.study} · {s.verdict.upper()}", "value": s.run_id} for s in runs]
-    samples_table = dash_table.DataTable(
-        id="samples",
-        columns=[{"name": c, "id": c, "type": TABLE_TYPES.get(c, "text")} for c in TABLE_COLUMNS],
-        # filtered, sorted and paged on the server (wbcv.dashboards.table): only one page travels
-        sort_action="custom",
-        filter_action="custom",
-        page_action="custom",
-        page_current=0,
-        page_size=TABLE_PAGE_SIZE,
-        sort_by=[],
-        filter_query="",
-        style_table={"overflowX": "auto"},
-        style_cell={"fontFamily": "inherit", "fontSize": "12px"},
-        style_data_conditional=[
-            {"if": {"filter_query": '{within_limit} = "false"'}, "backgroundColor": "#fde8e8"},
-            {"if": {"filter_query": "{excluded_reason} is str"}, "color": "#9a5a00"},
-        ],
-    )
-    tabs = [
+    tabs: list[tuple[str, str, list[Component]]] = [
         ("run review", REVIEW_TAB, [html.Div(verdict, id="verdict"), _graph("verification", figure, height="520px")]),
         (
             "method comparison",
             METHODS_TAB,
             [html.Div([_graph("bland-altman"), _graph("regression")], className="pair")],
         ),
-        (
-            "samples",
-            SAMPLES_TAB,
-            [
-                html.P("Click a row to see the sample's cells below; filter and sort in the table's header."),
-                html.Button("download visible table as CSV", id="download-button"),
-                dcc.Download(id="download"),
-                samples_table,
-            ],
-        ),
+        # samples_view() once AG Grid's code is loaded, which happens when the tab is first opened
+        ("samples", SAMPLES_TAB, [html.Div(html.P("loading the sample table…", className="note"), id="samples-view")]),
         ("cells against expert labels", CELLS_TAB, [html.Div(id="cell-metrics"), _graph("confusion")]),
         (
             "compare two runs",
@@ -320,6 +358,7 @@ def build_layout(catalog: RunCatalog, runs: list[RunSummary]) -> html.Div:
             html.P(f"{len(runs)} comparison run(s) in {catalog.runs_dir}", id="runs-count"),
             _runs_list(runs, first),
             dcc.Store(id="run", data=first),  # the open run: a click on the runs list changes it
+            dcc.Store(id="grid-code", data=False),  # whether AG Grid's code is loaded (samples tab)
             html.Div(
                 [
                     html.Label(
@@ -348,6 +387,7 @@ def build_layout(catalog: RunCatalog, runs: list[RunSummary]) -> html.Div:
             # below the tabs: a point of the plot or a row of the sample table opens the sample's cells
             html.H2("sample"),
             dcc.Store(id="selected-sample"),
+            dcc.Store(id="table-sample"),  # the sample of the table row clicked last, and when
             html.Div([NO_SAMPLE], id="gallery", className="gallery"),
         ],
         className="page",
@@ -363,6 +403,11 @@ def create_app(runs_dir: Path, credentials: Credentials | None = None) -> Dash:
         assets_folder=str(Path(__file__).parent / "assets"),
         serve_locally=True,  # no CDN: the page works on a closed network
         update_title=None,
+        # The samples tab's components come from a callback once AG Grid's code is loaded, so the
+        # page does not hold every component a callback names. (Without it Dash would also build
+        # the page once at start-up, as the layout to check callbacks against, and write it into
+        # every page's HTML: the newest run's plot twice over the wire.)
+        suppress_callback_exceptions=True,
     )
     if credentials is not None:
         require_basic_auth(app.server, credentials)
@@ -452,41 +497,61 @@ def create_app(runs_dir: Path, credentials: Credentials | None = None) -> Dash:
         )
 
     def visible_rows(
-        run_id: str | None, measurand: str | None, opts: list[str], filter_query: str, sort_by: list[dict[str, str]]
+        run_id: str | None, measurand: str | None, opts: list[str], request: dict[str, Any] | None
     ) -> pl.DataFrame:
+        """The sample table's rows under the filter and sort of the grid's last request, all pages."""
         run = get_run(run_id)
         if measurand not in run.verdicts:
             raise PreventUpdate
         table = run.sample_table(measurand, SHOW_EXCLUDED in opts).with_columns(pl.col(pl.Float64).round(4))
-        return apply_view(table, filter_query, sort_by)
+        request = request or {}
+        return apply_view(table, request.get("filterModel"), request.get("sortModel"))
+
+    # The samples tab: the first time it opens, AG Grid's code is loaded (left out of the page,
+    # wbcv.dashboards.page.LAZY_LIBRARIES), then the server sends the grid.
+    app.clientside_callback(
+        load_library_js("dash_ag_grid", SAMPLES_TAB),
+        Output("grid-code", "data"),
+        Input("view", "value"),
+        State("grid-code", "data"),
+    )
+
+    @app.callback(Output("samples-view", "children"), Input("grid-code", "data"), prevent_initial_call=True)
+    def samples_tab(loaded: bool) -> list[Component]:
+        if not loaded:
+            raise PreventUpdate
+        return samples_view()
 
     @app.callback(
-        Output("samples", "data"),
-        Output("samples", "page_count"),
-        Input("view", "value"),
+        Output(SAMPLES_GRID, "getRowsResponse"),
+        Input(SAMPLES_GRID, "getRowsRequest"),
+        State("run", "data"),
+        State("measurand", "value"),
+        State("options", "value"),
+        prevent_initial_call=True,
+    )
+    def sample_rows(
+        request: dict[str, Any] | None, run_id: str | None, measurand: str | None, opts: list[str]
+    ) -> dict[str, Any]:
+        if not request:
+            raise PreventUpdate
+        rows = visible_rows(run_id, measurand, opts, request)
+        shown = block(rows, request.get("startRow"), request.get("endRow"))
+        # booleans as text: as in the CSV export, and what the row class rules compare with
+        return {"rowData": shown.with_columns(pl.col(pl.Boolean).cast(pl.String)).to_dicts(), "rowCount": rows.height}
+
+    # Another run, measurand or choice of excluded samples: the grid drops its rows and asks again,
+    # keeping its filter, sort and page (no request while the table is not on screen).
+    app.clientside_callback(
+        f"""function (run, measurand, opts) {{
+            const grid = window.dash_ag_grid && window.dash_ag_grid.getApi({SAMPLES_GRID!r});
+            if (grid && !grid.isDestroyed()) {{ grid.purgeInfiniteCache(); }}
+        }}""",
         Input("run", "data"),
         Input("measurand", "value"),
         Input("options", "value"),
-        Input("samples", "filter_query"),
-        Input("samples", "sort_by"),
-        Input("samples", "page_current"),
         prevent_initial_call=True,
     )
-    def sample_table(
-        view: str,
-        run_id: str | None,
-        measurand: str | None,
-        opts: list[str],
-        filter_query: str,
-        sort_by: list[dict[str, str]],
-        page_current: int,
-    ) -> tuple[list[dict[str, Any]], int]:
-        only_in(SAMPLES_TAB, view)
-        rows, n_pages = page(
-            visible_rows(run_id, measurand, opts, filter_query, sort_by), page_current, TABLE_PAGE_SIZE
-        )
-        # booleans as text: the table's row styles match text, not JSON true/false
-        return rows.with_columns(pl.col(pl.Boolean).cast(pl.String)).to_dicts(), n_pages
 
     @app.callback(
         Output("download", "data"),
@@ -494,37 +559,57 @@ def create_app(runs_dir: Path, credentials: Credentials | None = None) -> Dash:
         State("run", "data"),
         State("measurand", "value"),
         State("options", "value"),
-        State("samples", "filter_query"),
-        State("samples", "sort_by"),
+        State(SAMPLES_GRID, "getRowsRequest"),
         prevent_initial_call=True,
     )
     def download(
-        _: int, run_id: str, measurand: str, opts: list[str], filter_query: str, sort_by: list[dict[str, str]]
+        _: int, run_id: str, measurand: str, opts: list[str], request: dict[str, Any] | None
     ) -> dict[str, Any]:
         # the table's rows under the user's filter and sort: what is visible, all pages
-        rows = visible_rows(run_id, measurand, opts, filter_query, sort_by)
+        rows = visible_rows(run_id, measurand, opts, request)
         name = f"{run_id}-{measurand.replace('#', 'count').replace('%', 'pct')}.csv"
         return dcc.send_string(rows.write_csv(), name)
 
     @app.callback(
-        Output("selected-sample", "data"),
-        Input("verification", "clickData"),
-        Input("samples", "active_cell"),
-        Input("run", "data"),
-        State("samples", "derived_viewport_data"),
+        Output("table-sample", "data"),
+        Input(SAMPLES_GRID, "cellClicked"),
+        State("run", "data"),
+        State("measurand", "value"),
+        State("options", "value"),
+        State(SAMPLES_GRID, "getRowsRequest"),
         prevent_initial_call=True,
     )
-    def select_sample(
-        click: dict[str, Any] | None, cell: dict[str, Any] | None, _: str | None, rows: list[dict[str, Any]] | None
-    ) -> str | None:
+    def pick_sample_from_table(
+        cell: dict[str, Any] | None,
+        run_id: str | None,
+        measurand: str | None,
+        opts: list[str],
+        request: dict[str, Any] | None,
+    ) -> dict[str, Any]:
+        # the row's place in the view the grid asked for last, which is the one on screen
+        if not cell or cell.get("rowIndex") is None:
+            raise PreventUpdate
+        row = block(visible_rows(run_id, measurand, opts, request), cell["rowIndex"], cell["rowIndex"] + 1)
+        if row.is_empty():
+            raise PreventUpdate
+        return {"sample_id": row["sample_id"][0], "at": cell.get("timestamp")}
+
+    @app.callback(
+        Output("selected-sample", "data"),
+        Input("verification", "clickData"),
+        Input("table-sample", "data"),
+        Input("run", "data"),
+        prevent_initial_call=True,
+    )
+    def select_sample(click: dict[str, Any] | None, picked: dict[str, Any] | None, _: str | None) -> str | None:
         if ctx.triggered_id == "run":
             return None  # another run: its samples are others
         if ctx.triggered_id == "verification" and click:
             sample_id = click["points"][0].get("text")  # wbcv.validation.figures.verification_plot
             if sample_id:
                 return str(sample_id)
-        if ctx.triggered_id == "samples" and cell and rows:
-            return str(rows[cell["row"]]["sample_id"])
+        if ctx.triggered_id == "table-sample" and picked:
+            return str(picked["sample_id"])
         raise PreventUpdate
 
     @app.callback(

@@ -2,9 +2,12 @@
 
 What is checked is what a reviewer sees: the lines actually drawn in the verification plot (SVG
 paths with their colours and dashes, the WebGL canvas of the points), a real mouse click on a
-sample's point opening its cells, measurand and run switching, toggles, the CSV export, that the
-plots are drawn by the dashboard's partial plotly.js bundle, and that the browser reported no
-console error or uncaught exception on the way.
+sample's point opening its cells, measurand and run switching, toggles, the sample table (an AG
+Grid whose code is loaded only when its tab opens: filtered, sorted and paged on the server through
+its own header and paging buttons, shaded rows, a click on a row, the CSV export), that the plots
+are drawn by the dashboard's partial plotly.js bundle, that the page loads what
+wbcv.dashboards.page says and nothing more, and that the browser reported no console error or
+uncaught exception on the way.
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ from plotly.offline import get_plotlyjs_version
 
 from tests.dashboard_support import make_study_runs, serving
 from wbcv.base.errors import WbcvError
+from wbcv.dashboards.app import TABLE_PAGE_SIZE
 from wbcv.dashboards.data import RunCatalog
+from wbcv.dashboards.table import apply_view
 from wbcv.validation.pdf import CHROMIUM_ARGS, find_chromium
 
 RED = "rgb(214, 39, 40)"  # wbcv.validation.figures.LIMIT_COLOUR
@@ -128,6 +133,44 @@ def assert_limit_lines_are_the_effective_limit(data: list[dict[str, Any]], rows:
     assert inside.tolist() == rows["within_limit"].to_list()
 
 
+# The sample table's rows as the grid shows them: row index, CSS classes, colours, the cells' text.
+GRID_ROWS = """() => [...document.querySelectorAll('#samples .ag-center-cols-container .ag-row[row-index]')]
+  .map(r => ({index: +r.getAttribute('row-index'), classes: r.className.split(' '),
+    background: getComputedStyle(r).backgroundColor, colour: getComputedStyle(r).color,
+    cells: Object.fromEntries([...r.querySelectorAll('.ag-cell[col-id]')]
+      .map(c => [c.getAttribute('col-id'), c.innerText]))}))
+  .sort((a, b) => a.index - b.index)"""
+PINK = "rgb(253, 232, 232)"  # assets/style.css: a sample outside the limit
+ORANGE = "rgb(154, 90, 0)"  # assets/style.css: an excluded sample
+
+
+def grid_rows(page: Page, ready: Any = lambda rows: True, timeout_ms: int = 20000) -> list[dict[str, Any]]:
+    """The grid's rows once they are loaded and ``ready(rows)`` holds (the server answers asynchronously)."""
+    rows: list[dict[str, Any]] = []
+    for _ in range(timeout_ms // 100):
+        rows = page.evaluate(GRID_ROWS)
+        loading = page.locator("#samples .ag-loading").count()
+        if rows and not loading and all(r["cells"].get("sample_id") for r in rows) and ready(rows):
+            return rows
+        page.wait_for_timeout(100)
+    raise AssertionError(f"the sample table never got ready; last rows: {rows}")
+
+
+def paging_summary(page: Page) -> str:
+    """The grid's "first to last of count" line."""
+    return " ".join(page.locator("#samples .ag-paging-row-summary-panel").inner_text().split())
+
+
+def expected_view(run: Any, measurand: str, filter_model: dict | None = None, sort_model: list | None = None) -> Any:
+    """The rows the table should show, all pages, as the server computes them (rounded as sent)."""
+    table = run.sample_table(measurand, False).with_columns(pl.col(pl.Float64).round(4))
+    return apply_view(table, filter_model, sort_model)
+
+
+def filter_box(page: Page, column: str) -> Any:
+    return page.locator(f"#samples .ag-floating-filter input[aria-label='{column} Filter Input']:visible")
+
+
 def newest_run(runs: Path) -> Any:
     catalog = RunCatalog(runs)
     return catalog.get(catalog.summaries()[0].run_id)
@@ -201,9 +244,21 @@ def test_first_load_draws_the_plot_from_the_layout_with_the_lean_scripts(page: P
     # the verification plot and verdict came with the layout: the first view needed no callback,
     # and the preloaded layout and graph code were fetched while the scripts were evaluated
     assert not any("_dash-update-component" in u for u in urls), urls
-    assert any(u.endswith("/_dash-layout") for u in urls)
     assert sum(u.endswith("/dcc/async-graph.js") for u in urls) == 1, urls
     assert page.locator("#verdict-reason").inner_text().startswith("NEUT#: ")
+    # What the page preloads (wbcv.dashboards.page.LeanDash) is what Dash's renderer asks for: its
+    # own requests for the layout and the callbacks (which the browser does not match to the
+    # preloads) go to the preloaded URLs, and the only lazily loaded chunk of dcc is the preloaded
+    # graph code, fetched once. Fails when Dash renames or adds what its renderer fetches.
+    preloaded = page.evaluate("() => [...document.querySelectorAll('link[rel=preload]')].map(l => [l.href, l.as])")
+    fetched = page.evaluate(
+        "() => performance.getEntriesByType('resource').filter(e => e.initiatorType === 'fetch').map(e => e.name)"
+    )
+    assert sorted(u for u, kind in preloaded if kind == "fetch") == sorted(fetched), (preloaded, fetched)
+    assert [u for u, kind in preloaded if kind == "script"] == [u for u in urls if "/dcc/async-" in u]
+    # AG Grid's code (1.3 MB) is not loaded before the samples tab is opened, nor Dash's unused DataTable
+    assert page.evaluate("() => typeof window.dash_ag_grid") == "undefined"
+    assert not any("dash_ag_grid" in u or "dash_table" in u for u in urls), urls
 
 
 def test_clicking_a_point_opens_the_samples_cells_with_unclassified_ones_marked(page: Page, runs: Path, tmp_path):
@@ -243,21 +298,25 @@ def test_clicking_a_point_opens_the_samples_cells_with_unclassified_ones_marked(
 def test_clicking_a_row_of_the_sample_table_opens_its_cells(page: Page, runs: Path):
     run = newest_run(runs)
     open_tab(page, "samples")
-    cell = page.locator("#samples td[data-dash-column='sample_id']").nth(2)
-    cell.wait_for()
+    rows = grid_rows(page)
     # a sample outside the limit is marked: its row is pink, the others are not
-    shading = page.evaluate(
-        """() => [...document.querySelectorAll('#samples tbody tr')].filter(tr => tr.querySelector('td'))
-          .map(tr => [tr.querySelector('td[data-dash-column=within_limit]').innerText,
-                      getComputedStyle(tr.querySelector('td[data-dash-column=sample_id]')).backgroundColor])"""
-    )
-    assert {within for within, _ in shading} == {"true", "false"}, "the page should hold samples on both sides"
-    assert all((colour == "rgb(253, 232, 232)") == (within == "false") for within, colour in shading), shading
-    sample_id = cell.inner_text()
-    cell.click()
+    assert {r["cells"]["within_limit"] for r in rows} == {"true", "false"}, "the page should hold both"
+    for r in rows:
+        assert ("out-of-limit" in r["classes"]) == (r["cells"]["within_limit"] == "false"), r
+        assert (r["background"] == PINK) == (r["cells"]["within_limit"] == "false"), r
+    sample_id = rows[2]["cells"]["sample_id"]
+    page.locator("#samples .ag-row[row-index='2'] .ag-cell[col-id='measurand']").click()
     title = page.locator("#gallery-title")
     title.wait_for(timeout=15000)
     assert title.inner_text().startswith(f"sample {sample_id}: {run.inference.cells_of(sample_id).height} cells")
+    # a row of another page, in another order: the click names the row on screen
+    page.locator("#samples .ag-header-cell[col-id='sample_id'] .ag-header-cell-label").click()
+    page.locator("#samples .ag-header-cell[col-id='sample_id'] .ag-header-cell-label").click()  # descending
+    page.get_by_role("button", name="Next Page").click()
+    last = expected_view(run, "NEUT#", None, [{"colId": "sample_id", "sort": "desc"}])["sample_id"].to_list()[-1]
+    rows = grid_rows(page, lambda rows: rows[-1]["cells"]["sample_id"] == last)
+    page.locator(f"#samples .ag-row[row-index='{rows[-1]['index']}'] .ag-cell[col-id='error_pct']").click()
+    page.locator("#gallery-title", has_text=f"sample {last}:").wait_for(timeout=15000)
     # opening another run closes the sample: its samples are others
     older = RunCatalog(runs).summaries()[1]
     page.locator("#runs-table tbody tr", has_text=older.run_id).click()
@@ -306,30 +365,98 @@ def test_toggles_hide_the_floor_band_and_show_excluded_samples(page: Page, runs:
     assert set(excluded["ids"]).isdisjoint(set(run.rows("NEUT#")["sample_id"].to_list()))
 
 
-def test_csv_export_holds_the_visible_rows(page: Page, runs: Path):
+def download_csv(page: Page) -> list[dict[str, str]]:
+    with page.expect_download() as dl:
+        page.get_by_role("button", name="download visible table as CSV").click()
+    return list(csv.DictReader(io.StringIO(Path(dl.value.path()).read_text())))
+
+
+def test_sample_table_is_filtered_sorted_and_paged_on_the_server_and_exported_as_shown(page: Page, runs: Path):
     run = newest_run(runs)
+    full = expected_view(run, "NEUT#")
+    n = full.height
+    assert n > TABLE_PAGE_SIZE, "the study should fill more than one page"
     open_tab(page, "samples")
-    page.locator("#samples td[data-dash-column='sample_id']").first.wait_for()
-    with page.expect_download() as dl:
-        page.get_by_role("button", name="download visible table as CSV").click()
-    rows = list(csv.DictReader(io.StringIO(Path(dl.value.path()).read_text())))
-    assert len(rows) == run.rows("NEUT#").height
-    assert {r["sample_id"] for r in rows} == set(run.rows("NEUT#")["sample_id"].to_list())
-    # filter the table to one sample: the export follows what is visible
-    one = sorted(r["sample_id"] for r in rows)[0]
-    box = page.locator("#samples th.dash-filter[data-dash-column='sample_id'] input[type=text]")
-    box.fill(one)
-    box.press("Enter")
-    page.wait_for_function(
-        "() => document.querySelectorAll('#samples tbody tr td[data-dash-column=sample_id]').length === 1"
+    # AG Grid's code arrives with the tab, once
+    rows = grid_rows(page)
+    assert page.evaluate("() => typeof window.dash_ag_grid.AgGrid") == "function"
+    # only one page is in the browser, in the run's order
+    assert [r["cells"]["sample_id"] for r in rows] == full["sample_id"].to_list()[:TABLE_PAGE_SIZE]
+    assert paging_summary(page) == f"1 to {TABLE_PAGE_SIZE} of {n}"
+    assert float(rows[0]["cells"]["error_pct"]) == pytest.approx(full["error_pct"][0])
+
+    # sort by the error through the header: ascending, then descending; the next page holds the rest
+    header = page.locator("#samples .ag-header-cell[col-id='error_pct'] .ag-header-cell-label")
+    header.click()
+    up = expected_view(run, "NEUT#", None, [{"colId": "error_pct", "sort": "asc"}])["sample_id"].to_list()
+    grid_rows(page, lambda rows: [r["cells"]["sample_id"] for r in rows] == up[:TABLE_PAGE_SIZE])
+    header.click()
+    down_sort = [{"colId": "error_pct", "sort": "desc"}]
+    down = expected_view(run, "NEUT#", None, down_sort)["sample_id"].to_list()
+    grid_rows(page, lambda rows: [r["cells"]["sample_id"] for r in rows] == down[:TABLE_PAGE_SIZE])
+    page.get_by_role("button", name="Next Page").click()
+    rows = grid_rows(page, lambda rows: [r["cells"]["sample_id"] for r in rows] == down[TABLE_PAGE_SIZE:])
+    assert paging_summary(page) == f"{TABLE_PAGE_SIZE + 1} to {n} of {n}"
+    assert [r["index"] for r in rows] == list(range(TABLE_PAGE_SIZE, n))
+    # the export holds every page, in the order shown
+    exported = download_csv(page)
+    assert [r["sample_id"] for r in exported] == down
+    assert [float(r["error_pct"]) for r in exported] == pytest.approx(
+        expected_view(run, "NEUT#", None, down_sort)["error_pct"].to_list()
     )
-    with page.expect_download() as dl:
-        page.get_by_role("button", name="download visible table as CSV").click()
-    rows = list(csv.DictReader(io.StringIO(Path(dl.value.path()).read_text())))
-    assert [r["sample_id"] for r in rows] == [one]
-    assert float(rows[0]["error_pct"]) == pytest.approx(
+
+    # filter through the header: the samples outside the limit, all shaded, one page
+    filter_box(page, "within_limit").fill("false")
+    outside = expected_view(
+        run, "NEUT#", {"within_limit": {"filterType": "text", "type": "contains", "filter": "false"}}, down_sort
+    )
+    assert 0 < outside.height <= TABLE_PAGE_SIZE
+    rows = grid_rows(page, lambda rows: [r["cells"]["sample_id"] for r in rows] == outside["sample_id"].to_list())
+    assert all(r["background"] == PINK and r["cells"]["within_limit"] == "false" for r in rows), rows
+    assert paging_summary(page) == f"1 to {outside.height} of {outside.height}"
+    assert [r["sample_id"] for r in download_csv(page)] == outside["sample_id"].to_list()
+    # two columns filtered: one sample
+    one = outside["sample_id"][0]
+    filter_box(page, "sample_id").fill(one)
+    grid_rows(page, lambda rows: [r["cells"]["sample_id"] for r in rows] == [one])
+    exported = download_csv(page)
+    assert [r["sample_id"] for r in exported] == [one] and exported[0]["within_limit"] == "false"
+    assert float(exported[0]["error_pct"]) == pytest.approx(
         run.rows("NEUT#").filter(pl.col("sample_id") == one)["error_pct"][0], abs=1e-3
     )
+    filter_box(page, "sample_id").fill("")
+    filter_box(page, "within_limit").fill("")
+    grid_rows(page, lambda rows: len(rows) == TABLE_PAGE_SIZE)
+
+    # excluded samples shown: the grid asks again, keeping its sort; they are written in orange
+    page.get_by_label("show excluded samples").check()
+    with_excluded = apply_view(
+        run.sample_table("NEUT#", True).with_columns(pl.col(pl.Float64).round(4)), None, down_sort
+    )
+    assert with_excluded.height > n
+    page.locator("#samples .ag-paging-row-summary-panel", has_text=f"of {with_excluded.height}").wait_for()
+    page.get_by_role("button", name="Last Page").click()
+    rows = grid_rows(page, lambda rows: rows[-1]["index"] == with_excluded.height - 1)
+    assert [r["cells"]["sample_id"] for r in rows] == with_excluded["sample_id"].to_list()[TABLE_PAGE_SIZE:]
+    assert [r["sample_id"] for r in download_csv(page)] == with_excluded["sample_id"].to_list()
+    # sorted by the reason, the excluded samples come first (missing values sort last)
+    page.locator("#samples .ag-header-cell[col-id='excluded_reason'] .ag-header-cell-label").click()  # to page 1
+    rows = grid_rows(page, lambda rows: rows[0]["index"] == 0 and bool(rows[0]["cells"]["excluded_reason"]))
+    n_excluded = with_excluded.height - n
+    for r in rows:
+        excluded = bool(r["cells"]["excluded_reason"])
+        assert excluded == (r["index"] < n_excluded), rows
+        assert ("excluded-sample" in r["classes"]) == excluded and (r["colour"] == ORANGE) == excluded, r
+    # another measurand: the same
+    page.get_by_label("show excluded samples").uncheck()
+    page.locator('#measurand input[value="LYMPH%"]').check()
+    lymph = expected_view(run, "LYMPH%", None, [{"colId": "excluded_reason", "sort": "asc"}])
+    rows = grid_rows(page, lambda rows: {r["cells"]["measurand"] for r in rows} == {"LYMPH%"})
+    assert [r["cells"]["sample_id"] for r in rows] == lymph["sample_id"].to_list()[:TABLE_PAGE_SIZE]
+    assert [r["sample_id"] for r in download_csv(page)] == lymph["sample_id"].to_list()
+    # the grid's code was loaded once, whatever the requests since
+    urls = page.evaluate("() => performance.getEntriesByType('resource').map(e => e.name)")
+    assert sum("/_dash-component-suites/dash_ag_grid/dash_ag_grid." in u for u in urls) == 1, urls
 
 
 def test_runs_list_switch_run_compare_two_runs_and_trend(page: Page, runs: Path):

@@ -12,10 +12,12 @@ import http.client
 import json
 import os
 import shutil
+import signal
 import socket
 import stat
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -24,8 +26,10 @@ import pytest
 
 from tests.dashboard_support import make_study_runs, serving
 from wbcv.base.errors import WbcvError
+from wbcv.dashboards import server as dashboard_server
 from wbcv.dashboards.auth import Credentials, check_exposure, is_loopback, load_credentials
 from wbcv.dashboards.data import RunCatalog
+from wbcv.dashboards.server import WaitressServer, make_dashboard_server
 
 SECRET = "TOP-SECRET-CONTENT-7f3a"
 
@@ -58,13 +62,14 @@ def first_cell(runs: Path) -> tuple[str, str, str]:
     return inf.run_id, sample_id, cell_path
 
 
-def raw_get(base: str, path: str, headers: dict[str, str] | None = None) -> tuple[int, bytes, dict[str, str]]:
+def raw_get(base: str, path: str, headers: dict[str, str] | None = None) -> tuple[int, bytes, http.client.HTTPMessage]:
+    """Status, body and headers (looked up by name in any case, as HTTP says) of a GET sent as written."""
     u = urlsplit(base)
     conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
     try:
         conn.request("GET", path, headers=headers or {})
         r = conn.getresponse()
-        return r.status, r.read(), dict(r.getheaders())
+        return r.status, r.read(), r.headers
     finally:
         conn.close()
 
@@ -283,4 +288,81 @@ def test_cli_serves_a_public_host_with_credentials(study):
         assert raw_get(f"http://127.0.0.1:{port}", "/", _basic("qa", "pw"))[0] == 200
     finally:
         proc.terminate()
+        proc.wait(30)
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "192.168.1.20", "::", "[::]"])
+def test_a_public_host_is_served_by_waitress_and_asks_for_credentials(study, monkeypatch, host):
+    # the server is asked for, not bound: tests listen on loopback only
+    asked: dict[str, object] = {}
+
+    class Bound:
+        effective_port = 8050
+
+    def create_server(app, **kw):
+        asked.update(kw, app=app)
+        return Bound()
+
+    monkeypatch.setattr(dashboard_server, "create_server", create_server)
+    runs, _ = study
+    server = make_dashboard_server(runs, host, 8050, Credentials("qa", "pw"))
+    assert isinstance(server, WaitressServer) and server.server_port == 8050
+    assert asked["host"] == host.strip("[]") and asked["port"] == 8050 and asked["threads"] == dashboard_server.THREADS
+    client = asked["app"].test_client()  # the Flask app waitress would serve
+    assert client.get("/").status_code == 401
+    assert client.get("/", headers=_basic("qa", "pw")).status_code == 200
+    with pytest.raises(WbcvError, match="refusing to listen"):
+        make_dashboard_server(runs, host, 8050, None)
+
+
+def test_loopback_is_served_by_waitress_too_which_stops_on_shutdown(study):
+    runs, _ = study
+    server = make_dashboard_server(runs, "127.0.0.1", 0, None)
+    assert isinstance(server, WaitressServer)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{server.server_port}"
+    status, _, headers = raw_get(base, "/")
+    assert status == 200 and "Werkzeug" not in headers.get("Server", "")
+    # an idle keep-alive connection does not keep it serving
+    idle = http.client.HTTPConnection("127.0.0.1", server.server_port, timeout=10)
+    idle.request("GET", "/_dash-layout")
+    assert idle.getresponse().read()
+    server.shutdown()
+    thread.join(10)
+    assert not thread.is_alive()
+    server.server_close()
+    with pytest.raises(OSError), socket.create_connection(("127.0.0.1", server.server_port), timeout=2):
+        pass
+    idle.close()
+
+
+def test_a_port_in_use_is_a_message(study):
+    runs, _ = study
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(WbcvError, match=r"cannot listen on 127\.0\.0\.1:\d+: .*choose another --port"):
+            make_dashboard_server(runs, "127.0.0.1", taken.getsockname()[1], None)
+
+
+def test_cli_serves_until_ctrl_c(study):
+    runs, _ = study
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "wbcv.cli", "dashboard", "--runs", str(runs), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={k: v for k, v in os.environ.items() if k != "WBCV_DASHBOARD_AUTH"},
+    )
+    try:
+        line = proc.stdout.readline()
+        assert f"serving http://127.0.0.1:{port}/ (no authentication)" in line, line + proc.stderr.read()
+        assert raw_get(f"http://127.0.0.1:{port}", "/")[0] == 200
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0 and "wbcv dashboard: stopped" in out and "Traceback" not in err, (out, err)
+    finally:
+        proc.kill()
         proc.wait(30)
