@@ -80,7 +80,7 @@ _Resolver.add_implicit_resolver(_NULL, re.compile(r"^(?:~|null|Null|NULL|)$"), [
 
 _LOADER: type
 if getattr(yaml, "__with_libyaml__", False):
-    from yaml.cyaml import CParser
+    from yaml._yaml import CParser
 
     class _CLoader(CParser, _Resolver):
         def __init__(self, stream: str) -> None:
