@@ -8,6 +8,7 @@ through the command line (exit 2, a bounded message naming file and line or key,
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,7 @@ import polars as pl
 import pytest
 
 from tests.conftest import PBC_DIR, run_wbcv
+from wbcv.base import yamlfile
 from wbcv.base.errors import MAX_QUOTED_CHARS, WbcvError, listing, shown
 from wbcv.base.yamlfile import MAX_YAML_BYTES, MAX_YAML_DEPTH, MAX_YAML_NODES, read_yaml
 from wbcv.fixtures.simulator import load_study_config
@@ -127,6 +129,57 @@ def test_recursive_and_deep_documents_are_refused(tmp_path, text, fragment):
     p.write_text(text)
     msg = _message(lambda: read_yaml(p, "protocol"))
     assert fragment in msg and str(p) in msg
+
+
+@pytest.fixture(params=["libyaml", "pure-python"])
+def loader(request, monkeypatch) -> str:
+    """Run a test with libyaml's composer and with PyYAML's pure-Python one (the fallback)."""
+    if request.param == "pure-python":
+        monkeypatch.setattr(yamlfile, "_LOADER", yamlfile._PyLoader)
+    return request.param
+
+
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        (laugh_block("a"), "YAML nodes"),
+        ("a: &a [1, *a]\n", "recursive alias"),
+        ("a: 1\na: 2\n", "key 'a' appears twice in the same mapping (lines 1 and 2)"),
+        ("[" * 40 + "]" * 40 + "\n", "nest"),
+        ("[" * 5000 + "]" * 5000 + "\n", "nest"),  # the pure-Python composer recurses: no RecursionError
+        ("a: !!binary aGk=\n", "explicit YAML tag '!!binary'"),
+        ("a: [1\n", "invalid YAML"),
+    ],
+)
+def test_both_parsers_refuse_the_same_documents(tmp_path, loader, text, fragment):
+    p = tmp_path / "x.yaml"
+    p.write_text(text)
+    assert fragment in _message(lambda: read_yaml(p, "protocol"))
+
+
+def test_both_parsers_read_the_same_values(tmp_path, loader):
+    p = tmp_path / "x.yaml"
+    p.write_text("id: 010\nn: 010\nf: 1e3\nb: yes\nt: true\nz: ~\nd: 2026-03-01\n")
+    assert read_yaml(p, "protocol", text_keys={"id"}) == {
+        "id": "010",
+        "n": "010",
+        "f": 1000.0,
+        "b": "yes",
+        "t": True,
+        "z": None,
+        "d": "2026-03-01",
+    }
+
+
+def test_every_yaml_input_goes_through_the_one_reader():
+    repo = Path(__file__).resolve().parent.parent
+    sources = [
+        p for d in ("wbcv", "inference", "validation", "dashboards", "fixtures") for p in (repo / d).rglob("*.py")
+    ]
+    users = sorted(
+        str(p.relative_to(repo)) for p in sources if re.search(r"^\s*(import yaml|from yaml)", p.read_text(), re.M)
+    )
+    assert users == ["wbcv/base/yamlfile.py"]
 
 
 def test_aliases_within_the_limits_still_work(tmp_path):

@@ -40,8 +40,12 @@ from pathlib import Path
 from typing import Any, Final
 
 import yaml
+from yaml.composer import Composer
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from yaml.parser import Parser
+from yaml.reader import Reader
 from yaml.resolver import BaseResolver
+from yaml.scanner import Scanner
 
 from wbcv.base.errors import WbcvError, clipped, shown
 
@@ -78,27 +82,29 @@ _Resolver.add_implicit_resolver(
 )
 _Resolver.add_implicit_resolver(_NULL, re.compile(r"^(?:~|null|Null|NULL|)$"), ["~", "n", "N", ""])
 
-_LOADER: type
+class _PyLoader(Reader, Scanner, Parser, Composer, _Resolver):
+    """PyYAML's pure-Python parser and composer with our resolver (used when libyaml is missing)."""
+
+    def __init__(self, stream: str) -> None:
+        Reader.__init__(self, stream)
+        Scanner.__init__(self)
+        Parser.__init__(self)
+        Composer.__init__(self)
+        _Resolver.__init__(self)
+
+
+_LOADER: type = _PyLoader
 if getattr(yaml, "__with_libyaml__", False):
     from yaml._yaml import CParser
 
     class _CLoader(CParser, _Resolver):
+        """libyaml's parser and composer (about five times faster) with our resolver."""
+
         def __init__(self, stream: str) -> None:
             CParser.__init__(self, stream)
             _Resolver.__init__(self)
 
     _LOADER = _CLoader
-else:  # pragma: no cover - PyYAML's wheels ship libyaml
-
-    class _PyLoader(yaml.reader.Reader, yaml.scanner.Scanner, yaml.parser.Parser, yaml.composer.Composer, _Resolver):
-        def __init__(self, stream: str) -> None:
-            yaml.reader.Reader.__init__(self, stream)
-            yaml.scanner.Scanner.__init__(self)
-            yaml.parser.Parser.__init__(self)
-            yaml.composer.Composer.__init__(self)
-            _Resolver.__init__(self)
-
-    _LOADER = _PyLoader
 
 _RESOLVER: Final[_Resolver] = _Resolver()
 
@@ -283,7 +289,7 @@ def read_yaml(path: Path | str, what: str, *, text_keys: Collection[str] = (), m
         raise WbcvError(f"{path}{where}: invalid YAML: {clipped(problem, 200)}") from None
     except yaml.YAMLError as e:
         raise WbcvError(f"{path}: invalid YAML: {clipped(str(e), 200)}") from None
-    except RecursionError:  # pragma: no cover - only the pure-Python parser recurses
+    except RecursionError:  # only the pure-Python composer recurses (libyaml stops at 1,000 levels)
         raise WbcvError(f"{path}: lists and mappings nest too deeply; a {what} needs at most 4 levels") from None
     finally:
         loader.dispose()
