@@ -23,7 +23,14 @@ date                   no        acquisition date, ISO 8601 (YYYY-MM-DD)
 notes                  no        free text
 =====================  ========  ==============================================================
 
-A YAML manifest may also carry ``batch_id`` and ``description`` at the top level.
+A YAML manifest may also carry ``batch_id`` and ``description`` at the top level. It is read by
+``wbcv.base.yamlfile`` (size and alias-expansion caps, duplicate keys refused, YAML 1.2 scalars),
+and every text field (``sample_id``, ``slide_dir``, ``scanner``, ``date``, ``notes``, ``batch_id``,
+``description``) is the text as written: ``sample_id: 010`` is the id ``'010'`` (YAML 1.1 would make
+it the number 8), ``001`` stays ``'001'``, ``1e3``, ``yes`` and ``0x1F`` stay as written. A list or
+mapping in a text field is an error. In a CSV manifest every value is text already; ids keep their
+leading zeros there too. Numbers (``imaged_volume_ul``, ``calibration_factor``) must be plain
+decimals (``0.25``, ``2.5e-4``); ``true``, ``0x1F`` or ``1_000`` are errors.
 
 Everything wrong with the batch as a whole (missing or malformed manifest, unknown fields,
 duplicate sample ids, a slide folder that is missing, empty, unreadable or outside BATCH) is
@@ -39,13 +46,13 @@ import datetime as dt
 import hashlib
 import io
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Final
 
-import yaml
-
-from wbcv.base.errors import WbcvError, suggest
+from wbcv.base.errors import WbcvError, listing, shown, suggest
+from wbcv.base.yamlfile import read_yaml
 from wbcv.inference.decode import IMAGE_EXTENSIONS
 
 MANIFEST_NAMES: Final[tuple[str, ...]] = ("manifest.csv", "manifest.yaml", "manifest.yml")
@@ -63,6 +70,9 @@ OPTIONAL_FIELDS: Final[tuple[str, ...]] = (
 )
 MANIFEST_FIELDS: Final[tuple[str, ...]] = REQUIRED_FIELDS + OPTIONAL_FIELDS
 POSITIVE_NUMBER_FIELDS: Final[tuple[str, ...]] = ("imaged_volume_ul", "calibration_factor")
+#: Fields that are text as written (never numbers, booleans or dates), in both manifest formats.
+TEXT_FIELDS: Final[tuple[str, ...]] = ("sample_id", "slide_dir", "scanner", "date", "notes", "batch_id", "description")
+_DECIMAL: Final[re.Pattern[str]] = re.compile(r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
 
 
 @dataclass(frozen=True)
@@ -142,22 +152,30 @@ def _read_text(path: Path) -> str:
         raise WbcvError(f"{path}: cannot read: {e.strerror}") from None
 
 
-def _manifest_rows_csv(path: Path) -> list[tuple[str, dict[str, Any]]]:
+def _csv_rows(path: Path) -> list[list[str]]:
     reader = csv.reader(io.StringIO(_read_text(path)))
-    rows = [r for r in reader]
+    try:
+        return list(reader)
+    except csv.Error as e:  # a field above csv's size limit, an unterminated quote ...
+        raise WbcvError(f"{path} line {reader.line_num}: not readable as CSV: {e}") from None
+
+
+def _manifest_rows_csv(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    rows = _csv_rows(path)
     if not rows or not any(cell.strip() for cell in rows[0]):
         raise WbcvError(f"{path}: empty manifest; expected a header row with at least 'sample_id'")
     header = [h.strip() for h in rows[0]]
     problems = [
-        f"{path}: unknown column {h!r}{suggest(h, MANIFEST_FIELDS)}; valid columns are {', '.join(MANIFEST_FIELDS)}"
+        f"{path}: unknown column {shown(h)}{suggest(h, MANIFEST_FIELDS)}; valid columns are "
+        f"{', '.join(MANIFEST_FIELDS)}"
         for h in header
         if h not in MANIFEST_FIELDS
     ]
     problems += [f"{path}: required column {r!r} is missing" for r in REQUIRED_FIELDS if r not in header]
     dupes = sorted({h for h in header if header.count(h) > 1})
-    problems += [f"{path}: column {h!r} appears more than once" for h in dupes]
+    problems += [f"{path}: column {shown(h)} appears more than once" for h in dupes]
     if problems:
-        raise WbcvError("\n".join(problems))
+        raise WbcvError("\n".join(listing(problems)))
     out: list[tuple[str, dict[str, Any]]] = []
     for lineno, r in enumerate(rows[1:], start=2):
         if not any(cell.strip() for cell in r):
@@ -169,23 +187,22 @@ def _manifest_rows_csv(path: Path) -> list[tuple[str, dict[str, Any]]]:
 
 
 def _manifest_rows_yaml(path: Path) -> tuple[str | None, list[tuple[str, dict[str, Any]]]]:
-    try:
-        doc = yaml.safe_load(_read_text(path))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise WbcvError(f"{path}{where}: invalid YAML: {getattr(e, 'problem', e)}") from None
+    doc = read_yaml(path, "manifest", text_keys=TEXT_FIELDS)
     if not isinstance(doc, dict):
         raise WbcvError(f"{path}: expected a mapping with a 'samples' list at the top level")
     unknown = [k for k in doc if k not in TOP_LEVEL_KEYS]
-    if unknown:
-        raise WbcvError(
-            "\n".join(
-                f"{path}: unknown key {str(k)!r}{suggest(str(k), TOP_LEVEL_KEYS)}; valid top-level keys are "
-                f"{', '.join(TOP_LEVEL_KEYS)}"
-                for k in unknown
-            )
-        )
+    top_problems = [
+        f"{path}: unknown key {shown(k)}{suggest(str(k), TOP_LEVEL_KEYS)}; valid top-level keys are "
+        f"{', '.join(TOP_LEVEL_KEYS)}"
+        for k in unknown
+    ]
+    top_problems += [
+        f"{path}: key {k!r} must be text, got a {type(doc[k]).__name__} {shown(doc[k])}"
+        for k in ("batch_id", "description")
+        if doc.get(k) is not None and not isinstance(doc[k], str)
+    ]
+    if top_problems:
+        raise WbcvError("\n".join(listing(top_problems)))
     samples = doc.get("samples")
     if not isinstance(samples, list) or not samples:
         raise WbcvError(f"{path}: key 'samples' must be a non-empty list of sample entries")
@@ -199,48 +216,54 @@ def _manifest_rows_yaml(path: Path) -> tuple[str | None, list[tuple[str, dict[st
         for k in entry:
             if k not in MANIFEST_FIELDS:
                 problems.append(
-                    f"{path}: samples[{i}] has unknown field {str(k)!r}{suggest(str(k), MANIFEST_FIELDS)}; "
+                    f"{path}: samples[{i}] has unknown field {shown(k)}{suggest(str(k), MANIFEST_FIELDS)}; "
                     f"valid fields are {', '.join(MANIFEST_FIELDS)}"
                 )
-        out.append((where, {k: (None if v is None else v) for k, v in entry.items()}))
+        out.append((where, dict(entry)))
     if problems:
-        raise WbcvError("\n".join(problems))
+        raise WbcvError("\n".join(listing(problems)))
     batch_id = doc.get("batch_id")
-    return (None if batch_id is None else str(batch_id)), out
+    return batch_id, out
 
 
 def _check_fields(manifest: Path, where: str, raw: dict[str, Any], problems: list[str]) -> dict[str, Any] | None:
     fields: dict[str, Any] = {}
-    sid = raw.get("sample_id")
-    if sid is None or str(sid).strip() == "":
-        problems.append(f"{manifest.parent / where}: field 'sample_id' is missing or empty")
+    here = manifest.parent / where
+    bad_text = [k for k in TEXT_FIELDS if raw.get(k) is not None and not isinstance(raw[k], str)]
+    for k in bad_text:
+        problems.append(
+            f"{here}: field {k!r} must be text, got a {type(raw[k]).__name__} {shown(raw[k])}"
+            + ("; quote it" if not isinstance(raw[k], list | dict) else "")
+        )
+    if "sample_id" in bad_text:
         return None
-    fields["sample_id"] = str(sid).strip()
+    sid = raw.get("sample_id")
+    if sid is None or sid.strip() == "":
+        problems.append(f"{here}: field 'sample_id' is missing or empty")
+        return None
+    fields["sample_id"] = sid.strip()
     for key in POSITIVE_NUMBER_FIELDS:
         v = raw.get(key)
         if v is None:
             continue
-        try:
-            x = float(v)
-        except (TypeError, ValueError):
-            problems.append(f"{manifest.parent / where}: field {key!r} is {v!r}; expected a positive number")
+        number_text = v.strip() if isinstance(v, str) else None
+        if isinstance(v, bool) or not (isinstance(v, int | float) or (number_text and _DECIMAL.fullmatch(number_text))):
+            problems.append(f"{here}: field {key!r} is {shown(v)}; expected a positive number written in decimal")
             continue
+        x = float(v)
         if not x > 0 or x != x or x == float("inf"):
-            problems.append(f"{manifest.parent / where}: field {key!r} is {v!r}; expected a positive number")
+            problems.append(f"{here}: field {key!r} is {shown(v)}; expected a positive number")
             continue
         fields[key] = x
     d = raw.get("date")
-    if d is not None:
-        if isinstance(d, dt.date):
-            fields["date"] = d.isoformat()
-        else:
-            try:
-                fields["date"] = dt.date.fromisoformat(str(d).strip()).isoformat()
-            except ValueError:
-                problems.append(f"{manifest.parent / where}: field 'date' is {d!r}; expected YYYY-MM-DD")
+    if isinstance(d, str):
+        try:
+            fields["date"] = dt.date.fromisoformat(d.strip()).isoformat()
+        except ValueError:
+            problems.append(f"{here}: field 'date' is {shown(d)}; expected YYYY-MM-DD")
     for key in ("slide_dir", "scanner", "notes"):
-        if raw.get(key) is not None:
-            fields[key] = str(raw[key]).strip()
+        if isinstance(raw.get(key), str):
+            fields[key] = raw[key].strip()
     if "imaged_volume_ul" in fields and "calibration_factor" in fields:
         problems.append(f"{manifest.parent / where}: give either 'imaged_volume_ul' or 'calibration_factor', not both")
     return fields
@@ -250,16 +273,20 @@ def _safe_slide_dir(root: Path, rel: str, where: str, problems: list[str]) -> Pa
     """Resolve a manifest's slide_dir, refusing anything that leads outside the batch."""
     pure = PurePosixPath(rel.replace("\\", "/"))
     if pure.is_absolute() or (len(rel) > 1 and rel[1] == ":"):
-        problems.append(f"{where}: slide_dir {rel!r} is an absolute path; expected a folder inside {root}")
+        problems.append(f"{where}: slide_dir {shown(rel)} is an absolute path; expected a folder inside {root}")
         return None
     if ".." in pure.parts:
-        problems.append(f"{where}: slide_dir {rel!r} contains '..'; expected a folder inside {root}")
+        problems.append(f"{where}: slide_dir {shown(rel)} contains '..'; expected a folder inside {root}")
         return None
     candidate = root.joinpath(*pure.parts)
-    resolved = candidate.resolve()
+    try:
+        resolved = candidate.resolve()
+    except OSError as e:  # a name too long for the file system, a loop of links
+        problems.append(f"{where}: slide_dir {shown(rel)} cannot be used as a folder name: {e.strerror}")
+        return None
     if not resolved.is_relative_to(root.resolve()):
         problems.append(
-            f"{where}: slide_dir {rel!r} leads outside the batch (to {resolved}, through a symbolic link); "
+            f"{where}: slide_dir {shown(rel)} leads outside the batch (to {resolved}, through a symbolic link); "
             f"expected a folder inside {root}"
         )
         return None
@@ -268,7 +295,13 @@ def _safe_slide_dir(root: Path, rel: str, where: str, problems: list[str]) -> Pa
 
 def _list_slide(root: Path, slide: Path, where: str, problems: list[str]) -> tuple[CellEntry, ...]:
     root_resolved = root.resolve()
-    if not slide.exists():
+    try:
+        exists = slide.exists()
+    except OSError as e:  # a name too long for the file system
+        rel = slide.relative_to(root).as_posix()
+        problems.append(f"{where}: slide folder {shown(rel)} cannot be read: {e.strerror}")
+        return ()
+    if not exists:
         problems.append(f"{where}: slide folder {slide} does not exist")
         return ()
     if not slide.is_dir():
@@ -309,14 +342,13 @@ def _list_slide(root: Path, slide: Path, where: str, problems: list[str]) -> tup
 
 
 def _read_cell_labels(path: Path, samples: dict[str, Sample], problems: list[str]) -> dict[tuple[str, str], str]:
-    reader = csv.reader(io.StringIO(_read_text(path)))
-    rows = list(reader)
+    rows = _csv_rows(path)
     if not rows:
         problems.append(f"{path}: empty file; expected a header {','.join(CELL_LABEL_COLUMNS)}")
         return {}
     header = [h.strip() for h in rows[0]]
     if header != list(CELL_LABEL_COLUMNS):
-        problems.append(f"{path}: header is {','.join(header)}; expected exactly {','.join(CELL_LABEL_COLUMNS)}")
+        problems.append(f"{path}: header is {shown(','.join(header))}; expected exactly {','.join(CELL_LABEL_COLUMNS)}")
         return {}
     labels: dict[tuple[str, str], str] = {}
     for lineno, r in enumerate(rows[1:], start=2):
@@ -328,11 +360,11 @@ def _read_cell_labels(path: Path, samples: dict[str, Sample], problems: list[str
         sid, file, label = (c.strip() for c in r)
         sample = samples.get(sid)
         if sample is None:
-            problems.append(f"{path} row {lineno}: sample_id {sid!r} is not in the manifest")
+            problems.append(f"{path} row {lineno}: sample_id {shown(sid)} is not in the manifest")
             continue
         names = {PurePosixPath(c.rel_path).name for c in sample.cells}
         if file not in names:
-            problems.append(f"{path} row {lineno}: file {file!r} is not in slide folder {sample.slide_dir!r}")
+            problems.append(f"{path} row {lineno}: file {shown(file)} is not in slide folder {shown(sample.slide_dir)}")
             continue
         if (sid, file) in labels:
             problems.append(f"{path} row {lineno}: duplicate label for {sid}/{file}")
@@ -368,7 +400,7 @@ def read_slide_set(batch_dir: Path | str) -> SlideSet:
             continue
         sid = fields["sample_id"]
         if sid in first_seen:
-            problems.append(f"{root / where}: duplicate sample_id {sid!r} (first at {first_seen[sid]})")
+            problems.append(f"{root / where}: duplicate sample_id {shown(sid)} (first at {first_seen[sid]})")
             continue
         first_seen[sid] = where
         rel = fields.pop("slide_dir", sid)
@@ -377,7 +409,7 @@ def read_slide_set(batch_dir: Path | str) -> SlideSet:
             continue
         key = slide.resolve().as_posix()
         if key in dir_seen:
-            problems.append(f"{root / where}: slide folder {rel!r} is also used by {dir_seen[key]}")
+            problems.append(f"{root / where}: slide folder {shown(rel)} is also used by {dir_seen[key]}")
             continue
         dir_seen[key] = where
         cells = _list_slide(root, slide, str(root / where), problems)
@@ -400,7 +432,7 @@ def read_slide_set(batch_dir: Path | str) -> SlideSet:
         labels = _read_cell_labels(labels_path, {s.sample_id: s for s in samples}, problems)
     if problems:
         head = f"{root}: the batch cannot be processed ({len(problems)} problem{'s' if len(problems) > 1 else ''}):"
-        raise WbcvError("\n".join([head, *(f"  - {p}" for p in problems)]))
+        raise WbcvError("\n".join([head, *(f"  - {p}" for p in listing(problems))]))
     return SlideSet(
         root=root,
         manifest_path=manifest,

@@ -255,7 +255,8 @@ def test_verdict_point_estimate_versus_lower_bound(tmp_path):
     rows = [{"sample_id": f"S{i:03d}", "neutrophil": 60, "lymphocyte": 40} for i in range(100)]
     wbc = [4 + 0.05 * i for i in range(100)]  # predicted NEUT# = 0.6 x WBC
     ref_rows = [
-        f"S{i:03d},2026/01/01,08:00,{w:.2f},{w * (0.6 if i < 96 else 0.4):.4f},,60.0,2.0,0.01,"
+        # LYMPH# 1.0: NEUT# + LYMPH# stays below the WBC (a part sum above it is implausible and excluded)
+        f"S{i:03d},2026/01/01,08:00,{w:.2f},{w * (0.6 if i < 96 else 0.4):.4f},,60.0,1.0,0.01,"
         for i, w in enumerate(wbc)
     ]
     counts, ref = counts_frame(rows), read_reference(reference(tmp_path, ref_rows))

@@ -98,7 +98,11 @@ def test_wbc_needs_volumetric_mode(tmp_path):
 
 
 def test_unsafe_yaml_is_refused(tmp_path):
-    _fails(tmp_path, BASE + "study: !!python/object/apply:os.system ['echo pwned']\n", "invalid YAML")
+    _fails(
+        tmp_path,
+        BASE + "study: !!python/object/apply:os.system ['echo pwned']\n",
+        "YAML tag '!!python/object/apply:os.system' is not supported",
+    )
 
 
 def test_missing_file_and_non_mapping(tmp_path):

@@ -89,7 +89,7 @@ def test_plain_csv_reference(tmp_path):
         ("Sample No.,WBC(10^3/uL)\nS1,-4\n", "row 2, column 'WBC(10^3/uL)': negative value"),
         ("Sample No.,WBC(furlongs)\nS1,4\n", "unrecognised unit 'furlongs'"),
         ("Sample No.,WBC(10^3/uL),WBC/M\nS1,4,#\n", "unknown mark '#'"),
-        ("Sample No.,WBC(10^3/uL)\nS1,4,5,6\n", "row 2: 4 values but the header has 2 columns"),
+        ("Sample No.,WBC(10^3/uL)\nS1,4,5,6\n", "1 row excluded, e.g. row 2: long row: 4 fields but the header has 2"),
         ("Sample No.,WBC(10^3/uL)\nQC-1,4\n", "no sample measurements found"),
         ("sample_id,WBC\nA,5\nA,6\n", "row 3: sample_id 'A' repeats row 2 with different values"),
         ("sample_id,WBC,colour\nA,5,red\n", "unknown column(s) 'colour'"),

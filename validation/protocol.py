@@ -23,7 +23,10 @@ Example (every key that exists; ``wbcv`` refuses unknown keys and suggests the c
     rerun_rule: last                # last | first | reject
     decision_levels: {NEUT#: [1.5, 7.0]}
 
-Only safe YAML loading is used. Every problem names the file and the key path.
+The file is read by ``wbcv.base.yamlfile`` (the one YAML reader: size and alias-expansion caps,
+duplicate keys refused, YAML 1.2 scalars). Ids, versions, titles, the study's entries, flag and
+mark names are text as written (``version: 1.10`` is ``'1.10'``, ``id: 010`` is ``'010'``); a list or
+mapping there is an error. Every problem names the file and the key path.
 """
 
 from __future__ import annotations
@@ -33,10 +36,10 @@ from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
-import yaml
 
-from wbcv.base.errors import WbcvError, suggest
+from wbcv.base.errors import WbcvError, clipped, listing, shown, suggest
 from wbcv.base.records import MeasurandRule, ProtocolRecord
+from wbcv.base.yamlfile import number_hint, read_yaml
 from wbcv.validation.measurands import MEASURANDS
 from wbcv.validation.reference import MARKS
 
@@ -57,6 +60,8 @@ MEASURAND_KEYS: Final[tuple[str, ...]] = ("allowable_error_pct", "absolute_limit
 ACCEPTANCE_KEYS: Final[tuple[str, ...]] = ("required_coverage", "basis", "confidence")
 EXCLUSION_KEYS: Final[tuple[str, ...]] = ("flags", "marks", "min_cells", "min_reference")
 CLASS_MAPPING_KEYS: Final[tuple[str, ...]] = ("immature_granulocytes",)
+#: Keys whose values are text as written, never numbers, booleans or dates (wbcv.base.yamlfile).
+TEXT_KEYS: Final[frozenset[str]] = frozenset({*PROTOCOL_KEYS, *STUDY_KEYS, "flags", "marks"})
 
 
 # Allowance (percentage points) of the within-limit decision at the boundary: an error equal to the
@@ -112,7 +117,7 @@ class _Checker:
         for k in mapping:
             if k not in allowed:
                 hint = suggest(str(k), allowed)
-                self.fail(f"{where}{k}", f"unknown key{hint}; valid keys here: {', '.join(allowed)}")
+                self.fail(f"{where}{clipped(str(k))}", f"unknown key{hint}; valid keys here: {', '.join(allowed)}")
 
     def mapping(self, key: str, value: Any, required: bool = False) -> dict[str, Any]:
         if value is None:
@@ -126,46 +131,46 @@ class _Checker:
 
     def number(self, key: str, value: Any, low: float, high: float, *, low_open: bool = False) -> float | None:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            self.fail(key, f"must be a number, got {value!r}")
+            self.fail(key, f"must be a number, got {shown(value)}{number_hint(value)}")
             return None
         v = float(value)
         if not (low < v if low_open else low <= v) or v > high:
             interval = f"{'(' if low_open else '['}{low}, {high}]"
-            self.fail(key, f"is {value!r}; expected a number in {interval}")
+            self.fail(key, f"is {shown(value)}; expected a number in {interval}")
             return None
         return v
 
     def choice(self, key: str, value: Any, choices: tuple[str, ...], default: str) -> str:
         if value is None:
             return default
-        if value not in choices:
-            self.fail(key, f"is {value!r}; expected one of {', '.join(choices)}")
+        if not isinstance(value, str) or value not in choices:
+            self.fail(key, f"is {shown(value)}; expected one of {', '.join(choices)}")
             return default
         return str(value)
 
     def measurand_name(self, key: str, name: Any) -> bool:
         if name not in MEASURANDS:
             hint = suggest(str(name), MEASURANDS, cutoff=0.5)
-            self.fail(key, f"unknown measurand {name!r}{hint}; expected some of {', '.join(MEASURANDS)}")
+            self.fail(key, f"unknown measurand {shown(name)}{hint}; expected some of {', '.join(MEASURANDS)}")
             return False
         return True
+
+    def text(self, key: str, value: Any, required: bool = False) -> str | None:
+        """A text field (id, title ...): text as written; a list or mapping is an error."""
+        if value is None:
+            if required:
+                self.fail(key, "is required (text)")
+            return None
+        if not isinstance(value, str):
+            self.fail(key, f"must be text, got a {type(value).__name__} {shown(value)}")
+            return None
+        return value
 
 
 def load_protocol(path: Path | str) -> Protocol:
     """Read and check a protocol file; raises one WbcvError listing every problem."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise WbcvError(f"{path}: protocol file does not exist") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise WbcvError(f"{path}: cannot read the protocol as UTF-8 text: {e}") from None
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise WbcvError(f"{path}{where}: invalid YAML: {getattr(e, 'problem', e)}") from None
+    doc = read_yaml(path, "protocol", text_keys=TEXT_KEYS)
     if not isinstance(doc, dict):
         raise WbcvError(f"{path}: a protocol is a YAML mapping with keys {', '.join(TOP_KEYS)}")
     c = _Checker(path)
@@ -173,18 +178,19 @@ def load_protocol(path: Path | str) -> Protocol:
 
     meta = c.mapping("protocol", doc.get("protocol"), required=True)
     c.keys("protocol.", meta, PROTOCOL_KEYS)
-    for k in ("id", "version"):
-        if meta and not isinstance(meta.get(k), str | int | float):
-            c.fail(f"protocol.{k}", "is required (text)")
+    meta_text = {
+        k: c.text(f"protocol.{k}", meta.get(k), required="protocol" in doc and k != "title") for k in PROTOCOL_KEYS
+    }
     study = c.mapping("study", doc.get("study"))
     c.keys("study.", study, STUDY_KEYS)
+    study_text = {str(k): c.text(f"study.{k}", v) for k, v in study.items() if k in STUDY_KEYS}
 
     rules: dict[str, MeasurandRule] = {}
     ms = c.mapping("measurands", doc.get("measurands"), required=True)
     if "measurands" in doc and not ms:
         c.fail("measurands", "must name at least one measurand")
     for name, spec in ms.items():
-        key = f"measurands.{name}"
+        key = f"measurands.{clipped(str(name))}"
         if not c.measurand_name(key, name):
             continue
         spec = c.mapping(key, spec, required=True)
@@ -213,18 +219,18 @@ def load_protocol(path: Path | str) -> Protocol:
     elif isinstance(flags_raw, list) and all(isinstance(f, str) for f in flags_raw):
         flags = tuple(flags_raw)
     else:
-        c.fail("exclusions.flags", f"is {flags_raw!r}; expected 'any', 'none' or a list of flag column names")
+        c.fail("exclusions.flags", f"is {shown(flags_raw)}; expected 'any', 'none' or a list of flag column names")
     marks_raw = ex.get("marks", ["*", "@"])
-    if not isinstance(marks_raw, list) or any(m not in MARKS for m in marks_raw):
-        c.fail("exclusions.marks", f"is {marks_raw!r}; expected a list of marks among {', '.join(MARKS)}")
+    if not isinstance(marks_raw, list) or any(not isinstance(m, str) or m not in MARKS for m in marks_raw):
+        c.fail("exclusions.marks", f"is {shown(marks_raw)}; expected a list of marks among {', '.join(MARKS)}")
         marks_raw = []
     min_cells = ex.get("min_cells", 0)
     if isinstance(min_cells, bool) or not isinstance(min_cells, int) or min_cells < 0:
-        c.fail("exclusions.min_cells", f"is {min_cells!r}; expected a whole number >= 0")
+        c.fail("exclusions.min_cells", f"is {shown(min_cells)}; expected a whole number >= 0{number_hint(min_cells)}")
         min_cells = 0
     min_ref: dict[str, float] = {}
     for name, v in c.mapping("exclusions.min_reference", ex.get("min_reference")).items():
-        if c.measurand_name(f"exclusions.min_reference.{name}", name):
+        if c.measurand_name(f"exclusions.min_reference.{clipped(str(name))}", name):
             x = c.number(f"exclusions.min_reference.{name}", v, 0, 1e6)
             if x is not None:
                 min_ref[str(name)] = x
@@ -244,22 +250,22 @@ def load_protocol(path: Path | str) -> Protocol:
 
     levels: dict[str, tuple[float, ...]] = {}
     for name, v in c.mapping("decision_levels", doc.get("decision_levels")).items():
-        if not c.measurand_name(f"decision_levels.{name}", name):
+        if not c.measurand_name(f"decision_levels.{clipped(str(name))}", name):
             continue
         if not isinstance(v, list) or not v or any(isinstance(x, bool) or not isinstance(x, int | float) for x in v):
-            c.fail(f"decision_levels.{name}", f"is {v!r}; expected a list of numbers")
+            c.fail(f"decision_levels.{name}", f"is {shown(v)}; expected a list of numbers")
             continue
         levels[str(name)] = tuple(float(x) for x in v)
 
     if c.problems:
         head = f"{path}: the protocol has {len(c.problems)} problem{'s' if len(c.problems) > 1 else ''}:"
-        raise WbcvError("\n".join([head, *(f"  - {p}" for p in c.problems)]))
+        raise WbcvError("\n".join([head, *(f"  - {p}" for p in listing(c.problems))]))
     return Protocol(
         path=path,
-        id=str(meta["id"]),
-        version=str(meta["version"]),
-        title=str(meta.get("title", "")),
-        study={k: str(v) for k, v in study.items()},
+        id=meta_text["id"] or "",
+        version=meta_text["version"] or "",
+        title=meta_text["title"] or "",
+        study={k: v for k, v in study_text.items() if v is not None},
         count_mode=mode,  # type: ignore[arg-type]
         measurands=rules,
         required_coverage=required if required is not None else 0.95,
