@@ -81,7 +81,7 @@ RUN_ROW: Final[str] = "run-row"  # pattern-matching id type of the runs list's r
 #: Above this many points the method-comparison panels draw their markers with WebGL: SVG markers
 #: take seconds at 10,000, a WebGL context costs more than SVG below this.
 WEBGL_ABOVE: Final[int] = 1000
-GRAPH_CONFIG: Final[dict[str, Any]] = {"displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2}}
+GRAPH_CONFIG: Final[dcc.Graph.Config] = {"displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2}}
 
 
 def _empty_figure(message: str) -> go.Figure:

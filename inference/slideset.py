@@ -314,22 +314,22 @@ def _list_slide(root: Path, slide: Path, where: str, problems: list[str]) -> tup
         return ()
     cells: list[CellEntry] = []
     slide_rel = slide.relative_to(root).as_posix()
-    for e in entries:
+    for entry in entries:
         # Plain string work per file: pathlib per entry cost a second per 20,000 files.
-        rel = f"{slide_rel}/{e.name}"
-        path = Path(e.path)
+        rel = f"{slide_rel}/{entry.name}"
+        path = Path(entry.path)
         try:
-            st = e.stat(follow_symlinks=True)
+            st = entry.stat(follow_symlinks=True)
         except OSError as err:
             cells.append(CellEntry(rel, path, 0, 0, f"cannot read file: {err.strerror}"))
             continue
         reason = None
-        ext = os.path.splitext(e.name)[1]
-        if e.is_dir(follow_symlinks=True):
+        ext = os.path.splitext(entry.name)[1]
+        if entry.is_dir(follow_symlinks=True):
             reason = "sub-folder inside a slide folder; cells must lie directly in the slide folder"
         elif ext.lower() not in IMAGE_EXTENSIONS:
             reason = f"not a cell image file (extension {ext or 'none'!r}; expected {', '.join(IMAGE_EXTENSIONS)})"
-        elif e.is_symlink() and not path.resolve().is_relative_to(root_resolved):
+        elif entry.is_symlink() and not path.resolve().is_relative_to(root_resolved):
             reason = "symbolic link leading outside the batch directory"
         cells.append(CellEntry(rel, path, st.st_size, st.st_mtime_ns, reason))
     if not any(c.rejected is None for c in cells):

@@ -169,7 +169,7 @@ def stain_stats(images: np.ndarray, masks: np.ndarray | None = None) -> list[Sta
     imgs = _as_batch(images)
     m = _check_masks(masks, imgs)
     mean, std = _masked_stats(_lab(_ln_lms(imgs)), m)
-    return [StainStats(tuple(mu.tolist()), tuple(sd.tolist())) for mu, sd in zip(mean, std, strict=True)]  # type: ignore[arg-type]
+    return [StainStats(tuple(mu.tolist()), tuple(sd.tolist())) for mu, sd in zip(mean, std, strict=True)]
 
 
 def stain_target(images: Iterable[np.ndarray], masks: Iterable[np.ndarray | None] | None = None) -> StainStats:

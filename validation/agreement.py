@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Final, Literal
 
 import numpy as np
 from scipy import stats
@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 # |error| quantile convention: the smallest error e with  #{|error_i| <= e} / n >= coverage.
-_QUANTILE_METHOD = "inverted_cdf"
+_QUANTILE_METHOD: Final = "inverted_cdf"
 # Bootstrap replicates are drawn in blocks of at most this many values (memory bound).
 _BOOT_BLOCK_VALUES = 2_000_000
 

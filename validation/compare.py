@@ -279,16 +279,16 @@ def _predicted(
     fraction = c[f"fraction_{m.cell_class}"] if m.cell_class else None
     if m.cell_class is not None and fraction is None:
         return None, None, None  # no classified cells: the sample's own reason says so
-    if m.kind == "percent":
+    if fraction is not None and m.kind == "percent":
         return 100.0 * fraction, None, None
-    if m.cell_class is not None and protocol.count_mode == "relative":
+    if fraction is not None and protocol.count_mode == "relative":
         wbc_ref, wbc_reason, _ = _reference_value("WBC", r, protocol)
         why = f"{wbc_reason}; needed to turn the fraction into a count" if wbc_reason else None
         return (None if wbc_ref is None else fraction * wbc_ref), wbc_ref, why
     if wbc_pred is None:
         what = "the volumetric WBC count" if m.cell_class is None else "the volumetric count"
         return None, None, f"no imaged_volume_ul or calibration_factor in the manifest for {what}"
-    return (wbc_pred if m.cell_class is None else fraction * wbc_pred), None, None
+    return (wbc_pred if fraction is None else fraction * wbc_pred), None, None
 
 
 def _one_value(
@@ -310,12 +310,12 @@ def _one_value(
     reason = reason or why
     if ref_value == 0 and rule.absolute_limit is None:
         reason = reason or "reference is 0: the relative error is undefined and the protocol gives no absolute_limit"
-    usable = predicted is not None and ref_value is not None
-    error_pct = 100.0 * (predicted - ref_value) / ref_value if usable and ref_value != 0 else None
-    if reason is not None or not usable:
+    error_pct = None
+    if predicted is not None and ref_value is not None and ref_value != 0:
+        error_pct = 100.0 * (predicted - ref_value) / ref_value
+    if reason is not None or predicted is None or ref_value is None:
         would_be = {"reference": ref_value, "predicted": predicted, "error_pct": error_pct}
         return would_be | {"n_classified": c["n_classified"]}, reason
-    assert predicted is not None and ref_value is not None
     difference = predicted - ref_value
     if ref_value == 0:
         assert rule.absolute_limit is not None  # without one the value was excluded above

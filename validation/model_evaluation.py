@@ -97,7 +97,7 @@ def evaluate_cells(model: LoadedModel, cells: Sequence[LabelledCell], workers: i
     labels = np.array([c.label for c in kept], dtype=object)
     in_scope = np.isin(labels, CELL_CLASSES)
     y_true = np.array([CELL_CLASSES.index(lab) for lab in labels[in_scope]], dtype=np.int64)
-    report = (
+    report: dict[str, Any] = (
         class_report(y_true, pred[in_scope], conf[in_scope])
         if in_scope.any()
         else {key: None for key in EVALUATION_KEYS if key != "out_of_scope"}
@@ -224,7 +224,7 @@ def _zoom(factor: float) -> Callable[[Image.Image], Image.Image]:
         small = im.resize((round(w * factor), round(h * factor)), Image.Resampling.BILINEAR)
         edge = np.asarray(im)
         border = tuple(int(v) for v in np.median(np.concatenate([edge[0], edge[-1], edge[:, 0], edge[:, -1]]), axis=0))
-        canvas = Image.new("RGB", (w, h), border)  # type: ignore[arg-type]
+        canvas = Image.new("RGB", (w, h), border)
         canvas.paste(small, ((w - small.width) // 2, (h - small.height) // 2))
         return canvas
 

@@ -262,16 +262,17 @@ def _stat_rows(st: dict[str, Any], confidence: float, required_coverage: float) 
     level = f"{100 * confidence:g} % CI"
     rows: list[tuple[str, str, str]] = []
 
-    def missing(name: str, value: Any) -> bool:
+    def computed(name: str, key: str) -> dict[str, Any] | None:
+        """The statistic under ``key``, or None after a row saying why it was not computed."""
+        value = st.get(key)
         if not isinstance(value, dict) or "not_computed" in value:
             reason = value.get("not_computed", "not available") if isinstance(value, dict) else "not available"
             rows.append((name, "not computed", reason))
-            return True
-        return False
+            return None
+        return value
 
-    ce = st.get("coverage_error")
     e_name = f"{100 * required_coverage:g} %-coverage error ({coverage_error_label(required_coverage)})"
-    if not missing(e_name, ce):
+    if (ce := computed(e_name, "coverage_error")) is not None:
         rows.append(
             (
                 f"error covering {100 * ce['coverage']:g} % of samples",
@@ -280,15 +281,15 @@ def _stat_rows(st: dict[str, Any], confidence: float, required_coverage: float) 
             )
         )
     for key, label, unit in (("bland_altman_absolute", "absolute", ""), ("bland_altman_percent", "percent", " %")):
-        ba = st.get(key)
-        if missing(f"Bland–Altman ({label})", ba):
+        ba = computed(f"Bland–Altman ({label})", key)
+        if ba is None:
             continue
         rows.append((f"bias, Bland–Altman ({label})", f"{fmt(ba['bias'])}{unit}", f"{level} {ci(ba['bias_ci'])}"))
         rows.append((f"lower limit of agreement ({label})", f"{fmt(ba['loa_lower'])}{unit}", ci(ba["loa_lower_ci"])))
         rows.append((f"upper limit of agreement ({label})", f"{fmt(ba['loa_upper'])}{unit}", ci(ba["loa_upper_ci"])))
     for key, label in FIT_LABELS.items():
-        fit = st.get(key)
-        if missing(label, fit):
+        fit = computed(label, key)
+        if fit is None:
             continue
         rows.append((f"{label} slope", fmt(fit["slope"], 4), f"{level} {ci(fit['slope_ci'], 4)}"))
         rows.append((f"{label} intercept", fmt(fit["intercept"], 4), f"{level} {ci(fit['intercept_ci'], 4)}"))
@@ -297,8 +298,7 @@ def _stat_rows(st: dict[str, Any], confidence: float, required_coverage: float) 
             verdict = "deviation from linearity" if lin["rejected"] else "no significant deviation"
             rows.append(("Passing–Bablok CUSUM linearity test", verdict, f"p = {fmt(lin['p_value'])}"))
     for key, label, value in (("lins_ccc", "Lin's concordance", "ccc"), ("pearson", "Pearson r", "r")):
-        c = st.get(key)
-        if not missing(label, c):
+        if (c := computed(label, key)) is not None:
             rows.append((label, fmt(c[value], 4), f"{level} {fmt(c['lower'], 4)} to {fmt(c['upper'], 4)}"))
     for method, levels in (st.get("bias_at_decision_levels") or {}).items():
         if not isinstance(levels, list):
@@ -383,7 +383,7 @@ def _methods(protocol: ProtocolRecord, statistics: dict[str, Any]) -> list[tuple
     """Every convention the numbers depend on, as (topic, statement) pairs."""
     conf = f"{100 * protocol.confidence:g} %"
     req = f"{100 * protocol.required_coverage:g} %"
-    any_stats = next(iter(statistics.values()), {})
+    any_stats: Any = next(iter(statistics.values()), {})
     ce = any_stats.get("coverage_error", {}) if isinstance(any_stats, dict) else {}
     n_boot = ce.get("n_boot", 2000) if isinstance(ce, dict) else 2000
     seed = ce.get("seed", 0) if isinstance(ce, dict) else 0

@@ -24,6 +24,7 @@ Overall: every measurand passes, and at least one value was compared.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -117,7 +118,7 @@ def measurand_statistics(rows: pl.DataFrame, protocol: Protocol, measurand: str)
     }
     if levels:
         out["bias_at_decision_levels"] = {
-            name: fit if isinstance(fit, dict) else _attempt(lambda fit=fit: fit.bias_at(levels))
+            name: fit if isinstance(fit, dict) else _attempt(functools.partial(fit.bias_at, levels))
             for name, fit in fits.items()
             if name != "ols"
         }
@@ -131,7 +132,7 @@ def decide(table: pl.DataFrame, protocol: Protocol) -> tuple[list[MeasurandVerdi
     for name, rule in protocol.measurands.items():
         rows = table.filter(pl.col("measurand") == name)
         n = rows.height
-        common = {
+        common: dict[str, Any] = {
             "measurand": name,
             "n": n,
             "confidence": protocol.confidence,
@@ -163,8 +164,9 @@ def decide(table: pl.DataFrame, protocol: Protocol) -> tuple[list[MeasurandVerdi
         # Planning: if the true coverage were what this batch shows, how many samples would show
         # the criterion at the Clopper-Pearson lower bound? (Undefined when it is not above the requirement.)
         st["samples_needed_at_observed_coverage"] = _attempt(
-            lambda observed=ci.estimate: sampling.samples_needed(
-                expected_coverage=observed,
+            functools.partial(
+                sampling.samples_needed,
+                expected_coverage=ci.estimate,
                 required_coverage=protocol.required_coverage,
                 confidence=protocol.confidence,
             )
