@@ -143,15 +143,17 @@ def evaluations(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _close(ours: float | None, reference: float) -> bool:
-    """class_report rounds to 6 decimals and writes NaN as None."""
-    return ours is None if np.isnan(reference) else ours is not None and abs(ours - reference) <= 5e-7
+    """class_report rounds to 6 decimals (an error of up to half a unit in the last place, 5e-7, plus
+    the binary representation of the rounded decimal) and writes NaN as None."""
+    return ours is None if np.isnan(reference) else ours is not None and abs(ours - reference) <= 5e-7 + 1e-12
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(evaluations())
 @example((np.array([0, 0, 1, 1, 2, 2]), np.array([0, 0, 1, 1, U, U])))  # the issue-13 case
 @example((np.array([0, 0, 0]), np.array([U, U, U])))  # nothing classified
 @example((np.array([1, 1]), np.array([1, 1])))  # one class, all right: kappa undefined
+@example((np.array([0] * 63 + [1] * 65), np.array([0] * 63 + [2] * 65)))  # accuracy 63/128: rounds at a tie
 def test_every_evaluate_metric_equals_scikit_learn(case):
     y_true, y_pred = case
     report = class_report(y_true, y_pred, np.full(y_true.size, 0.5))

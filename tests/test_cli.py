@@ -27,6 +27,7 @@ def batch(tmp_path_factory, pbc_cells) -> Path:
 SLOW = ["--chunk-size", "8", "--workers", "1", "--no-progress"]
 
 
+@pytest.mark.slow  # starts the command line or a whole run
 def test_infer_writes_a_run_and_says_where(batch, model_dir, tmp_path):
     r = wbcv("infer", str(batch), "--model", str(model_dir), "--out", str(tmp_path / "runs"), "--no-progress")
     assert r.returncode == 0, r.stderr
@@ -36,6 +37,7 @@ def test_infer_writes_a_run_and_says_where(batch, model_dir, tmp_path):
     assert (run_dirs[0] / PREDICTIONS_FILE).is_file() and (run_dirs[0] / COUNTS_FILE).is_file()
 
 
+@pytest.mark.slow  # starts the command line or a whole run
 @pytest.mark.parametrize(
     "setup, expected",
     [
@@ -54,6 +56,7 @@ def test_bad_batch_exits_2_with_a_message_and_no_traceback(tmp_path, pbc_cells, 
     assert r.stderr.startswith("wbcv infer: error: ")
 
 
+@pytest.mark.slow  # starts the command line or a whole run
 def test_unknown_or_tampered_model_exits_2(batch, model_dir, tmp_path):
     r = wbcv("infer", str(batch), "--model", str(tmp_path / "no-such-model"), "--out", str(tmp_path / "runs"))
     assert r.returncode == 2 and "unknown model" in r.stderr and "Traceback" not in r.stderr
@@ -116,6 +119,7 @@ def test_sigkill_at_any_moment_then_rerun_gives_identical_outputs(batch, model_d
         assert (finished[0] / name).read_bytes() == (uninterrupted / name).read_bytes(), name
 
 
+@pytest.mark.slow  # starts the command line or a whole run
 def test_verify_names_every_changed_added_or_missing_file(uninterrupted, tmp_path):
     import shutil
     import stat as stat_mod

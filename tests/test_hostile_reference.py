@@ -181,6 +181,7 @@ def test_lines_fields_and_preambles_that_cannot_be_an_export(tmp_path, text, fra
     assert fragment in _refused(write(tmp_path, text))
 
 
+@pytest.mark.slow
 def test_reading_is_streamed_python_memory_does_not_grow_with_the_file(tmp_path):
     """tracemalloc sees the Python objects (lines, rows, dicts), the part that grew with the file."""
 
@@ -354,6 +355,7 @@ BROKEN = [
 ]
 
 
+@pytest.mark.slow  # starts the command line or a whole run
 def test_broken_rows_reach_excluded_parquet_and_the_report_through_the_cli(tmp_path):
     ids = ["S0", *(b[0] for b in BROKEN), "S9"]
     inference = _sealed_run(tmp_path, ids)
@@ -406,6 +408,7 @@ def test_implausible_row_is_judged_after_the_rerun_rule(tmp_path):
             )
 
 
+@pytest.mark.slow  # starts the command line or a whole run
 @pytest.mark.parametrize(
     "data, fragment",
     [

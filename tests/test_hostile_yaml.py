@@ -420,6 +420,7 @@ def test_shown_bounds_any_value():
     assert listing([f"p{i}" for i in range(120)])[-1] == "… and 70 more problems (fix the ones above first)"
 
 
+@pytest.mark.slow  # starts the command line or a whole run
 @pytest.mark.parametrize(
     "text",
     [
@@ -463,6 +464,7 @@ def _cli_fails(*args: str) -> str:
     return r.stderr
 
 
+@pytest.mark.slow  # starts the command line or a whole run
 def test_cli_refuses_hostile_manifest_protocol_and_study_config(tmp_path, batch, model_dir):
     runs = tmp_path / "runs"
     _yaml_manifest(batch, MANIFEST_BOMBS[0][1])
@@ -504,6 +506,7 @@ def test_cli_refuses_hostile_manifest_protocol_and_study_config(tmp_path, batch,
     assert "YAML nodes" in err and str(study) in err
 
 
+@pytest.mark.slow  # starts the command line or a whole run
 def test_cli_keeps_ids_as_written_from_yaml_and_csv_manifests(tmp_path, pbc_cells, model_dir):
     ids = ["010", "001", "1e3", "yes", "0x1F"]
     for kind in ("yaml", "csv"):

@@ -70,6 +70,7 @@ def test_file_format_is_told_by_content_not_by_the_name(libraries, bundled_model
     assert report["n"] == 1 and report["skipped"] == {}
 
 
+@pytest.mark.slow  # starts the command line or a whole run
 def test_wbcv_evaluate_on_a_labelled_bmp_folder(libraries, bundled_model, tmp_path):
     out = tmp_path / "eval.json"
     r = run_wbcv("evaluate", str(libraries["BMP"]), "--json", str(out), timeout=300)
@@ -101,6 +102,7 @@ def test_labelled_set_with_no_decodable_cell_is_an_error_naming_the_reasons(unde
     assert "003.tif: unsupported image format GIF" in message
 
 
+@pytest.mark.slow  # starts the command line or a whole run
 def test_wbcv_evaluate_on_undecodable_cells_exits_2_with_the_reason_and_no_traceback(undecodable):
     r = run_wbcv("evaluate", str(undecodable), timeout=300)
     assert r.returncode == 2

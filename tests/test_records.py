@@ -135,6 +135,7 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.mark.slow  # starts the command line or a whole run
 def test_what_is_sealed_reads_back_to_the_same_document_with_the_same_key_names(study):
     for run in sorted((study / "runs").iterdir()):
         doc = json.loads((run / "run.json").read_text())
@@ -169,6 +170,7 @@ def _runs_list_cell(layout: dict[str, Any], header: str) -> Any:
     return first_row[names.index(header)]["props"]["children"]
 
 
+@pytest.mark.slow  # starts the command line or a whole run
 def test_the_command_line_report_and_dashboard_show_one_count_of_exclusions(study, tmp_path):
     inference = next(p for p in (study / "runs").iterdir() if "-compare-" not in p.name)
     out = tmp_path / "runs"
@@ -210,6 +212,7 @@ def _excluded_points(run_dir_parent: Path) -> tuple[dict[str, Any], list[str]]:
     return points, [a.text for a in figure.layout.annotations]
 
 
+@pytest.mark.slow  # starts the command line or a whole run
 def test_a_moved_runs_folder_without_its_protocol_still_shows_the_excluded_samples(tmp_path):
     root = tmp_path / "study"
     runs = make_study_runs(root, n_samples=8, cells_per_slide=20, untrained_model=False)
