@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import io
 import math
+import os
+import stat
 import warnings
 from dataclasses import dataclass
 from typing import Final
@@ -46,6 +48,79 @@ IMAGE_EXTENSIONS: Final[tuple[str, ...]] = (".jpg", ".jpeg", ".png", ".bmp", ".t
 ACCEPTED_FORMATS_TEXT: Final[str] = ", ".join(ACCEPTED_FORMATS[:-1]) + " or " + ACCEPTED_FORMATS[-1]
 #: Default ceiling on width x height; a single-cell crop is far below (360 x 363 = 130,680).
 DEFAULT_MAX_PIXELS: Final[int] = 4096 * 4096
+
+#: Bytes per pixel of the widest accepted layout stored uncompressed (16-bit RGBA TIFF) ...
+_MAX_BYTES_PER_PIXEL: Final[int] = 8
+#: ... plus room for headers, colour profiles and metadata.
+_HEADER_ALLOWANCE: Final[int] = 1 << 20
+
+
+def max_file_bytes(max_pixels: int = DEFAULT_MAX_PIXELS) -> int:
+    """The most bytes read from one cell file: an image within ``max_pixels`` stored uncompressed at
+    8 bytes per pixel (16-bit RGBA), plus 1 MiB of headers; 129 MiB at the default pixel limit.
+    A larger file cannot hold an acceptable image, and reading stops one byte past the cap."""
+    return max_pixels * _MAX_BYTES_PER_PIXEL + _HEADER_ALLOWANCE
+
+
+_FILE_TYPES: Final[tuple[tuple[int, str], ...]] = (
+    (stat.S_IFIFO, "FIFO"),
+    (stat.S_IFCHR, "character device"),
+    (stat.S_IFBLK, "block device"),
+    (stat.S_IFSOCK, "socket"),
+    (stat.S_IFDIR, "folder"),
+    (stat.S_IFLNK, "symbolic link"),
+)
+
+
+def not_regular_reason(mode: int) -> str | None:
+    """None for a regular file, else the reason it cannot be a cell: "not a regular file (FIFO)"."""
+    if stat.S_ISREG(mode):
+        return None
+    kind = next((name for t, name in _FILE_TYPES if stat.S_IFMT(mode) == t), "unknown type")
+    return f"not a regular file ({kind})"
+
+
+def read_cell_file(path: str | os.PathLike[str], max_bytes: int, identity: tuple[int, int] | None = None) -> bytes:
+    """The bytes of one cell file, opened so that nothing but a regular file is ever read.
+
+    The file is opened with ``O_NONBLOCK`` (a FIFO swapped in after listing cannot block the open),
+    then ``fstat`` of the open descriptor must show a regular file, the same (st_dev, st_ino) as
+    ``identity`` when given (the file the listing saw), and at most ``max_bytes`` bytes; reading
+    stops one byte past the cap, so a file that keeps growing is refused, not read to the end.
+    Raises CellRejected with the reason, OSError when the file cannot be opened or read.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOCTTY", 0))
+    try:
+        st = os.fstat(fd)
+        reason = not_regular_reason(st.st_mode)
+        if reason is not None:
+            raise CellRejected(reason)
+        if identity is not None and identity != (0, 0) and (st.st_dev, st.st_ino) != identity:
+            raise CellRejected("file was replaced by another file after the batch was listed")
+        if st.st_size > max_bytes:
+            raise CellRejected(_too_many_bytes(st.st_size, max_bytes))
+        chunks: list[bytes] = []
+        got = 0
+        while got <= max_bytes:
+            block = os.read(fd, min(1 << 20, max_bytes + 1 - got))
+            if not block:
+                break
+            chunks.append(block)
+            got += len(block)
+        if got > max_bytes:
+            raise CellRejected(_too_many_bytes(None, max_bytes))
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _too_many_bytes(size: int | None, max_bytes: int) -> str:
+    now = f"{size:,} bytes" if size is not None else "more bytes than when listed"
+    return (
+        f"file holds {now}, above the limit of {max_bytes:,} bytes per cell file (derived from the "
+        "pixel limit); a single-cell crop is expected"
+    )
+
 
 # We enforce our own limit before decoding; Pillow's own check would warn on stderr instead.
 Image.MAX_IMAGE_PIXELS = None

@@ -8,6 +8,10 @@ Two layouts are accepted:
   ``decode.IMAGE_EXTENSIONS``: JPEG, PNG, BMP or TIFF; each is decoded by content as ``wbcv infer``
   decodes cells, and a file that cannot be decoded is reported with its reason).
 
+Only regular files are cells (``is_file`` stats the target of a link: FIFOs, devices and links to
+them are left out), and their bytes are read through ``decode.read_cell_file``, which opens
+without blocking, checks ``fstat`` again and caps the bytes read.
+
 Labels are kept as written (lower-cased); labels outside ``CELL_CLASSES`` (platelet, erythroblast,
 ig, smudge ...) are legitimate: they are the out-of-scope cells an evaluation must see rejected.
 """
@@ -63,7 +67,7 @@ def _from_manifest(root: Path, manifest: Path) -> list[LabelledCell]:
         if pure.is_absolute() or ".." in pure.parts:
             raise WbcvError(f"{manifest} row {lineno}: path {rel!r} must be relative and inside {root}")
         path = root.joinpath(*pure.parts)
-        if not path.is_file():
+        if not path.is_file():  # stat follows links: a FIFO, a device or a link to one is not a file
             raise WbcvError(f"{manifest} row {lineno}: file {rel!r} does not exist")
         cells.append(LabelledCell(path, label, (row.get("sha256") or None)))
     return cells

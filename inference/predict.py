@@ -17,7 +17,7 @@ import torch
 
 from wbcv.inference.artifact import LoadedModel
 from wbcv.inference.combine import CombinedOutput, combine
-from wbcv.inference.decode import CellRejected, decode_cell
+from wbcv.inference.decode import CellRejected, decode_cell, max_file_bytes, read_cell_file
 from wbcv.inference.ensemble import EnsembleLogits
 
 
@@ -54,7 +54,7 @@ def decode_files(
 
     def one(path: Path) -> np.ndarray | str:
         try:
-            data = path.read_bytes()
+            data = read_cell_file(path, max_file_bytes())
             if transform is not None:
                 data = transform(data)
             return decode_cell(data, spec.size, crop=spec.crop).pixels

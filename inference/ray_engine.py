@@ -155,11 +155,15 @@ def run_inference_ray(
 
 def _entry_json(entries: tuple[CellEntry, ...]) -> str:
     # JSON keeps the dataset's schema fixed (an all-null ``rejected`` column would infer another type).
-    return json.dumps([[e.rel_path, str(e.abs_path), e.size, e.mtime_ns, e.rejected] for e in entries])
+    return json.dumps(
+        [[e.rel_path, str(e.abs_path), e.size, e.mtime_ns, e.rejected, e.dev, e.ino, e.openable] for e in entries]
+    )
 
 
 def _decode_row(row: dict[str, Any], size: int, crop: float, max_pixels: int) -> dict[str, Any]:
-    entries = tuple(CellEntry(r, Path(a), s, m, rej) for r, a, s, m, rej in json.loads(row["entries"]))
+    entries = tuple(
+        CellEntry(r, Path(a), s, m, rej, dev, ino, ok) for r, a, s, m, rej, dev, ino, ok in json.loads(row["entries"])
+    )
     meta, pixels = decode_chunk(entries, size, crop, max_pixels)
     return {
         "sample_index": row["sample_index"],

@@ -56,7 +56,7 @@ from wbcv.base.tables import (
 from wbcv.base.taxonomy import CELL_CLASSES, LINEAGES, OUTCOMES
 from wbcv.inference.artifact import LoadedModel
 from wbcv.inference.combine import ABSTAIN_REASONS, UNCLASSIFIED_INDEX, combine
-from wbcv.inference.decode import DEFAULT_MAX_PIXELS, CellRejected, decode_cell
+from wbcv.inference.decode import DEFAULT_MAX_PIXELS, CellRejected, decode_cell, max_file_bytes, read_cell_file
 from wbcv.inference.slideset import CellEntry, Sample, SlideSet
 
 #: Part files hold both: prediction columns plus the skip reason (null for a decoded cell).
@@ -130,10 +130,13 @@ def decode_chunk(
             "skip_reason": entry.rejected,
         }
         meta.append(m)
-        if entry.rejected is not None and entry.abs_path.is_dir():
+        if not entry.openable:  # not a regular file inside the batch, or a second name of one: never opened
             continue
         try:
-            data = entry.abs_path.read_bytes()
+            data = read_cell_file(entry.abs_path, max_file_bytes(max_pixels), (entry.dev, entry.ino))
+        except CellRejected as e:
+            m["skip_reason"] = m["skip_reason"] or str(e)
+            continue
         except OSError as e:
             m["skip_reason"] = m["skip_reason"] or f"cannot read file: {e.strerror}"
             continue

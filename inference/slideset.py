@@ -35,8 +35,12 @@ decimals (``0.25``, ``2.5e-4``); ``true``, ``0x1F`` or ``1_000`` are errors.
 Everything wrong with the batch as a whole (missing or malformed manifest, unknown fields,
 duplicate sample ids, a slide folder that is missing, empty, unreadable or outside BATCH) is
 collected and raised as one ``WbcvError`` listing every problem. Files inside a slide folder that
-cannot be cells (other extensions, sub-folders, links leading outside BATCH) are kept as
-rejected entries so that the run records them, and folders no sample claims are listed too.
+cannot be cells (other extensions, sub-folders, links leading outside BATCH, anything that is not
+a regular file: FIFOs, devices, sockets, links to them) are kept as rejected entries so that the
+run records them, and folders no sample claims are listed too. Their type is told by ``stat`` alone:
+listing opens nothing. Two entries that are the same file (a hard link, a link to another cell;
+same st_dev and st_ino) are one cell: the plain file counts, the other name is rejected as
+"same file as S001/cell0003.jpg". Reading happens later, through ``decode.read_cell_file``.
 """
 
 from __future__ import annotations
@@ -47,13 +51,14 @@ import hashlib
 import io
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Final
 
 from wbcv.base.errors import WbcvError, listing, shown, suggest
 from wbcv.base.yamlfile import read_yaml
-from wbcv.inference.decode import IMAGE_EXTENSIONS
+from wbcv.inference.decode import IMAGE_EXTENSIONS, not_regular_reason
 
 MANIFEST_NAMES: Final[tuple[str, ...]] = ("manifest.csv", "manifest.yaml", "manifest.yml")
 CELL_LABELS_NAME: Final[str] = "cell_labels.csv"
@@ -84,6 +89,9 @@ class CellEntry:
     size: int
     mtime_ns: int
     rejected: str | None = None
+    dev: int = 0  # st_dev and st_ino of the file as listed: reading checks it is still that file
+    ino: int = 0
+    openable: bool = True  # False: never opened (not a regular file, a link outside BATCH, a duplicate)
 
 
 @dataclass(frozen=True)
@@ -293,7 +301,9 @@ def _safe_slide_dir(root: Path, rel: str, where: str, problems: list[str]) -> Pa
     return candidate
 
 
-def _list_slide(root: Path, slide: Path, where: str, problems: list[str]) -> tuple[CellEntry, ...]:
+def _list_slide(
+    root: Path, slide: Path, where: str, problems: list[str], seen: dict[tuple[int, int], str]
+) -> tuple[CellEntry, ...]:
     root_resolved = root.resolve()
     try:
         exists = slide.exists()
@@ -314,24 +324,51 @@ def _list_slide(root: Path, slide: Path, where: str, problems: list[str]) -> tup
         return ()
     cells: list[CellEntry] = []
     slide_rel = slide.relative_to(root).as_posix()
+    listed: list[tuple[str, Path, os.stat_result | None, str | None, bool, bool]] = []
     for entry in entries:
         # Plain string work per file: pathlib per entry cost a second per 20,000 files.
         rel = f"{slide_rel}/{entry.name}"
         path = Path(entry.path)
         try:
-            st = entry.stat(follow_symlinks=True)
+            is_link = entry.is_symlink()
+            st = entry.stat(follow_symlinks=True)  # stat only: nothing is opened while listing
         except OSError as err:
-            cells.append(CellEntry(rel, path, 0, 0, f"cannot read file: {err.strerror}"))
+            listed.append((rel, path, None, f"cannot read file: {err.strerror}", False, False))
             continue
         reason = None
+        outside = False
         ext = os.path.splitext(entry.name)[1]
-        if entry.is_dir(follow_symlinks=True):
+        if stat.S_ISDIR(st.st_mode):
             reason = "sub-folder inside a slide folder; cells must lie directly in the slide folder"
+        elif (reason := not_regular_reason(st.st_mode)) is not None:
+            pass
+        elif is_link and not path.resolve().is_relative_to(root_resolved):
+            reason, outside = "symbolic link leading outside the batch directory", True
         elif ext.lower() not in IMAGE_EXTENSIONS:
             reason = f"not a cell image file (extension {ext or 'none'!r}; expected {', '.join(IMAGE_EXTENSIONS)})"
-        elif entry.is_symlink() and not path.resolve().is_relative_to(root_resolved):
-            reason = "symbolic link leading outside the batch directory"
-        cells.append(CellEntry(rel, path, st.st_size, st.st_mtime_ns, reason))
+        listed.append((rel, path, st, reason, is_link, stat.S_ISREG(st.st_mode) and not outside))
+    # Entries that are the same file (hard links, links to another cell) are one cell: the plain
+    # file is kept (links after plain files, then by name), each further name is recorded as skipped.
+    order = sorted(range(len(listed)), key=lambda i: (listed[i][4], listed[i][0]))
+    dup_of: dict[int, str] = {}
+    for i in order:
+        rel, _, found, _, _, openable = listed[i]
+        if found is None or not openable:
+            continue
+        key = (found.st_dev, found.st_ino)
+        if key in seen:
+            dup_of[i] = seen[key]
+        else:
+            seen[key] = rel
+    for i, (rel, path, found, reason, _, openable) in enumerate(listed):
+        if found is None:
+            cells.append(CellEntry(rel, path, 0, 0, reason, openable=False))
+            continue
+        if i in dup_of:
+            reason, openable = f"same file as {dup_of[i]}", False
+        cells.append(
+            CellEntry(rel, path, found.st_size, found.st_mtime_ns, reason, found.st_dev, found.st_ino, openable)
+        )
     if not any(c.rejected is None for c in cells):
         extra = f" ({len(cells)} other file(s))" if cells else ""
         problems.append(
@@ -393,6 +430,7 @@ def read_slide_set(batch_dir: Path | str) -> SlideSet:
     problems: list[str] = []
     first_seen: dict[str, str] = {}
     dir_seen: dict[str, str] = {}
+    seen_files: dict[tuple[int, int], str] = {}  # (st_dev, st_ino) -> the cell that file is, across the batch
     samples: list[Sample] = []
     for where, raw in rows:
         fields = _check_fields(manifest, where, raw, problems)
@@ -412,7 +450,7 @@ def read_slide_set(batch_dir: Path | str) -> SlideSet:
             problems.append(f"{root / where}: slide folder {shown(rel)} is also used by {dir_seen[key]}")
             continue
         dir_seen[key] = where
-        cells = _list_slide(root, slide, str(root / where), problems)
+        cells = _list_slide(root, slide, str(root / where), problems, seen_files)
         fields.pop("sample_id")
         samples.append(Sample(sid, PurePosixPath(rel.replace("\\", "/")).as_posix(), where, fields, cells))
 

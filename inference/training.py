@@ -56,7 +56,7 @@ from wbcv.base.taxonomy import CELL_CLASSES, LINEAGE_INDEX_OF_CLASS
 from wbcv.inference.artifact import CARD_FILE, InputSpec, make_card, save_artifact
 from wbcv.inference.augment import AugmentConfig, augment
 from wbcv.inference.combine import Calibration, Thresholds, calibrated_scores, combine
-from wbcv.inference.decode import CellRejected, decode_cell
+from wbcv.inference.decode import CellRejected, decode_cell, max_file_bytes, read_cell_file
 from wbcv.inference.ensemble import EnsembleLogits, WbcEnsembleNet
 from wbcv.inference.library import LabelledCell, read_cell_library
 from wbcv.inference.res2net import Res2NetConfig, variant
@@ -182,8 +182,8 @@ class Cache:
 def build_cache(examples: Sequence[Example], spec: InputSpec, rng: random.Random | None, q: tuple[int, int]) -> Cache:
     imgs, jpeg, labels = [], [], []
     for e in examples:
-        data = e.path.read_bytes()
         try:
+            data = read_cell_file(e.path, max_file_bytes())
             imgs.append(_decode(data, spec))
             if rng is not None:
                 jpeg.append(_decode(_recompressed(data, rng.randint(*q)), spec))
