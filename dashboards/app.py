@@ -23,6 +23,7 @@ from dash import ALL, Dash, Input, Output, State, ctx, dcc, html
 from dash.development.base_component import Component
 from dash.exceptions import PreventUpdate
 
+from wbcv.base.csvsafe import spreadsheet_safe_csv
 from wbcv.base.errors import WbcvError
 from wbcv.dashboards.auth import Credentials, require_basic_auth
 from wbcv.dashboards.cells import cell_url, register_cell_route
@@ -568,7 +569,7 @@ def create_app(runs_dir: Path, credentials: Credentials | None = None) -> Dash:
         # the table's rows under the user's filter and sort: what is visible, all pages
         rows = visible_rows(run_id, measurand, opts, request)
         name = f"{run_id}-{measurand.replace('#', 'count').replace('%', 'pct')}.csv"
-        return dcc.send_string(rows.write_csv(), name)
+        return dcc.send_string(spreadsheet_safe_csv(rows), name)  # text cells made inert: wbcv.base.csvsafe
 
     @app.callback(
         Output("table-sample", "data"),

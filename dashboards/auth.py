@@ -6,6 +6,9 @@ a non-loopback host the dashboard refuses to start without credentials unless th
 ``--insecure``: run records name patients' samples, and a dashboard bound to 0.0.0.0 by mistake
 would show them to the whole network. Basic auth sends the password with every request, so
 beyond a trusted network it belongs behind a TLS-terminating proxy (the README says so).
+
+A leading UTF-8 byte-order mark in the file is dropped; a user name with a control or invisible
+format character (zero-width space, bidi marks, a BOM elsewhere) is refused, naming the line.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import os
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -34,10 +38,24 @@ class Credentials:
         return f"Credentials(user={self.user!r}, password=***)"
 
 
+def _invisible(ch: str) -> bool:
+    """Control, format (zero-width, BOM, bidi), private-use, unassigned or line/paragraph separators."""
+    return unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp")
+
+
 def parse_credentials(text: str, source: str) -> Credentials:
+    """``user:password``; a user name holding an invisible or control character is refused, naming
+    it, since nobody could type the name that would then be required (a BOM saved by an editor)."""
     user, sep, password = text.strip().partition(":")
     if not sep or not user or not password:
         raise WbcvError(f"{source}: expected 'user:password' with both parts non-empty")
+    bad = next(((i, ch) for i, ch in enumerate(user) if _invisible(ch)), None)
+    if bad is not None:
+        i, ch = bad
+        raise WbcvError(
+            f"{source}: the user name holds an invisible or control character U+{ord(ch):04X} "
+            f"({unicodedata.name(ch, 'unnamed')}) at position {i + 1}; expected a name that can be typed"
+        )
     return Credentials(user, password)
 
 
@@ -45,13 +63,19 @@ def load_credentials(auth_file: Path | None, environ: dict[str, str] | None = No
     env = os.environ if environ is None else environ
     if auth_file is not None:
         try:
-            text = Path(auth_file).read_text(encoding="utf-8")
+            # utf-8-sig: a byte-order mark (Notepad writes one) is not part of the user name
+            text = Path(auth_file).read_bytes().decode("utf-8-sig")
         except OSError as e:
             raise WbcvError(f"{auth_file}: cannot read the credentials file: {e.strerror}") from None
-        lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+        except UnicodeDecodeError as e:
+            raise WbcvError(f"{auth_file}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+        lines = [
+            (n, ln) for n, ln in enumerate(text.split("\n"), start=1) if ln.strip() and not ln.lstrip().startswith("#")
+        ]
         if len(lines) != 1:
             raise WbcvError(f"{auth_file}: expected exactly one 'user:password' line, found {len(lines)}")
-        return parse_credentials(lines[0], str(auth_file))
+        n, line = lines[0]
+        return parse_credentials(line, f"{auth_file} line {n}")
     if env.get(AUTH_ENV):
         return parse_credentials(env[AUTH_ENV], f"environment variable {AUTH_ENV}")
     return None

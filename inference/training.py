@@ -50,6 +50,7 @@ import torch.nn.functional as F  # noqa: N812
 from PIL import Image
 
 from wbcv.base.atomic import atomic_write_bytes
+from wbcv.base.csvsafe import spreadsheet_original, spreadsheet_safe
 from wbcv.base.errors import WbcvError
 from wbcv.base.software import cpu_name
 from wbcv.base.taxonomy import CELL_CLASSES, LINEAGE_INDEX_OF_CLASS
@@ -292,7 +293,11 @@ def _averaged_net(ema: torch.optim.swa_utils.AveragedModel) -> WbcEnsembleNet:
 
 
 def write_split(path: Path, data: PreparedData, root: Path) -> str:
-    rows = [(e.sha256, e.path.relative_to(root).as_posix(), e.label, s) for s in SPLITS for e in data.splits[s]]
+    rows = [
+        (e.sha256, spreadsheet_safe(e.path.relative_to(root).as_posix()), spreadsheet_safe(e.label), s)
+        for s in SPLITS
+        for e in data.splits[s]
+    ]  # a file named "=cmd.jpg" stays inert when split.csv is opened in a spreadsheet (wbcv.base.csvsafe)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["sha256", "path", "label", "split"])
@@ -308,7 +313,7 @@ def read_split(model_dir: Path, library_root: Path, split: str) -> list[Labelled
         raise WbcvError(f"{model_dir}: no {SPLIT_FILE}; the model does not record its training split")
     with open(path, newline="") as f:
         return [
-            LabelledCell(library_root / r["path"], r["label"], r["sha256"])
+            LabelledCell(library_root / spreadsheet_original(r["path"]), spreadsheet_original(r["label"]), r["sha256"])
             for r in csv.DictReader(f)
             if r["split"] == split
         ]
