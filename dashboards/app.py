@@ -310,6 +310,15 @@ def samples_view() -> list[Component]:
     ]
 
 
+def _unreadable_note(catalog: RunCatalog) -> list[Component]:
+    """A line under the runs list naming each run folder that could not be read, and why."""
+    bad = catalog.unreadable()
+    if not bad:
+        return []
+    text = "; ".join(f"{name}: {reason}" for name, reason in bad)
+    return [html.P(f"{len(bad)} run folder(s) could not be read: {text}", id="runs-unreadable", className="note")]
+
+
 def build_layout(catalog: RunCatalog, runs: list[RunSummary]) -> html.Div:
     """The page for the listed runs, with the newest one's verdict and verification plot already in it.
 
@@ -358,6 +367,7 @@ def build_layout(catalog: RunCatalog, runs: list[RunSummary]) -> html.Div:
             html.H1("wbcv · validation runs"),
             html.P(f"{len(runs)} comparison run(s) in {catalog.runs_dir}", id="runs-count"),
             _runs_list(runs, first),
+            *_unreadable_note(catalog),
             dcc.Store(id="run", data=first),  # the open run: a click on the runs list changes it
             dcc.Store(id="grid-code", data=False),  # whether AG Grid's code is loaded (samples tab)
             html.Div(

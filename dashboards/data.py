@@ -102,29 +102,54 @@ class RunCatalog:
         self._lock = threading.Lock()
         self._listing: tuple[str, ...] = ()
         self._summaries: list[RunSummary] = []
+        self._unreadable: list[tuple[str, str]] = []
         self._loaded: dict[str, ComparisonRun] = {}
 
     def summaries(self) -> list[RunSummary]:
+        """The readable comparison runs, newest first. A run folder that cannot be read (a hostile or
+        broken run.json, or a copy of a run under another folder name) is left out and listed by
+        ``unreadable`` with its reason: one bad folder never takes down the review of the others."""
         names = tuple(
             sorted(
                 p.name
                 for p in self.runs_dir.iterdir()
-                if p.is_dir() and not p.name.startswith((".", INCOMPLETE_PREFIX)) and (p / RUN_RECORD).is_file()
+                if p.is_dir()
+                and not p.name.startswith((".", INCOMPLETE_PREFIX))
+                and ((p / RUN_RECORD).exists() or (p / RUN_RECORD).is_symlink())
             )
         )
         with self._lock:
             if names != self._listing:
-                found = []
+                found: list[RunSummary] = []
+                bad: list[tuple[str, str]] = []
+                seen: dict[str, str] = {}
                 for name in names:
                     try:
                         record = read_run_record(self.runs_dir / name)
-                    except WbcvError:
-                        continue  # not ours, or unreadable: the list shows what can be reviewed
-                    if isinstance(record, ComparisonRecord):
-                        found.append(_summary(self.runs_dir / name, record))
+                        if record.run_id != name:
+                            raise WbcvError(
+                                f"run.json names run {record.run_id!r}, not the folder's name "
+                                "(a copy of a run under another name?)"
+                            )
+                        if record.run_id in seen:
+                            raise WbcvError(f"run id {record.run_id!r} is also the run of folder {seen[record.run_id]}")
+                        seen[record.run_id] = name
+                        if isinstance(record, ComparisonRecord):
+                            found.append(_summary(self.runs_dir / name, record))
+                    except WbcvError as e:
+                        bad.append((name, str(e).removeprefix(f"{self.runs_dir / name / RUN_RECORD}: ")))
+                    except Exception as e:  # noqa: BLE001 - any failure of one run must not stop the page
+                        bad.append((name, f"{type(e).__name__}: {e}"[:300]))
                 self._summaries = sorted(found, key=lambda s: (s.created_utc, s.run_id), reverse=True)
+                self._unreadable = bad
                 self._listing = names
             return list(self._summaries)
+
+    def unreadable(self) -> list[tuple[str, str]]:
+        """(folder name, reason) of each run folder the last ``summaries`` could not read."""
+        self.summaries()
+        with self._lock:
+            return list(self._unreadable)
 
     def get(self, run_id: str) -> ComparisonRun:
         """A comparison run by id; only ids of the listing are accepted (never a path)."""

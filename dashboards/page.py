@@ -166,7 +166,7 @@ class PageMemo:
 
     def __call__(self) -> Component:
         runs = self._catalog.summaries()
-        listing = tuple(s.run_id for s in runs)
+        listing = (*(s.run_id for s in runs), *(f"unreadable:{n}:{r}" for n, r in self._catalog.unreadable()))
         with self._lock:
             if self._page is None or listing != self._listing:
                 self._page, self._listing = self._build(runs), listing

@@ -230,16 +230,49 @@ def verify_run(run_dir: Path) -> Verification:
     return Verification(run_dir, record, sha256_file(run_dir / RUN_RECORD), changed, added, missing)
 
 
+#: The largest run.json accepted (16 MiB). A real record is a few hundred KiB at most (one sha256
+#: per file); a bigger one is not a wbcv record and is refused before it is read into memory.
+MAX_RUN_RECORD_BYTES: Final[int] = 16 * 1024 * 1024
+
+
 def read_run_record(run_dir: Path) -> InferenceRecord | ComparisonRecord:
-    """The typed record of a finished run, every field checked (``wbcv.base.records``)."""
+    """The typed record of a finished run, every field checked (``wbcv.base.records``).
+
+    Hostile run.json files are refused as a ``WbcvError`` naming the file: one that is not a
+    regular file (a directory, a FIFO: opened without blocking), one over ``MAX_RUN_RECORD_BYTES``,
+    one that is not UTF-8 JSON, or one nested too deeply to parse (RecursionError).
+    """
     path = Path(run_dir) / RUN_RECORD
-    if not path.is_file():
+    if not path.exists():
         raise WbcvError(f"{run_dir}: not a finished wbcv run ({RUN_RECORD} is missing)")
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise WbcvError(f"{path}: unreadable run record: not a regular file")
+            if info.st_size > MAX_RUN_RECORD_BYTES:
+                raise WbcvError(
+                    f"{path}: unreadable run record: {info.st_size} bytes, over the "
+                    f"{MAX_RUN_RECORD_BYTES // (1024 * 1024)} MiB limit"
+                )
+            with os.fdopen(fd, "rb", closefd=False) as f:
+                data = f.read(MAX_RUN_RECORD_BYTES + 1)
+        finally:
+            os.close(fd)
+        if len(data) > MAX_RUN_RECORD_BYTES:
+            raise WbcvError(
+                f"{path}: unreadable run record: over the {MAX_RUN_RECORD_BYTES // (1024 * 1024)} MiB limit"
+            )
+        document = json.loads(data.decode("utf-8"))
+    except RecursionError:
+        raise WbcvError(f"{path}: unreadable run record: JSON nested too deeply") from None
+    except (OSError, ValueError) as e:  # ValueError covers UnicodeDecodeError and JSONDecodeError
         raise WbcvError(f"{path}: unreadable run record: {e}") from None
-    return parse_record(document, str(path))
+    try:
+        return parse_record(document, str(path))
+    except RecursionError:
+        raise WbcvError(f"{path}: unreadable run record: JSON nested too deeply") from None
 
 
 def read_record_of(run_dir: Path, kind: type[R], expected: str) -> R:
