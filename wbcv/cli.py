@@ -1,6 +1,7 @@
 """The ``wbcv`` command line: parses arguments, calls the packages, prints. No logic of its own.
 
-Exit status: 0 success; 2 usage or input error (message, no traceback); 3 the run completed but
+Exit status: 0 success; 2 usage or input error, or no space left on device / disk quota exceeded
+(message naming the file, no traceback; the same command resumes once space is freed); 3 the run completed but
 failed acceptance; 4 `wbcv verify` found a changed, added or missing file; 130 interrupted (the
 same command resumes).
 """
@@ -8,6 +9,7 @@ same command resumes).
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -479,6 +481,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"\nwbcv {args.command}: interrupted; run the same command again to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception as e:
+        message = _out_of_space(e)
+        if message is None:
+            raise
+        print(f"wbcv {args.command}: error: {message}", file=sys.stderr)
+        return EXIT_INPUT_ERROR
+
+
+_NO_SPACE_TEXTS = ("no space left on device", "disk quota exceeded")
+
+
+def _out_of_space(error: BaseException) -> str | None:
+    """The one-line message for a full disk or exhausted quota (ENOSPC, EDQUOT, or polars' own error
+    whose text says so), naming the file being written when known; None for any other error."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        errno_ = getattr(current, "errno", None) if isinstance(current, OSError) else None
+        if errno_ in (errno.ENOSPC, errno.EDQUOT) or any(t in str(current).lower() for t in _NO_SPACE_TEXTS):
+            quota = errno_ == errno.EDQUOT or "quota" in str(current).lower()
+            what = "no space left on device (disk quota exceeded)" if quota else "no space left on device"
+            where = getattr(current, "filename", None) if isinstance(current, OSError) else None
+            place = f" while writing {where}" if where else ""
+            return f"{what}{place}; free some space and run the same command again to resume"
+        current = current.__cause__ or current.__context__
+    return None
 
 
 if __name__ == "__main__":
