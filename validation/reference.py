@@ -422,6 +422,24 @@ def _fit(row: list[str], width: int) -> list[str]:
     return row[:width] if len(row) >= width else row + [""] * (width - len(row))
 
 
+def _fitted_rows(
+    rows: Iterator[tuple[int, list[str]]], header: list[str], sid_i: int, excluded: _Frames
+) -> Iterator[tuple[int, list[str], str]]:
+    """(row number, row fitted to the header's width, stripped sample id) of every non-blank row;
+    a row whose fields cannot be matched to the columns goes to ``excluded`` with the reason."""
+    width, needed = len(header), 1 + max(i for i, n in enumerate(header) if n)
+    for r, raw in rows:
+        if not any(c.strip() for c in raw):
+            continue
+        problem = _width_problem(raw, width, needed)
+        if problem:
+            sid = raw[sid_i].strip() if sid_i < len(raw) else ""
+            excluded.add({"source_row": r, "sample_id": sid or None, "reason": problem})
+            continue
+        row = _fit(raw, width)
+        yield r, row, row[sid_i].strip()
+
+
 def _read_sysmex(
     path: Path, encoding: str, header_row: list[str], h: int, rows: Iterator[tuple[int, list[str]]], sep: str
 ) -> ReferenceData:
@@ -439,19 +457,9 @@ def _read_sysmex(
     time_i = lower.index("time") if "time" in lower else None
     analyzer_i = lower.index("analyzer id") if "analyzer id" in lower else None
     decimal_comma = sep == ";"
-    width, needed = len(header), 1 + max(i for i, n in enumerate(header) if n)
     quantities = [c.quantity for c in columns]
     records, excluded = _Frames(_table_schema(quantities)), _Frames(EXCLUDED_SCHEMA)
-    for r, raw in rows:
-        if not any(c.strip() for c in raw):
-            continue
-        problem = _width_problem(raw, width, needed)
-        if problem:
-            sid = raw[sample_i].strip() if sample_i < len(raw) else ""
-            excluded.add({"source_row": r, "sample_id": sid or None, "reason": problem})
-            continue
-        row = _fit(raw, width)
-        sid = row[sample_i].strip()
+    for r, row, sid in _fitted_rows(rows, header, sample_i, excluded):
         if not sid:
             excluded.add({"source_row": r, "sample_id": None, "reason": "no sample number"})
             continue
@@ -501,19 +509,9 @@ def _read_plain(
         )
     if not columns:
         raise WbcvError(f"{path} row {h}: no measurand columns; expected some of {', '.join(MEASURANDS)}")
-    width, needed = len(header), 1 + max(i for i, n in enumerate(header) if n)
     quantities = [c.quantity for c in columns]
     records, excluded = _Frames(_table_schema(quantities)), _Frames(EXCLUDED_SCHEMA)
-    for r, raw in rows:
-        if not any(c.strip() for c in raw):
-            continue
-        problem = _width_problem(raw, width, needed)
-        if problem:
-            sid = raw[sid_i].strip() if sid_i < len(raw) else ""
-            excluded.add({"source_row": r, "sample_id": sid or None, "reason": problem})
-            continue
-        row = _fit(raw, width)
-        sid = row[sid_i].strip()
+    for r, row, sid in _fitted_rows(rows, header, sid_i, excluded):
         if not sid:
             raise WbcvError(f"{path} row {r}, column 'sample_id': empty sample id")
         rec: dict[str, Any] = {"sample_id": sid, "measured_at": None, "analyzer_id": None, "source_row": r, "flags": []}
