@@ -5,7 +5,7 @@ cached by its id for the life of the process; the list of runs is re-read when t
 entries change, so runs finished while the dashboard is open appear on the next page load.
 
 A comparison run names its inference run (``inputs.inference_run``) by path and by the sha256 of
-its run.json (found as ``wbcv.validation.integrity.locate_source_run`` says). The dashboard
+its run.json (found as ``wbcv.base.runstore.locate_source_run`` says). The dashboard
 follows that link only when the hash still matches: the inference run's record says which batch
 folder the cell images come from, so an altered record must not be able to widen what the image
 route serves (``wbcv.dashboards.cells``).

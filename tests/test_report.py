@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -288,17 +287,6 @@ def test_verify_names_added_and_removed_report_files(study_run):
         (report / "report.pdf").write_bytes(pdf)
         (report / "report.pdf").chmod(0o444)
         report.chmod(0o555)
-
-
-def test_report_says_why_cell_level_results_are_missing(study_run, tmp_path):
-    moved = tmp_path / "elsewhere"
-    shutil.move(study_run["infer"], moved)
-    try:
-        html = render_html(load_report_data(study_run["compare"]))
-    finally:
-        shutil.move(moved, study_run["infer"])
-    assert "is not as it was at comparison (missing:" in html and "cell-level results are not shown" in html
-    assert "Cell-level confusion matrix" not in html
 
 
 def test_a_report_left_half_written_by_a_killed_process_is_replaced(study_run, tmp_path):

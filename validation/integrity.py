@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Final
 
 from wbcv.base.atomic import sha256_file
+from wbcv.base.errors import WbcvError, listing
 from wbcv.base.records import ComparisonRecord, RunRecord
-from wbcv.base.runstore import RUN_RECORD, manifest_differences, verify_run
+from wbcv.base.runstore import RUN_RECORD, Verification, locate_source_run, manifest_differences, verify_run
 
 # The report's layout inside a run; defined here (light imports) so `wbcv verify` starts fast.
 REPORT_DIR: Final[str] = "report"
@@ -86,17 +87,6 @@ def _verify_report(run_dir: Path, record_sha256: str) -> tuple[str | None, list[
     return manifest_sha, findings
 
 
-def locate_source_run(run_dir: Path, record: ComparisonRecord) -> Path:
-    """Where the inference run of a comparison is: at the path recorded, or else beside the
-    comparison under its run id (a runs folder moved or copied whole). Whoever uses it checks
-    its run.json against the sha256 the comparison recorded (``source_run_findings`` does)."""
-    link = record.inputs.inference_run
-    for candidate in (link.path, Path(run_dir).parent / link.run_id):
-        if (candidate / RUN_RECORD).is_file():
-            return candidate
-    return link.path
-
-
 def source_run_findings(run_dir: Path, record: RunRecord, *, files: bool = True) -> tuple[Path | None, list[Finding]]:
     """The inference run a comparison record was made from (None for other runs) and what no longer
     matches: its run.json against the sha256 recorded at comparison, then (``files``) its files."""
@@ -114,16 +104,47 @@ def source_run_findings(run_dir: Path, record: RunRecord, *, files: bool = True)
     return path, [Finding(kind, str(path / name)) for kind, names in kinds for name in names]
 
 
+def _data_findings(v: Verification) -> list[Finding]:
+    """What changed in a run's data files; its report (or one a killed `wbcv report` left half
+    written) is not data and is checked against its own manifest."""
+    ours = (f"{REPORT_DIR}/", f"{REPORT_STAGING}/")
+    findings = [
+        Finding(kind, name) for kind, names in (("changed", v.changed), ("missing", v.missing)) for name in names
+    ]
+    return findings + [Finding("added", name) for name in v.added if not name.startswith(ours)]
+
+
 def verify_record(run_dir: Path) -> RecordVerification:
     """Every file of the run, of its report and of the inference run a comparison was made from."""
     run_dir = Path(run_dir)
     v = verify_run(run_dir)  # raises WbcvError when run.json itself is missing or unreadable
-    findings = [
-        Finding(kind, name) for kind, names in (("changed", v.changed), ("missing", v.missing)) for name in names
-    ]
-    findings += [Finding("added", name) for name in v.added if not name.startswith(f"{REPORT_DIR}/")]
+    # A half-written report is listed here (`wbcv report` replaces it) but does not stop a report.
+    findings = _data_findings(v) + [Finding("added", n) for n in v.added if n.startswith(f"{REPORT_STAGING}/")]
     manifest_sha, report_findings = _verify_report(run_dir, v.record_sha256)
     findings += report_findings
     linked, linked_findings = source_run_findings(run_dir, v.record)
     findings += linked_findings
     return RecordVerification(run_dir, v.record_sha256, manifest_sha, (linked,) if linked else (), tuple(findings))
+
+
+def require_intact(run_dir: Path, purpose: str) -> Verification:
+    """Verify a run before it is used, with every run it was made from; refuse it when altered.
+
+    Checked: every data file of the run against its run.json and, for a comparison, the inference
+    run's run.json against the sha256 recorded at comparison and that run's files against it. Not
+    checked here: the run's report (it is about to be rewritten, or is not read) and the input
+    images (`wbcv verify --inputs`). ``purpose`` completes "... would ..." in the message.
+    Raises WbcvError (exit 2) naming every changed, added or missing file.
+    """
+    run_dir = Path(run_dir)
+    v = verify_run(run_dir)
+    own = _data_findings(v)
+    source, upstream = source_run_findings(run_dir, v.record)
+    if own or upstream:
+        altered = "the run" if own else f"the inference run it was made from ({source})"
+        what = "; ".join(listing([str(f) for f in own + upstream]))
+        raise WbcvError(
+            f"{run_dir}: {altered} was altered after it was sealed ({what}); {purpose}. "
+            f"Run `wbcv verify {run_dir}` for details, or make the run again."
+        )
+    return v

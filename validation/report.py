@@ -40,7 +40,14 @@ from plotly.offline import get_plotlyjs
 from wbcv.base.atomic import atomic_write_bytes, sha256_file
 from wbcv.base.errors import WbcvError
 from wbcv.base.records import ComparisonRecord, InferenceRecord, ProtocolRecord, to_json
-from wbcv.base.runstore import RUN_RECORD, read_record_of, remove_tree, seal_directory, verify_run, write_manifest
+from wbcv.base.runstore import (
+    RUN_RECORD,
+    locate_source_run,
+    read_record_of,
+    remove_tree,
+    seal_directory,
+    write_manifest,
+)
 from wbcv.base.software import software_info
 from wbcv.base.tables import (
     COMPARISON_FILE,
@@ -62,7 +69,7 @@ from wbcv.validation.integrity import (
     REPORT_MANIFEST,
     REPORT_PDF,
     REPORT_STAGING,
-    source_run_findings,
+    require_intact,
 )
 from wbcv.validation.measurands import MEASURANDS
 from wbcv.validation.regression import LARGE_N
@@ -109,8 +116,7 @@ class ReportData:
     statistics: dict[str, Any]
     comparison: pl.DataFrame
     excluded: pl.DataFrame
-    cells: CellEvidence | None
-    cells_problem: str | None  # why the cell-level sections are missing, shown in the report
+    cells: CellEvidence
 
     @property
     def document_id(self) -> str:
@@ -135,16 +141,9 @@ def _read_json(path: Path) -> Any:
         raise WbcvError(f"{path}: unreadable: {e}") from None
 
 
-def _cell_evidence(run_dir: Path, record: ComparisonRecord) -> tuple[CellEvidence | None, str | None]:
-    """Read the inference run the comparison was made from, if it is still there and unchanged."""
-    path, findings = source_run_findings(run_dir, record)
-    if findings:
-        what = "; ".join(map(str, findings))
-        return (
-            None,
-            f"the inference run at {path} is not as it was at comparison ({what}); cell-level results are not shown",
-        )
-    assert path is not None  # a comparison record names its inference run
+def _cell_evidence(run_dir: Path, record: ComparisonRecord) -> CellEvidence:
+    """The cell-level results of the inference run the comparison was made from (verified intact)."""
+    path = locate_source_run(run_dir, record)
     inference = read_record_of(path, InferenceRecord, "expected the inference run of the comparison")
     columns = ["sample_id", "expert_label", "predicted_class", "unclassified", "abstain_reason"]
     predictions = pl.read_parquet(path / PREDICTIONS_FILE, columns=columns)
@@ -155,17 +154,14 @@ def _cell_evidence(run_dir: Path, record: ComparisonRecord) -> tuple[CellEvidenc
         .with_columns(unclassified_pct=100 * pl.col("n_unclassified") / pl.col("n_cells"))
         .sort(["unclassified_pct", "sample_id"], descending=[True, False])
     )
-    return (
-        CellEvidence(
-            record=inference,
-            n_cells=predictions.height,
-            n_unclassified=int(predictions["unclassified"].sum()),
-            abstain_reasons={str(r): int(n) for r, n in reasons.iter_rows()},
-            unclassified_by_sample=by_sample,
-            skipped=pl.read_parquet(path / SKIPPED_FILE),
-            labelled=labelled_cells(predictions),
-        ),
-        None,
+    return CellEvidence(
+        record=inference,
+        n_cells=predictions.height,
+        n_unclassified=int(predictions["unclassified"].sum()),
+        abstain_reasons={str(r): int(n) for r, n in reasons.iter_rows()},
+        unclassified_by_sample=by_sample,
+        skipped=pl.read_parquet(path / SKIPPED_FILE),
+        labelled=labelled_cells(predictions),
     )
 
 
@@ -181,16 +177,8 @@ def load_report_data(run_dir: Path) -> ReportData:
             "recorded only the protocol's identification, and the report states every rule. Compare again "
             "(`wbcv compare`) to report it."
         )
-    check = verify_run(run_dir)
-    # A report, or one a killed `wbcv report` left half-written, is not part of the data.
-    ours = (f"{REPORT_DIR}/", f"{REPORT_STAGING}/")
-    altered = [*check.changed, *check.missing, *(a for a in check.added if not a.startswith(ours))]
-    if altered:
-        raise WbcvError(
-            f"{run_dir}: the run record was altered ({', '.join(altered)}); a report would certify data that "
-            "is not what was computed. Run `wbcv verify` for details."
-        )
-    cells, problem = _cell_evidence(run_dir, record)
+    check = require_intact(run_dir, "a report would certify data that is not what was computed")
+    cells = _cell_evidence(run_dir, record)
     return ReportData(
         run_dir=run_dir,
         record=record,
@@ -201,7 +189,6 @@ def load_report_data(run_dir: Path) -> ReportData:
         comparison=pl.read_parquet(run_dir / COMPARISON_FILE),
         excluded=pl.read_parquet(run_dir / EXCLUDED_FILE),
         cells=cells,
-        cells_problem=problem,
     )
 
 
@@ -492,33 +479,31 @@ def render_html(data: ReportData, signatories: Sequence[Signatory] = ()) -> str:
     by_role = {s.role: s for s in signatories}
     sections = _measurand_sections(data, protocol.required_coverage, protocol.confidence)
     cells = data.cells
-    cell_view: dict[str, Any] | None = None
-    if cells is not None:
-        confusion = None
-        if cells.labelled is not None and cells.labelled.confusion is not None:
-            cm = cells.labelled.confusion
-            confusion = {
-                "figure": _figure(confusion_matrix_plot(cm), "fig-confusion-matrix", 420),
-                "n": int(cm.sum()),
-                "balanced_accuracy": pct(cell_metrics.balanced_accuracy(cm)),
-                "selective_accuracy": pct(cell_metrics.selective_accuracy(cm)),
-                "per_class": [
-                    (c, int(cm[i].sum()), pct(float(s)), pct(float(p)))
-                    for i, (c, s, p) in enumerate(
-                        zip(CELL_CLASSES, cell_metrics.sensitivity(cm), cell_metrics.ppv(cm), strict=True)
-                    )
-                ],
-            }
-        cell_view = {
-            "n_cells": cells.n_cells,
-            "n_unclassified": cells.n_unclassified,
-            "unclassified_pct": pct(cells.n_unclassified / cells.n_cells if cells.n_cells else None, 2),
-            "reasons": cells.abstain_reasons,
-            "by_sample": _table(cells.unclassified_by_sample, ["sample_id", "n_cells", "n_unclassified"]),
-            "skipped": _table(cells.skipped, ["level", "sample_id", "path", "reason"]),
-            "confusion": confusion,
-            "labels_outside": cells.labelled.outside_classes if cells.labelled else {},
+    confusion = None
+    if cells.labelled is not None and cells.labelled.confusion is not None:
+        cm = cells.labelled.confusion
+        confusion = {
+            "figure": _figure(confusion_matrix_plot(cm), "fig-confusion-matrix", 420),
+            "n": int(cm.sum()),
+            "balanced_accuracy": pct(cell_metrics.balanced_accuracy(cm)),
+            "selective_accuracy": pct(cell_metrics.selective_accuracy(cm)),
+            "per_class": [
+                (c, int(cm[i].sum()), pct(float(s)), pct(float(p)))
+                for i, (c, s, p) in enumerate(
+                    zip(CELL_CLASSES, cell_metrics.sensitivity(cm), cell_metrics.ppv(cm), strict=True)
+                )
+            ],
         }
+    cell_view = {
+        "n_cells": cells.n_cells,
+        "n_unclassified": cells.n_unclassified,
+        "unclassified_pct": pct(cells.n_unclassified / cells.n_cells if cells.n_cells else None, 2),
+        "reasons": cells.abstain_reasons,
+        "by_sample": _table(cells.unclassified_by_sample, ["sample_id", "n_cells", "n_unclassified"]),
+        "skipped": _table(cells.skipped, ["level", "sample_id", "path", "reason"]),
+        "confusion": confusion,
+        "labels_outside": cells.labelled.outside_classes if cells.labelled else {},
+    }
     env = Environment(
         loader=PackageLoader("validation", "templates"),
         autoescape=select_autoescape(default=True),
@@ -536,14 +521,13 @@ def render_html(data: ReportData, signatories: Sequence[Signatory] = ()) -> str:
         protocol=protocol,
         e_label=coverage_error_label(protocol.required_coverage),
         inputs=record.inputs,
-        inference=data.cells.record if data.cells else None,
+        inference=data.cells.record,
         software=record.software,
         passed=record.verdict == "pass",
         verdicts=data.verdicts,
         sections=sections,
         excluded=_table(exclusion_lines(data.excluded), ["sample_id", "measurands", "source_row", "reason"]),
         cells=cell_view,
-        cells_problem=data.cells_problem,
         methods=_methods(protocol, data.statistics),
         rules=protocol.measurands,
         signatures=[by_role.get(role, Signatory(role)) for role in SIGNATURE_ROLES],

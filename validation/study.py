@@ -34,6 +34,7 @@ from wbcv.base.runstore import RUN_RECORD, AlreadySealed, WorkingRun, read_recor
 from wbcv.base.software import software_info
 from wbcv.base.tables import COMPARISON_FILE, COUNTS_FILE, EXCLUDED_FILE, REFERENCE_FILE, STATISTICS_FILE, VERDICT_FILE
 from wbcv.validation.compare import EXCLUDED_SCHEMA, compare
+from wbcv.validation.integrity import require_intact
 from wbcv.validation.protocol import Protocol, load_protocol
 from wbcv.validation.reference import ReferenceData, read_reference
 from wbcv.validation.verdict import MeasurandVerdict, decide, overall, to_jsonable
@@ -58,6 +59,7 @@ def run_comparison(
 ) -> ComparisonResult:
     inference_run = Path(inference_run)
     record = read_record_of(inference_run, InferenceRecord, "give the run of `wbcv infer`")
+    require_intact(inference_run, "a comparison would validate counts that are not what was computed")
     protocol = protocol or load_protocol(protocol_path)
     reference = reference or read_reference(reference_path)
     counts = pl.read_parquet(inference_run / COUNTS_FILE)

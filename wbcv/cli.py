@@ -237,8 +237,25 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(f"made from run {linked}")
     for f in v.findings:
         print(f)
-    print("intact: every file matches its recorded sha256" if v.intact else "NOT INTACT")
-    return EXIT_OK if v.intact else EXIT_TAMPERED
+    intact = v.intact
+    if args.inputs:
+        intact = _verify_inputs(args.run_dir, intact) and intact
+    print("intact: every file matches its recorded sha256" if intact else "NOT INTACT")
+    return EXIT_OK if intact else EXIT_TAMPERED
+
+
+def _verify_inputs(run_dir: Path, run_intact: bool) -> bool:
+    """`wbcv verify --inputs`: the batch's images against the run's inputs.parquet."""
+    from wbcv.inference.input_check import verify_inputs
+
+    if not run_intact:  # inputs.parquet itself may be what was changed: it cannot be trusted
+        print("inputs not checked: the run record is not intact")
+        return False
+    iv = verify_inputs(run_dir)
+    print(f"inputs: {iv.n_checked} recorded files of batch {iv.batch} re-hashed (inference run {iv.inference_run})")
+    for finding in iv.findings:
+        print(finding)
+    return iv.intact
 
 
 def _port(text: str) -> int:
@@ -386,11 +403,18 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Recompute the sha256 of every file in a finished run (inference or comparison) against its run.json, "
             "of its report against report/manifest.json, and, for a comparison, of the inference run it was made "
-            "from; name each file that was changed, added or removed; print the manifests' own sha256. Exit "
-            "status 0 when intact, 4 otherwise."
+            "from; name each file that was changed, added or removed; print the manifests' own sha256. With "
+            "--inputs, also re-hash the batch's input files (images, manifest, expert labels) against the inference "
+            "run's inputs.parquet and name images changed, removed or added since. Exit status 0 when intact, 4 "
+            "otherwise."
         ),
     )
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    p.add_argument(
+        "--inputs",
+        action="store_true",
+        help="also re-hash the batch folder's files against the run's inputs.parquet (reads every image)",
+    )
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser(

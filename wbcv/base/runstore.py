@@ -230,6 +230,17 @@ def verify_run(run_dir: Path) -> Verification:
     return Verification(run_dir, record, sha256_file(run_dir / RUN_RECORD), changed, added, missing)
 
 
+def locate_source_run(run_dir: Path, record: ComparisonRecord) -> Path:
+    """Where the inference run of a comparison is: at the path recorded, or else beside the
+    comparison under its run id (a runs folder moved or copied whole). Whoever uses it checks
+    its run.json against the sha256 the comparison recorded (``source_run_findings`` does)."""
+    link = record.inputs.inference_run
+    for candidate in (link.path, Path(run_dir).parent / link.run_id):
+        if (candidate / RUN_RECORD).is_file():
+            return candidate
+    return link.path
+
+
 #: The largest run.json accepted (16 MiB). A real record is a few hundred KiB at most (one sha256
 #: per file); a bigger one is not a wbcv record and is refused before it is read into memory.
 MAX_RUN_RECORD_BYTES: Final[int] = 16 * 1024 * 1024
