@@ -51,8 +51,17 @@ class InputSpec:
     mean: tuple[float, float, float] = (128.0, 128.0, 128.0)
     std: tuple[float, float, float] = (64.0, 64.0, 64.0)
     crop: float = 1.0  # central fraction of the image kept before resizing (see wbcv.inference.decode)
+    framing: str = "image"  # "image" or "cell" (wbcv.inference.framing)
+    cell_fraction: float = 0.7  # cell framing: share of the input's side the cell's diameter fills
+    # cell framing: Reinhard target (lαβ mean and std) of the pixels around the cell; None: no normalisation
+    stain_mean: tuple[float, float, float] | None = None
+    stain_std: tuple[float, float, float] | None = None
 
     def __post_init__(self) -> None:
+        if self.framing not in ("image", "cell"):
+            raise ValueError(f"input framing must be 'image' or 'cell', got {self.framing!r}")
+        if not 0.05 <= self.cell_fraction <= 1.0:
+            raise ValueError(f"input cell_fraction must lie in [0.05, 1], got {self.cell_fraction}")
         if not 0.1 <= self.crop <= 1.0:
             raise ValueError(f"input crop must lie in [0.1, 1], got {self.crop}")
         if not 16 <= self.size <= 512:
@@ -95,7 +104,32 @@ def build_net(card: dict[str, Any]) -> WbcEnsembleNet:
 
 
 def _input_kwargs(d: dict[str, Any]) -> dict[str, Any]:
-    return {"size": int(d["size"]), "mean": tuple(d["mean"]), "std": tuple(d["std"]), "crop": float(d.get("crop", 1.0))}
+    """InputSpec arguments from a card's ``input``; cards older than cell framing read as image framing."""
+    stain = d.get("stain_target")
+    return {
+        "size": int(d["size"]),
+        "mean": tuple(d["mean"]),
+        "std": tuple(d["std"]),
+        "crop": float(d.get("crop", 1.0)),
+        "framing": str(d.get("framing", "image")),
+        "cell_fraction": float(d.get("cell_fraction", 0.7)),
+        "stain_mean": tuple(stain["mean"]) if stain else None,
+        "stain_std": tuple(stain["std"]) if stain else None,
+    }
+
+
+def input_card(spec: InputSpec) -> dict[str, Any]:
+    """The card's ``input`` section: how a decoded image becomes the network's input."""
+    card: dict[str, Any] = {"size": spec.size, "mean": list(spec.mean), "std": list(spec.std), "crop": spec.crop}
+    if spec.framing != "image":
+        card |= {"framing": spec.framing, "cell_fraction": spec.cell_fraction}
+    if spec.stain_mean is not None and spec.stain_std is not None:
+        card["stain_target"] = {
+            "space": "lab-ruderman-log10",
+            "mean": list(spec.stain_mean),
+            "std": list(spec.stain_std),
+        }
+    return card
 
 
 def make_card(
@@ -124,12 +158,7 @@ def make_card(
             "backbone": backbone.to_dict(),
             "with_softmax_head": with_softmax_head,
         },
-        "input": {
-            "size": input_spec.size,
-            "mean": list(input_spec.mean),
-            "std": list(input_spec.std),
-            "crop": input_spec.crop,
-        },
+        "input": input_card(input_spec),
         "calibration": {
             "ova_scale": list(cal.ova_scale),
             "ova_bias": list(cal.ova_bias),

@@ -14,7 +14,8 @@ Definitions (one cell, classes c in ``CELL_CLASSES``, lineage L(c) in ``LINEAGES
    - ``multiple_ova_heads``: two or more s_c reach it (the heads contradict each other);
    - ``lineage_disagreement``: argmax_l q_l is not the lineage of argmax_c s_c;
    - ``low_confidence``: max_c p(c) is below the confidence threshold chosen on validation data.
-   Otherwise the prediction is argmax_c p(c).
+   Otherwise the prediction is argmax_c p(c). Before the rule, a cell-framing model marks an image
+   in which no white cell was found ``no_cell_found`` (``force_unclassified``), whatever the heads say.
 
 The renormalisation in step 3 alone would hand a confident-looking distribution to a cell that
 every head rejects; that is why the "no head fires" rule comes first.
@@ -37,6 +38,7 @@ ABSTAIN_REASONS: Final[tuple[str, ...]] = (
     "multiple_ova_heads",
     "lineage_disagreement",
     "low_confidence",
+    "no_cell_found",  # set before the rule: the locator found no white cell (wbcv.inference.framing)
 )
 UNCLASSIFIED_INDEX: Final[int] = -1
 
@@ -113,3 +115,20 @@ def combine(logits: EnsembleLogits, cal: Calibration, thr: Thresholds) -> Combin
         reason = torch.where(rules[code - 1], torch.full_like(reason, code), reason)
     predicted = torch.where(reason == 0, best, torch.full_like(best, UNCLASSIFIED_INDEX))
     return CombinedOutput(p, s, q, predicted, reason, confidence)
+
+
+NO_CELL_FOUND: Final[int] = ABSTAIN_REASONS.index("no_cell_found")
+
+
+def force_unclassified(out: CombinedOutput, no_cell: torch.Tensor | None) -> CombinedOutput:
+    """``out`` with the cells where ``no_cell`` (bool, N) is set unclassified as ``no_cell_found``."""
+    if no_cell is None or not bool(no_cell.any()):
+        return out
+    return CombinedOutput(
+        out.probabilities,
+        out.ova_scores,
+        out.lineage_probabilities,
+        torch.where(no_cell, torch.full_like(out.predicted, UNCLASSIFIED_INDEX), out.predicted),
+        torch.where(no_cell, torch.full_like(out.abstain_reason, NO_CELL_FOUND), out.abstain_reason),
+        out.confidence,
+    )

@@ -16,9 +16,10 @@ import numpy as np
 import torch
 
 from wbcv.inference.artifact import LoadedModel
-from wbcv.inference.combine import CombinedOutput, combine
+from wbcv.inference.combine import CombinedOutput, combine, force_unclassified
 from wbcv.inference.decode import CellRejected, decode_cell, max_file_bytes, read_cell_file
 from wbcv.inference.ensemble import EnsembleLogits
+from wbcv.inference.framing import frame_cells, work_size
 
 
 @dataclass(frozen=True)
@@ -27,8 +28,11 @@ class Scored:
     combined: CombinedOutput
 
 
-def score_pixels(model: LoadedModel, pixels: np.ndarray | torch.Tensor, batch: int = 256) -> Scored:
-    """Head outputs and combined decisions for uint8 (N, S, S, 3) cells, in order (N may be 0)."""
+def score_pixels(
+    model: LoadedModel, pixels: np.ndarray | torch.Tensor, no_cell: np.ndarray | None = None, batch: int = 256
+) -> Scored:
+    """Head outputs and combined decisions for uint8 (N, S, S, 3) cells, in order (N may be 0);
+    ``no_cell`` (bool, N) marks images in which the cell-framing model found no white cell."""
     x = torch.as_tensor(pixels)
     chunks = [x[i : i + batch] for i in range(0, len(x), batch)] or [x]  # no cells: one empty batch
     with torch.inference_mode():
@@ -39,7 +43,15 @@ def score_pixels(model: LoadedModel, pixels: np.ndarray | torch.Tensor, batch: i
         torch.cat([p.lineage for p in parts]),
         torch.cat(soft) if len(soft) == len(parts) else None,
     )
-    return Scored(logits, combine(logits, model.calibration, model.thresholds))
+    combined = combine(logits, model.calibration, model.thresholds)
+    return Scored(logits, force_unclassified(combined, None if no_cell is None else torch.from_numpy(no_cell)))
+
+
+@dataclass(frozen=True)
+class DecodedFiles:
+    pixels: np.ndarray  # (N, S, S, 3) uint8 of the decodable files, in order
+    rejected: dict[int, str]  # index into the paths given -> why the file could not be decoded
+    no_cell: np.ndarray  # (N,) bool, aligned with pixels: no white cell found (cell framing)
 
 
 def decode_files(
@@ -47,17 +59,19 @@ def decode_files(
     paths: Sequence[Path],
     transform: Callable[[bytes], bytes] | None = None,
     workers: int = 2,
-) -> tuple[np.ndarray, dict[int, str]]:
-    """Decode ``paths`` (optionally after ``transform`` of the file bytes) with the model's input
-    spec. Returns the stacked pixels of the decodable ones and {index: reason} for the rest."""
+) -> DecodedFiles:
+    """Decode ``paths`` (optionally after ``transform`` of the file bytes) and frame them with the
+    model's input spec, exactly as the batch runner does."""
     spec = model.input
+    size = work_size(spec)
+    crop = spec.crop if spec.framing == "image" else 1.0
 
     def one(path: Path) -> np.ndarray | str:
         try:
             data = read_cell_file(path, max_file_bytes())
             if transform is not None:
                 data = transform(data)
-            return decode_cell(data, spec.size, crop=spec.crop).pixels
+            return decode_cell(data, size, crop=crop).pixels
         except CellRejected as e:
             return str(e)
         except OSError as e:
@@ -66,6 +80,5 @@ def decode_files(
     with ThreadPoolExecutor(workers) as pool:
         results = list(pool.map(one, paths))
     rejected = {i: r for i, r in enumerate(results) if isinstance(r, str)}
-    images = [r for r in results if not isinstance(r, str)]
-    empty = np.empty((0, spec.size, spec.size, 3), dtype=np.uint8)
-    return (np.stack(images) if images else empty), rejected
+    framed = frame_cells([r for r in results if not isinstance(r, str)], spec)
+    return DecodedFiles(framed.pixels, rejected, framed.no_cell)

@@ -48,7 +48,7 @@ from tqdm import tqdm
 
 from wbcv.base.errors import WbcvError
 from wbcv.base.runstore import WorkingRun
-from wbcv.inference.artifact import LoadedModel
+from wbcv.inference.artifact import InputSpec, LoadedModel
 from wbcv.inference.runner import (
     InferenceParams,
     InferenceResult,
@@ -56,6 +56,7 @@ from wbcv.inference.runner import (
     classify,
     decode_chunk,
     execute_run,
+    no_cell_mask,
     write_slide,
 )
 from wbcv.inference.slideset import CellEntry, Sample, SlideSet
@@ -160,11 +161,12 @@ def _entry_json(entries: tuple[CellEntry, ...]) -> str:
     )
 
 
-def _decode_row(row: dict[str, Any], size: int, crop: float, max_pixels: int) -> dict[str, Any]:
+def _decode_row(row: dict[str, Any], spec: InputSpec, max_pixels: int) -> dict[str, Any]:
     entries = tuple(
         CellEntry(r, Path(a), s, m, rej, dev, ino, ok) for r, a, s, m, rej, dev, ino, ok in json.loads(row["entries"])
     )
-    meta, pixels = decode_chunk(entries, size, crop, max_pixels)
+    meta, pixels = decode_chunk(entries, spec, max_pixels)
+    size = spec.size
     return {
         "sample_index": row["sample_index"],
         "chunk_index": row["chunk_index"],
@@ -184,7 +186,8 @@ class ChunkClassifier:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         pixels = np.array(batch["pixels"][0], dtype=np.uint8)  # a writable copy: torch refuses read-only memory
-        scores = classify(self.model, pixels, self.device) if len(pixels) else {}
+        no_cell = no_cell_mask(json.loads(str(batch["meta"][0])))
+        scores = classify(self.model, pixels, self.device, no_cell) if len(pixels) else {}
         out: dict[str, Any] = {k: batch[k] for k in ("sample_index", "chunk_index", "meta")}
         out["n_scored"] = np.array([len(pixels)])
         for k, v in scores.items():
@@ -218,7 +221,7 @@ def _process(
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     decoded = ray.data.from_items(items, override_num_blocks=len(items)).map(
         _decode_row,
-        fn_kwargs={"size": model.input.size, "crop": model.input.crop, "max_pixels": params.max_image_pixels},
+        fn_kwargs={"spec": model.input, "max_pixels": params.max_image_pixels},
     )
     with warnings.catch_warnings():
         # Ray Data takes max_restarts / max_task_retries only as extra remote args, deprecated since

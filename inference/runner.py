@@ -54,9 +54,10 @@ from wbcv.base.tables import (
     SKIPPED_SCHEMA,
 )
 from wbcv.base.taxonomy import CELL_CLASSES, LINEAGES, OUTCOMES
-from wbcv.inference.artifact import LoadedModel
-from wbcv.inference.combine import ABSTAIN_REASONS, UNCLASSIFIED_INDEX, combine
+from wbcv.inference.artifact import InputSpec, LoadedModel
+from wbcv.inference.combine import ABSTAIN_REASONS, UNCLASSIFIED_INDEX, combine, force_unclassified
 from wbcv.inference.decode import DEFAULT_MAX_PIXELS, CellRejected, decode_cell, max_file_bytes, read_cell_file
+from wbcv.inference.framing import frame_cells, work_size
 from wbcv.inference.slideset import CellEntry, Sample, SlideSet
 
 #: Part files hold both: prediction columns plus the skip reason (null for a decoded cell).
@@ -114,12 +115,16 @@ class _Chunk:
 
 
 def decode_chunk(
-    entries: tuple[CellEntry, ...], size: int, crop: float, max_pixels: int
+    entries: tuple[CellEntry, ...], spec: InputSpec, max_pixels: int
 ) -> tuple[list[dict[str, Any]], np.ndarray | None]:
-    """Read, hash and decode one chunk: one meta entry per file, pixels of the decoded ones in order.
+    """Read, hash, decode and frame one chunk: one meta entry per file, pixels of the decoded ones in order.
 
     Shared by the engines: what is recorded for a file that cannot be read or decoded is decided here.
+    A decoded image in which a cell-framing model finds no white cell gets ``no_cell`` (the
+    locator's reason) in its meta entry: it is classified as unclassified, ``no_cell_found``.
     """
+    size = work_size(spec)
+    crop = spec.crop if spec.framing == "image" else 1.0
     meta: list[dict[str, Any]] = []
     images: list[np.ndarray] = []
     for entry in entries:
@@ -150,14 +155,27 @@ def decode_chunk(
             continue
         m.update(source_mode=cell.source_mode, source_width=cell.source_width, source_height=cell.source_height)
         images.append(cell.pixels)
-    return meta, (np.stack(images) if images else None)
+    if not images:
+        return meta, None
+    framed = frame_cells(images, spec)
+    decoded = [m for m in meta if m["skip_reason"] is None]
+    for m, lost, reason in zip(decoded, framed.no_cell, framed.reasons, strict=True):
+        if lost:
+            m["no_cell"] = reason
+    return meta, framed.pixels
+
+
+def no_cell_mask(meta: list[dict[str, Any]]) -> np.ndarray:
+    """Bool per decoded cell of a chunk (in pixel order): no white cell was found in it."""
+    return np.array([bool(m.get("no_cell")) for m in meta if m["skip_reason"] is None], dtype=bool)
 
 
 def _decode_and_classify(
     sample_index: int, is_last: bool, entries: tuple[CellEntry, ...], model: LoadedModel, max_pixels: int
 ) -> _Chunk:
-    meta, pixels = decode_chunk(entries, model.input.size, model.input.crop, max_pixels)
-    return _Chunk(sample_index, is_last, meta, classify(model, pixels) if pixels is not None else None)
+    meta, pixels = decode_chunk(entries, model.input, max_pixels)
+    scores = classify(model, pixels, no_cell=no_cell_mask(meta)) if pixels is not None else None
+    return _Chunk(sample_index, is_last, meta, scores)
 
 
 def chunks(samples: list[tuple[int, Sample]], chunk_size: int) -> Iterator[tuple[int, bool, tuple[CellEntry, ...]]]:
@@ -179,13 +197,17 @@ def _prefetched(pool: ThreadPoolExecutor, jobs: Iterator[tuple[Any, ...]], depth
         yield pending.popleft().result()
 
 
-def classify(model: LoadedModel, pixels: np.ndarray, device: str = "cpu") -> dict[str, np.ndarray]:
-    """One batched forward pass over a chunk's decoded cells (on ``device``); combination on the CPU."""
+def classify(
+    model: LoadedModel, pixels: np.ndarray, device: str = "cpu", no_cell: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    """One batched forward pass over a chunk's decoded cells (on ``device``); combination on the CPU.
+    ``no_cell`` marks the cells in which no white cell was found: unclassified, ``no_cell_found``."""
     with torch.inference_mode():
         logits = model.net(torch.from_numpy(pixels).to(device))
         if device != "cpu":
             logits = type(logits)(*(None if t is None else t.cpu() for t in logits))
         out = combine(logits, model.calibration, model.thresholds)
+        out = force_unclassified(out, None if no_cell is None else torch.from_numpy(no_cell))
     cols: dict[str, np.ndarray] = {
         "predicted": out.predicted.numpy(),
         "reason": out.abstain_reason.numpy(),

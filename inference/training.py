@@ -40,7 +40,7 @@ import random
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,8 +59,10 @@ from wbcv.inference.augment import AugmentConfig, augment
 from wbcv.inference.combine import Calibration, Thresholds, calibrated_scores, combine
 from wbcv.inference.decode import CellRejected, decode_cell, max_file_bytes, read_cell_file
 from wbcv.inference.ensemble import EnsembleLogits, WbcEnsembleNet
+from wbcv.inference.framing import frame_cells, ring_mask, work_size
 from wbcv.inference.library import LabelledCell, read_cell_library
 from wbcv.inference.res2net import Res2NetConfig, variant
+from wbcv.inference.stain import StainStats, stain_target
 
 SPLIT_FILE = "split.csv"
 SPLITS = ("train", "validation", "test")
@@ -70,9 +72,12 @@ SPLITS = ("train", "validation", "test")
 class Recipe:
     seed: int = 20261125
     variant: str = "res2net_wbc_small"
-    input: InputSpec = field(default_factory=lambda: InputSpec(size=64, crop=0.75))
+    # cell framing: the located cell fills 0.7 of the input's side; the stain target is computed
+    # from the training split's surroundings of the cells when ``stain_normalise``
+    input: InputSpec = field(default_factory=lambda: InputSpec(size=64, framing="cell", cell_fraction=0.7))
+    stain_normalise: bool = True
     fractions: tuple[float, float, float] = (0.70, 0.15, 0.15)
-    epochs: int = 80
+    epochs: int = 60
     batch_size: int = 128
     lr: float = 3e-3
     weight_decay: float = 5e-4
@@ -85,7 +90,17 @@ class Recipe:
     threads: int = 2
     ema_decay: float = 0.998  # exponential moving average of the weights (and BN buffers) is what ships
     ema_warmup: bool = False  # decay min(ema_decay, (1+t)/(10+t)): needed for short schedules
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # wider stain and colour jitter than AugmentConfig's defaults (v3): other labs' stains
+    augment: AugmentConfig = field(
+        default_factory=lambda: AugmentConfig(
+            stain_scale=0.2,
+            stain_shift=0.05,
+            hue_degrees=25.0,
+            saturation=(0.4, 1.7),
+            grayscale_p=0.1,
+            channel_gain=0.12,
+        )
+    )
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -154,7 +169,8 @@ def prepare_data(cells: Sequence[LabelledCell], recipe: Recipe, root: Path) -> P
 
 
 def _decode(data: bytes, spec: InputSpec) -> np.ndarray:
-    return decode_cell(data, spec.size, crop=spec.crop).pixels
+    """The image decoded as inference decodes it, before framing (``wbcv.inference.framing``)."""
+    return decode_cell(data, work_size(spec), crop=spec.crop if spec.framing == "image" else 1.0).pixels
 
 
 def _recompressed(data: bytes, quality: int) -> bytes:
@@ -178,24 +194,43 @@ class Cache:
     images: torch.Tensor  # (N, S, S, 3) uint8
     labels: torch.Tensor  # (N,) class index
     jpeg_copies: torch.Tensor | None = None  # (N, S, S, 3) uint8, same order
+    no_cell: tuple[str, ...] = ()  # paths of the images in which the locator found no cell (left out)
 
 
-def build_cache(examples: Sequence[Example], spec: InputSpec, rng: random.Random | None, q: tuple[int, int]) -> Cache:
-    imgs, jpeg, labels = [], [], []
+def _read_decoded(examples: Sequence[Example], spec: InputSpec) -> tuple[list[bytes], list[np.ndarray]]:
+    blobs, decoded = [], []
     for e in examples:
         try:
             data = read_cell_file(e.path, max_file_bytes())
-            imgs.append(_decode(data, spec))
-            if rng is not None:
-                jpeg.append(_decode(_recompressed(data, rng.randint(*q)), spec))
+            decoded.append(_decode(data, spec))
         except CellRejected as err:
             raise WbcvError(f"{e.path}: training image cannot be decoded: {err}") from None
-        labels.append(CELL_CLASSES.index(e.label))
-    return Cache(
-        torch.from_numpy(np.stack(imgs)),
-        torch.tensor(labels),
-        torch.from_numpy(np.stack(jpeg)) if jpeg else None,
-    )
+        blobs.append(data)
+    return blobs, decoded
+
+
+def ring_stain_target(examples: Sequence[Example], spec: InputSpec) -> StainStats:
+    """The Reinhard target of cell framing: mean lαβ statistics of the pixels around the cell
+    (``framing.ring_mask``) over the given (training) images, framed without normalisation."""
+    plain = replace(spec, stain_mean=None, stain_std=None)
+    framed = frame_cells(_read_decoded(examples, plain)[1], plain)
+    found = framed.pixels[~framed.no_cell]
+    return stain_target(list(found), [ring_mask(spec.size, spec.cell_fraction)] * len(found))
+
+
+def build_cache(examples: Sequence[Example], spec: InputSpec, rng: random.Random | None, q: tuple[int, int]) -> Cache:
+    """Decode and frame every example as inference does (and a re-compressed copy when ``rng``);
+    images in which no cell is found are left out and listed (inference leaves them unclassified)."""
+    blobs, decoded = _read_decoded(examples, spec)
+    framed = frame_cells(decoded, spec)
+    keep = ~framed.no_cell
+    labels = torch.tensor([CELL_CLASSES.index(e.label) for e in examples])[torch.from_numpy(keep)]
+    jpeg = None
+    if rng is not None:
+        copies = [_decode(_recompressed(b, rng.randint(*q)), spec) for b in blobs]
+        jpeg = torch.from_numpy(frame_cells(copies, spec).pixels[keep])
+    lost = tuple(str(e.path) for e, k in zip(examples, keep, strict=True) if not k)
+    return Cache(torch.from_numpy(framed.pixels[keep]), labels, jpeg, lost)
 
 
 def _loss(logits: EnsembleLogits, y: torch.Tensor, is_negative: torch.Tensor, smoothing: float) -> torch.Tensor:
@@ -354,6 +389,10 @@ def train(
         + ", ".join(f"{s} {len(data.splits[s])}" for s in SPLITS)
     )
     rng = random.Random(recipe.seed)
+    if recipe.stain_normalise and recipe.input.framing == "cell":
+        target = ring_stain_target(data.splits["train"], recipe.input)
+        recipe = replace(recipe, input=replace(recipe.input, stain_mean=target.mean, stain_std=target.std))
+        log(f"stain target (around the cells of the training split): {target}")
     train_cache = build_cache(data.splits["train"], recipe.input, rng, recipe.jpeg_copy_quality)
     val_cache = build_cache(data.splits["validation"], recipe.input, None, recipe.jpeg_copy_quality)
     n_neg = max(1, int(recipe.negatives_fraction * len(data.splits["train"])))
@@ -361,6 +400,7 @@ def train(
     negatives = torch.from_numpy(
         np.stack([_corner_crop(e.path.read_bytes(), rng.randrange(4), recipe.input) for e in neg_sources])
     )
+    log(f"no cell found in {len(train_cache.no_cell)} training and {len(val_cache.no_cell)} validation images")
     log(
         f"cache: {len(train_cache.labels)} training images (+ JPEG copies), {len(negatives)} background negatives "
         f"({time.perf_counter() - t_start:.0f} s)"
@@ -433,6 +473,7 @@ def train(
         "duplicates_merged": data.duplicates_merged,
         "conflicting_duplicates_dropped": data.dropped_conflicts,
         "out_of_scope_labels_excluded": data.out_of_scope,
+        "no_cell_found_left_out": {"train": list(train_cache.no_cell), "validation": list(val_cache.no_cell)},
         "recipe": recipe.to_dict(),
         "risk_coverage_validation": curve,
         "training_seconds": round(time.perf_counter() - t_start, 1),

@@ -57,14 +57,16 @@ def tecom_dir() -> Path:
     return TECOM_DIR
 
 
-def write_test_artifact(out_dir: Path, seed: int = 0, norm: str = "batch", name: str = "test-untrained") -> Path:
+def write_test_artifact(
+    out_dir: Path, seed: int = 0, norm: str = "batch", name: str = "test-untrained", spec: InputSpec | None = None
+) -> Path:
     """A small, randomly initialised artifact in the real format (the trained model is its own issue).
 
     BatchNorm running statistics are perturbed so that folding them is a real transformation.
     """
     torch.manual_seed(seed)
     cfg = dataclasses.replace(variant("res2net_wbc_tiny"), norm=norm)  # type: ignore[arg-type]
-    spec = InputSpec(size=64)
+    spec = spec or InputSpec(size=64)
     net = WbcEnsembleNet(cfg, spec.mean, spec.std)
     for m in net.modules():
         if isinstance(m, torch.nn.BatchNorm2d):

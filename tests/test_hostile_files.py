@@ -20,6 +20,7 @@ import pytest
 
 from wbcv.base.tables import COUNTS_FILE, PREDICTIONS_FILE, SKIPPED_FILE
 from wbcv.fixtures.slidesets import build_slide_set
+from wbcv.inference.artifact import InputSpec
 from wbcv.inference.decode import CellRejected, max_file_bytes, read_cell_file
 from wbcv.inference.library import read_cell_library
 from wbcv.inference.runner import decode_chunk
@@ -98,7 +99,7 @@ def test_a_link_to_a_device_is_never_opened(batch, target, no_hang):
     (batch / "S00000" / "dev.jpg").symlink_to(target)
     (entry,) = [c for c in read_slide_set(batch).samples[0].cells if c.rel_path.endswith("dev.jpg")]
     assert (entry.rejected, entry.openable) == ("not a regular file (character device)", False)
-    meta, _ = decode_chunk((entry,), 64, 1.0, MAX_PIXELS)
+    meta, _ = decode_chunk((entry,), InputSpec(size=64), MAX_PIXELS)
     assert meta[0]["sha256"] is None and meta[0]["skip_reason"] == entry.rejected
 
 
@@ -107,7 +108,7 @@ def test_a_fifo_swapped_in_after_listing_does_not_block(batch, no_hang):
     victim = cells[0].abs_path
     victim.unlink()
     os.mkfifo(victim)
-    meta, pixels = decode_chunk(cells, 64, 1.0, MAX_PIXELS)
+    meta, pixels = decode_chunk(cells, InputSpec(size=64), MAX_PIXELS)
     assert meta[0]["skip_reason"] == "not a regular file (FIFO)"
     assert pixels is not None and len(pixels) == len(cells) - 1
 
@@ -119,7 +120,7 @@ def test_a_file_replaced_or_grown_after_listing_is_refused(batch, no_hang):
     os.replace(replacement, cells[0].abs_path)
     with open(cells[1].abs_path, "ab") as f:  # grows past the cap between listing and reading
         f.truncate(CAP + 10)
-    meta, _ = decode_chunk(cells[:2], 64, 1.0, MAX_PIXELS)
+    meta, _ = decode_chunk(cells[:2], InputSpec(size=64), MAX_PIXELS)
     assert meta[0]["skip_reason"] == "file was replaced by another file after the batch was listed"
     assert "above the limit of" in meta[1]["skip_reason"]
 

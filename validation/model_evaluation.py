@@ -87,11 +87,12 @@ def class_report(y_true: np.ndarray, y_pred: np.ndarray, confidence: np.ndarray)
 def evaluate_cells(model: LoadedModel, cells: Sequence[LabelledCell], workers: int = 2) -> dict[str, Any]:
     """The evaluation report (keys ``EVALUATION_KEYS``) plus ``skipped`` for undecodable files.
     Raises WbcvError, with the reasons, when not one cell could be decoded."""
-    pixels, rejected = decode_files(model, [c.path for c in cells], workers=workers)
+    decoded = decode_files(model, [c.path for c in cells], workers=workers)
+    rejected = decoded.rejected
     if cells and len(rejected) == len(cells):
         raise WbcvError(nothing_decoded(cells, rejected))
     kept = [c for i, c in enumerate(cells) if i not in rejected]
-    scored = score_pixels(model, pixels)
+    scored = score_pixels(model, decoded.pixels, decoded.no_cell)
     pred = scored.combined.predicted.numpy()
     conf = scored.combined.confidence.numpy()
     labels = np.array([c.label for c in kept], dtype=object)
@@ -154,9 +155,9 @@ def _rule_predictions(scored: Scored, model: LoadedModel) -> dict[str, np.ndarra
 
 def ablation(model: LoadedModel, cells: Sequence[LabelledCell]) -> dict[str, dict[str, Any]]:
     scope = [c for c in cells if c.label in CELL_CLASSES]
-    pixels, rejected = decode_files(model, [c.path for c in scope])
-    y = np.array([CELL_CLASSES.index(c.label) for i, c in enumerate(scope) if i not in rejected])
-    scored = score_pixels(model, pixels)
+    decoded = decode_files(model, [c.path for c in scope])
+    y = np.array([CELL_CLASSES.index(c.label) for i, c in enumerate(scope) if i not in decoded.rejected])
+    scored = score_pixels(model, decoded.pixels, decoded.no_cell)
     conf = scored.combined.confidence.numpy()
     out = {}
     for name, pred in _rule_predictions(scored, model).items():
@@ -254,9 +255,9 @@ def stress_test(model: LoadedModel, cells: Sequence[LabelledCell]) -> dict[str, 
     y_all = np.array([CELL_CLASSES.index(c.label) for c in scope])
     results: dict[str, dict[str, Any]] = {}
     for name, transform in {"clean": None, **STRESS_SHIFTS}.items():
-        pixels, rejected = decode_files(model, [c.path for c in scope], transform=transform)
-        keep = np.array([i not in rejected for i in range(len(scope))])
-        scored = score_pixels(model, pixels)
+        decoded = decode_files(model, [c.path for c in scope], transform=transform)
+        keep = np.array([i not in decoded.rejected for i in range(len(scope))])
+        scored = score_pixels(model, decoded.pixels, decoded.no_cell)
         r = class_report(y_all[keep], scored.combined.predicted.numpy(), scored.combined.confidence.numpy())
         results[name] = {
             k: r[k] for k in ("n", "balanced_accuracy", "accuracy", "selective_accuracy", "unclassified_rate")

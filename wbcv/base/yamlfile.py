@@ -82,6 +82,7 @@ _Resolver.add_implicit_resolver(
 )
 _Resolver.add_implicit_resolver(_NULL, re.compile(r"^(?:~|null|Null|NULL|)$"), ["~", "n", "N", ""])
 
+
 class _PyLoader(Reader, Scanner, Parser, Composer, _Resolver):
     """PyYAML's pure-Python parser and composer with our resolver (used when libyaml is missing)."""
 

@@ -1,0 +1,91 @@
+"""What the network sees: the image as stored, or the cell framed at one scale and one stain.
+
+A model's input spec (``wbcv.inference.artifact.InputSpec``) names its framing:
+
+* ``image`` (models before v4): the centre of the image, ``crop`` of its short side, resized to
+  ``size``. How large the cell is in the input then depends on the scanner's magnification.
+* ``cell``: the image is decoded to ``work_size(spec)`` pixels, the white cell is located
+  (``wbcv.inference.locate``), and the square around it whose side is ``diameter / cell_fraction``
+  is resized to ``size`` (``crop_to_cell``): a lymphocyte and a monocyte keep their size relative to
+  each other, not to the camera. With ``stain_mean``/``stain_std`` set, each crop is then
+  Reinhard-normalised (``wbcv.inference.stain``) so that the pixels *outside* the cell disc (slide
+  background and red cells) have the training laboratory's colour statistics; taking them from the
+  surroundings, not from the cell, keeps the class colour (an eosinophil's orange granules) that
+  the cell's own statistics would remove (``benchmarks/eval_stain.py``: mean cell colour told the
+  class 74 % of the time raw, 69 % after ring normalisation, 53 % after normalising on the cell).
+
+An image in which no cell is found (blank, only red cells, noise, out of focus, a nucleus too small
+for a WBC) is not guessed at: it is framed as the plain centre crop so that the batch keeps its
+shape, and flagged ``no_cell`` with the locator's reason; the combination rule then marks it
+unclassified with reason ``no_cell_found`` (``wbcv.inference.combine.force_unclassified``).
+
+Training and inference call the same function (``frame_cells``), so the network is trained on
+exactly what it will be shown.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+import numpy as np
+from PIL import Image
+
+from wbcv.inference.locate import crop_to_cell, locate_cells
+from wbcv.inference.stain import StainStats, disc_mask, normalise_stain
+
+if TYPE_CHECKING:
+    from wbcv.inference.artifact import InputSpec
+
+FRAMINGS: Final[tuple[str, ...]] = ("image", "cell")
+#: The decode size for cell framing, as a multiple of the input size: a PBC cell (diameter about
+#: 0.45 of the image) framed at cell_fraction 0.7 then needs no upsampling, and a 360 px JPEG still
+#: decodes at a quarter of its size (libjpeg's DCT scaling), the cost of image framing.
+WORK_FACTOR: Final[float] = 1.4
+
+
+def work_size(spec: InputSpec) -> int:
+    """Side of the square each image is decoded to before framing."""
+    return spec.size if spec.framing == "image" else math.ceil(spec.size * WORK_FACTOR)
+
+
+@dataclass(frozen=True)
+class FramedCells:
+    pixels: np.ndarray  # (N, size, size, 3) uint8, one per input image, in order
+    no_cell: np.ndarray  # (N,) bool: no white cell was found; the pixels are the plain centre crop
+    reasons: tuple[str, ...]  # the locator's reason where no_cell, else ""
+    diameter_px: np.ndarray  # (N,) float32 cell diameter in decoded pixels; NaN where no_cell
+
+
+def ring_mask(size: int, cell_fraction: float) -> np.ndarray:
+    """(size, size) bool: the crop outside the cell disc, whose colour statistics are normalised."""
+    return ~disc_mask(size, min(1.0, cell_fraction * 1.1))  # a margin: the outline is not a circle
+
+
+def _centre(image: np.ndarray, size: int) -> np.ndarray:
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR))
+
+
+def frame_cells(images: Sequence[np.ndarray], spec: InputSpec) -> FramedCells:
+    """Frame decoded images (uint8 RGB, any sizes) as ``spec`` says; see the module docstring."""
+    n, size = len(images), spec.size
+    if spec.framing == "image" or n == 0:
+        pixels = np.stack(images) if n else np.empty((0, size, size, 3), np.uint8)
+        return FramedCells(pixels, np.zeros(n, bool), ("",) * n, np.full(n, np.nan, np.float32))
+    located = locate_cells(images)
+    out = np.empty((n, size, size, 3), np.uint8)
+    no_cell = np.zeros(n, bool)
+    diameter = np.full(n, np.nan, np.float32)
+    for i, (image, where) in enumerate(zip(images, located, strict=True)):
+        if where.found:
+            out[i] = crop_to_cell(image, where, size, spec.cell_fraction).pixels
+            diameter[i] = where.diameter_px
+        else:
+            out[i], no_cell[i] = _centre(image, size), True
+    if spec.stain_mean is not None and spec.stain_std is not None:
+        target = StainStats(spec.stain_mean, spec.stain_std)
+        out = normalise_stain(out, ring_mask(size, spec.cell_fraction), target)
+    reasons = tuple(where.reason if not where.found else "" for where in located)
+    return FramedCells(out, no_cell, reasons, diameter)
