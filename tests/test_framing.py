@@ -95,7 +95,9 @@ def test_the_ring_around_the_cell_gets_the_target_stain(pbc_images):
 
 
 def test_the_card_records_the_framing_and_old_cards_read_as_image_framing(tmp_path):
-    spec = InputSpec(size=64, framing="cell", cell_fraction=0.65, stain_mean=(-0.1, 0.0, 0.0), stain_std=(0.1, 0.1, 0.1))
+    spec = InputSpec(
+        size=64, framing="cell", cell_fraction=0.65, stain_mean=(-0.1, 0.0, 0.0), stain_std=(0.1, 0.1, 0.1)
+    )
     model = load_artifact(write_test_artifact(tmp_path / "m", spec=spec))
     assert model.input == spec
     card = read_card(tmp_path / "m")
