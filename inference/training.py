@@ -57,7 +57,7 @@ from wbcv.base.taxonomy import CELL_CLASSES, LINEAGE_INDEX_OF_CLASS
 from wbcv.inference.artifact import CARD_FILE, InputSpec, make_card, save_artifact
 from wbcv.inference.augment import AugmentConfig, augment
 from wbcv.inference.combine import Calibration, Thresholds, calibrated_scores, combine
-from wbcv.inference.decode import CellRejected, decode_cell, max_file_bytes, read_cell_file
+from wbcv.inference.decode import IMAGE_EXTENSIONS, CellRejected, decode_cell, max_file_bytes, read_cell_file
 from wbcv.inference.ensemble import EnsembleLogits, WbcEnsembleNet
 from wbcv.inference.framing import frame_cells, ring_mask, work_size
 from wbcv.inference.library import LabelledCell, read_cell_library
@@ -218,6 +218,32 @@ def ring_stain_target(examples: Sequence[Example], spec: InputSpec) -> StainStat
     return stain_target(list(found), [ring_mask(spec.size, spec.cell_fraction)] * len(found))
 
 
+def read_negatives(folders: Sequence[Path], spec: InputSpec) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """Framed pixels of the images in ``folders`` in which the locator finds a cell (the others
+    never reach the network: inference leaves them unclassified), and per folder what was read:
+    files, found, and the sha256 of its sorted listing of file hashes."""
+    pixels: list[np.ndarray] = []
+    record: list[dict[str, Any]] = []
+    for folder in folders:
+        files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        if not files:
+            raise WbcvError(f"{folder}: no images to use as negatives; expected a folder of {IMAGE_EXTENSIONS}")
+        blobs = [read_cell_file(p, max_file_bytes()) for p in files]
+        framed = frame_cells([_decode(b, spec) for b in blobs], spec)
+        pixels.append(framed.pixels[~framed.no_cell])
+        listing = "".join(f"{hashlib.sha256(b).hexdigest()}  {p.name}\n" for p, b in zip(files, blobs, strict=True))
+        record.append(
+            {
+                "folder": str(Path(folder).resolve()),
+                "files": len(files),
+                "cell_found_used": int((~framed.no_cell).sum()),
+                "listing_sha256": hashlib.sha256(listing.encode()).hexdigest(),
+            }
+        )
+    size = spec.size
+    return (np.concatenate(pixels) if pixels else np.empty((0, size, size, 3), np.uint8)), record
+
+
 def build_cache(examples: Sequence[Example], spec: InputSpec, rng: random.Random | None, q: tuple[int, int]) -> Cache:
     """Decode and frame every example as inference does (and a re-compressed copy when ``rng``);
     images in which no cell is found are left out and listed (inference leaves them unclassified)."""
@@ -361,10 +387,14 @@ def train(
     name: str | None = None,
     log: Callable[[str], None] = print,
     limit_per_class: int | None = None,
+    negative_folders: Sequence[Path] = (),
 ) -> Path:
     """Train, calibrate and save an artifact (weights, card, split). Returns the artifact path.
 
     ``limit_per_class`` keeps only that many images per class (for quick tests of the loop).
+    ``negative_folders``: images that are not white cells (red cells, platelets, debris),
+    framed as inference frames them; those in which a cell is found join the background crops as
+    negatives on which every OVA head must stay silent (see ``read_negatives``).
     """
     recipe = recipe or Recipe()
     t_start = time.perf_counter()
@@ -401,6 +431,10 @@ def train(
         np.stack([_corner_crop(e.path.read_bytes(), rng.randrange(4), recipe.input) for e in neg_sources])
     )
     log(f"no cell found in {len(train_cache.no_cell)} training and {len(val_cache.no_cell)} validation images")
+    extra, negatives_record = read_negatives(negative_folders, recipe.input)
+    if len(extra):
+        negatives = torch.cat([negatives, torch.from_numpy(extra)])
+        log(f"negatives: {negatives_record}")
     log(
         f"cache: {len(train_cache.labels)} training images (+ JPEG copies), {len(negatives)} background negatives "
         f"({time.perf_counter() - t_start:.0f} s)"
@@ -474,6 +508,7 @@ def train(
         "conflicting_duplicates_dropped": data.dropped_conflicts,
         "out_of_scope_labels_excluded": data.out_of_scope,
         "no_cell_found_left_out": {"train": list(train_cache.no_cell), "validation": list(val_cache.no_cell)},
+        "negatives": negatives_record,
         "recipe": recipe.to_dict(),
         "risk_coverage_validation": curve,
         "training_seconds": round(time.perf_counter() - t_start, 1),

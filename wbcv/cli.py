@@ -181,7 +181,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     recipe = Recipe()
     changes = {k: v for k, v in (("epochs", args.epochs), ("seed", args.seed)) if v is not None}
     recipe = dataclasses.replace(recipe, **changes)
-    model_dir = train(args.cells, args.out, recipe, limit_per_class=args.limit_per_class)
+    model_dir = train(
+        args.cells, args.out, recipe, limit_per_class=args.limit_per_class, negative_folders=args.negatives
+    )
     metrics = qualify_model(model_dir, args.cells)
     print(format_report({**metrics, "skipped": {}}))
     print(f"model artifact: {model_dir} (metrics, ablation and stress test are in its model.json)")
@@ -455,6 +457,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=_positive_int, help="training epochs (default: the recipe's)")
     p.add_argument("--seed", type=int, help="seed of split, sampling and augmentation (default: the recipe's)")
     p.add_argument("--limit-per-class", type=_positive_int, help="use only this many images per class (quick trials)")
+    p.add_argument(
+        "--negatives",
+        type=Path,
+        nargs="+",
+        default=[],
+        metavar="DIR",
+        help="folders of images that are not white cells (red cells, platelets, debris) to train the heads to "
+        "stay silent on (e.g. from `python -m wbcv.fixtures.field_crops --split train`)",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(
