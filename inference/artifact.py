@@ -30,6 +30,8 @@ from wbcv.base.errors import WbcvError
 from wbcv.base.taxonomy import CELL_CLASSES, LINEAGES
 from wbcv.inference.combine import Calibration, Thresholds
 from wbcv.inference.ensemble import WbcEnsembleNet
+from wbcv.inference.ood import METHOD as OOD_METHOD
+from wbcv.inference.ood import OOD_FILE, FeatureDensity
 from wbcv.inference.res2net import Res2NetConfig, fold_batchnorm
 
 ARTIFACT_FORMAT: Final[str] = "wbcv-model/1"
@@ -81,6 +83,7 @@ class LoadedModel:
     calibration: Calibration
     thresholds: Thresholds
     sha256: str
+    ood: FeatureDensity | None = None  # the out-of-distribution score's density (wbcv.inference.ood)
 
     @property
     def name(self) -> str:
@@ -311,4 +314,37 @@ def load_artifact(spec: str | Path | None = None) -> LoadedModel:
     net.eval()
     fold_batchnorm(net)
     net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # accepted, missing from torch's overloads
-    return LoadedModel(net, card, model_dir, spec_in, cal, thr, digest)
+    return LoadedModel(net, card, model_dir, spec_in, cal, thr, digest, _load_ood(model_dir, card))
+
+
+def _load_ood(model_dir: Path, card: dict[str, Any]) -> FeatureDensity | None:
+    """The artifact's feature density, its sha256 checked against the card; None when it has none."""
+    entry = card.get("ood")
+    if not entry:
+        return None
+    path = model_dir / str(entry.get("file", OOD_FILE))
+    if not path.is_file():
+        raise WbcvError(f"{model_dir}: out-of-distribution file {path.name} named in the card is missing")
+    digest = sha256_file(path)
+    if digest != entry.get("sha256"):
+        raise WbcvError(
+            f"{path}: sha256 {digest} does not match the model card's {entry.get('sha256')}; the file was modified"
+        )
+    try:
+        return FeatureDensity.load(str(path))
+    except (OSError, ValueError, KeyError) as e:
+        raise WbcvError(f"{path}: unreadable out-of-distribution density: {e}") from None
+
+
+def save_ood(density: FeatureDensity, model_dir: Path, figures: dict[str, Any]) -> dict[str, Any]:
+    """Write the density beside the weights; returns the card's ``ood`` section (with ``figures``)."""
+    model_dir.mkdir(parents=True, exist_ok=True)
+    path = model_dir / OOD_FILE
+    density.save(str(path))
+    return {
+        "method": OOD_METHOD,
+        "file": OOD_FILE,
+        "sha256": sha256_file(path),
+        "threshold": density.threshold,
+        **figures,
+    }

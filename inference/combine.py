@@ -14,8 +14,10 @@ Definitions (one cell, classes c in ``CELL_CLASSES``, lineage L(c) in ``LINEAGES
    - ``multiple_ova_heads``: two or more s_c reach it (the heads contradict each other);
    - ``lineage_disagreement``: argmax_l q_l is not the lineage of argmax_c s_c;
    - ``low_confidence``: max_c p(c) is below the confidence threshold chosen on validation data.
-   Otherwise the prediction is argmax_c p(c). Before the rule, a cell-framing model marks an image
-   in which no white cell was found ``no_cell_found`` (``force_unclassified``), whatever the heads say.
+   Otherwise the prediction is argmax_c p(c). After the rule, whatever the heads say, a cell far
+   from every class in feature space is ``out_of_distribution`` (``wbcv.inference.ood``) and an
+   image in which a cell-framing model found no white cell is ``no_cell_found``
+   (``force_unclassified``; ``wbcv.inference.predict.decide`` applies both).
 
 The renormalisation in step 3 alone would hand a confident-looking distribution to a cell that
 every head rejects; that is why the "no head fires" rule comes first.
@@ -38,7 +40,8 @@ ABSTAIN_REASONS: Final[tuple[str, ...]] = (
     "multiple_ova_heads",
     "lineage_disagreement",
     "low_confidence",
-    "no_cell_found",  # set before the rule: the locator found no white cell (wbcv.inference.framing)
+    "no_cell_found",  # set after the rule: the locator found no white cell (wbcv.inference.framing)
+    "out_of_distribution",  # set after the rule: far from every class in feature space (wbcv.inference.ood)
 )
 UNCLASSIFIED_INDEX: Final[int] = -1
 
@@ -118,17 +121,19 @@ def combine(logits: EnsembleLogits, cal: Calibration, thr: Thresholds) -> Combin
 
 
 NO_CELL_FOUND: Final[int] = ABSTAIN_REASONS.index("no_cell_found")
+OUT_OF_DISTRIBUTION: Final[int] = ABSTAIN_REASONS.index("out_of_distribution")
 
 
-def force_unclassified(out: CombinedOutput, no_cell: torch.Tensor | None) -> CombinedOutput:
-    """``out`` with the cells where ``no_cell`` (bool, N) is set unclassified as ``no_cell_found``."""
-    if no_cell is None or not bool(no_cell.any()):
+def force_unclassified(out: CombinedOutput, mask: torch.Tensor | None, reason: int) -> CombinedOutput:
+    """``out`` with the cells where ``mask`` (bool, N) is set unclassified with ``reason`` (a code
+    of ``ABSTAIN_REASONS``), whatever the heads said."""
+    if mask is None or not bool(mask.any()):
         return out
     return CombinedOutput(
         out.probabilities,
         out.ova_scores,
         out.lineage_probabilities,
-        torch.where(no_cell, torch.full_like(out.predicted, UNCLASSIFIED_INDEX), out.predicted),
-        torch.where(no_cell, torch.full_like(out.abstain_reason, NO_CELL_FOUND), out.abstain_reason),
+        torch.where(mask, torch.full_like(out.predicted, UNCLASSIFIED_INDEX), out.predicted),
+        torch.where(mask, torch.full_like(out.abstain_reason, reason), out.abstain_reason),
         out.confidence,
     )

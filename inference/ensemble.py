@@ -24,6 +24,7 @@ class EnsembleLogits(NamedTuple):
     ova: torch.Tensor  # (N, 5) one-vs-all logits, CELL_CLASSES order
     lineage: torch.Tensor  # (N, 3) lineage logits, LINEAGES order
     softmax5: torch.Tensor | None  # (N, 5) plain softmax-head logits (ablation only)
+    features: torch.Tensor | None = None  # (N, F) pooled backbone features (the out-of-distribution score)
 
 
 class WbcEnsembleNet(nn.Module):
@@ -63,6 +64,7 @@ class WbcEnsembleNet(nn.Module):
         return images.float().sub_(self.mean.view(3)).mul_(self.inv_std.view(3)).permute(0, 3, 1, 2)
 
     def forward(self, images: torch.Tensor) -> EnsembleLogits:
-        feats = self.dropout(self.backbone(self.normalise(images)))
+        pooled = self.backbone(self.normalise(images))
+        feats = self.dropout(pooled)
         soft = self.softmax_head(feats) if self.softmax_head is not None else None
-        return EnsembleLogits(self.ova_head(feats), self.lineage_head(feats), soft)
+        return EnsembleLogits(self.ova_head(feats), self.lineage_head(feats), soft, pooled)

@@ -16,10 +16,11 @@ import numpy as np
 import torch
 
 from wbcv.inference.artifact import LoadedModel
-from wbcv.inference.combine import CombinedOutput, combine, force_unclassified
+from wbcv.inference.combine import NO_CELL_FOUND, OUT_OF_DISTRIBUTION, CombinedOutput, combine, force_unclassified
 from wbcv.inference.decode import CellRejected, decode_cell, max_file_bytes, read_cell_file
 from wbcv.inference.ensemble import EnsembleLogits
 from wbcv.inference.framing import frame_cells, work_size
+from wbcv.inference.ood import distances
 
 
 @dataclass(frozen=True)
@@ -42,9 +43,20 @@ def score_pixels(
         torch.cat([p.ova for p in parts]),
         torch.cat([p.lineage for p in parts]),
         torch.cat(soft) if len(soft) == len(parts) else None,
+        torch.cat([p.features for p in parts if p.features is not None]),
     )
-    combined = combine(logits, model.calibration, model.thresholds)
-    return Scored(logits, force_unclassified(combined, None if no_cell is None else torch.from_numpy(no_cell)))
+    return Scored(logits, decide(model, logits, no_cell))
+
+
+def decide(model: LoadedModel, logits: EnsembleLogits, no_cell: np.ndarray | None = None) -> CombinedOutput:
+    """The combination rule, then the two rules before it: a cell far from every class in feature
+    space is ``out_of_distribution`` (when the artifact has a feature density), and an image in
+    which no white cell was found is ``no_cell_found`` (the last word: it was never a cell)."""
+    out = combine(logits, model.calibration, model.thresholds)
+    if model.ood is not None and logits.features is not None:
+        far = distances(logits.features, model.ood.means, model.ood.precision) > model.ood.threshold
+        out = force_unclassified(out, torch.from_numpy(far), OUT_OF_DISTRIBUTION)
+    return force_unclassified(out, None if no_cell is None else torch.from_numpy(no_cell), NO_CELL_FOUND)
 
 
 @dataclass(frozen=True)

@@ -55,9 +55,10 @@ from wbcv.base.tables import (
 )
 from wbcv.base.taxonomy import CELL_CLASSES, LINEAGES, OUTCOMES
 from wbcv.inference.artifact import InputSpec, LoadedModel
-from wbcv.inference.combine import ABSTAIN_REASONS, UNCLASSIFIED_INDEX, combine, force_unclassified
+from wbcv.inference.combine import ABSTAIN_REASONS, UNCLASSIFIED_INDEX
 from wbcv.inference.decode import DEFAULT_MAX_PIXELS, CellRejected, decode_cell, max_file_bytes, read_cell_file
 from wbcv.inference.framing import frame_cells, work_size
+from wbcv.inference.predict import decide
 from wbcv.inference.slideset import CellEntry, Sample, SlideSet
 
 #: Part files hold both: prediction columns plus the skip reason (null for a decoded cell).
@@ -206,8 +207,7 @@ def classify(
         logits = model.net(torch.from_numpy(pixels).to(device))
         if device != "cpu":
             logits = type(logits)(*(None if t is None else t.cpu() for t in logits))
-        out = combine(logits, model.calibration, model.thresholds)
-        out = force_unclassified(out, None if no_cell is None else torch.from_numpy(no_cell))
+        out = decide(model, logits, no_cell)
     cols: dict[str, np.ndarray] = {
         "predicted": out.predicted.numpy(),
         "reason": out.abstain_reason.numpy(),

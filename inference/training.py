@@ -54,13 +54,14 @@ from wbcv.base.csvsafe import spreadsheet_original, spreadsheet_safe
 from wbcv.base.errors import WbcvError
 from wbcv.base.software import cpu_name
 from wbcv.base.taxonomy import CELL_CLASSES, LINEAGE_INDEX_OF_CLASS
-from wbcv.inference.artifact import CARD_FILE, InputSpec, make_card, save_artifact
+from wbcv.inference.artifact import CARD_FILE, InputSpec, make_card, save_artifact, save_ood
 from wbcv.inference.augment import AugmentConfig, augment
 from wbcv.inference.combine import Calibration, Thresholds, calibrated_scores, combine
 from wbcv.inference.decode import IMAGE_EXTENSIONS, CellRejected, decode_cell, max_file_bytes, read_cell_file
 from wbcv.inference.ensemble import EnsembleLogits, WbcEnsembleNet
 from wbcv.inference.framing import frame_cells, ring_mask, work_size
 from wbcv.inference.library import LabelledCell, read_cell_library
+from wbcv.inference.ood import QUANTILE, FeatureDensity, distances, fit_density, threshold_for
 from wbcv.inference.res2net import Res2NetConfig, variant
 from wbcv.inference.stain import StainStats, stain_target
 
@@ -343,6 +344,7 @@ def predict_logits(net: WbcEnsembleNet, images: torch.Tensor, batch: int = 512) 
         torch.cat([o.ova for o in outs]),
         torch.cat([o.lineage for o in outs]),
         torch.cat(soft) if len(soft) == len(outs) else None,
+        torch.cat([o.features for o in outs if o.features is not None]),
     )
 
 
@@ -351,6 +353,19 @@ def _averaged_net(ema: torch.optim.swa_utils.AveragedModel) -> WbcEnsembleNet:
     net = ema.module
     assert isinstance(net, WbcEnsembleNet)
     return net
+
+
+def fit_ood(net: WbcEnsembleNet, train_cache: Cache, val_cache: Cache, out_dir: Path) -> dict[str, Any]:
+    """The feature density of the training split and its threshold on the validation split
+    (``wbcv.inference.ood``), written beside the weights; returns the card's ``ood`` section."""
+    train_f = predict_logits(net, train_cache.images).features
+    val_f = predict_logits(net, val_cache.images).features
+    assert train_f is not None and val_f is not None  # WbcEnsembleNet always returns its features
+    means, precision = fit_density(train_f.numpy(), train_cache.labels.numpy(), len(CELL_CLASSES))
+    val_d = distances(val_f, means, precision)
+    density = FeatureDensity(means, precision, threshold_for(val_d))
+    rejected = float(np.mean(val_d > density.threshold))
+    return save_ood(density, out_dir, {"quantile": QUANTILE, "validation_rejected": round(rejected, 5)})
 
 
 def write_split(path: Path, data: PreparedData, root: Path) -> str:
@@ -531,6 +546,8 @@ def train(
         training=training,
         description="Res2Net-style OVA + 3-class ensemble trained by `wbcv train` (inference/training.py)",
     )
+    card["ood"] = fit_ood(net, train_cache, val_cache, out_dir)
+    log(f"out-of-distribution threshold {card['ood']['threshold']:.1f}: {card['ood']['validation_rejected']}")
     save_artifact(net.eval(), card, out_dir)
     log(f"saved {out_dir} ({training['training_seconds']} s)")
     return out_dir
