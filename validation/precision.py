@@ -188,7 +188,11 @@ def _mean_squares(t: NestedAnova) -> tuple[np.ndarray, np.ndarray]:
     return np.array([t.ms_day, t.ms_error]), np.array([t.df_day, t.df_error], dtype=float)
 
 
-def satterthwaite_df(coefficients: Sequence[float], mean_squares: Sequence[float], df: Sequence[float]) -> float:
+def satterthwaite_df(
+    coefficients: Sequence[float] | np.ndarray,
+    mean_squares: Sequence[float] | np.ndarray,
+    df: Sequence[float] | np.ndarray,
+) -> float:
     """Effective degrees of freedom of a linear combination V = Σ c_i·MS_i of mean squares.
 
     ν = (Σ c_i MS_i)² / Σ ((c_i MS_i)² / df_i). Undefined (NaN) when V is 0 (no variation at all).
