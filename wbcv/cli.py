@@ -260,6 +260,43 @@ def _verify_inputs(run_dir: Path, run_intact: bool) -> bool:
     return iv.intact
 
 
+def _write_json(path: Path | None, payload: object) -> None:
+    import json
+
+    if path is not None:
+        path.write_text(json.dumps(payload, indent=2, ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8")
+        print(f"wrote {path}")
+
+
+def cmd_precision(args: argparse.Namespace) -> int:
+    from wbcv.validation.precision_table import format_report, parse_claim, report_payload, run_precision
+
+    claims = [parse_claim(t, "sd") for t in args.claim_sd or []] + [parse_claim(t, "cv") for t in args.claim_cv or []]
+    report = run_precision(args.results, claims, confidence=args.confidence)
+    print(format_report(report))
+    _write_json(args.json, report_payload(report))
+    return EXIT_OK
+
+
+def cmd_qualitative(args: argparse.Namespace) -> int:
+    from wbcv.validation.flag_table import format_report, report_payload, run_qualitative
+
+    report = run_qualitative(args.flags, confidence=args.confidence)
+    print(format_report(report))
+    _write_json(args.json, report_payload(report))
+    return EXIT_OK
+
+
+def _confidence(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a confidence level between 0 and 1 (e.g. 0.95), got {value}")
+    return value
+
+
 def _port(text: str) -> int:
     value = _positive_int(text)
     if value > 65535:
@@ -482,6 +519,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="model artifact directory or bundled model name (default: the bundled default)")
     p.add_argument("--json", type=Path, metavar="OUT.json", help="also write the report as JSON")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser(
+        "precision",
+        help="precision study (CLSI EP05-A3 / EP15-A3): variance components and claim verification",
+        description=(
+            "Read a long CSV of replicate results (columns sample_id or level, day, run (optional), replicate, "
+            "measurand, value, n_cells (optional)) and print, per sample and measurand, the nested-ANOVA variance "
+            "components (repeatability, between-run, between-day, within-laboratory) as SD and CV %% with "
+            "chi-square CIs, the binomial counting floor of class percentages, and with --claim-sd/--claim-cv the "
+            "EP15-A3 verification against the upper verification limit. Rows that cannot be used are excluded, "
+            "listed with their line and reason, and counted; an unknown column is an error."
+        ),
+    )
+    p.add_argument("results", type=Path, metavar="RESULTS.csv")
+    for kind in ("sd", "cv"):
+        p.add_argument(
+            f"--claim-{kind}",
+            action="append",
+            metavar="[MEASURAND:]R,WL",
+            help=f"maker's claimed repeatability and within-laboratory {kind.upper()}"
+            + (" (%%)" if kind == "cv" else "")
+            + " for one measurand (NEUT%%:2.5,3.5) or all; repeatable",
+        )
+    p.add_argument("--confidence", type=_confidence, default=0.95, help="CI level (default 0.95)")
+    p.add_argument("--json", type=Path, metavar="OUT.json", help="also write the results as JSON")
+    p.set_defaults(func=cmd_precision)
+
+    p = sub.add_parser(
+        "qualitative",
+        help="flag agreement (CLSI EP12-A2): PPA, NPA, OPA with Wilson and exact CIs",
+        description=(
+            "Read a CSV of analyzer flags against the reference finding (columns sample_id, flag, analyzer, "
+            "reference; findings 1/0, pos/neg, +/-, yes/no) and print per flag the 2x2 table and the positive, "
+            "negative and overall percent agreement with Wilson score and Clopper-Pearson CIs. A margin without "
+            "samples is reported as undefined. Unusable rows are excluded with their line and reason."
+        ),
+    )
+    p.add_argument("flags", type=Path, metavar="FLAGS.csv")
+    p.add_argument("--confidence", type=_confidence, default=0.95, help="CI level (default 0.95)")
+    p.add_argument("--json", type=Path, metavar="OUT.json", help="also write the results as JSON")
+    p.set_defaults(func=cmd_qualitative)
 
     p = sub.add_parser(
         "dashboard",
