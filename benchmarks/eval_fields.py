@@ -94,8 +94,9 @@ def main() -> None:
     for res in results:
         w, r, p = res["wbc"], res["rbc"], res["platelet"]
         print(
-            f"{res['method']:>4} {res['split']} ({res['fields']} fields, {len(res['fields_not_analysed'])} not analysed): "
-            f"WBC recall {w['recall_iou50']:.3f} precision {w['precision_iou50']:.3f} ({w['tp_iou50']}/{w['true']} true, "
+            f"{res['method']:>4} {res['split']} ({res['fields']} fields, "
+            f"{len(res['fields_not_analysed'])} not analysed): WBC recall {w['recall_iou50']:.3f} "
+            f"precision {w['precision_iou50']:.3f} ({w['tp_iou50']}/{w['true']} true, "
             f"{w['predicted']} found); RBC |err| median {r['count_rel_error_median']:.3f} p90 "
             f"{r['count_rel_error_p90']:.3f} bias {r['count_rel_error_mean_signed']:+.3f}; platelets "
             f"{p['predicted']} found / {p['true']} true, recall {p['recall_iou50']:.2f}"

@@ -7,9 +7,9 @@ methods are here, measured against each other on labelled fields (``benchmarks/e
 ``hsv`` (the baseline, the classic method of the smear-analysis literature and of the source
 study): Otsu thresholds on the HSV saturation channel. Pixels above the two-class Otsu threshold
 of saturation are the strongly stained ones (white-cell nuclei, platelets); pixels above a second
-Otsu threshold, of the pixels below the first, are the other stained objects (red cells). A nucleus-class component of white-cell
-size is a white cell, its box the component's box; a small one is a platelet; every other
-stained component is a red cell.
+Otsu threshold, of the pixels below the first, are the other stained objects (red cells). A
+nucleus-class component of white-cell size is a white cell, its box the component's box; a small
+one is a platelet; every other stained component is a red cell.
 
 ``od`` (the final method): the same idea on cues that separate the objects better, measured at a
 reduced working resolution (``stride`` field pixels per working pixel, chosen so that a red cell
