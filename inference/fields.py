@@ -97,7 +97,7 @@ RBC_PEAK_GAP: Final[float] = 0.45
 SATURATED_MAX: Final[float] = 0.9
 DARK_MIN: Final[float] = 40.0
 CONTRAST_MIN: Final[float] = 0.15
-SHARPNESS_MIN: Final[float] = 0.02
+SHARPNESS_MIN: Final[float] = 0.035
 
 
 @dataclass(frozen=True)
@@ -171,13 +171,12 @@ def _working(rgb: np.ndarray, stride: int) -> _Work:
     return _Work(a, k, (hh, ww), bg, od)
 
 
-def field_problem(work: _Work) -> str | None:
+def field_problem(rgb: np.ndarray, work: _Work) -> str | None:
     """Why the field cannot be analysed, or None.
 
     Blank or overexposed: more than ``SATURATED_MAX`` of the pixels white-saturated. Too dark: the
     background averages below ``DARK_MIN``. Uniform: stain contrast below ``CONTRAST_MIN``. Out of
-    focus: sharpness, the 99th percentile of the summed OD's gradient magnitude per working pixel
-    over its 99th percentile value, below ``SHARPNESS_MIN`` (a blurred edge rises over many pixels).
+    focus: ``sharpness`` below ``SHARPNESS_MIN``.
     """
     a = work.rgb
     saturated = float((a.min(axis=2) >= 250).mean())
@@ -186,15 +185,28 @@ def field_problem(work: _Work) -> str | None:
     level = float(work.background.mean())
     if level < DARK_MIN:
         return f"field too dark: the brightest tenth averages {level:.0f}/255 (at least {DARK_MIN:.0f} expected)"
-    stain = work.od.sum(axis=2)
-    contrast = float(np.quantile(stain, 0.99))
+    contrast = float(np.quantile(work.od.sum(axis=2), 0.99))
     if contrast < CONTRAST_MIN:
         return f"uniform field: no stained object (stain contrast {contrast:.2f} < {CONTRAST_MIN})"
-    gy, gx = np.gradient(stain)
-    sharp = float(np.quantile(np.hypot(gy, gx), 0.99)) / contrast * (WORK_RBC_PX / 36.0)
+    sharp = sharpness(rgb)
     if sharp < SHARPNESS_MIN:
         return f"out of focus: edge sharpness {sharp:.3f} below {SHARPNESS_MIN} (stained edges are blurred)"
     return None
+
+
+def sharpness(rgb: np.ndarray) -> float:
+    """Steepest edges relative to the field's contrast, at full resolution, green channel.
+
+    The 99.5th percentile of the absolute difference between neighbouring pixels (rows and columns
+    averaged) over the 1st-99th percentile range of the channel. Raabin train/val fields measure
+    0.043-0.10; the same fields blurred by a Gaussian of sigma 5 pixels 0.025-0.044, of sigma 8
+    0.020-0.033: only strong defocus is caught (the smartphone fields are soft already).
+    """
+    g = rgb[::2, :, 1].astype(np.float32), rgb[:, ::2, 1].astype(np.float32)
+    span = float(np.quantile(g[0], 0.99) - np.quantile(g[0], 0.01))
+    steep_y = np.quantile(np.abs(np.diff(g[1], axis=0)), 0.995)
+    steep_x = np.quantile(np.abs(np.diff(g[0], axis=1)), 0.995)
+    return float(steep_y + steep_x) / 2.0 / max(span, 1.0)
 
 
 def analyse_field(rgb: np.ndarray, params: FieldParams | None = None) -> FieldAnalysis:
@@ -210,7 +222,7 @@ def analyse_field(rgb: np.ndarray, params: FieldParams | None = None) -> FieldAn
         return FieldAnalysis(ww, hh, (), problem, (math.nan,) * 3)
     work = _working(a, k)
     bg = (float(work.background[0]), float(work.background[1]), float(work.background[2]))
-    problem = field_problem(work)
+    problem = field_problem(a, work)
     if problem is not None:
         return FieldAnalysis(ww, hh, (), problem, bg)
     found = _detect_hsv(work) if p.method == "hsv" else _detect_od(a, work)
