@@ -218,8 +218,8 @@ def analyse_field(rgb: np.ndarray, params: FieldParams | None = None) -> FieldAn
     hh, ww = a.shape[:2]
     k = p.stride
     if hh // k < 16 or ww // k < 16:
-        problem = f"field is {ww}x{hh} pixels, too small for red cells of {p.rbc_diameter_px:g} pixels"
-        return FieldAnalysis(ww, hh, (), problem, (math.nan,) * 3)
+        too_small = f"field is {ww}x{hh} pixels, too small for red cells of {p.rbc_diameter_px:g} pixels"
+        return FieldAnalysis(ww, hh, (), too_small, (math.nan,) * 3)
     work = _working(a, k)
     bg = (float(work.background[0]), float(work.background[1]), float(work.background[2]))
     problem = field_problem(a, work)
