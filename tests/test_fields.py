@@ -92,8 +92,8 @@ def test_the_hsv_baseline_also_runs():
 def _without_wbc(row: dict[str, str]) -> np.ndarray:
     """A real field with its labelled white cell painted over in the background colour.
 
-    (The fields the source labels without a white cell do show one: an eosinophil, a basophil, a
-    neutrophil the labels missed; so they cannot serve here.)
+    (The fields the source labels without a white cell do show one when looked at (granulocytes the
+    labels missed); so they cannot serve here.)
     """
     rgb = _field(row).copy()
     bg = analyse_field(rgb).background
