@@ -165,15 +165,15 @@ def _square_resize(im: Image.Image, size: int, crop: float = 1.0) -> Image.Image
     return im.resize((size, size), Image.Resampling.BILINEAR, box=(left, top, left + side, top + side))
 
 
-def _too_large(width: int, height: int, max_pixels: int) -> CellRejected:
+def _too_large(width: int, height: int, max_pixels: int, what: str = "a single-cell crop") -> CellRejected:
     return CellRejected(
         f"image is {width}x{height} = {width * height:,} pixels, above the limit of {max_pixels:,} "
-        "(possible decompression bomb); a single-cell crop is expected"
+        f"(possible decompression bomb); {what} is expected"
     )
 
 
-def _too_small(width: int, height: int) -> CellRejected:
-    return CellRejected(f"image is only {width}x{height} pixels; expected a single-cell crop of at least 8x8")
+def _too_small(width: int, height: int, what: str = "a single-cell crop") -> CellRejected:
+    return CellRejected(f"image is only {width}x{height} pixels; expected {what} of at least 8x8")
 
 
 def _refuse_unusable_tiff(im: Image.Image) -> None:
@@ -265,3 +265,46 @@ def decode_cell(data: bytes, size: int, max_pixels: int = DEFAULT_MAX_PIXELS, cr
     if pixels.shape != (size, size, 3):  # pragma: no cover - guards the contract above
         raise CellRejected(f"decoded to unexpected shape {pixels.shape}")
     return DecodedCell(pixels, source_mode, width, height)
+
+
+_FIELD: Final[str] = "a microscope field"
+
+
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode one image file's bytes at full size into an (H, W, 3) uint8 RGB array, or raise CellRejected.
+
+    The same checks as ``decode_cell`` (format told by content, ``ACCEPTED_FORMATS``, the pixel limit
+    checked on the header before any pixel is decoded, multi-frame and 32-bit TIFFs refused, any mode
+    brought to 8-bit RGB), without the square crop and resize: for whole microscope fields.
+    """
+    if not data:
+        raise CellRejected("empty file (0 bytes)")
+    if data.startswith(_JPEG_MAGIC):
+        try:
+            height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+        except ValueError:
+            colorspace = ""
+        if colorspace in _FAST_JPEG_COLORSPACES:
+            if width * height > max_pixels:
+                raise _too_large(width, height, max_pixels, _FIELD)
+            if width < 8 or height < 8:
+                raise _too_small(width, height, _FIELD)
+            try:
+                return simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True)
+            except ValueError as e:
+                raise CellRejected(f"corrupt or truncated image: {e}") from None
+    im = _open_accepted(data)
+    width, height = im.size
+    if width * height > max_pixels:
+        raise _too_large(width, height, max_pixels, _FIELD)
+    if width < 8 or height < 8:
+        raise _too_small(width, height, _FIELD)
+    try:
+        if im.format == "TIFF":
+            _refuse_unusable_tiff(im)
+        im.load()
+        return np.asarray(_to_rgb(im), dtype=np.uint8)
+    except CellRejected:
+        raise
+    except (OSError, ValueError, SyntaxError, MemoryError) as e:
+        raise CellRejected(f"corrupt or truncated image: {e}") from None

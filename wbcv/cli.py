@@ -104,6 +104,43 @@ def cmd_infer(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_segment(args: argparse.Namespace) -> int:
+    from wbcv.inference.decode import DEFAULT_MAX_PIXELS
+    from wbcv.inference.fields import FieldParams
+    from wbcv.inference.segment import segment_batch
+
+    params = FieldParams(method=args.method, rbc_diameter_px=args.rbc_diameter_px or FieldParams().rbc_diameter_px)
+    s = segment_batch(
+        args.fields_dir, args.out, params, args.max_image_pixels or DEFAULT_MAX_PIXELS, args.drop_edge_wbc
+    )
+    print(
+        f"segmented {s.n_fields} field(s) of {s.n_samples} sample(s): {s.n_analysed} analysed, "
+        f"{s.n_crops} white-cell crop(s), {s.n_rbc} red cells, {s.n_platelets} platelets"
+    )
+    edge = f"{s.n_wbc_at_edge} white cell(s) touch a field's edge"
+    print(
+        f"  {edge}"
+        + (
+            f", {s.n_wbc_dropped_at_edge} of them not cropped (--drop-edge-wbc)"
+            if s.n_wbc_dropped_at_edge
+            else ", kept and flagged"
+        )
+    )
+    if s.skipped:
+        print(f"  {sum(s.skipped.values())} field(s) with a skipped reason (fields.parquet):")
+        for reason, n in s.skipped.most_common():
+            print(f"    {n:>5}  {reason}")
+    if s.samples_without_crops:
+        shown_ids = ", ".join(s.samples_without_crops[:5]) + (" ..." if len(s.samples_without_crops) > 5 else "")
+        print(
+            f"warning: {len(s.samples_without_crops)} sample(s) have no white-cell crop, and `wbcv infer` will refuse "
+            f"the batch until they are removed from the manifest or given fields: {shown_ids}",
+            file=sys.stderr,
+        )
+    print(f"  batch for `wbcv infer`: {s.out_dir}")
+    return EXIT_OK
+
+
 def _print_comparison(result: object) -> int:
     from wbcv.validation.study import ComparisonResult
     from wbcv.validation.verdict import format_verdicts
@@ -386,6 +423,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     infer_options(p)
     p.set_defaults(func=cmd_infer)
+
+    p = sub.add_parser(
+        "segment",
+        help="find the white cells in whole microscope fields and write a batch of cell crops",
+        description=(
+            "Read FIELDS_DIR (a manifest with sample_id and one folder of field images per sample, as for "
+            "`wbcv infer`), find every white cell in each field, count red cells and platelets, and write --out: "
+            "the manifest, one folder of white-cell crops per sample (FIELDSTEM_x0_y0_x1_y1.png), fields.parquet "
+            "(one row per field, skipped fields with their reason) and detections.parquet (one row per object). "
+            "White cells touching a field's edge are kept and flagged (fields assumed not to overlap)."
+        ),
+    )
+    p.add_argument("fields_dir", type=Path, metavar="FIELDS_DIR")
+    p.add_argument("--out", type=Path, required=True, metavar="BATCH_DIR", help="a new or empty folder")
+    p.add_argument(
+        "--method", choices=("od", "hsv"), default="od", help="od: the measured best (default); hsv: the Otsu baseline"
+    )
+    p.add_argument(
+        "--rbc-diameter-px",
+        type=_positive_float,
+        help="a red cell's diameter in field pixels, the scale of every size rule (default: 144, Raabin-WBC)",
+    )
+    p.add_argument(
+        "--drop-edge-wbc",
+        action="store_true",
+        help="do not crop white cells cut by the field's edge "
+        "(for overlapping tiles: each cell then counts in the tile that holds it whole)",
+    )
+    p.add_argument("--max-image-pixels", type=_positive_int, help="refuse larger fields (default: 4096*4096)")
+    p.set_defaults(func=cmd_segment)
 
     compare_help = (
         "Exit status 0 when every measurand passes, 3 when the comparison completed but failed acceptance, "

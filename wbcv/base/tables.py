@@ -77,3 +77,37 @@ EXCLUDED_FILE: Final[str] = "excluded.parquet"
 REFERENCE_FILE: Final[str] = "reference.parquet"
 STATISTICS_FILE: Final[str] = "statistics.json"
 VERDICT_FILE: Final[str] = "verdict.json"
+
+# Smear-field stage (`wbcv segment`): written into the batch folder it makes, beside the manifest
+FIELDS_FILE: Final[str] = "fields.parquet"
+DETECTIONS_FILE: Final[str] = "detections.parquet"
+DETECTION_KINDS: Final[tuple[str, ...]] = ("wbc", "rbc", "platelet")
+
+#: One row per field file given (analysed or skipped). Counts are null for a skipped field.
+FIELDS_SCHEMA: Final[dict[str, pl.DataType]] = {
+    "sample_id": pl.String(),
+    "field_path": pl.String(),  # relative to FIELDS_DIR, POSIX separators
+    "sha256": pl.String(),  # null when the file could not be read
+    "bytes": pl.Int64(),
+    "width": pl.Int32(),
+    "height": pl.Int32(),
+    "wbc": pl.Int32(),  # white cells cropped into the batch
+    "wbc_at_edge": pl.Int32(),  # of all white cells found, those whose box touches the field's border
+    "wbc_dropped_at_edge": pl.Int32(),  # edge white cells not cropped (--drop-edge-wbc)
+    "rbc": pl.Int32(),
+    "platelets": pl.Int32(),
+    "skipped_reason": pl.String(),  # null when analysed; a field without any white cell says so here
+}
+#: One row per object found in an analysed field.
+DETECTIONS_SCHEMA: Final[dict[str, pl.DataType]] = {
+    "sample_id": pl.String(),
+    "field_path": pl.String(),
+    "kind": pl.Enum(list(DETECTION_KINDS)),
+    "x0": pl.Int32(),  # box in field pixels, half-open: x0 <= x < x1, y0 <= y < y1
+    "y0": pl.Int32(),
+    "x1": pl.Int32(),
+    "y1": pl.Int32(),
+    "score": pl.Float32(),  # ranking score in [0, 1], not a probability
+    "touches_edge": pl.Boolean(),
+    "crop_path": pl.String(),  # the white cell's crop, relative to the batch folder; null otherwise
+}

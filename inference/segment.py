@@ -1,0 +1,231 @@
+"""`wbcv segment`: a batch of whole microscope fields in, a batch of white-cell crops out.
+
+FIELDS_DIR is laid out like the batch `wbcv infer` reads (``slideset.py``: a manifest listing the
+sample ids, one folder of images per sample), except that each image is a whole field. The
+manifest is read and checked by the same reader; every batch-level problem (no manifest, a sample
+folder missing or empty, an unknown field) is one ``WbcvError``.
+
+BATCH_DIR (new or empty) receives:
+
+* the manifest, copied byte for byte (same name, same sample ids and folders; a ``cell_labels.csv``
+  is not carried over: its file names are fields, not crops);
+* one folder per sample (the manifest's ``slide_dir``) of white-cell crops, one PNG per white cell
+  named ``FIELDSTEM_x0_y0_x1_y1.png`` after the field and the cell's box in field pixels (when two
+  fields of a sample share a stem, e.g. ``a.jpg`` and ``a.png``, the whole name stands for the stem:
+  ``a_jpg_...``). A crop is the square of ``CROP_CONTEXT`` times the box's longer side around the
+  box's centre, padded with the field's background colour where it leaves the field;
+* ``fields.parquet`` (one row per field file given, analysed or skipped, with the reason) and
+  ``detections.parquet`` (one row per object found), ``wbcv.base.tables`` FIELDS_SCHEMA and
+  DETECTIONS_SCHEMA.
+
+Fields that cannot be used are skipped with the reason, never a crash: a file that is not an image
+or is empty, corrupt, too large (the decompression-bomb pixel limit, checked on the header), not
+a regular file; a field that is blank, overexposed, too dark, uniform or out of focus
+(``fields.field_problem``). A field in which no white cell was found is analysed (its red cells
+and platelets are counted) and its ``skipped_reason`` says "no white cell found".
+
+White cells whose box touches the field's border are kept and flagged by default (the fields of a
+sample are assumed not to overlap, see ``fields.py``); ``drop_edge_wbc`` leaves them uncropped for
+overlapping tiles. They stay in detections.parquet either way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import shutil
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Final
+
+import numpy as np
+import polars as pl
+from PIL import Image
+
+from wbcv.base.atomic import atomic_write_parquet
+from wbcv.base.errors import WbcvError
+from wbcv.base.tables import DETECTIONS_FILE, DETECTIONS_SCHEMA, FIELDS_FILE, FIELDS_SCHEMA
+from wbcv.inference.decode import DEFAULT_MAX_PIXELS, CellRejected, decode_image, max_file_bytes, read_cell_file
+from wbcv.inference.fields import Detection, FieldAnalysis, FieldParams, analyse_field
+from wbcv.inference.slideset import CellEntry, Sample, read_slide_set
+
+#: A crop's side, as a multiple of the white cell's box's longer side (the cell fills two thirds).
+CROP_CONTEXT: Final[float] = 1.5
+NO_WBC: Final[str] = "no white cell found"
+
+
+@dataclass
+class SegmentSummary:
+    out_dir: Path
+    n_samples: int = 0
+    n_fields: int = 0
+    n_analysed: int = 0
+    n_crops: int = 0
+    n_rbc: int = 0
+    n_platelets: int = 0
+    n_wbc_at_edge: int = 0
+    n_wbc_dropped_at_edge: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)  # reason -> fields
+    samples_without_crops: list[str] = field(default_factory=list)
+
+
+def _prepare_out(out_dir: Path, fields_dir: Path) -> None:
+    if out_dir.resolve() == fields_dir.resolve() or out_dir.resolve().is_relative_to(fields_dir.resolve()):
+        raise WbcvError(f"{out_dir}: the output batch must lie outside FIELDS_DIR {fields_dir}")
+    if out_dir.exists():
+        if not out_dir.is_dir():
+            raise WbcvError(f"{out_dir}: exists and is not a folder; expected a new or empty folder for the batch")
+        if any(out_dir.iterdir()):
+            raise WbcvError(f"{out_dir}: folder is not empty; expected a new or empty folder for the batch")
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _crop(rgb: np.ndarray, det: Detection, background: tuple[float, float, float]) -> np.ndarray:
+    hh, ww = rgb.shape[:2]
+    side = max(2, math.ceil(CROP_CONTEXT * max(det.x1 - det.x0, det.y1 - det.y0)))
+    y0 = (det.y0 + det.y1) // 2 - side // 2
+    x0 = (det.x0 + det.x1) // 2 - side // 2
+    out = np.empty((side, side, 3), np.uint8)
+    out[...] = np.clip(np.rint(background), 0, 255).astype(np.uint8)
+    sy0, sx0, sy1, sx1 = max(y0, 0), max(x0, 0), min(y0 + side, hh), min(x0 + side, ww)
+    if sy1 > sy0 and sx1 > sx0:
+        out[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = rgb[sy0:sy1, sx0:sx1]
+    return out
+
+
+def _stems(entries: tuple[CellEntry, ...]) -> dict[str, str]:
+    """Crop-name stem per field: its stem, or its whole name with dots as underscores when shared."""
+    names = [PurePosixPath(c.rel_path).name for c in entries]
+    count = Counter(PurePosixPath(n).stem for n in names)
+    return {n: (PurePosixPath(n).stem if count[PurePosixPath(n).stem] == 1 else n.replace(".", "_")) for n in names}
+
+
+def _field_row(sample_id: str, entry: CellEntry, **values: object) -> dict[str, object]:
+    row: dict[str, object] = dict.fromkeys(FIELDS_SCHEMA)
+    row.update(sample_id=sample_id, field_path=entry.rel_path, bytes=entry.size)
+    row.update(values)
+    return row
+
+
+def _read_field(entry: CellEntry, max_pixels: int) -> tuple[bytes, np.ndarray]:
+    if not entry.openable:
+        raise CellRejected("not opened")
+    data = read_cell_file(entry.abs_path, max_file_bytes(max_pixels), (entry.dev, entry.ino))
+    return data, decode_image(data, max_pixels)
+
+
+def _segment_field(
+    sample: Sample,
+    entry: CellEntry,
+    stem: str,
+    slide_out: Path,
+    out_dir: Path,
+    params: FieldParams,
+    max_pixels: int,
+    drop_edge_wbc: bool,
+    detections: list[dict[str, object]],
+) -> dict[str, object]:
+    """Analyse one field, write its crops, append its detections; return its fields.parquet row."""
+    if entry.rejected is not None:
+        return _field_row(sample.sample_id, entry, skipped_reason=entry.rejected)
+    try:
+        data, rgb = _read_field(entry, max_pixels)
+    except CellRejected as e:
+        return _field_row(sample.sample_id, entry, skipped_reason=str(e))
+    except OSError as e:
+        return _field_row(sample.sample_id, entry, skipped_reason=f"cannot read file: {e.strerror or e}")
+    digest = hashlib.sha256(data).hexdigest()
+    height, width = rgb.shape[:2]
+    result: FieldAnalysis = analyse_field(rgb, params)
+    base = {"sha256": digest, "bytes": len(data), "width": width, "height": height}
+    if result.problem is not None:
+        return _field_row(sample.sample_id, entry, **base, skipped_reason=result.problem)
+    n_crops = n_dropped = 0
+    for det in result.detections:
+        crop_path = None
+        if det.kind == "wbc" and det.touches_edge and drop_edge_wbc:
+            n_dropped += 1
+        elif det.kind == "wbc":
+            name = f"{stem}_{det.x0}_{det.y0}_{det.x1}_{det.y1}.png"
+            Image.fromarray(_crop(rgb, det, result.background)).save(slide_out / name, optimize=False)
+            crop_path = (slide_out / name).relative_to(out_dir).as_posix()
+            n_crops += 1
+        detections.append(
+            {
+                "sample_id": sample.sample_id,
+                "field_path": entry.rel_path,
+                "kind": det.kind,
+                "x0": det.x0,
+                "y0": det.y0,
+                "x1": det.x1,
+                "y1": det.y1,
+                "score": det.score,
+                "touches_edge": det.touches_edge,
+                "crop_path": crop_path,
+            }
+        )
+    n_wbc = result.count("wbc")
+    return _field_row(
+        sample.sample_id,
+        entry,
+        **base,
+        wbc=n_crops,
+        wbc_at_edge=sum(d.touches_edge for d in result.of_kind("wbc")),
+        wbc_dropped_at_edge=n_dropped,
+        rbc=result.count("rbc"),
+        platelets=result.count("platelet"),
+        skipped_reason=NO_WBC if n_wbc == 0 else None,
+    )
+
+
+def segment_batch(
+    fields_dir: Path | str,
+    out_dir: Path | str,
+    params: FieldParams | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    drop_edge_wbc: bool = False,
+) -> SegmentSummary:
+    """Find the white cells of every field of a batch and write the crop batch (see the module docstring)."""
+    fields_root, out = Path(fields_dir), Path(out_dir)
+    slides = read_slide_set(fields_root)
+    _prepare_out(out, fields_root)
+    p = params or FieldParams()
+    shutil.copyfile(slides.manifest_path, out / slides.manifest_path.name)
+    summary = SegmentSummary(out_dir=out, n_samples=len(slides.samples))
+    rows: list[dict[str, object]] = []
+    detections: list[dict[str, object]] = []
+    for sample in slides.samples:
+        slide_out = out.joinpath(*PurePosixPath(sample.slide_dir).parts)
+        slide_out.mkdir(parents=True, exist_ok=True)
+        stems = _stems(sample.cells)
+        crops_before = summary.n_crops
+        for entry in sample.cells:
+            stem = stems[PurePosixPath(entry.rel_path).name]
+            row = _segment_field(sample, entry, stem, slide_out, out, p, max_pixels, drop_edge_wbc, detections)
+            rows.append(row)
+            _tally(summary, row)
+        if summary.n_crops == crops_before:
+            summary.samples_without_crops.append(sample.sample_id)
+    atomic_write_parquet(out / FIELDS_FILE, pl.DataFrame(rows, schema=FIELDS_SCHEMA))
+    atomic_write_parquet(out / DETECTIONS_FILE, pl.DataFrame(detections, schema=DETECTIONS_SCHEMA))
+    return summary
+
+
+def _tally(summary: SegmentSummary, row: dict[str, object]) -> None:
+    summary.n_fields += 1
+    reason = row["skipped_reason"]
+    if row["rbc"] is not None:
+        summary.n_analysed += 1
+        summary.n_crops += int(row["wbc"])  # type: ignore[call-overload]
+        summary.n_rbc += int(row["rbc"])  # type: ignore[call-overload]
+        summary.n_platelets += int(row["platelets"])  # type: ignore[call-overload]
+        summary.n_wbc_at_edge += int(row["wbc_at_edge"])  # type: ignore[call-overload]
+        summary.n_wbc_dropped_at_edge += int(row["wbc_dropped_at_edge"])  # type: ignore[call-overload]
+    if isinstance(reason, str):
+        summary.skipped[_reason_kind(reason)] += 1
+
+
+def _reason_kind(reason: str) -> str:
+    """A reason without its figures, to count like reasons together ("out of focus", "empty file")."""
+    return reason.split(":")[0].split(" (")[0]
