@@ -29,6 +29,7 @@ from wbcv.base.atomic import atomic_write_bytes, sha256_file
 from wbcv.base.errors import WbcvError
 from wbcv.base.taxonomy import CELL_CLASSES, LINEAGES
 from wbcv.inference.combine import Calibration, Thresholds
+from wbcv.inference.domain import DomainProfile, load_profile
 from wbcv.inference.ensemble import WbcEnsembleNet
 from wbcv.inference.ood import METHOD as OOD_METHOD
 from wbcv.inference.ood import OOD_FILE, FeatureDensity
@@ -84,6 +85,7 @@ class LoadedModel:
     thresholds: Thresholds
     sha256: str
     ood: FeatureDensity | None = None  # the out-of-distribution score's density (wbcv.inference.ood)
+    domain: DomainProfile | None = None  # what the model was qualified on (wbcv.inference.domain)
 
     @property
     def name(self) -> str:
@@ -314,7 +316,8 @@ def load_artifact(spec: str | Path | None = None) -> LoadedModel:
     net.eval()
     fold_batchnorm(net)
     net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # accepted, missing from torch's overloads
-    return LoadedModel(net, card, model_dir, spec_in, cal, thr, digest, _load_ood(model_dir, card))
+    ood = _load_ood(model_dir, card)
+    return LoadedModel(net, card, model_dir, spec_in, cal, thr, digest, ood, load_profile(model_dir, card))
 
 
 def _load_ood(model_dir: Path, card: dict[str, Any]) -> FeatureDensity | None:

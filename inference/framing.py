@@ -34,7 +34,7 @@ import numpy as np
 from PIL import Image
 
 from wbcv.inference.locate import crop_to_cell, locate_cells
-from wbcv.inference.stain import StainStats, disc_mask, normalise_stain
+from wbcv.inference.stain import StainStats, disc_mask, normalise_stain, stain_stats
 
 if TYPE_CHECKING:
     from wbcv.inference.artifact import InputSpec
@@ -57,6 +57,9 @@ class FramedCells:
     no_cell: np.ndarray  # (N,) bool: no white cell was found; the pixels are the plain centre crop
     reasons: tuple[str, ...]  # the locator's reason where no_cell, else ""
     diameter_px: np.ndarray  # (N,) float32 cell diameter in decoded pixels; NaN where no_cell
+    # (N, 3) float32 mean lαβ colour of the surroundings (``ring_mask``) before stain normalisation:
+    # what the slide looked like as scanned (the domain check, wbcv.inference.domain)
+    surround_lab: np.ndarray | None = None
 
 
 def ring_mask(size: int, cell_fraction: float) -> np.ndarray:
@@ -68,12 +71,21 @@ def _centre(image: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR))
 
 
+def surround_colour(pixels: np.ndarray, cell_fraction: float) -> np.ndarray:
+    """(N, 3) float32 mean lαβ of each crop's pixels outside the cell disc (``ring_mask``)."""
+    if len(pixels) == 0:
+        return np.empty((0, 3), np.float32)
+    stats = stain_stats(pixels, ring_mask(pixels.shape[1], cell_fraction))
+    return np.array([s.mean for s in stats], np.float32)
+
+
 def frame_cells(images: Sequence[np.ndarray], spec: InputSpec) -> FramedCells:
     """Frame decoded images (uint8 RGB, any sizes) as ``spec`` says; see the module docstring."""
     n, size = len(images), spec.size
     if spec.framing == "image" or n == 0:
         pixels = np.stack(images) if n else np.empty((0, size, size, 3), np.uint8)
-        return FramedCells(pixels, np.zeros(n, bool), ("",) * n, np.full(n, np.nan, np.float32))
+        surround = surround_colour(pixels, spec.cell_fraction)
+        return FramedCells(pixels, np.zeros(n, bool), ("",) * n, np.full(n, np.nan, np.float32), surround)
     located = locate_cells(images)
     out = np.empty((n, size, size, 3), np.uint8)
     no_cell = np.zeros(n, bool)
@@ -84,8 +96,9 @@ def frame_cells(images: Sequence[np.ndarray], spec: InputSpec) -> FramedCells:
             diameter[i] = where.diameter_px
         else:
             out[i], no_cell[i] = _centre(image, size), True
+    surround = surround_colour(out, spec.cell_fraction)
     if spec.stain_mean is not None and spec.stain_std is not None:
         target = StainStats(spec.stain_mean, spec.stain_std)
         out = normalise_stain(out, ring_mask(size, spec.cell_fraction), target)
     reasons = tuple(where.reason if not where.found else "" for where in located)
-    return FramedCells(out, no_cell, reasons, diameter)
+    return FramedCells(out, no_cell, reasons, diameter, surround)

@@ -64,6 +64,8 @@ class DecodedFiles:
     pixels: np.ndarray  # (N, S, S, 3) uint8 of the decodable files, in order
     rejected: dict[int, str]  # index into the paths given -> why the file could not be decoded
     no_cell: np.ndarray  # (N,) bool, aligned with pixels: no white cell found (cell framing)
+    diameter_px: np.ndarray | None = None  # (N,) float32, the locator's cell diameter (NaN: none)
+    surround_lab: np.ndarray | None = None  # (N, 3) float32, the surroundings' colour as scanned
 
 
 def decode_files(
@@ -93,4 +95,4 @@ def decode_files(
         results = list(pool.map(one, paths))
     rejected = {i: r for i, r in enumerate(results) if isinstance(r, str)}
     framed = frame_cells([r for r in results if not isinstance(r, str)], spec)
-    return DecodedFiles(framed.pixels, rejected, framed.no_cell)
+    return DecodedFiles(framed.pixels, rejected, framed.no_cell, framed.diameter_px, framed.surround_lab)

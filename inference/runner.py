@@ -40,7 +40,7 @@ import torch
 from tqdm import tqdm
 
 from wbcv.base.errors import WbcvError
-from wbcv.base.records import BatchRef, InferenceRecord, InferenceSummary, ModelRef
+from wbcv.base.records import BatchRef, DomainCheck, InferenceRecord, InferenceSummary, ModelRef
 from wbcv.base.runstore import AlreadySealed, WorkingRun, read_record_of
 from wbcv.base.software import software_info
 from wbcv.base.tables import (
@@ -56,13 +56,23 @@ from wbcv.base.tables import (
 from wbcv.base.taxonomy import CELL_CLASSES, LINEAGES, OUTCOMES
 from wbcv.inference.artifact import InputSpec, LoadedModel
 from wbcv.inference.combine import ABSTAIN_REASONS, UNCLASSIFIED_INDEX
+from wbcv.inference.domain import DomainVerdict, check, feature_distances, image_distances
 from wbcv.inference.decode import DEFAULT_MAX_PIXELS, CellRejected, decode_cell, max_file_bytes, read_cell_file
 from wbcv.inference.framing import frame_cells, work_size
 from wbcv.inference.predict import decide
 from wbcv.inference.slideset import CellEntry, Sample, SlideSet
 
-#: Part files hold both: prediction columns plus the skip reason (null for a decoded cell).
-PART_SCHEMA: Final[dict[str, pl.DataType]] = {**PREDICTION_SCHEMA, "skip_reason": pl.String()}
+#: Part files hold both: prediction columns plus the skip reason (null for a decoded cell), and
+#: the per-cell inputs of the domain check (``wbcv.inference.domain``): the image statistics as
+#: scanned and the feature distance (null when the model has no domain profile).
+DOMAIN_CELL_SCHEMA: Final[dict[str, pl.DataType]] = {
+    "surround_l": pl.Float32(),
+    "surround_alpha": pl.Float32(),
+    "surround_beta": pl.Float32(),
+    "diameter_px": pl.Float32(),
+    "domain_feature_distance": pl.Float32(),
+}
+PART_SCHEMA: Final[dict[str, pl.DataType]] = {**PREDICTION_SCHEMA, "skip_reason": pl.String(), **DOMAIN_CELL_SCHEMA}
 
 
 def available_cores() -> int:
@@ -160,9 +170,14 @@ def decode_chunk(
         return meta, None
     framed = frame_cells(images, spec)
     decoded = [m for m in meta if m["skip_reason"] is None]
-    for m, lost, reason in zip(decoded, framed.no_cell, framed.reasons, strict=True):
+    surround = framed.surround_lab if framed.surround_lab is not None else np.full((len(decoded), 3), np.nan)
+    for m, lost, reason, colour, diameter in zip(
+        decoded, framed.no_cell, framed.reasons, surround, framed.diameter_px, strict=True
+    ):
         if lost:
             m["no_cell"] = reason
+        m["surround_lab"] = [float(v) for v in colour]
+        m["diameter_px"] = float(diameter) if np.isfinite(diameter) else None
     return meta, framed.pixels
 
 
@@ -218,6 +233,8 @@ def classify(
         cols[f"ova_{c}"] = out.ova_scores[:, i].numpy()
     for i, g in enumerate(LINEAGES):
         cols[f"lineage_{g}"] = out.lineage_probabilities[:, i].numpy()
+    if model.domain is not None and logits.features is not None:
+        cols["domain_feature_distance"] = feature_distances(model.domain, logits.features).astype(np.float32)
     return cols
 
 
@@ -240,6 +257,11 @@ def _slide_frame(
         "expert_label": [labels.get((sample.sample_id, m["cell_path"].rsplit("/", 1)[-1])) for m in metas],
         "model_id": [model_id] * len(metas),
         "skip_reason": [m["skip_reason"] for m in metas],
+        **{
+            f"surround_{name}": [m["surround_lab"][j] if "surround_lab" in m else None for m in metas]
+            for j, name in enumerate(("l", "alpha", "beta"))
+        },
+        "diameter_px": [m.get("diameter_px") for m in metas],
     }
     frame = pl.DataFrame(columns, schema={k: PART_SCHEMA[k] for k in columns}).with_row_index("_row")
     rows = [i for i, m in enumerate(metas) if m["skip_reason"] is None]
@@ -255,6 +277,9 @@ def _slide_frame(
             "unclassified": pl.Series(predicted == UNCLASSIFIED_INDEX, dtype=pl.Boolean),
             "abstain_reason": pl.Series(reasons, dtype=pl.String),
             **{c: pl.Series(merged.get(c, np.empty(0, np.float32)), dtype=pl.Float32) for c in float_columns},
+            "domain_feature_distance": pl.Series(
+                merged.get("domain_feature_distance", np.full(len(rows), np.nan, np.float32)), dtype=pl.Float32
+            ).fill_nan(None),
         }
     )
     return frame.join(scored, on="_row", how="left", maintain_order="left").select(list(PART_SCHEMA))
@@ -284,7 +309,36 @@ def run_key(slides: SlideSet, model: LoadedModel, params: InferenceParams) -> st
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def _counts(slides: SlideSet, parts: pl.DataFrame, model_id: str) -> pl.DataFrame:
+def domain_verdict(model: LoadedModel, parts: pl.DataFrame, slides: SlideSet) -> DomainVerdict:
+    """The domain check of the batch and of each slide from the part files' per-cell columns."""
+    order = [s.sample_id for s in slides.samples]
+    cells = parts.filter(pl.col("skip_reason").is_null())
+    if model.domain is None:
+        return check(None, np.empty(0), np.empty(0), np.empty(0), order)
+
+    def col(name: str) -> np.ndarray:  # a column missing from every part (older parts): not scored
+        if name not in cells.columns:
+            return np.full(cells.height, np.nan)
+        return cells[name].cast(pl.Float64).fill_null(np.nan).to_numpy()
+
+    surround = np.column_stack([col("surround_l"), col("surround_alpha"), col("surround_beta")])
+    image_d = image_distances(model.domain, surround, col("diameter_px"))
+    return check(model.domain, cells["sample_id"].to_numpy(), col("domain_feature_distance"), image_d, order)
+
+
+def domain_record(v: DomainVerdict) -> DomainCheck:
+    return DomainCheck(
+        verdict=v.verdict,
+        score=v.score,
+        threshold=v.threshold,
+        method=v.method,
+        slides_out_of_domain=v.slides_out_of_domain,
+    )
+
+
+def _counts(
+    slides: SlideSet, parts: pl.DataFrame, model_id: str, domain_scores: dict[str, float | None] | None = None
+) -> pl.DataFrame:
     """Per-sample counts; every manifest sample has a row, also one whose cells were all skipped.
 
     fraction_c = k_c / n_classified (the differential among cells the model committed to);
@@ -317,6 +371,7 @@ def _counts(slides: SlideSet, parts: pl.DataFrame, model_id: str) -> pl.DataFram
         ),
         unclassified_fraction=pl.when(pl.col("n_cells") > 0).then(pl.col("n_unclassified") / pl.col("n_cells")),
         model_id=pl.lit(model_id),
+        domain_score=pl.Series([(domain_scores or {}).get(s.sample_id) for s in slides.samples], dtype=pl.Float64),
     )
     return counts.select(COUNT_COLUMNS)
 
@@ -430,7 +485,8 @@ def execute_run(
 
         parts = work.read_parts(list(range(len(slides.samples))))
         predictions = parts.filter(pl.col("skip_reason").is_null()).select(list(PREDICTION_SCHEMA))
-        counts = _counts(slides, parts, model.model_id)
+        domain = domain_verdict(model, parts, slides)
+        counts = _counts(slides, parts, model.model_id, domain.slide_scores)
         skipped = _skipped(slides, parts)
         inputs, inputs_hash = _inputs(slides, parts)
         finished = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
@@ -467,6 +523,7 @@ def execute_run(
                 resumed=resumed,
                 wall_seconds_last_session=round(time.perf_counter() - t0, 3),
             ),
+            domain=domain_record(domain),
         )
         run_dir = work.seal(
             runs_dir,

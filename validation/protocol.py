@@ -22,6 +22,7 @@ Example (every key that exists; ``wbcv`` refuses unknown keys and suggests the c
       immature_granulocytes: separate   # separate | with_neutrophils (reference NEUT += IG)
     rerun_rule: last                # last | first | reject
     decision_levels: {NEUT#: [1.5, 7.0]}
+    require_in_domain: false        # true: a batch not shown inside the model's operating domain fails
 
 The file is read by ``wbcv.base.yamlfile`` (the one YAML reader: size and alias-expansion caps,
 duplicate keys refused, YAML 1.2 scalars). Ids, versions, titles, the study's entries, flag and
@@ -53,6 +54,7 @@ TOP_KEYS: Final[tuple[str, ...]] = (
     "class_mapping",
     "rerun_rule",
     "decision_levels",
+    "require_in_domain",
 )
 PROTOCOL_KEYS: Final[tuple[str, ...]] = ("id", "version", "title")
 STUDY_KEYS: Final[tuple[str, ...]] = ("id", "site", "reference_analyzer", "description", "investigator")
@@ -257,6 +259,11 @@ def load_protocol(path: Path | str) -> Protocol:
             continue
         levels[str(name)] = tuple(float(x) for x in v)
 
+    require_in_domain = doc.get("require_in_domain", False)
+    if not isinstance(require_in_domain, bool):
+        c.fail("require_in_domain", f"is {shown(require_in_domain)}; expected true or false")
+        require_in_domain = False
+
     if c.problems:
         head = f"{path}: the protocol has {len(c.problems)} problem{'s' if len(c.problems) > 1 else ''}:"
         raise WbcvError("\n".join([head, *(f"  - {p}" for p in listing(c.problems))]))
@@ -278,4 +285,5 @@ def load_protocol(path: Path | str) -> Protocol:
         immature_granulocytes=ig,  # type: ignore[arg-type]
         rerun_rule=rerun,  # type: ignore[arg-type]
         decision_levels=levels,
+        require_in_domain=require_in_domain,
     )

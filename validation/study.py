@@ -37,7 +37,7 @@ from wbcv.validation.compare import EXCLUDED_SCHEMA, compare
 from wbcv.validation.integrity import require_intact
 from wbcv.validation.protocol import Protocol, load_protocol
 from wbcv.validation.reference import ReferenceData, read_reference
-from wbcv.validation.verdict import MeasurandVerdict, decide, overall, to_jsonable
+from wbcv.validation.verdict import MeasurandVerdict, decide, domain_failure, overall, to_jsonable
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,7 @@ class ComparisonResult:
     record: ComparisonRecord
     verdicts: list[MeasurandVerdict]
     passed: bool
+    domain_failure: str | None = None  # why the protocol's require_in_domain fails the batch
 
 
 def run_comparison(
@@ -65,7 +66,8 @@ def run_comparison(
     counts = pl.read_parquet(inference_run / COUNTS_FILE)
     result = compare(counts, reference, protocol)
     verdicts, stats = decide(result.table, protocol)
-    passed = overall(verdicts)
+    domain_reason = domain_failure(record.domain, protocol)
+    passed = overall(verdicts) and domain_reason is None
 
     runs_dir = Path(runs_dir) if runs_dir is not None else inference_run.parent
     inputs = ComparisonInputs(
@@ -91,11 +93,16 @@ def run_comparison(
     key = hashlib.sha256(json.dumps(to_json(inputs), sort_keys=True).encode()).hexdigest()
     created = dt.datetime.now(dt.UTC).replace(microsecond=0)
     run_id = f"{created:%Y%m%dT%H%M%SZ}-compare-{key[:8]}"
-    verdict_doc = {"overall": "pass" if passed else "fail", "measurands": to_jsonable(verdicts)}
+    verdict_doc = {
+        "overall": "pass" if passed else "fail",
+        "measurands": to_jsonable(verdicts),
+        "domain": to_json(record.domain),
+        "failure_reasons": [domain_reason] if domain_reason else [],
+    }
     try:
         work, _ = WorkingRun.open(runs_dir, key, {"run_id": run_id, "created_utc": created.isoformat()})
     except AlreadySealed as done:  # pragma: no cover - only after a crash between commit and clean-up
-        return ComparisonResult(done.run_dir, load_comparison(done.run_dir), verdicts, passed)
+        return ComparisonResult(done.run_dir, load_comparison(done.run_dir), verdicts, passed, domain_reason)
     with work.locked():
         run_id = work.started["run_id"]
         full_record = ComparisonRecord(
@@ -124,7 +131,7 @@ def run_comparison(
             full_record,
             {STATISTICS_FILE: to_jsonable(stats), VERDICT_FILE: verdict_doc},
         )
-    return ComparisonResult(run_dir, load_comparison(run_dir), verdicts, passed)
+    return ComparisonResult(run_dir, load_comparison(run_dir), verdicts, passed, domain_reason)
 
 
 def load_comparison(run_dir: Path) -> ComparisonRecord:

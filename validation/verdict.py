@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from wbcv.base.records import DomainCheck
 from wbcv.validation import agreement, regression, sampling
 from wbcv.validation.protocol import Protocol
 
@@ -210,6 +211,21 @@ def decide(table: pl.DataFrame, protocol: Protocol) -> tuple[list[MeasurandVerdi
 
 def overall(verdicts: list[MeasurandVerdict]) -> bool:
     return bool(verdicts) and all(v.passed for v in verdicts)
+
+
+def domain_failure(domain: DomainCheck, protocol: Protocol) -> str | None:
+    """Why the comparison fails the protocol's ``require_in_domain``, or None.
+
+    With ``require_in_domain: true`` the batch must be *shown* in domain: out of domain fails, and
+    so does not_checked (a model without a domain profile cannot show it)."""
+    if not protocol.require_in_domain or domain.verdict == "in_domain":
+        return None
+    if domain.verdict == "out_of_domain":
+        return (
+            f"batch out of domain: score {domain.score:.2f} above the model's threshold {domain.threshold:.2f} "
+            f"({len(domain.slides_out_of_domain)} slide(s) out of domain); the protocol requires require_in_domain"
+        )
+    return "batch domain not checked (the model has no domain profile); the protocol requires require_in_domain"
 
 
 def coverage_error_label(required_coverage: float) -> str:

@@ -19,6 +19,7 @@ from wbcv import __version__
 from wbcv.base.errors import WbcvError
 
 if TYPE_CHECKING:
+    from wbcv.base.records import DomainCheck
     from wbcv.validation.report import Signatory
 
 EXIT_OK = 0
@@ -95,8 +96,37 @@ def _infer(args: argparse.Namespace) -> Path:
     )
     if s.n_skipped_cells or s.n_unlisted_folders:
         print(f"  skipped files and folders, with reasons: {result.run_dir / 'skipped.parquet'}")
+    _print_domain(result.record.domain)
     print(f"  {result.run_dir}")
     return result.run_dir
+
+
+def _print_domain(d: DomainCheck) -> None:
+    """One warning line when the batch (or a slide) is out of the model's operating domain."""
+    if d.verdict == "out_of_domain":
+        print(
+            f"warning: batch is out of domain: score {d.score:.2f} above the model's threshold {d.threshold:.2f} "
+            f"({len(d.slides_out_of_domain)} slide(s) out of domain); the model was not qualified on images like these",
+            file=sys.stderr,
+        )
+    elif d.slides_out_of_domain:
+        shown = ", ".join(d.slides_out_of_domain[:5]) + (" ..." if len(d.slides_out_of_domain) > 5 else "")
+        print(f"warning: {len(d.slides_out_of_domain)} slide(s) out of domain: {shown}", file=sys.stderr)
+    elif d.verdict == "not_checked":
+        print("  domain: not checked (the model has no domain profile; add one with `wbcv profile`)")
+    else:
+        print(f"  domain: in domain (score {d.score:.2f}, threshold {d.threshold:.2f})")
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from wbcv.inference.domain_fit import add_domain_profile
+
+    section = add_domain_profile(args.model_dir, args.cells)
+    print(
+        f"domain profile added to {args.model_dir}: threshold {section['threshold']:.3f} "
+        f"({section['threshold_from']}); {section['file']} sha256 {section['sha256'][:12]}"
+    )
+    return EXIT_OK
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
@@ -147,6 +177,8 @@ def _print_comparison(result: object) -> int:
 
     assert isinstance(result, ComparisonResult)
     print(format_verdicts(result.verdicts))
+    if result.domain_failure:
+        print(f"FAIL: {result.domain_failure}")
     print(
         f"comparison run: {result.run_dir} ({result.record.summary.exclusions_text}, each with its reason, "
         "in excluded.parquet)"
@@ -571,6 +603,20 @@ def build_parser() -> argparse.ArgumentParser:
         "stay silent on (e.g. from `python -m wbcv.fixtures.field_crops --split train`)",
     )
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "profile",
+        help="add a domain profile to a model artifact (what it was qualified on)",
+        description=(
+            "Run the train and validation cells of the model's split file (MODEL_DIR/split.csv) through the model, "
+            "fit the domain profile (backbone features and image statistics as scanned), set its threshold on "
+            "resampled validation slides, and store it beside the weights with its sha256 in model.json. Every "
+            "later `wbcv infer` / `wbcv run` then checks whether its batch lies inside that domain."
+        ),
+    )
+    p.add_argument("model_dir", type=Path, metavar="MODEL_DIR")
+    p.add_argument("--cells", type=Path, required=True, metavar="LIBRARY", help="the library the model was trained on")
+    p.set_defaults(func=cmd_profile)
 
     p = sub.add_parser(
         "evaluate",

@@ -103,6 +103,20 @@ class InferenceSummary:
 
 
 @dataclass(frozen=True, kw_only=True)
+class DomainCheck:
+    """Whether the batch lies inside the model's operating domain (``wbcv.inference.domain``).
+
+    Recorded since 2026-11-30; runs before it, and models without a domain profile, read as
+    ``not_checked`` (score and threshold null)."""
+
+    verdict: Literal["in_domain", "out_of_domain", "not_checked"] = "not_checked"
+    score: float | None = None  # the batch's score; above ``threshold``: out of domain
+    threshold: float | None = None
+    method: str = "none: not checked"
+    slides_out_of_domain: tuple[str, ...] = ()  # sample ids whose own score is above the threshold
+
+
+@dataclass(frozen=True, kw_only=True)
 class InferenceRecord(RunRecord):
     """run.json of `wbcv infer` (``wbcv.inference.runner``)."""
 
@@ -115,6 +129,7 @@ class InferenceRecord(RunRecord):
     # 2026-11-26 (7d9c721): before, the local engine was the only one
     engine: dict[str, Any] = field(default_factory=lambda: {"name": "local"})
     summary: InferenceSummary
+    domain: DomainCheck = field(default_factory=DomainCheck)  # not_checked for runs before it
 
 
 @dataclass(frozen=True)
@@ -151,6 +166,8 @@ class ProtocolRecord(ProtocolSummary):
     immature_granulocytes: Literal["separate", "with_neutrophils"]
     rerun_rule: Literal["last", "first", "reject"]
     decision_levels: dict[str, tuple[float, ...]]
+    # the batch must be shown inside the model's operating domain (recorded since 2026-11-30; before: false)
+    require_in_domain: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)

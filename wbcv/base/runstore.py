@@ -118,7 +118,8 @@ class WorkingRun:
         atomic_write_parquet(self.part_path(index), frame)
 
     def read_parts(self, indices: list[int]) -> pl.DataFrame:
-        return pl.concat([pl.read_parquet(self.part_path(i)) for i in indices], how="vertical")
+        # diagonal: a part written by an older version lacks the columns added since (null there)
+        return pl.concat([pl.read_parquet(self.part_path(i)) for i in indices], how="diagonal")
 
     def log(self, line: str) -> None:
         with open(self.path / "log.txt", "a", encoding="utf-8") as f:

@@ -69,6 +69,7 @@ COUNT_COLUMNS: Final[tuple[str, ...]] = (
     "unclassified_fraction",
     *SAMPLE_FIELDS,
     "model_id",
+    "domain_score",  # Float64: the slide's domain score (wbcv.inference.domain); null when not checked
 )
 
 # Comparison run (`wbcv compare`)
