@@ -128,11 +128,15 @@ def _verdict_table(run: ComparisonRun, measurand: str) -> html.Div:
         )
     reason = run.verdicts.get(measurand, {}).get("reason", "")
     notes = [html.P(n, className="note") for n in run.notes]
+    domain: list[str | html.B] = []
+    if run.summary.domain == "out_of_domain":
+        domain = [" · ", html.B("OUT OF DOMAIN", className="fail", id="domain-flag")]
     return html.Div(
         [
             html.P(
                 [
                     html.B(f"run {run.run_id}: overall {run.summary.verdict.upper()}"),
+                    *domain,
                     f" · protocol {run.summary.protocol} · model {run.summary.model} · "
                     f"{run.summary.n_values} values compared, {run.summary.exclusions_text}",
                 ]
@@ -219,6 +223,7 @@ RUN_LIST_COLUMNS: Final[tuple[tuple[str, str], ...]] = (
     ("protocol", "protocol"),
     ("model", "model"),
     ("verdict", "verdict"),
+    ("domain", "domain"),
     ("values", "n_values"),
     ("exclusions", "n_exclusions"),
 )
@@ -233,6 +238,8 @@ def _runs_list(runs: list[RunSummary], selected: str | None) -> html.Div:
             value = getattr(s, key)
             if key == "verdict":
                 cells.append(html.Td(value.upper(), className=value.lower()))
+            elif key == "domain":
+                cells.append(html.Td(value.replace("_", " "), className="fail" if value == "out_of_domain" else None))
             else:
                 cells.append(html.Td(value))
         rows.append(

@@ -74,6 +74,7 @@ class RunSummary:
     n_values: int
     n_exclusions: int  # ComparisonSummary.n_exclusions: the count the command line and the report show
     exclusions_text: str
+    domain: str = "not_checked"  # the batch's operating-domain verdict (wbcv.inference.domain)
 
 
 def _summary(path: Path, record: ComparisonRecord) -> RunSummary:
@@ -89,6 +90,7 @@ def _summary(path: Path, record: ComparisonRecord) -> RunSummary:
         n_values=record.summary.n_values_compared,
         n_exclusions=record.summary.n_exclusions,
         exclusions_text=record.summary.exclusions_text,
+        domain=record.domain.verdict,
     )
 
 

@@ -165,7 +165,9 @@ class DomainVerdict:
     slide_scores: dict[str, float | None]
 
 
-NOT_CHECKED: Final[DomainVerdict] = DomainVerdict("not_checked", None, None, "none: the model has no domain profile", (), {})
+NOT_CHECKED: Final[DomainVerdict] = DomainVerdict(
+    "not_checked", None, None, "none: the model has no domain profile", (), {}
+)
 
 
 def check(
@@ -193,11 +195,21 @@ def check(
 
 
 def resample_slides(
-    labels: np.ndarray, n_cells: int, n_slides: int, rng: np.random.Generator, differential: tuple[float, ...] = DIFFERENTIAL
+    labels: np.ndarray,
+    n_cells: int,
+    n_slides: int,
+    rng: np.random.Generator,
+    differential: tuple[float, ...] = DIFFERENTIAL,
+    bootstrap_pool: bool = False,
 ) -> list[np.ndarray]:
     """Index arrays of ``n_slides`` slides of ``n_cells`` cells each, composition ~ Multinomial(n, differential).
 
-    Within a class cells are drawn without replacement while the class has enough, else with."""
+    Within a class cells are drawn without replacement while the class has enough, else with.
+    With ``bootstrap_pool`` each slide is drawn from its own bootstrap replicate of each class's
+    cells (two-stage resampling), so that the slides' spread includes the uncertainty of the
+    reference sample itself: the reference is a finite sample of the laboratory's cells, and a new
+    slide varies around the laboratory's mean, not around this sample's (the 1 + 1/n term of a
+    prediction interval)."""
     labels = np.asarray(labels)
     pools = [np.flatnonzero(labels == c) for c in range(len(differential))]
     p = np.array([d if len(pool) else 0.0 for d, pool in zip(differential, pools, strict=True)])
@@ -206,7 +218,11 @@ def resample_slides(
     p = p / p.sum()
     slides = []
     for counts in rng.multinomial(n_cells, p, size=n_slides):
-        parts = [rng.choice(pool, k, replace=k > len(pool)) for pool, k in zip(pools, counts, strict=True) if k]
+        parts = []
+        for pool, k in zip(pools, counts, strict=True):
+            if k:
+                source = rng.choice(pool, len(pool), replace=True) if bootstrap_pool else pool
+                parts.append(rng.choice(source, k, replace=k > len(source)))
         slides.append(np.concatenate(parts))
     return slides
 
@@ -224,7 +240,10 @@ def fit_profile(
     fd, idist = feature_distances(draft, va.features), image_distances(draft, va.surround_lab, va.diameter_px)
     rng = np.random.default_rng(seed)
     stats = np.array(
-        [trimmed_statistics(fd[s], idist[s]) for s in resample_slides(va.labels, REF_CELLS, n_resamples, rng)]
+        [
+            trimmed_statistics(fd[s], idist[s])
+            for s in resample_slides(va.labels, REF_CELLS, n_resamples, rng, bootstrap_pool=True)
+        ]
     )
     centre, scale = stats.mean(0), stats.std(0, ddof=1)
     threshold = float(np.quantile(((stats - centre) / scale).max(1), QUANTILE))

@@ -112,7 +112,9 @@ def add_domain_profile(model_dir: Path | str, cells_dir: Path | str, seed: int =
         model_dir,
         {
             "fitted_on": {"library": str(cells_dir), "train_cells": len(train.labels), "seed": seed},
-            "threshold_from": f"validation split: {len(validation.labels)} cells resampled into {REF_CELLS}-cell slides",
+            "threshold_from": (
+                f"validation split: {len(validation.labels)} cells resampled into {REF_CELLS}-cell slides"
+            ),
         },
     )
     card["domain_profile"] = section

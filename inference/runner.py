@@ -56,8 +56,8 @@ from wbcv.base.tables import (
 from wbcv.base.taxonomy import CELL_CLASSES, LINEAGES, OUTCOMES
 from wbcv.inference.artifact import InputSpec, LoadedModel
 from wbcv.inference.combine import ABSTAIN_REASONS, UNCLASSIFIED_INDEX
-from wbcv.inference.domain import DomainVerdict, check, feature_distances, image_distances
 from wbcv.inference.decode import DEFAULT_MAX_PIXELS, CellRejected, decode_cell, max_file_bytes, read_cell_file
+from wbcv.inference.domain import DomainVerdict, check, feature_distances, image_distances
 from wbcv.inference.framing import frame_cells, work_size
 from wbcv.inference.predict import decide
 from wbcv.inference.slideset import CellEntry, Sample, SlideSet

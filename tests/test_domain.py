@@ -23,6 +23,8 @@ from wbcv.base.tables import COUNTS_FILE
 from wbcv.base.taxonomy import CELL_CLASSES
 from wbcv.cli import EXIT_FAILED_ACCEPTANCE, EXIT_OK
 from wbcv.cli import main as wbcv_main
+from wbcv.dashboards.app import _verdict_table
+from wbcv.dashboards.data import RunCatalog
 from wbcv.fixtures.phantom import PHANTOM_MODEL, write_phantom_library
 from wbcv.fixtures.simulator import simulate_study
 from wbcv.fixtures.slidesets import build_slide_set
@@ -41,9 +43,10 @@ from wbcv.inference.domain import (
 )
 from wbcv.inference.domain_fit import read_split, split_sample
 from wbcv.inference.library import read_cell_library
-from wbcv.inference.runner import InferenceParams, run_inference
+from wbcv.inference.runner import run_inference
 from wbcv.inference.slideset import read_slide_set
 from wbcv.validation.protocol import load_protocol
+from wbcv.validation.report import load_report_data, render_html
 from wbcv.validation.verdict import domain_failure
 
 PBC = REPO.parent / "shared" / "data" / "pbc"
@@ -95,7 +98,7 @@ def test_a_profile_reads_back_and_a_changed_or_missing_file_is_refused(model_dir
     with pytest.raises(WbcvError, match=r"domain\.npz: sha256 .* does not match the model card's domain_profile"):
         load_artifact(m)
     (m / DOMAIN_FILE).unlink()
-    with pytest.raises(WbcvError, match="domain profile file domain.npz named in the card is missing"):
+    with pytest.raises(WbcvError, match=r"domain profile file domain\.npz named in the card is missing"):
         load_artifact(m)
 
 
@@ -228,7 +231,7 @@ def test_require_in_domain_is_read_and_a_wrong_value_named(tmp_path):
     assert domain_failure(DomainCheck(), protocol) is not None  # not shown in domain: fails too
     assert domain_failure(DomainCheck(verdict="in_domain", score=0.0, threshold=3.0, method="m"), protocol) is None
     p.write_text(PROTOCOL_TEXT + "\nrequire_in_domain: yes please\n")
-    with pytest.raises(WbcvError, match="require_in_domain: is .*expected true or false"):
+    with pytest.raises(WbcvError, match=r"require_in_domain: is .*expected true or false"):
         load_protocol(p)
 
 
@@ -239,7 +242,9 @@ def test_an_out_of_domain_batch_fails_a_protocol_that_requires_the_domain(tmp_pa
     simulate_study(read_cell_library(library), study, 6, 20, seed=3)
     model = copy_model(PHANTOM_MODEL, tmp_path / "phantom")
     attach(model, flat_profile(load_artifact(model).net.backbone.num_features, -1e12))  # everything is out
-    loose = PROTOCOL_TEXT.replace("min_cells: 100", "min_cells: 10").replace("allowable_error_pct: 10", "allowable_error_pct: 1000")
+    loose = PROTOCOL_TEXT.replace("min_cells: 100", "min_cells: 10").replace(
+        "allowable_error_pct: 10", "allowable_error_pct: 1000"
+    )
     plain, strict = tmp_path / "plain.yaml", tmp_path / "strict.yaml"
     plain.write_text(loose)
     strict.write_text(loose + "\nrequire_in_domain: true\n")
@@ -254,3 +259,11 @@ def test_an_out_of_domain_batch_fails_a_protocol_that_requires_the_domain(tmp_pa
     verdict = json.loads((compare / "verdict.json").read_text())
     assert verdict["overall"] == "fail" and verdict["failure_reasons"][0].startswith("batch out of domain")
     assert verdict["domain"]["verdict"] == "out_of_domain"
+    # the report opens with the banner; the dashboard's runs list and run header show it
+    html = render_html(load_report_data(compare))
+    title_page = html[html.index('<div class="title-page">') :][:400]
+    assert "OUT OF DOMAIN" in title_page
+    catalog = RunCatalog(tmp_path / "r2")
+    assert [s.domain for s in catalog.summaries()] == ["out_of_domain"]
+    header = str(_verdict_table(catalog.get(catalog.summaries()[0].run_id), "NEUT#"))
+    assert "OUT OF DOMAIN" in header

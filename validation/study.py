@@ -111,6 +111,7 @@ def run_comparison(
             # The whole protocol as applied, so the report's methods section needs nothing else.
             protocol=protocol.as_record(),
             verdict=verdict_doc["overall"],
+            domain=record.domain,
             summary=ComparisonSummary(
                 n_samples_run=result.n_samples_run,
                 n_samples_reference=result.n_samples_reference,

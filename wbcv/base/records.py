@@ -239,6 +239,7 @@ class ComparisonRecord(RunRecord):
     protocol: ProtocolRecord | ProtocolSummary
     verdict: Literal["pass", "fail"]
     summary: ComparisonSummary
+    domain: DomainCheck = field(default_factory=DomainCheck)  # the inference run's; not_checked before it was recorded
 
 
 RECORD_TYPES: Final[dict[str, type[InferenceRecord] | type[ComparisonRecord]]] = {
