@@ -117,6 +117,8 @@ def test_ray_run_record_differs_only_where_the_session_does(local_run, ray_run):
     assert (a.batch, a.model, a.parameters) == (b.batch, b.model, b.parameters)
     assert {n: a.files[n] for n in RUN_TABLES} == {n: b.files[n] for n in RUN_TABLES}
     assert replace(a.summary, wall_seconds_last_session=0) == replace(b.summary, wall_seconds_last_session=0)
+    # the domain check (the bundled model has a profile) is recorded by both engines alike
+    assert a.domain == b.domain and a.domain.verdict == "in_domain" and a.domain.score is not None
     assert "(engine ray)" in (ray_run.run_dir / "log.txt").read_text()
 
 
