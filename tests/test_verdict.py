@@ -111,7 +111,12 @@ def test_the_dashboards_verdict_table_names_the_runs_confidence():
         notes=[],
         run_id="R1",
         summary=SimpleNamespace(
-            verdict="pass", protocol="P v1", model="m", n_values=80, exclusions_text="0 exclusions"
+            verdict="pass",
+            protocol="P v1",
+            model="m",
+            n_values=80,
+            exclusions_text="0 exclusions",
+            domain="not_checked",
         ),
     )
     table = _verdict_table(run, "NEUT#")  # type: ignore[arg-type]
