@@ -105,6 +105,12 @@ def add_domain_profile(model_dir: Path | str, cells_dir: Path | str, seed: int =
     card = read_card(model_dir)
     split = read_split(model_dir, card)
     train = split_sample(model, split, cells_dir, "train")
+    absent = [c for i, c in enumerate(CELL_CLASSES) if not np.any(train.scored(False).labels == i)]
+    if absent:
+        raise WbcvError(
+            f"{model_dir}: the split's train cells hold no usable cell of class(es) {absent}; "
+            "a domain profile needs every class"
+        )
     validation = split_sample(model, split, cells_dir, "validation")
     profile = fit_profile(train, validation, len(CELL_CLASSES), seed=seed)
     section = save_profile(

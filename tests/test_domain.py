@@ -267,3 +267,28 @@ def test_an_out_of_domain_batch_fails_a_protocol_that_requires_the_domain(tmp_pa
     assert [s.domain for s in catalog.summaries()] == ["out_of_domain"]
     header = str(_verdict_table(catalog.get(catalog.summaries()[0].run_id), "NEUT#"))
     assert "OUT OF DOMAIN" in header
+
+
+def test_wbcv_profile_adds_a_verified_profile_from_the_split_file(model_dir, tmp_path, capsys):
+    m = copy_model(model_dir, tmp_path / "m")
+    split = read_split(resolve_model_path(None), {})  # the bundled model's split: real PBC paths and labels
+    rows = pl.concat(
+        [
+            split.filter((pl.col("split") == w) & (pl.col("label") == c)).head(24)
+            for w in ("train", "validation")
+            for c in CELL_CLASSES
+        ]
+    )
+    rows.filter(pl.col("label") != "basophil").write_csv(m / "split.csv")
+    assert wbcv_main(["profile", str(m), "--cells", str(PBC)]) == 2
+    assert "hold no usable cell of class(es) ['basophil']" in capsys.readouterr().err
+    rows.write_csv(m / "split.csv")
+    assert wbcv_main(["profile", str(m), "--cells", str(PBC)]) == EXIT_OK
+    assert "domain profile added" in capsys.readouterr().out
+    section = json.loads((m / CARD_FILE).read_text())["domain_profile"]
+    model = load_artifact(m)
+    assert model.domain is not None and section["threshold"] == model.domain.threshold
+    assert section["fitted_on"]["train_cells"] == 120
+    (m / "split.csv").unlink()
+    assert wbcv_main(["profile", str(m), "--cells", str(PBC)]) == 2
+    assert "split file split.csv is missing" in capsys.readouterr().err
