@@ -71,11 +71,19 @@ def _centre(image: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR))
 
 
+#: Pixel stride of the surroundings' colour statistics: every 4th pixel of each row and column (a
+#: 64-px crop gives about 150 ring pixels) costs a sixteenth of the whole crop, as much as the mean needs.
+SURROUND_STRIDE: Final[int] = 4
+
+
 def surround_colour(pixels: np.ndarray, cell_fraction: float) -> np.ndarray:
-    """(N, 3) float32 mean lαβ of each crop's pixels outside the cell disc (``ring_mask``)."""
+    """(N, 3) float32 mean lαβ of each crop's pixels outside the cell disc (``ring_mask``), on a
+    ``SURROUND_STRIDE`` grid."""
     if len(pixels) == 0:
         return np.empty((0, 3), np.float32)
-    stats = stain_stats(pixels, ring_mask(pixels.shape[1], cell_fraction))
+    k = SURROUND_STRIDE
+    mask = ring_mask(pixels.shape[1], cell_fraction)[::k, ::k]
+    stats = stain_stats(np.ascontiguousarray(pixels[:, ::k, ::k]), mask)
     return np.array([s.mean for s in stats], np.float32)
 
 
