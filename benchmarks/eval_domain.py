@@ -6,8 +6,8 @@ The model's domain profile (``wbcv profile``) was fitted on its training split a
 its validation split. Here, never tuned on:
 
 * **false alarms**: slides of 100 and 200 cells resampled from the held-out PBC **test** split
-  (composition ~ Multinomial(n, DIFFERENTIAL)); the share scored above the threshold, with its
-  Clopper–Pearson 95 % interval;
+  (composition ~ Multinomial(n, DIFFERENTIAL), and again with the abnormal differentials of
+  ``ABNORMAL``); the share scored above the threshold, with its Clopper–Pearson 95 % interval;
 * **detection**: the same resampling of the 300 tecom cells (another laboratory; slides overlap:
   300 cells only), of PBC test cells under each synthetic acquisition shift of
   ``wbcv.validation.model_evaluation.STRESS_SHIFTS``, and of WBC crops cut from the raabin
@@ -42,8 +42,8 @@ from wbcv.fixtures.field_crops import field_crops  # noqa: E402
 from wbcv.inference.artifact import load_artifact, read_card, resolve_model_path  # noqa: E402
 from wbcv.inference.domain import (  # noqa: E402
     DomainProfile,
-    feature_distances,
-    image_distances,
+    feature_cells,
+    image_cells,
     resample_slides,
     score,
     trimmed_statistics,
@@ -52,16 +52,31 @@ from wbcv.inference.domain_fit import CellSample, cell_sample, read_split, split
 from wbcv.validation.model_evaluation import STRESS_SHIFTS  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
+#: Abnormal differentials (N, L, M, E, B) for the false-alarm rate on PBC test slides: a slide of
+#: a patient with a monocytosis is still inside the operating domain.
+ABNORMAL: dict[str, tuple[float, ...]] = {
+    "uniform 20 % each": (0.2, 0.2, 0.2, 0.2, 0.2),
+    "monocytosis (M 25 %)": (0.45, 0.25, 0.25, 0.04, 0.01),
+    "eosinophilia (E 30 %)": (0.40, 0.25, 0.04, 0.30, 0.01),
+    "lymphocytosis (L 70 %)": (0.20, 0.70, 0.06, 0.03, 0.01),
+    "neutrophilia (N 90 %)": (0.90, 0.07, 0.02, 0.01, 0.0),
+}
 N_SLIDES = 2000
 SIZES = (100, 200)
 
 
-def rates(profile: DomainProfile, cells: CellSample, labelled: bool, seed: int = 1) -> dict[str, Any]:
+def rates(
+    profile: DomainProfile,
+    cells: CellSample,
+    labelled: bool,
+    seed: int = 1,
+    differential: tuple[float, ...] | None = None,
+) -> dict[str, Any]:
     s = cells.scored(profile.use_diameter)
-    fd = feature_distances(profile, s.features)
-    idist = image_distances(profile, s.surround_lab, s.diameter_px)
+    fd, nearest = feature_cells(profile, s.features)
+    idist = image_cells(profile, s.surround_lab, s.diameter_px, nearest)
     rng = np.random.default_rng(seed)
-    labels, diff = (s.labels, None) if labelled else (np.zeros(len(s.labels), int), (1.0,))
+    labels, diff = (s.labels, differential) if labelled else (np.zeros(len(s.labels), int), (1.0,))
     out: dict[str, Any] = {
         "n_cells": len(cells.labels),
         "n_scored": len(s.labels),
@@ -125,6 +140,8 @@ def main() -> None:
         "tecom": rates(profile, tecom_sample(model), True),
         "raabin_wbc_crops (test fields)": rates(profile, raabin_sample(model), False),
     }
+    for name, diff in ABNORMAL.items():
+        results[f"pbc_test, {name} (false alarms)"] = rates(profile, test, True, differential=diff)
     paths = [SHARED / "pbc" / p for p in split.filter(pl.col("split") == "test")["path"]]
     labels = [CELL_CLASSES.index(x) for x in split.filter(pl.col("split") == "test")["label"]]
     for name, transform in STRESS_SHIFTS.items():

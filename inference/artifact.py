@@ -276,8 +276,9 @@ def read_card(model_dir: Path) -> dict[str, Any]:
     return card
 
 
-def load_artifact(spec: str | Path | None = None) -> LoadedModel:
-    """Resolve, verify and load a model artifact for inference (eval mode, BatchNorm folded)."""
+def load_artifact(spec: str | Path | None = None, with_domain: bool = True) -> LoadedModel:
+    """Resolve, verify and load a model artifact for inference (eval mode, BatchNorm folded);
+    ``with_domain=False`` leaves its domain profile unread (``wbcv profile`` replacing it)."""
     model_dir = resolve_model_path(spec)
     card = read_card(model_dir)
     card_path = model_dir / CARD_FILE
@@ -317,7 +318,8 @@ def load_artifact(spec: str | Path | None = None) -> LoadedModel:
     fold_batchnorm(net)
     net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # accepted, missing from torch's overloads
     ood = _load_ood(model_dir, card)
-    return LoadedModel(net, card, model_dir, spec_in, cal, thr, digest, ood, load_profile(model_dir, card))
+    domain = load_profile(model_dir, card) if with_domain else None
+    return LoadedModel(net, card, model_dir, spec_in, cal, thr, digest, ood, domain)
 
 
 def _load_ood(model_dir: Path, card: dict[str, Any]) -> FeatureDensity | None:

@@ -12,9 +12,12 @@ describes what the model was qualified on, from the images alone, in two per-cel
   normalisation) and, for cell-framing models, log of the located cell's diameter in decoded
   pixels (a magnification change moves it).
 
-A slide's statistic per measure is the 10 % trimmed mean of its cells' distances (a few debris
-images or odd cells do not move it; a scanner, stain or focus change moves every cell). Each is
-standardised, z_k = (T_k - centre_k) / scale_k, with the mean and standard deviation of T_k over
+Each cell's distance is first standardised for its nearest class in feature space, u = (d -
+m_c) / s_c with the mean and SD over the validation cells nearest to class c: monocytes lie
+farther from their mean than neutrophils do, and without this a slide with a monocytosis would
+look out of domain. A slide's statistic per measure is the 10 % trimmed mean of its cells' u (a
+few debris images or odd cells do not move it; a scanner, stain or focus change moves every
+cell). Each is standardised, z_k = (T_k - centre_k) / scale_k, with the mean and standard deviation of T_k over
 ``N_RESAMPLES`` slides of ``REF_CELLS`` cells resampled from the **validation** split with a
 realistic differential (``DIFFERENTIAL``); the slide's score is max_k z_k. The threshold is the
 ``QUANTILE`` quantile of that score over the same resampled validation slides, so about
@@ -43,6 +46,7 @@ from pathlib import Path
 from typing import Any, Final, Literal
 
 import numpy as np
+import torch
 from scipy.stats import trim_mean
 
 from wbcv.base.atomic import sha256_file
@@ -54,6 +58,7 @@ METHOD: Final[str] = "max-z trimmed-mean Mahalanobis: backbone features + surrou
 TRIM: Final[float] = 0.1  # proportion cut from each end of a slide's distances
 REF_CELLS: Final[int] = 100  # cells per resampled validation slide
 MIN_CELLS: Final[int] = 50  # fewer scored cells: no score
+MIN_CLASS_CELLS: Final[int] = 10  # validation cells per nearest class for its own standardisation
 QUANTILE: Final[float] = 0.995
 N_RESAMPLES: Final[int] = 4000
 #: Expected adult differential (N, L, M, E, B), CELL_CLASSES order: resampled slides draw their
@@ -71,6 +76,8 @@ class DomainProfile:
     image_means: np.ndarray  # (C, K) float32
     image_precision: np.ndarray  # (K, K) float32
     use_diameter: bool  # K = 4 (colour + log diameter) or 3 (colour only: image-framing models)
+    cell_centre: np.ndarray  # (2, C) per component and nearest class: mean distance of validation cells
+    cell_scale: np.ndarray  # (2, C) their standard deviation
     centre: np.ndarray  # (2,) float64: mean trimmed-mean distance of validation slides, per component
     scale: np.ndarray  # (2,) float64: its standard deviation
     threshold: float  # slide and batch scores above it are out of domain
@@ -83,6 +90,8 @@ class DomainProfile:
             image_means=self.image_means,
             image_precision=self.image_precision,
             use_diameter=np.bool_(self.use_diameter),
+            cell_centre=self.cell_centre,
+            cell_scale=self.cell_scale,
             centre=self.centre,
             scale=self.scale,
             threshold=np.float64(self.threshold),
@@ -97,12 +106,20 @@ class DomainProfile:
                 z["image_means"].astype(np.float32),
                 z["image_precision"].astype(np.float32),
                 bool(z["use_diameter"]),
+                z["cell_centre"].astype(np.float64),
+                z["cell_scale"].astype(np.float64),
                 z["centre"].astype(np.float64),
                 z["scale"].astype(np.float64),
                 float(z["threshold"]),
             )
         k = profile.image_means.shape[1]
-        if k != 3 + profile.use_diameter or profile.centre.shape != (2,) or not np.all(profile.scale > 0):
+        c = profile.feature_means.shape[0]
+        if (
+            k != 3 + profile.use_diameter
+            or profile.centre.shape != (2,)
+            or profile.cell_centre.shape != (2, c)
+            or not (np.all(profile.scale > 0) and np.all(profile.cell_scale > 0))
+        ):
             raise ValueError("inconsistent domain profile arrays")
         return profile
 
@@ -120,19 +137,46 @@ def image_vectors(surround_lab: np.ndarray, diameter_px: np.ndarray, use_diamete
     return np.column_stack([colour, log_d])
 
 
-def feature_distances(profile: DomainProfile, features: Any) -> np.ndarray:
-    """d_f of the module docstring per cell (float64, N)."""
-    return distances(features, profile.feature_means, profile.feature_precision)
+def nearest_class(features: Any, means: np.ndarray, precision: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(d, c): the squared Mahalanobis distance to the nearest class mean and that class, per row."""
+    f = torch.as_tensor(features, dtype=torch.float32).detach()
+    diff = f[:, None, :] - torch.from_numpy(means)[None, :, :]  # (N, C, D)
+    d = torch.einsum("ncd,de,nce->nc", diff, torch.from_numpy(precision), diff)
+    best = d.min(dim=1)
+    return best.values.double().numpy(), best.indices.numpy()
+
+
+def _standardised(profile: DomainProfile, component: int, d: np.ndarray, cls: np.ndarray) -> np.ndarray:
+    """(d - cell_centre[component, c]) / cell_scale[component, c]; NaN where d is NaN or c < 0."""
+    ok = (cls >= 0) & np.isfinite(d)
+    k = np.where(ok, cls, 0)
+    out = (d - profile.cell_centre[component, k]) / profile.cell_scale[component, k]
+    return np.where(ok, out, np.nan)
+
+
+def feature_cells(profile: DomainProfile, features: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Per cell: the standardised feature distance u_f (float64) and the nearest class (int64)."""
+    d, cls = nearest_class(features, profile.feature_means, profile.feature_precision)
+    return _standardised(profile, 0, d, cls), cls.astype(np.int64)
 
 
 def image_distances(profile: DomainProfile, surround_lab: np.ndarray, diameter_px: np.ndarray) -> np.ndarray:
-    """d_i of the module docstring per cell (float64, N); NaN where a statistic is missing."""
+    """The image vector's squared Mahalanobis distance to its nearest class (float64, N); NaN where
+    a statistic is missing."""
     v = image_vectors(surround_lab, diameter_px, profile.use_diameter)
     out = np.full(len(v), np.nan)
     ok = np.isfinite(v).all(axis=1)
     if ok.any():
         out[ok] = distances(v[ok].astype(np.float32), profile.image_means, profile.image_precision)
     return out
+
+
+def image_cells(
+    profile: DomainProfile, surround_lab: np.ndarray, diameter_px: np.ndarray, nearest: np.ndarray
+) -> np.ndarray:
+    """Per cell: the standardised image distance u_i, standardised for the cell's nearest class in
+    feature space (``nearest``; < 0: none)."""
+    return _standardised(profile, 1, image_distances(profile, surround_lab, diameter_px), np.asarray(nearest))
 
 
 # --- per slide / batch ---------------------------------------------------------------------------
@@ -230,24 +274,40 @@ def resample_slides(
 def fit_profile(
     train: CellSample, validation: CellSample, n_classes: int, seed: int = 0, n_resamples: int = N_RESAMPLES
 ) -> DomainProfile:
-    """Class densities from ``train``; centre, scale and threshold from resampled ``validation`` slides."""
+    """Class densities from ``train``; per-class cell standardisation, then centre, scale and
+    threshold from resampled ``validation`` slides (module docstring)."""
     use_diameter = bool(np.isfinite(train.diameter_px).any())
     tr = train.scored(use_diameter)
     f_means, f_prec = fit_density(tr.features, tr.labels, n_classes)
     i_means, i_prec = fit_density(image_vectors(tr.surround_lab, tr.diameter_px, use_diameter), tr.labels, n_classes)
-    draft = DomainProfile(f_means, f_prec, i_means, i_prec, use_diameter, np.zeros(2), np.ones(2), np.inf)
+    ones, zeros = np.ones((2, n_classes)), np.zeros((2, n_classes))
+    draft = DomainProfile(f_means, f_prec, i_means, i_prec, use_diameter, zeros, ones, np.zeros(2), np.ones(2), np.inf)
     va = validation.scored(use_diameter)
-    fd, idist = feature_distances(draft, va.features), image_distances(draft, va.surround_lab, va.diameter_px)
-    rng = np.random.default_rng(seed)
-    stats = np.array(
-        [
-            trimmed_statistics(fd[s], idist[s])
-            for s in resample_slides(va.labels, REF_CELLS, n_resamples, rng, bootstrap_pool=True)
-        ]
+    fd, nearest = nearest_class(va.features, f_means, f_prec)
+    idist = image_distances(draft, va.surround_lab, va.diameter_px)
+    cell_centre, cell_scale = _per_class(np.stack([fd, idist]), nearest, n_classes)
+    cells = DomainProfile(
+        f_means, f_prec, i_means, i_prec, use_diameter, cell_centre, cell_scale, np.zeros(2), np.ones(2), np.inf
     )
+    uf, ui = _standardised(cells, 0, fd, nearest), _standardised(cells, 1, idist, nearest)
+    rng = np.random.default_rng(seed)
+    slides = resample_slides(va.labels, REF_CELLS, n_resamples, rng, bootstrap_pool=True)
+    stats = np.array([trimmed_statistics(uf[s], ui[s]) for s in slides])
     centre, scale = stats.mean(0), stats.std(0, ddof=1)
     threshold = float(np.quantile(((stats - centre) / scale).max(1), QUANTILE))
-    return DomainProfile(f_means, f_prec, i_means, i_prec, use_diameter, centre, scale, threshold)
+    return DomainProfile(
+        f_means, f_prec, i_means, i_prec, use_diameter, cell_centre, cell_scale, centre, scale, threshold
+    )
+
+
+def _per_class(d: np.ndarray, nearest: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and SD (2, C) of each component's distances over the cells nearest to each class; a
+    class nearest to fewer than MIN_CLASS_CELLS cells takes the values over all cells."""
+    centre, scale = np.empty((2, n_classes)), np.empty((2, n_classes))
+    for c in range(n_classes):
+        sel = d[:, nearest == c] if (nearest == c).sum() >= MIN_CLASS_CELLS else d
+        centre[:, c], scale[:, c] = sel.mean(1), sel.std(1, ddof=1)
+    return centre, np.maximum(scale, 1e-12)
 
 
 @dataclass(frozen=True)

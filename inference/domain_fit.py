@@ -101,7 +101,7 @@ def add_domain_profile(model_dir: Path | str, cells_dir: Path | str, seed: int =
     if not cells_dir.is_dir():
         raise WbcvError(f"{cells_dir}: not a folder; expected the labelled cell library the model was trained on")
     torch.set_num_threads(1)
-    model = load_artifact(model_dir)
+    model = load_artifact(model_dir, with_domain=False)  # a profile there is being replaced
     card = read_card(model_dir)
     split = read_split(model_dir, card)
     train = split_sample(model, split, cells_dir, "train")

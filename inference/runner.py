@@ -57,20 +57,21 @@ from wbcv.base.taxonomy import CELL_CLASSES, LINEAGES, OUTCOMES
 from wbcv.inference.artifact import InputSpec, LoadedModel
 from wbcv.inference.combine import ABSTAIN_REASONS, UNCLASSIFIED_INDEX
 from wbcv.inference.decode import DEFAULT_MAX_PIXELS, CellRejected, decode_cell, max_file_bytes, read_cell_file
-from wbcv.inference.domain import DomainVerdict, check, feature_distances, image_distances
+from wbcv.inference.domain import DomainVerdict, check, feature_cells, image_cells
 from wbcv.inference.framing import frame_cells, work_size
 from wbcv.inference.predict import decide
 from wbcv.inference.slideset import CellEntry, Sample, SlideSet
 
 #: Part files hold both: prediction columns plus the skip reason (null for a decoded cell), and
 #: the per-cell inputs of the domain check (``wbcv.inference.domain``): the image statistics as
-#: scanned and the feature distance (null when the model has no domain profile).
+#: scanned and the feature score with its nearest class (null when the model has no domain profile).
 DOMAIN_CELL_SCHEMA: Final[dict[str, pl.DataType]] = {
     "surround_l": pl.Float32(),
     "surround_alpha": pl.Float32(),
     "surround_beta": pl.Float32(),
     "diameter_px": pl.Float32(),
-    "domain_feature_distance": pl.Float32(),
+    "domain_feature_score": pl.Float32(),  # standardised for the nearest class (wbcv.inference.domain)
+    "domain_class": pl.Int8(),  # nearest class in feature space, CELL_CLASSES index
 }
 PART_SCHEMA: Final[dict[str, pl.DataType]] = {**PREDICTION_SCHEMA, "skip_reason": pl.String(), **DOMAIN_CELL_SCHEMA}
 
@@ -234,7 +235,8 @@ def classify(
     for i, g in enumerate(LINEAGES):
         cols[f"lineage_{g}"] = out.lineage_probabilities[:, i].numpy()
     if model.domain is not None and logits.features is not None:
-        cols["domain_feature_distance"] = feature_distances(model.domain, logits.features).astype(np.float32)
+        u, nearest = feature_cells(model.domain, logits.features)
+        cols["domain_feature_score"], cols["domain_class"] = u.astype(np.float32), nearest.astype(np.int8)
     return cols
 
 
@@ -277,9 +279,10 @@ def _slide_frame(
             "unclassified": pl.Series(predicted == UNCLASSIFIED_INDEX, dtype=pl.Boolean),
             "abstain_reason": pl.Series(reasons, dtype=pl.String),
             **{c: pl.Series(merged.get(c, np.empty(0, np.float32)), dtype=pl.Float32) for c in float_columns},
-            "domain_feature_distance": pl.Series(
-                merged.get("domain_feature_distance", np.full(len(rows), np.nan, np.float32)), dtype=pl.Float32
+            "domain_feature_score": pl.Series(
+                merged.get("domain_feature_score", np.full(len(rows), np.nan, np.float32)), dtype=pl.Float32
             ).fill_nan(None),
+            "domain_class": pl.Series(merged.get("domain_class", [None] * len(rows)), dtype=pl.Int8),
         }
     )
     return frame.join(scored, on="_row", how="left", maintain_order="left").select(list(PART_SCHEMA))
@@ -322,8 +325,9 @@ def domain_verdict(model: LoadedModel, parts: pl.DataFrame, slides: SlideSet) ->
         return cells[name].cast(pl.Float64).fill_null(np.nan).to_numpy()
 
     surround = np.column_stack([col("surround_l"), col("surround_alpha"), col("surround_beta")])
-    image_d = image_distances(model.domain, surround, col("diameter_px"))
-    return check(model.domain, cells["sample_id"].to_numpy(), col("domain_feature_distance"), image_d, order)
+    nearest = np.nan_to_num(col("domain_class"), nan=-1).astype(np.int64)
+    image_u = image_cells(model.domain, surround, col("diameter_px"), nearest)
+    return check(model.domain, cells["sample_id"].to_numpy(), col("domain_feature_score"), image_u, order)
 
 
 def domain_record(v: DomainVerdict) -> DomainCheck:

@@ -34,8 +34,8 @@ from wbcv.inference.domain import (
     MIN_CELLS,
     DomainProfile,
     check,
-    feature_distances,
-    image_distances,
+    feature_cells,
+    image_cells,
     resample_slides,
     save_profile,
     score,
@@ -61,6 +61,8 @@ def flat_profile(n_features: int, threshold: float) -> DomainProfile:
         np.zeros((c, 3), np.float32),
         np.eye(3, dtype=np.float32),
         False,
+        np.zeros((2, c)),
+        np.ones((2, c)),
         np.zeros(2),
         np.ones(2),
         threshold,
@@ -167,8 +169,8 @@ def test_the_threshold_passes_at_least_99_percent_of_held_out_pbc_test_slides():
     assert model.domain is not None
     model_dir = model.path
     test = split_sample(model, read_split(model_dir, model.card), PBC, "test").scored(model.domain.use_diameter)
-    fd = feature_distances(model.domain, test.features)
-    idist = image_distances(model.domain, test.surround_lab, test.diameter_px)
+    fd, nearest = feature_cells(model.domain, test.features)
+    idist = image_cells(model.domain, test.surround_lab, test.diameter_px, nearest)
     rng = np.random.default_rng(123)
     for n in (100, 200):
         slides = resample_slides(test.labels, n, 1000, rng)
