@@ -177,6 +177,10 @@ def test_the_threshold_passes_at_least_99_percent_of_held_out_pbc_test_slides():
         flagged = sum(score(model.domain, fd[s], idist[s]) > model.domain.threshold for s in slides)  # type: ignore[operator]
         assert binomtest(int(flagged), 1000, 0.01, alternative="greater").pvalue > 0.01, (n, flagged)
     assert score(model.domain, fd, idist) < model.domain.threshold  # the whole test split as one batch
+    # an abnormal differential is still inside the domain: slides of a monocytosis (M 25 %)
+    slides = resample_slides(test.labels, 100, 1000, rng, differential=(0.45, 0.25, 0.25, 0.04, 0.01))
+    flagged = sum(score(model.domain, fd[s], idist[s]) > model.domain.threshold for s in slides)  # type: ignore[operator]
+    assert binomtest(int(flagged), 1000, 0.01, alternative="greater").pvalue > 0.01, flagged
 
 
 # --- in a run ----------------------------------------------------------------------------------------
