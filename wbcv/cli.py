@@ -227,6 +227,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _named_dir(text: str) -> tuple[str, Path]:
+    name, sep, folder = text.partition("=")
+    if not sep or not name or not folder:
+        raise argparse.ArgumentTypeError(f"expected NAME=DIR, got {text!r}")
+    if not Path(folder).is_dir():
+        raise argparse.ArgumentTypeError(f"{folder}: not a folder")
+    return name, Path(folder)
+
+
+def cmd_qualify(args: argparse.Namespace) -> int:
+    from wbcv.validation.model_evaluation import format_report, qualify_model
+
+    metrics = qualify_model(args.model_dir, args.cells, other_labs=dict(args.lab), non_wbc=dict(args.non_wbc))
+    print(format_report({**metrics, "skipped": {}}))
+    print(f"model card: {args.model_dir / 'MODEL_CARD.md'}")
+    return EXIT_OK
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
@@ -586,6 +604,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="model artifact directory or bundled model name (default: the bundled default)")
     p.add_argument("--json", type=Path, metavar="OUT.json", help="also write the report as JSON")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser(
+        "qualify",
+        help="(re)write a trained model's card: test split, ablation, stress test, other labs, non-WBC rejection",
+        description=(
+            "Evaluate MODEL_DIR on the held-out test split of its training library (its split.csv), the decision-rule "
+            "ablation and the synthetic shift grid, and, when given, labelled cells of other laboratories "
+            "(--lab NAME=DIR) and folders of objects that are not white cells (--non-wbc KIND=DIR); write the figures "
+            "into model.json and MODEL_CARD.md. The weights are not touched."
+        ),
+    )
+    p.add_argument("model_dir", type=Path, metavar="MODEL_DIR")
+    p.add_argument("--cells", type=Path, required=True, help="the training library (for its test split)")
+    p.add_argument("--lab", type=_named_dir, action="append", default=[], metavar="NAME=DIR", help=LIBRARY_HELP)
+    p.add_argument("--non-wbc", type=_named_dir, action="append", default=[], metavar="KIND=DIR")
+    p.set_defaults(func=cmd_qualify)
 
     p = sub.add_parser(
         "precision",
