@@ -59,6 +59,20 @@ class FramedCells:
     diameter_px: np.ndarray  # (N,) float32 cell diameter in decoded pixels; NaN where no_cell
 
 
+#: Diameters of mature white cells on a smear, µm (small lymphocytes about 7, monocytes up to 20;
+#: spread on the slide a little larger): outside these bounds, with a known pixel size, the object
+#: is not a white cell (a platelet is 2-3 µm, a clump or a smudge can be far larger).
+WBC_DIAMETER_UM: Final[tuple[float, float]] = (5.0, 30.0)
+
+
+def wbc_size_reason(diameter_um: float) -> str | None:
+    """Why an object of this diameter is not a white cell, or None when the size fits one."""
+    low, high = WBC_DIAMETER_UM
+    if low <= diameter_um <= high:
+        return None
+    return f"object of {diameter_um:.1f} µm: not the size of a white blood cell ({low:g}-{high:g} µm)"
+
+
 def ring_mask(size: int, cell_fraction: float) -> np.ndarray:
     """(size, size) bool: the crop outside the cell disc, whose colour statistics are normalised."""
     return ~disc_mask(size, min(1.0, cell_fraction * 1.1))  # a margin: the outline is not a circle

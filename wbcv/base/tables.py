@@ -29,6 +29,9 @@ PREDICTION_SCHEMA: Final[dict[str, pl.DataType]] = {
     "source_mode": pl.String(),  # Pillow mode as stored: RGB, L, RGBA, I;16 ...
     "source_width": pl.Int32(),
     "source_height": pl.Int32(),
+    # the located cell's equivalent diameter (cell-framing models; µm only with the manifest's um_per_px)
+    "cell_diameter_px": pl.Float32(),
+    "cell_diameter_um": pl.Float32(),
     "expert_label": pl.String(),  # from cell_labels.csv, when given
     "predicted_class": pl.Enum(list(OUTCOMES)),
     "unclassified": pl.Boolean(),
@@ -52,6 +55,7 @@ SKIPPED_SCHEMA: Final[dict[str, pl.DataType]] = {
 SAMPLE_FIELDS: Final[dict[str, pl.DataType]] = {
     "imaged_volume_ul": pl.Float64(),
     "calibration_factor": pl.Float64(),
+    "um_per_px": pl.Float64(),  # the scanner's pixel size, when the manifest gives it
     "scanner": pl.String(),
     "date": pl.String(),
     "notes": pl.String(),
