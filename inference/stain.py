@@ -137,20 +137,30 @@ def _lab(ln_lms: list[np.ndarray]) -> list[np.ndarray]:
     return _mix(_LMS2LAB / math.log(10.0), tuple(ln_lms))
 
 
-def _masked_stats(lab: list[np.ndarray], masks: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """Per image mean and std (N, 3) of lαβ planes (N, P) over the masks (whole image if too small)."""
-    n, p = lab[0].shape
-    if masks is None:
-        w = np.ones((n, p), np.float32)
-    else:
-        w = masks.reshape(n, -1).astype(np.float32)
-        small = w.sum(axis=1) < MIN_PIXELS
-        w[small] = 1.0
-    cnt = w.sum(axis=1)
-    mean = np.stack([(w * c).sum(axis=1) for c in lab], axis=1) / cnt[:, None]
-    sq = np.stack([(w * c * c).sum(axis=1) for c in lab], axis=1) / cnt[:, None]
-    var = sq - mean * mean
-    return mean.astype(np.float64), np.sqrt(np.maximum(var, 0.0)).astype(np.float64)
+def _pixel_stats(ln_lms: list[np.ndarray], idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std (N, 3) of the lαβ values of the pixels ``idx`` (flat indices) of every image;
+    only those pixels are converted to lαβ."""
+    lab = np.stack(_lab([plane[:, idx] for plane in ln_lms]), axis=1)  # (N, 3, K)
+    mean = lab.mean(axis=2, dtype=np.float64)
+    var = np.square(lab, dtype=np.float64).mean(axis=2) - mean * mean
+    return mean, np.sqrt(np.maximum(var, 0.0))
+
+
+def _masked_stats(ln_lms: list[np.ndarray], masks: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Per image mean and std (N, 3) of lαβ over its mask: one (H, W) mask for all, (N, H, W) one
+    each, or None (whole image); a mask with fewer than ``MIN_PIXELS`` pixels means the whole image.
+    Each image's numbers are the same whichever form its mask came in."""
+    n, p = ln_lms[0].shape
+    every = np.arange(p)
+    if masks is None or np.ndim(masks) == 2:
+        idx = every if masks is None else np.flatnonzero(masks)
+        return _pixel_stats(ln_lms, idx if idx.size >= MIN_PIXELS else every)
+    flat = np.asarray(masks, dtype=bool).reshape(n, p)
+    stats = []
+    for i in range(n):
+        idx = np.flatnonzero(flat[i])
+        stats.append(_pixel_stats([plane[i : i + 1] for plane in ln_lms], idx if idx.size >= MIN_PIXELS else every))
+    return np.concatenate([m for m, _ in stats]), np.concatenate([sd for _, sd in stats])
 
 
 def _check_masks(masks: np.ndarray | None, images: np.ndarray) -> np.ndarray | None:
@@ -168,7 +178,7 @@ def stain_stats(images: np.ndarray, masks: np.ndarray | None = None) -> list[Sta
     """lαβ statistics of each image of a batch (N, H, W, 3) over its mask (N, H, W) or one mask (H, W)."""
     imgs = _as_batch(images)
     m = _check_masks(masks, imgs)
-    mean, std = _masked_stats(_lab(_ln_lms(imgs)), m)
+    mean, std = _masked_stats(_ln_lms(imgs), masks if masks is not None and np.ndim(masks) == 2 else m)
     return [StainStats(tuple(mu.tolist()), tuple(sd.tolist())) for mu, sd in zip(mean, std, strict=True)]
 
 
@@ -206,7 +216,7 @@ def normalise_stain(images: np.ndarray, masks: np.ndarray | None = None, target:
     m = _check_masks(masks, batch)
     n, h, w, _ = batch.shape
     ln_lms = _ln_lms(batch)
-    mean, std = _masked_stats(_lab(ln_lms), m)
+    mean, std = _masked_stats(ln_lms, masks if masks is not None and np.ndim(masks) == 2 else m)
     t_mean = np.asarray(target.mean)
     t_std = np.asarray(target.std)
     gain = np.where(std >= MIN_STD, t_std / np.maximum(std, MIN_STD), 1.0)
