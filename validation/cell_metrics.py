@@ -152,3 +152,52 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, n_bi
         if m.any():
             ece += m.mean() * abs(ok[m].mean() - conf[m].mean())
     return float(ece)
+
+
+# --- pre-classification against verification (ICSH 2019; per-cell analyzer exports) ------------------
+
+
+def specificity(cm: np.ndarray) -> np.ndarray:
+    """Specificity per class i (one class against the rest), TN_i / (TN_i + FP_i), where
+    TN_i + FP_i = N - n_i (cells of other true classes) and FP_i = P_i - TP_i; 0 where no cell is
+    of another class (``zero_division=0``, as the rest of this module). Works on the K x (K+1)
+    matrix (an unclassified cell is a negative prediction for every class) and on a square one.
+    = sklearn ``recall_score(y_true != i, y_pred != i)`` for each i (the negative class's recall)."""
+    n = cm.sum()
+    negatives = n - _true_counts(cm)
+    false_positives = _predicted_counts(cm) - _true_positives(cm)
+    return _ratio_or_zero(negatives - false_positives, negatives)
+
+
+def weighted_kappa(cm: np.ndarray, weights: str) -> float:
+    """Cohen's weighted kappa of a square agreement matrix (rows: one rater, columns: the other),
+    kappa_w = 1 - sum(w_ij O_ij) / sum(w_ij E_ij), E_ij = row_i col_j / N (Cohen 1968, Psychol Bull
+    70:213), with disagreement weights w_ij = |i - j| ("linear") or (i - j)^2 ("quadratic") by the
+    categories' order in the matrix; "none" gives the unweighted kappa. NaN when sum(w E) = 0 (all
+    cells in one category). = sklearn ``cohen_kappa_score(a, b, labels=<the categories>,
+    weights=...)``. The weights make sense only for ordered categories: for cell classes the order
+    is CELL_CLASSES' and the unweighted kappa is the primary figure."""
+    o = np.asarray(cm, dtype=np.float64)
+    if o.ndim != 2 or o.shape[0] != o.shape[1]:
+        raise ValueError(f"weighted_kappa needs a square matrix, got shape {o.shape}")
+    idx = np.arange(o.shape[0])
+    diff = np.abs(idx[:, None] - idx[None, :]).astype(np.float64)
+    w = {"none": (diff > 0).astype(np.float64), "linear": diff, "quadratic": diff**2}.get(weights)
+    if w is None:
+        raise ValueError(f"weights must be none, linear or quadratic, got {weights!r}")
+    n = o.sum()
+    expected = np.outer(o.sum(axis=1), o.sum(axis=0)) / n if n else np.zeros_like(o)
+    denominator = float((w * expected).sum())
+    return 1.0 - float((w * o).sum()) / denominator if denominator > 0 else float("nan")
+
+
+def wilson_interval(k: int, n: int, confidence: float) -> tuple[float, float]:
+    """Wilson score interval of a proportion k/n (Wilson 1927, JASA 22:209; Newcombe 1998, Stat Med
+    17:857, method 3), through ``scipy.stats.binomtest(k, n).proportion_ci(method="wilson")``;
+    (NaN, NaN) when n = 0."""
+    from scipy.stats import binomtest
+
+    if n == 0:
+        return float("nan"), float("nan")
+    ci = binomtest(int(k), int(n)).proportion_ci(confidence_level=confidence, method="wilson")
+    return float(ci.low), float(ci.high)

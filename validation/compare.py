@@ -79,6 +79,10 @@ EXCLUDED_SCHEMA: Final[dict[str, pl.DataType]] = {
 }
 
 
+#: The reason of a reference sample that the run has no counts for.
+NOT_IN_RUN: Final[str] = "in the reference file but not in the run (no slide set)"
+
+
 @dataclass(frozen=True)
 class Comparison:
     table: pl.DataFrame  # COMPARISON_SCHEMA, included values only
@@ -177,7 +181,7 @@ def compare(counts: pl.DataFrame, ref: ReferenceData, protocol: Protocol) -> Com
         "sample_id",
         pl.lit(None, dtype=pl.String).alias("measurand"),
         "source_row",
-        pl.lit("in the reference file but not in the run (no slide set)").alias("reason"),
+        pl.lit(NOT_IN_RUN).alias("reason"),
     )
     in_run = chosen.filter(pl.col("sample_id").is_in(run_ids.implode()))["source_row"]
     ref_by_id = {

@@ -22,6 +22,10 @@ Example (every key that exists; ``wbcv`` refuses unknown keys and suggests the c
       immature_granulocytes: separate   # separate | with_neutrophils (reference NEUT += IG)
     rerun_rule: last                # last | first | reject
     decision_levels: {NEUT#: [1.5, 7.0]}
+    results_import:                 # optional: for analyzer exports (wbcv.validation.results.mapping)
+      classes: {Band neutrophil: neutrophil, Giant platelet: {excluded: not a white cell}}
+      codes: {LOC-SMU: Smudge}      # HL7 OBX-3 / ASTM R-3 code -> export class name
+      analyzer: {make: Sysmex, model: DI-60, software_version: "1.2", serial: "A1234"}
 
 The file is read by ``wbcv.base.yamlfile`` (the one YAML reader: size and alias-expansion caps,
 duplicate keys refused, YAML 1.2 scalars). Ids, versions, titles, the study's entries, flag and
@@ -42,6 +46,7 @@ from wbcv.base.records import MeasurandRule, ProtocolRecord
 from wbcv.base.yamlfile import number_hint, read_yaml
 from wbcv.validation.measurands import MEASURANDS
 from wbcv.validation.reference import MARKS
+from wbcv.validation.results.mapping import ANALYZER_KEYS, check_section
 
 TOP_KEYS: Final[tuple[str, ...]] = (
     "protocol",
@@ -53,6 +58,7 @@ TOP_KEYS: Final[tuple[str, ...]] = (
     "class_mapping",
     "rerun_rule",
     "decision_levels",
+    "results_import",
 )
 PROTOCOL_KEYS: Final[tuple[str, ...]] = ("id", "version", "title")
 STUDY_KEYS: Final[tuple[str, ...]] = ("id", "site", "reference_analyzer", "description", "investigator")
@@ -61,7 +67,7 @@ ACCEPTANCE_KEYS: Final[tuple[str, ...]] = ("required_coverage", "basis", "confid
 EXCLUSION_KEYS: Final[tuple[str, ...]] = ("flags", "marks", "min_cells", "min_reference")
 CLASS_MAPPING_KEYS: Final[tuple[str, ...]] = ("immature_granulocytes",)
 #: Keys whose values are text as written, never numbers, booleans or dates (wbcv.base.yamlfile).
-TEXT_KEYS: Final[frozenset[str]] = frozenset({*PROTOCOL_KEYS, *STUDY_KEYS, "flags", "marks"})
+TEXT_KEYS: Final[frozenset[str]] = frozenset({*PROTOCOL_KEYS, *STUDY_KEYS, "flags", "marks", *ANALYZER_KEYS})
 
 
 # Allowance (percentage points) of the within-limit decision at the boundary: an error equal to the
@@ -99,6 +105,9 @@ class Protocol(ProtocolRecord):
     for both) and the file it came from."""
 
     path: Path
+    #: the ``results_import`` section as written (checked by ``wbcv.validation.results.mapping``);
+    #: recorded by a results run, not by the comparison
+    results_import: dict[str, Any] | None = None
 
     def as_record(self) -> ProtocolRecord:
         """The protocol as a comparison run records it: every field but the path."""
@@ -257,6 +266,8 @@ def load_protocol(path: Path | str) -> Protocol:
             continue
         levels[str(name)] = tuple(float(x) for x in v)
 
+    c.problems += [f"{path}: {p}" for p in check_section(doc.get("results_import"), "results_import.")]
+
     if c.problems:
         head = f"{path}: the protocol has {len(c.problems)} problem{'s' if len(c.problems) > 1 else ''}:"
         raise WbcvError("\n".join([head, *(f"  - {p}" for p in listing(c.problems))]))
@@ -278,4 +289,5 @@ def load_protocol(path: Path | str) -> Protocol:
         immature_granulocytes=ig,  # type: ignore[arg-type]
         rerun_rule=rerun,  # type: ignore[arg-type]
         decision_levels=levels,
+        results_import=doc.get("results_import"),
     )

@@ -1,4 +1,11 @@
-"""`wbcv compare`: a finished inference run + a reference file + a protocol -> a comparison run.
+"""`wbcv compare`: a finished inference run (or results run) + a reference file + a protocol -> a comparison run.
+
+The counts come from an inference run (`wbcv infer`) or from a results run (`wbcv import-results`:
+an analyzer's exported results, ``wbcv.validation.results``); both have the same counts table. The
+comparison records which (``inputs.inference_run.kind``). A sample that the import excluded as a
+whole is in the comparison's excluded table with the import's reason; a results run with per-cell
+input adds the pre-classification statistics (``wbcv.validation.preclassification``) to
+statistics.json under ``preclassification``.
 
 The comparison is its own run record (the inference run stays untouched, as every sealed run
 does): ``RUNS/<time>-compare-<key>/`` with ``comparison.parquet`` (one row per sample and
@@ -20,6 +27,7 @@ from pathlib import Path
 import polars as pl
 
 from wbcv.base.atomic import sha256_file
+from wbcv.base.errors import WbcvError
 from wbcv.base.records import (
     ComparisonInputs,
     ComparisonRecord,
@@ -28,12 +36,22 @@ from wbcv.base.records import (
     InferenceRecord,
     ProtocolInput,
     ReferenceInput,
+    ResultsRecord,
     to_json,
 )
-from wbcv.base.runstore import RUN_RECORD, AlreadySealed, WorkingRun, read_record_of
+from wbcv.base.runstore import RUN_RECORD, AlreadySealed, WorkingRun, read_record_of, read_run_record
 from wbcv.base.software import software_info
-from wbcv.base.tables import COMPARISON_FILE, COUNTS_FILE, EXCLUDED_FILE, REFERENCE_FILE, STATISTICS_FILE, VERDICT_FILE
-from wbcv.validation.compare import EXCLUDED_SCHEMA, compare
+from wbcv.base.tables import (
+    CELLS_FILE,
+    COMPARISON_FILE,
+    COUNTS_FILE,
+    EXCLUDED_FILE,
+    IMPORT_EXCLUDED_FILE,
+    REFERENCE_FILE,
+    STATISTICS_FILE,
+    VERDICT_FILE,
+)
+from wbcv.validation.compare import EXCLUDED_SCHEMA, NOT_IN_RUN, compare
 from wbcv.validation.integrity import require_intact
 from wbcv.validation.protocol import Protocol, load_protocol
 from wbcv.validation.reference import ReferenceData, read_reference
@@ -58,7 +76,11 @@ def run_comparison(
     protocol: Protocol | None = None,
 ) -> ComparisonResult:
     inference_run = Path(inference_run)
-    record = read_record_of(inference_run, InferenceRecord, "give the run of `wbcv infer`")
+    record = read_run_record(inference_run)
+    if not isinstance(record, InferenceRecord | ResultsRecord):
+        raise WbcvError(
+            f"{inference_run}: this is a {record.kind} run; give the run of `wbcv infer` or `wbcv import-results`"
+        )
     require_intact(inference_run, "a comparison would validate counts that are not what was computed")
     protocol = protocol or load_protocol(protocol_path)
     reference = reference or read_reference(reference_path)
@@ -66,14 +88,20 @@ def run_comparison(
     result = compare(counts, reference, protocol)
     verdicts, stats = decide(result.table, protocol)
     passed = overall(verdicts)
+    result_excluded = result.excluded
+    if isinstance(record, ResultsRecord):
+        result_excluded = with_import_exclusions(result.excluded, inference_run, counts)
+        stats = {**stats, **_preclassification(inference_run, protocol.confidence)}
 
     runs_dir = Path(runs_dir) if runs_dir is not None else inference_run.parent
     inputs = ComparisonInputs(
         inference_run=InferenceLink(
+            kind=record.kind,
             run_id=record.run_id,
             path=inference_run.resolve(),
             record_sha256=sha256_file(inference_run / RUN_RECORD),
-            model=record.model,
+            model=record.model if isinstance(record, InferenceRecord) else None,
+            analyzer=record.analyzer if isinstance(record, ResultsRecord) else None,
         ),
         reference=ReferenceInput(
             path=Path(reference_path).resolve(),
@@ -108,13 +136,13 @@ def run_comparison(
                 n_samples_run=result.n_samples_run,
                 n_samples_reference=result.n_samples_reference,
                 n_values_compared=result.table.height,
-                n_excluded=result.excluded.height,
+                n_excluded=result_excluded.height,
                 n_reference_rows_excluded_by_parser=reference.excluded.height,
             ),
             software=software_info(),
         )
         excluded = pl.concat(
-            [result.excluded, reference.excluded.select("sample_id", "source_row", "reason")],
+            [result_excluded, reference.excluded.select("sample_id", "source_row", "reason")],
             how="diagonal_relaxed",
         ).select(list(EXCLUDED_SCHEMA))
         run_dir = work.seal(
@@ -125,6 +153,38 @@ def run_comparison(
             {STATISTICS_FILE: to_jsonable(stats), VERDICT_FILE: verdict_doc},
         )
     return ComparisonResult(run_dir, load_comparison(run_dir), verdicts, passed)
+
+
+def with_import_exclusions(excluded: pl.DataFrame, results_run: Path, counts: pl.DataFrame) -> pl.DataFrame:
+    """The comparison's exclusions with the samples the import excluded as a whole: a reference
+    sample's "not in the run" row takes the import's reason; a sample in neither gets a row."""
+    imported = pl.read_parquet(results_run / IMPORT_EXCLUDED_FILE)
+    whole = (
+        imported.filter(
+            pl.col("export_class").is_null()
+            & pl.col("sample_id").is_not_null()
+            & ~pl.col("sample_id").is_in(counts["sample_id"].implode())
+        )
+        .group_by("sample_id", maintain_order=True)
+        .agg(pl.format("excluded at import ({}): {}", pl.col("location"), pl.col("reason")).first().alias("why"))
+    )
+    if whole.height == 0:
+        return excluded
+    joined = excluded.join(whole, on="sample_id", how="left", maintain_order="left")
+    not_in_run = pl.col("measurand").is_null() & (pl.col("reason") == NOT_IN_RUN) & pl.col("why").is_not_null()
+    replaced = joined.with_columns(reason=pl.when(not_in_run).then(pl.col("why")).otherwise(pl.col("reason")))
+    named = joined.filter(not_in_run)["sample_id"]
+    rest = whole.filter(~pl.col("sample_id").is_in(named.implode())).select("sample_id", reason="why")
+    return pl.concat([replaced.drop("why"), rest], how="diagonal_relaxed").select(list(EXCLUDED_SCHEMA))
+
+
+def _preclassification(results_run: Path, confidence: float) -> dict[str, object]:
+    """Pre-classification against verification, for a results run made from a per-cell table."""
+    from wbcv.validation.preclassification import preclassification_statistics
+
+    if not (results_run / CELLS_FILE).is_file():
+        return {}
+    return {"preclassification": preclassification_statistics(pl.read_parquet(results_run / CELLS_FILE), confidence)}
 
 
 def load_comparison(run_dir: Path) -> ComparisonRecord:

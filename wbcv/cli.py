@@ -154,10 +154,48 @@ def _print_comparison(result: object) -> int:
     return EXIT_OK if result.passed else EXIT_FAILED_ACCEPTANCE
 
 
+def _import_results(args: argparse.Namespace, out: Path, protocol: Path | None) -> Path:
+    """Shared by `import-results` and `compare --results`: import, print the summary, return the run."""
+    from wbcv.validation.results.mapping import choose_mapping
+    from wbcv.validation.results.run import ImportOptions, import_results
+
+    analyzer = {k: getattr(args, k) for k in ("make", "model", "software_version", "serial")}
+    options = ImportOptions(choose_mapping(args.mapping, protocol), analyzer, args.total_cells)
+    result = import_results(args.results, args.format, out, options)
+    r, s = result.record, result.record.summary
+    print(
+        f"results run {r.run_id}: {s.n_samples} samples from {r.input.path.name} ({r.input.format}, "
+        f"counted from {r.counted_from}); analyzer {r.analyzer.label}; mapping: {r.mapping.source}"
+    )
+    print(
+        f"  {s.n_cells_reported} cells reported: {s.n_classified} classified, {s.n_unclassified} unclassified, "
+        f"{s.n_cells_excluded} excluded; {s.n_samples_excluded} sample(s) excluded as a whole"
+    )
+    if s.unmapped_classes:
+        listed = ", ".join(f"{name!r} {n}" for name, n in list(s.unmapped_classes.items())[:10])
+        print(f"  classes not in the mapping (cells excluded): {listed}", file=sys.stderr)
+    if s.n_rows_excluded:
+        print(f"  {s.n_rows_excluded} exclusion(s), each with its reason: {result.run_dir / 'import_excluded.parquet'}")
+    print(f"  {result.run_dir}")
+    return result.run_dir
+
+
+def cmd_import_results(args: argparse.Namespace) -> int:
+    _import_results(args, args.out, args.protocol)
+    return EXIT_OK
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from wbcv.validation.study import run_comparison
 
-    return _print_comparison(run_comparison(args.run_dir, args.reference, args.protocol, args.out))
+    if (args.run_dir is None) == (args.results is None):
+        raise WbcvError("give either RUN_DIR (an inference or results run) or --results FILE --format F, not both")
+    run_dir = args.run_dir
+    if args.results is not None:
+        if args.format is None:
+            raise WbcvError("--results needs --format (csv, cells, hl7 or astm)")
+        run_dir = _import_results(args, args.out or Path("runs"), args.protocol)
+    return _print_comparison(run_comparison(run_dir, args.reference, args.protocol, args.out))
 
 
 def _signatories(args: argparse.Namespace) -> list[Signatory]:
@@ -393,6 +431,25 @@ def build_parser() -> argparse.ArgumentParser:
                 help=f"printed in the report's signature block ({flag.replace('-', ' ')}); blank lines otherwise",
             )
 
+    def results_options(p: argparse.ArgumentParser, required: bool) -> None:
+        if required:
+            p.add_argument("results", type=Path, metavar="FILE", help="the analyzer's exported results")
+        else:
+            p.add_argument("--results", type=Path, metavar="FILE", help="import this export first (needs --format)")
+        p.add_argument("--format", choices=("csv", "cells", "hl7", "astm"), required=required, help="the export's kind")
+        p.add_argument(
+            "--mapping", type=Path, metavar="M.yaml", help="class mapping (default: the protocol's or wbcv's)"
+        )
+        p.add_argument("--make", help="analyzer maker, e.g. CellaVision (default: from the protocol or the file)")
+        p.add_argument("--model", help="analyzer model, e.g. DC-1")
+        p.add_argument("--software-version", help="the analyzer's software version")
+        p.add_argument("--serial", help="the analyzer's serial number")
+        p.add_argument(
+            "--total-cells",
+            type=_positive_int,
+            help="cells counted per sample, for an export of percentages that does not state it",
+        )
+
     def infer_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("batch_dir", type=Path, metavar="BATCH_DIR")
         p.add_argument("--model", help="model artifact directory or bundled model name (default: the bundled default)")
@@ -485,13 +542,36 @@ def build_parser() -> argparse.ArgumentParser:
             "verdict table and write a comparison run record. " + compare_help
         ),
     )
-    p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    p.add_argument(
+        "run_dir", type=Path, nargs="?", metavar="RUN_DIR", help="an inference run or a results run (or --results)"
+    )
     p.add_argument("--reference", type=Path, required=True, metavar="REF.csv")
     p.add_argument("--protocol", type=Path, required=True, metavar="P.yaml")
     p.add_argument(
-        "--out", type=Path, metavar="RUNS_DIR", help="where the comparison run goes (default: beside RUN_DIR)"
+        "--out",
+        type=Path,
+        metavar="RUNS_DIR",
+        help="where the comparison run goes (default: beside RUN_DIR; with --results: ./runs, with the results run)",
     )
+    results_options(p, required=False)
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser(
+        "import-results",
+        help="import an analyzer's exported results (CSV, per-cell table, HL7 ORU, ASTM) as a results run",
+        description=(
+            "Read a digital morphology analyzer's export in place of an inference run: a per-sample differential "
+            "table (csv), a per-cell table with pre-classified and verified classes (cells), HL7 v2 ORU^R01 "
+            "messages (hl7) or ASTM E1394 records (astm). Class names and observation codes are mapped to the five "
+            "classes, unclassified or excluded by --mapping, the protocol's results_import section, or the defaults "
+            "(README). Writes a sealed results run (counts.parquet as an inference run has, every exclusion with "
+            "its reason) that `wbcv compare` accepts in place of an inference run."
+        ),
+    )
+    results_options(p, required=True)
+    p.add_argument("--out", type=Path, default=Path("runs"), metavar="RUNS_DIR", help="where runs go (default: ./runs)")
+    p.add_argument("--protocol", type=Path, metavar="P.yaml", help="take the class mapping and analyzer from it")
+    p.set_defaults(func=cmd_import_results)
 
     p = sub.add_parser(
         "run",

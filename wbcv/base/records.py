@@ -1,7 +1,8 @@
 """The run records (``run.json``) as types: what a writer seals is what a reader gets back.
 
 Every finished run holds one ``run.json`` of format ``wbcv-run/1`` (``wbcv.base.runstore``). A
-writer builds an ``InferenceRecord`` or a ``ComparisonRecord``; sealing adds ``run_id`` and
+writer builds an ``InferenceRecord``, a ``ResultsRecord`` (an analyzer's exported results imported in
+place of an inference run, ``wbcv.validation.results``) or a ``ComparisonRecord``; sealing adds ``run_id`` and
 ``files`` and writes ``to_json(record)``. ``parse_record`` turns the document back into the same
 types and checks every field on the way, so no reader meets a missing key or a wrong type deep in
 the report or the dashboard: it gets one ``WbcvError`` naming the file, the field and what was
@@ -13,6 +14,9 @@ here that states what the runs written before it meant (``engine``: only the loc
 ``software.cpu``: not recorded). Keys a reader does not know are ignored, as the readers before
 them ignored the keys added since. Comparison runs written before the whole protocol was recorded
 (2026-11-26, commit e90eee3) read with a ``ProtocolSummary`` instead of a ``ProtocolRecord``.
+A comparison's ``inputs.inference_run`` is the run its counts came from: before results runs existed
+(2026-11-30) always an inference run, so a link without ``kind`` is ``kind: inference`` with its
+``model``; a results run's link has ``kind: results``, no model and the ``analyzer`` instead.
 
 The records are frozen dataclasses, like the project's other value types; wbcv.base needs nothing
 beyond polars for them (pydantic arrives only as a dependency of Dash), and the error messages
@@ -154,13 +158,44 @@ class ProtocolRecord(ProtocolSummary):
 
 
 @dataclass(frozen=True, kw_only=True)
-class InferenceLink:
-    """The inference run a comparison was made from: found by path or beside the comparison, trusted by hash."""
+class AnalyzerRef:
+    """The analyzer whose exported results a results run imported (each part None when not known)."""
 
+    make: str | None = None
+    model: str | None = None
+    software_version: str | None = None
+    serial: str | None = None
+    source: str  # where these came from, e.g. "command line", "protocol results_import.analyzer", "MSH-3"
+
+    @property
+    def label(self) -> str:
+        """'CellaVision DC-1 (software 7.1, serial 1234)' or 'analyzer not identified'."""
+        name = " ".join(p for p in (self.make, self.model) if p) or "analyzer not identified"
+        extra = [
+            f"{what} {value}" for what, value in (("software", self.software_version), ("serial", self.serial)) if value
+        ]
+        return f"{name} ({', '.join(extra)})" if extra else name
+
+
+@dataclass(frozen=True, kw_only=True)
+class InferenceLink:
+    """The run a comparison took its counts from: an inference run (``kind`` inference, with its
+    ``model``) or a results run (``kind`` results, with the ``analyzer``). Found by path or beside
+    the comparison, trusted by hash. The key stays ``inputs.inference_run`` (keys are never renamed)."""
+
+    kind: Literal["inference", "results"] = "inference"  # absent in runs made before results runs existed
     run_id: str
     path: Path
     record_sha256: Sha256  # of its run.json when the comparison was made
-    model: ModelRef
+    model: ModelRef | None = None  # the inference run's model; None for a results run
+    analyzer: AnalyzerRef | None = None  # the results run's analyzer; None for an inference run
+
+    @property
+    def producer(self) -> str:
+        """What produced the counts, in words: the model's id or the analyzer's label."""
+        if self.model is not None:
+            return self.model.id
+        return self.analyzer.label if self.analyzer is not None else "unknown"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -224,9 +259,61 @@ class ComparisonRecord(RunRecord):
     summary: ComparisonSummary
 
 
-RECORD_TYPES: Final[dict[str, type[InferenceRecord] | type[ComparisonRecord]]] = {
+@dataclass(frozen=True, kw_only=True)
+class ResultsInput:
+    """The exported results file a results run read."""
+
+    path: Path
+    sha256: Sha256
+    bytes: int
+    format: Literal["csv", "cells", "hl7", "astm"]
+    encoding: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class MappingRef:
+    """The class mapping applied (``wbcv.validation.results.mapping``): where it came from and, in
+    full, every export class name and observation code it knew."""
+
+    source: Literal["default", "protocol", "mapping file"]
+    path: Path | None = None
+    sha256: Sha256 | None = None
+    classes: dict[str, str]  # export class name (case-folded) -> wbcv class, 'unclassified' or 'excluded: reason'
+    codes: dict[str, str]  # HL7 OBX-3 / ASTM R-3 code -> export class name (or 'total')
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResultsSummary:
+    n_samples: int  # samples with a row in counts.parquet
+    n_samples_excluded: int  # samples of the file excluded as a whole (listed in import_excluded.parquet)
+    n_cells_reported: int  # cells the export reports, in every class (sum of n_files)
+    n_classified: int
+    n_unclassified: int
+    n_cells_excluded: int  # cells of classes mapped to 'excluded' or not mapped (sum of n_skipped)
+    unmapped_classes: dict[str, int]  # export class name -> cells, for names the mapping does not know
+    n_rows_excluded: int  # rows, segments or records excluded with a reason
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResultsRecord(RunRecord):
+    """run.json of `wbcv import-results` (``wbcv.validation.results``): an analyzer's exported results
+    as per-sample counts, in place of an inference run."""
+
+    kind: Literal["results"] = "results"
+    input: ResultsInput
+    reader: str  # the module that read the file, and the parser library with its version
+    analyzer: AnalyzerRef
+    mapping: MappingRef
+    # what the counts were made from: counts or percentages (x total cells) per sample, or per-cell
+    # rows counted by their verified or pre-classified class
+    counted_from: Literal["counts", "percentages", "verified", "preclassified", "mixed"]
+    summary: ResultsSummary
+
+
+RECORD_TYPES: Final[dict[str, type[InferenceRecord] | type[ComparisonRecord] | type[ResultsRecord]]] = {
     "inference": InferenceRecord,
     "comparison": ComparisonRecord,
+    "results": ResultsRecord,
 }
 
 
@@ -249,7 +336,7 @@ def to_json(obj: Any) -> Any:
     raise TypeError(f"{type(obj).__name__} has no place in a run record")
 
 
-def parse_record(document: Any, source: str) -> InferenceRecord | ComparisonRecord:
+def parse_record(document: Any, source: str) -> InferenceRecord | ComparisonRecord | ResultsRecord:
     """A run.json document as its typed record; ``source`` names the file in the error."""
     try:
         if not isinstance(document, dict):

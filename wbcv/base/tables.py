@@ -75,6 +75,43 @@ COUNT_COLUMNS: Final[tuple[str, ...]] = (
     "model_id",
 )
 
+# Results run (`wbcv import-results`): an analyzer's export in place of an inference run. It has
+# COUNTS_FILE with COUNT_COLUMNS (slide_dir and the manifest fields null; n_files = cells the export
+# reports, n_skipped = cells of excluded or unmapped classes, n_cells = n_files - n_skipped,
+# model_id = the analyzer's label), and:
+OBSERVATIONS_FILE: Final[str] = "observations.parquet"
+IMPORT_EXCLUDED_FILE: Final[str] = "import_excluded.parquet"
+CELLS_FILE: Final[str] = "cells.parquet"
+#: Every per-class value read from the export, with where it was and what it was mapped to.
+OBSERVATION_SCHEMA: Final[dict[str, pl.DataType]] = {
+    "sample_id": pl.String(),
+    "location": pl.String(),  # "row 12", "message 3 (line 40), OBX 7", "record 14 (R, line 14)"
+    "export_class": pl.String(),  # the class name (or observation code) as the export wrote it
+    "kind": pl.Enum(["count", "percent", "total"]),
+    "value": pl.Float64(),
+    "target": pl.String(),  # a CELL_CLASSES entry, 'unclassified', 'excluded', 'unmapped' or 'total'
+}
+#: What the import left out, each with its reason: unmapped and excluded classes (with their cells),
+#: rows or segments that could not be used, samples excluded as a whole (export_class null).
+IMPORT_EXCLUDED_SCHEMA: Final[dict[str, pl.DataType]] = {
+    "sample_id": pl.String(),
+    "location": pl.String(),
+    "export_class": pl.String(),
+    "n_cells": pl.Int64(),
+    "reason": pl.String(),
+}
+#: Per-cell input only: one row per cell of the export.
+CELL_SCHEMA: Final[dict[str, pl.DataType]] = {
+    "sample_id": pl.String(),
+    "cell_id": pl.String(),  # the cell id or image path as exported
+    "source_row": pl.Int64(),
+    "preclassified": pl.String(),  # the analyzer's class, as exported
+    "verified": pl.String(),  # the technologist's class, as exported (null: not verified)
+    "preclassified_target": pl.String(),  # mapped: a class, 'unclassified', 'excluded' or 'unmapped'
+    "verified_target": pl.String(),
+    "counted_target": pl.String(),  # the one counted (verified when the table has verified classes)
+}
+
 # Comparison run (`wbcv compare`)
 COMPARISON_FILE: Final[str] = "comparison.parquet"
 EXCLUDED_FILE: Final[str] = "excluded.parquet"
