@@ -39,11 +39,12 @@ from plotly.offline import get_plotlyjs
 
 from wbcv.base.atomic import atomic_write_bytes, sha256_file
 from wbcv.base.errors import WbcvError
-from wbcv.base.records import ComparisonRecord, InferenceRecord, ProtocolRecord, to_json
+from wbcv.base.records import ComparisonRecord, InferenceRecord, ProtocolRecord, ResultsRecord, to_json
 from wbcv.base.runstore import (
     RUN_RECORD,
     locate_source_run,
     read_record_of,
+    read_run_record,
     remove_tree,
     seal_directory,
     write_manifest,
@@ -53,6 +54,7 @@ from wbcv.base.tables import (
     COMPARISON_FILE,
     COUNTS_FILE,
     EXCLUDED_FILE,
+    IMPORT_EXCLUDED_FILE,
     PREDICTIONS_FILE,
     SKIPPED_FILE,
     STATISTICS_FILE,
@@ -95,15 +97,17 @@ class Signatory:
 
 @dataclass(frozen=True)
 class CellEvidence:
-    """What the inference run behind the comparison says about single cells."""
+    """What the run behind the comparison says about single cells: an inference run (every cell),
+    or a results run (an analyzer's export: cells only when it was a per-cell table)."""
 
-    record: InferenceRecord
+    record: InferenceRecord | None  # None for a results run
     n_cells: int
     n_unclassified: int
     abstain_reasons: dict[str, int]
     unclassified_by_sample: pl.DataFrame  # sample_id, n_cells, n_unclassified, unclassified_pct
     skipped: pl.DataFrame
     labelled: LabelledCells | None  # None when no cell has an expert label
+    results: ResultsRecord | None = None  # the results run's record, for a comparison of an analyzer's export
 
 
 @dataclass(frozen=True)
@@ -144,6 +148,9 @@ def _read_json(path: Path) -> Any:
 def _cell_evidence(run_dir: Path, record: ComparisonRecord) -> CellEvidence:
     """The cell-level results of the inference run the comparison was made from (verified intact)."""
     path = locate_source_run(run_dir, record)
+    source = read_run_record(path)
+    if isinstance(source, ResultsRecord):
+        return _results_evidence(path, source)
     inference = read_record_of(path, InferenceRecord, "expected the inference run of the comparison")
     columns = ["sample_id", "expert_label", "predicted_class", "unclassified", "abstain_reason"]
     predictions = pl.read_parquet(path / PREDICTIONS_FILE, columns=columns)
@@ -162,6 +169,34 @@ def _cell_evidence(run_dir: Path, record: ComparisonRecord) -> CellEvidence:
         unclassified_by_sample=by_sample,
         skipped=pl.read_parquet(path / SKIPPED_FILE),
         labelled=labelled_cells(predictions),
+    )
+
+
+def _results_evidence(path: Path, results: ResultsRecord) -> CellEvidence:
+    """A results run's counts and what its import left out (listed where skipped files are)."""
+    counts = pl.read_parquet(path / COUNTS_FILE, columns=["sample_id", "n_cells", "n_unclassified"])
+    left_out = pl.read_parquet(path / IMPORT_EXCLUDED_FILE).select(
+        level=pl.lit("import"),
+        sample_id="sample_id",
+        path=pl.concat_str(pl.col("location"), pl.col("export_class").fill_null(""), separator=" ").str.strip_chars(),
+        reason=pl.when(pl.col("n_cells").is_not_null())
+        .then(pl.format("{} ({} cells)", pl.col("reason"), pl.col("n_cells")))
+        .otherwise(pl.col("reason")),
+    )
+    by_sample = (
+        counts.filter(pl.col("n_unclassified") > 0)
+        .with_columns(unclassified_pct=100 * pl.col("n_unclassified") / pl.col("n_cells"))
+        .sort(["unclassified_pct", "sample_id"], descending=[True, False])
+    )
+    return CellEvidence(
+        record=None,
+        n_cells=int(counts["n_cells"].sum()),
+        n_unclassified=int(counts["n_unclassified"].sum()),
+        abstain_reasons={},
+        unclassified_by_sample=by_sample,
+        skipped=left_out,
+        labelled=None,
+        results=results,
     )
 
 
@@ -503,6 +538,8 @@ def render_html(data: ReportData, signatories: Sequence[Signatory] = ()) -> str:
         "skipped": _table(cells.skipped, ["level", "sample_id", "path", "reason"]),
         "confusion": confusion,
         "labels_outside": cells.labelled.outside_classes if cells.labelled else {},
+        "results": cells.results,
+        "preclassification": _preclassification_view(data.statistics.get("preclassification")),
     }
     env = Environment(
         loader=PackageLoader("validation", "templates"),
@@ -533,6 +570,47 @@ def render_html(data: ReportData, signatories: Sequence[Signatory] = ()) -> str:
         signatures=[by_role.get(role, Signatory(role)) for role in SIGNATURE_ROLES],
         report_format=REPORT_FORMAT,
     )
+
+
+def _preclassification_view(st: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The pre-classification statistics of a per-cell export (``wbcv.validation.preclassification``) as
+    report rows: estimates in %, Wilson intervals at the protocol's confidence."""
+    if not st:
+        return None
+    if "not_computed" in st:
+        return {"not_computed": st["not_computed"]}
+
+    def prop(p: dict[str, Any]) -> tuple[str, str]:
+        ci_text = "–" if not p["ci"] else f"{pct(p['ci'][0])} to {pct(p['ci'][1])}"
+        return f"{pct(p['estimate'])} ({p['k']}/{p['n']})", ci_text
+
+    return {
+        "n_cells": st["n_cells"],
+        "n_cells_without_both": st["n_cells_without_both"],
+        "level": f"{100 * st['confidence']:g} % CI (Wilson)",
+        "agreement": prop(st["agreement"]),
+        "reclassification": prop(st["reclassification_rate"]),
+        "kappa": [fmt(st["kappa"]), fmt(st["kappa_linear"]), fmt(st["kappa_quadratic"])],
+        "per_class": [
+            (
+                c["category"],
+                c["verified"],
+                c["preclassified"],
+                *prop(c["sensitivity"]),
+                *prop(c["ppv"]),
+                *prop(c["specificity"]),
+            )
+            for c in st["per_class"]
+        ],
+        "reclassified_to": {
+            pre: "; ".join(f"{ver} {n}" for ver, n in to.items()) for pre, to in st["reclassified_to"].items()
+        },
+        "per_sample": [
+            (r["sample_id"], r["n_cells"], r["n_changed"], *(fmt(r[c], 2) for c in CELL_CLASSES))
+            for r in st["per_sample"][:MAX_LISTED_ROWS]
+        ],
+        "per_sample_more": max(0, len(st["per_sample"]) - MAX_LISTED_ROWS),
+    }
 
 
 def exclusion_lines(excluded: pl.DataFrame) -> pl.DataFrame:
