@@ -84,7 +84,7 @@ def _summary(path: Path, record: ComparisonRecord) -> RunSummary:
         created_utc=record.created_utc,
         study=proto.study.get("id") or proto.title,
         protocol=f"{proto.id} v{proto.version}",
-        model=record.inputs.inference_run.model.id,
+        model=record.inputs.inference_run.producer,
         verdict=record.verdict,
         n_values=record.summary.n_values_compared,
         n_exclusions=record.summary.n_exclusions,
@@ -247,6 +247,8 @@ class ComparisonRun:
             )
             self.notes.append(f"the inference run {path} {what}; its cells are not shown")
             return None
+        if self.record.inputs.inference_run.kind == "results":
+            return None  # an analyzer's export: no cell images to show
         return InferenceRun(path, read_record_of(path, InferenceRecord, "expected the comparison's inference run"))
 
     def rows(self, measurand: str) -> pl.DataFrame:

@@ -27,7 +27,7 @@ from pathlib import Path, PurePosixPath
 import polars as pl
 
 from wbcv.base.errors import WbcvError
-from wbcv.base.records import ComparisonRecord, InferenceRecord
+from wbcv.base.records import ComparisonRecord, InferenceRecord, ResultsRecord
 from wbcv.base.runstore import locate_source_run, read_run_record
 from wbcv.base.tables import INPUTS_FILE, SKIPPED_FILE
 from wbcv.inference.decode import not_regular_reason
@@ -133,7 +133,8 @@ def inference_run_of(run_dir: Path) -> Path:
 
 
 def verify_inputs(run_dir: Path) -> InputVerification:
-    """Re-hash the batch's files against the inference run's inputs.parquet and skipped.parquet.
+    """Re-hash the batch's files against the inference run's inputs.parquet and skipped.parquet;
+    for a results run (`wbcv import-results`), its exported results file against its recorded sha256.
 
     ``run_dir`` is an inference run or a comparison run (then its inference run is checked). The
     run's own tables are trusted only as far as ``wbcv verify`` checked them: call this after
@@ -141,6 +142,10 @@ def verify_inputs(run_dir: Path) -> InputVerification:
     """
     run = inference_run_of(Path(run_dir))
     record = read_run_record(run)
+    if isinstance(record, ResultsRecord):  # an analyzer's export: its one input file
+        source = record.input.path
+        finding = _check_recorded(source.parent, source.name, record.input.sha256, record.input.bytes)
+        return InputVerification(run, source.parent, 1, (finding,) if finding else ())
     if not isinstance(record, InferenceRecord):  # pragma: no cover - inference_run_of returns one
         raise WbcvError(f"{run}: not an inference run")
     batch = record.batch.path

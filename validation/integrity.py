@@ -94,7 +94,8 @@ def source_run_findings(run_dir: Path, record: RunRecord, *, files: bool = True)
         return None, []
     path = locate_source_run(run_dir, record)
     if not (path / RUN_RECORD).is_file():
-        return path, [Finding("missing", str(path / RUN_RECORD), "the inference run this comparison used")]
+        used = f"the {record.inputs.inference_run.kind} run this comparison used"
+        return path, [Finding("missing", str(path / RUN_RECORD), used)]
     if sha256_file(path / RUN_RECORD) != record.inputs.inference_run.record_sha256:
         return path, [Finding("changed", str(path / RUN_RECORD), "differs from the sha256 recorded at comparison")]
     if not files:
@@ -141,7 +142,8 @@ def require_intact(run_dir: Path, purpose: str) -> Verification:
     own = _data_findings(v)
     source, upstream = source_run_findings(run_dir, v.record)
     if own or upstream:
-        altered = "the run" if own else f"the inference run it was made from ({source})"
+        kind = v.record.inputs.inference_run.kind if isinstance(v.record, ComparisonRecord) else "inference"
+        altered = "the run" if own else f"the {kind} run it was made from ({source})"
         what = "; ".join(listing([str(f) for f in own + upstream]))
         raise WbcvError(
             f"{run_dir}: {altered} was altered after it was sealed ({what}); {purpose}. "

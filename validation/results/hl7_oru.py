@@ -129,8 +129,8 @@ def read_hl7(path: Path, mapping: ClassMapping, collected: Collected) -> tuple[s
                 None, f"message {n} (line {segments[0].line})", None, None, f"message type {kind} not read"
             )
             continue
-        identity = identity or _identity(message)
         _read_message(path, n, segments, sep, enc, message, mapping, collected)
+        identity = identity or _identity(message)
     return encoding, identity
 
 
@@ -143,7 +143,7 @@ def _identity(message: hl7.Message) -> dict[str, str]:
         found["model"] = s.extract_field(1, 3, 1, 1)
     if not found.get("model"):
         found["model"] = message.segment("MSH").extract_field(1, 3, 1, 1)
-    serials = {s.extract_field(1, 18, 1, 1) for s in message.segments("OBX")} - {""}
+    serials = {s.extract_field(1, 18, 1, 1) for s in message if str(s[0]) == "OBX"} - {""}
     if len(serials) == 1:
         found["serial"] = serials.pop()
     return {k: v for k, v in found.items() if v}
