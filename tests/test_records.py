@@ -10,6 +10,8 @@ without its protocol and reference files, still shows them.
 
 from __future__ import annotations
 
+import copy
+
 import json
 import shutil
 import urllib.request
@@ -73,7 +75,27 @@ def key_paths(doc: dict[str, Any], prefix: str = "") -> set[str]:
 @pytest.mark.parametrize("name", ["inference-run.json", "comparison-run.json"])
 def test_a_sealed_run_of_format_1_reads_and_writes_back_the_same_document(name):
     doc = legacy(name)
-    assert to_json(parse_record(doc, name)) == doc
+    expected = copy.deepcopy(doc)
+    if name == "comparison-run.json":
+        # the source run's kind and analyzer, added with results runs (2026-11-30): written back with
+        # what a link without them meant, an inference run and no analyzer
+        expected["inputs"]["inference_run"] |= {"kind": "inference", "analyzer": None}
+    assert to_json(parse_record(doc, name)) == expected
+
+
+def test_a_comparison_of_a_results_run_links_it_by_kind_with_the_analyzer():
+    doc = legacy("comparison-run.json")
+    link = doc["inputs"]["inference_run"]
+    del link["model"]
+    link |= {"kind": "results", "analyzer": {"make": "Sysmex", "model": "DI-60", "source": "command line"}}
+    record = parse_record(doc, "c/run.json")
+    assert isinstance(record, ComparisonRecord)
+    got = record.inputs.inference_run
+    assert got.kind == "results" and got.model is None and got.producer == "Sysmex DI-60"
+    assert parse_record(legacy("comparison-run.json"), "c/run.json").inputs.inference_run.kind == "inference"
+    link["kind"] = "training"
+    with pytest.raises(WbcvError, match="field 'inputs.inference_run.kind' is \"training\"; expected 'inference' or"):
+        parse_record(doc, "c/run.json")
 
 
 def test_runs_written_before_a_field_existed_read_with_what_those_runs_meant():
@@ -105,7 +127,7 @@ def test_runs_written_before_a_field_existed_read_with_what_those_runs_meant():
         # a record with the whole protocol must have all of it
         ("protocol.min_cells", DELETE, "field 'protocol.min_cells' missing; expected a whole number"),
         ("created_utc", "today", "field 'created_utc' is \"today\"; expected a UTC time such as"),
-        ("kind", "training", "field 'kind' is \"training\"; expected 'inference' or 'comparison'"),
+        ("kind", "training", "field 'kind' is \"training\"; expected 'inference' or 'comparison' or 'results'"),
         ("format", "wbcv-run/2", "field 'format' is \"wbcv-run/2\"; expected 'wbcv-run/1'"),
     ],
 )
