@@ -86,7 +86,7 @@ def LGL_SAMPLES(truth: dict[str, dict[str, int]]) -> set[str]:  # noqa: N802 - a
 
 
 def test_hl7_reads_the_analyzer_and_lists_what_it_left_out(tmp_path, capsys):
-    code, out, err = wbcv(capsys, "import-results", SAMPLES / "oru.hl7", "--format", "hl7", "--out", tmp_path)
+    code, _, err = wbcv(capsys, "import-results", SAMPLES / "oru.hl7", "--format", "hl7", "--out", tmp_path)
     assert code == 0, err
     record = read_run_record(runs_of(tmp_path, "results")[0])
     assert isinstance(record, ResultsRecord)
@@ -200,9 +200,11 @@ def test_hl7_escapes_and_repetitions(tmp_path, capsys):
     code, _, err = wbcv(capsys, "import-results", bad, "--format", "hl7", "--out", tmp_path)
     assert code == 0, err
     run = runs_of(tmp_path, "results")[0]
-    assert "SIM&0007" in pl.read_parquet(run / COUNTS_FILE)["sample_id"].to_list() + pl.read_parquet(
-        run / IMPORT_EXCLUDED_FILE
-    )["sample_id"].to_list()
+    assert (
+        "SIM&0007"
+        in pl.read_parquet(run / COUNTS_FILE)["sample_id"].to_list()
+        + pl.read_parquet(run / IMPORT_EXCLUDED_FILE)["sample_id"].to_list()
+    )
     left = pl.read_parquet(run / IMPORT_EXCLUDED_FILE).filter(pl.col("sample_id") == "SIM&0007")
     assert any("2 repetitions; one value expected" in r for r in left["reason"])
     # without its neutrophils the percentages no longer sum to 100: the sample is excluded, with the reason
@@ -299,7 +301,7 @@ def test_percentages_without_a_total_exclude_the_sample_and_the_comparison_says_
         "protocol: {id: P, version: '1'}\nmeasurands:\n  NEUT%: {allowable_error_pct: 10}\n"
         "exclusions: {min_cells: 10}\n"
     )
-    code, out, err = wbcv(
+    code, _, err = wbcv(
         capsys, "compare", "--results", table, "--format", "csv", "--reference", reference,
         "--protocol", protocol, "--out", tmp_path / "runs",
     )  # fmt: skip
@@ -312,7 +314,7 @@ def test_percentages_without_a_total_exclude_the_sample_and_the_comparison_says_
     )  # fmt: skip
     assert code == 0, err
     shutil.rmtree(tmp_path / "runs2")
-    code, out, err = wbcv(
+    code, _, err = wbcv(
         capsys, "compare", "--results", table, "--format", "csv", "--reference", reference,
         "--protocol", protocol, "--out", tmp_path / "runs3",
     )  # fmt: skip
@@ -325,5 +327,7 @@ def test_percentages_without_a_total_exclude_the_sample_and_the_comparison_says_
 def test_compare_needs_a_run_or_results_not_both(capsys, tmp_path):
     code, _, err = wbcv(capsys, "compare", "--reference", REFERENCE, "--protocol", PROTOCOL)
     assert code == 2 and "give either RUN_DIR" in err
-    code, _, err = wbcv(capsys, "compare", "--results", SAMPLES / "oru.hl7", "--reference", REFERENCE, "--protocol", PROTOCOL)
+    code, _, err = wbcv(
+        capsys, "compare", "--results", SAMPLES / "oru.hl7", "--reference", REFERENCE, "--protocol", PROTOCOL
+    )
     assert code == 2 and "--results needs --format" in err
