@@ -308,7 +308,7 @@ def test_percentages_without_a_total_exclude_the_sample_and_the_comparison_says_
     assert code == 2  # S2's empty total is a value that is not a number
     assert "row 3, column 'total'" in err
     table.write_text("sample_id,NEUT%,LYMPH%\nS1,60.5,39.5\nS2,50,50\n")
-    code, out, err = wbcv(
+    code, _, err = wbcv(
         capsys, "compare", "--results", table, "--format", "csv", "--reference", reference,
         "--protocol", protocol, "--out", tmp_path / "runs2", "--total-cells", "200",
     )  # fmt: skip
