@@ -331,3 +331,39 @@ def test_compare_needs_a_run_or_results_not_both(capsys, tmp_path):
         capsys, "compare", "--results", SAMPLES / "oru.hl7", "--reference", REFERENCE, "--protocol", PROTOCOL
     )
     assert code == 2 and "--results needs --format" in err
+
+
+# --- the report of a results comparison --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["cells", "csv"])
+def test_report_says_what_the_export_has(fmt, tmp_path, capsys):
+    from wbcv.validation.report import load_report_data, render_html
+
+    code, _, err = wbcv(
+        capsys, "compare", "--results", SAMPLES / FILES[fmt], "--format", fmt,
+        "--reference", REFERENCE, "--protocol", PROTOCOL, "--out", tmp_path,
+    )  # fmt: skip
+    assert code in (0, 3), err
+    html = render_html(load_report_data(runs_of(tmp_path, "compare")[0]))
+    results = read_run_record(runs_of(tmp_path, "results")[0])
+    assert isinstance(results, ResultsRecord)
+    assert "Analyzer under test" in html and results.input.sha256 in html and "Left out at import" in html
+    assert "Model weights" not in html
+    if fmt == "cells":
+        assert "Pre-classification against verification" in html and "Reclassification rate" in html
+    else:
+        assert "not single cells: no cell-level results" in html
+        assert "Pre-classification against verification" not in html
+
+
+def test_verify_inputs_rehashes_the_results_file(tmp_path, capsys):
+    export = tmp_path / "oru.hl7"
+    shutil.copy(SAMPLES / "oru.hl7", export)
+    code, _, err = wbcv(capsys, "import-results", export, "--format", "hl7", "--out", tmp_path / "runs")
+    assert code == 0, err
+    run = runs_of(tmp_path / "runs", "results")[0]
+    assert main(["verify", "--inputs", str(run)]) == 0
+    export.write_bytes(export.read_bytes().replace(b"|87.6|", b"|78.6|", 1))
+    assert main(["verify", "--inputs", str(run)]) == 4
+    assert "input changed: oru.hl7" in capsys.readouterr().out
