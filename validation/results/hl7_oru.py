@@ -214,7 +214,8 @@ def _observation(
     unit = seg.extract_field(1, 6, 1, 1).strip()
     kind = _kind(code, unit)
     if kind is None:
-        return skip(f"unit {unit!r}: a concentration or an unknown unit; expected %, {{cells}} or #")
+        what = "a concentration" if code in LOINC_CONCENTRATION or _CONCENTRATION.search(unit) else "an unknown unit"
+        return skip(f"unit {unit!r}: {what}; expected %, {{cells}} or #")
     if mapping.target(name)[0] == TOTAL:
         kind = TOTAL
     collected.observe(sample, where, name, kind, value)
@@ -222,14 +223,12 @@ def _observation(
 
 
 def _kind(code: str, unit: str) -> str | None:
+    """'percent' or 'count' from OBX-6 (and, without a unit, a LOINC percentage code); None for a
+    concentration, an unknown unit, or no unit on a code that does not say."""
     if code in LOINC_CONCENTRATION:
         return None
-    if unit.lower() in PERCENT_UNITS:
+    if unit.lower() in PERCENT_UNITS or (not unit and code in LOINC_PERCENT):
         return "percent"
     if unit.lower() in COUNT_UNITS:
         return "count"
-    if not unit and code in LOINC_PERCENT:
-        return "percent"
-    if unit and _CONCENTRATION.search(unit):
-        return None
     return None
