@@ -267,8 +267,38 @@ def test_cells_without_a_verified_class_are_excluded_with_the_reason(tmp_path, c
     run = runs_of(tmp_path, "results")[0]
     left = pl.read_parquet(run / IMPORT_EXCLUDED_FILE).filter(pl.col("location") == "row 2")
     assert left.height == 1 and left["reason"][0].startswith("no verified class")
-    counts = pl.read_parquet(run / COUNTS_FILE).filter(pl.col("sample_id") == first[0])
-    assert counts["n_classified"][0] in (sum(truth[first[0]].values()) - 1, sum(truth[first[0]].values()))
+    row = pl.read_parquet(run / COUNTS_FILE).filter(pl.col("sample_id") == first[0]).row(0, named=True)
+    assert row["n_classified"] in (sum(truth[first[0]].values()) - 1, sum(truth[first[0]].values()))
+    assert row["n_files"] == row["n_cells"] + row["n_skipped"] and row["n_skipped"] >= 1  # the cell is not lost
+
+
+def test_a_cell_listed_twice_is_counted_once(tmp_path, capsys):
+    table = tmp_path / "cells.csv"
+    table.write_text(
+        "sample_id,cell_id,preclassified,verified\nS1,c1,Lymphocyte,Lymphocyte\nS1,c2,Neutrophil,Neutrophil\n"
+        "S1,c1,Lymphocyte,Lymphocyte\n"
+    )
+    code, _, err = wbcv(capsys, "import-results", table, "--format", "cells", "--out", tmp_path)
+    assert code == 0, err
+    run = runs_of(tmp_path, "results")[0]
+    row = pl.read_parquet(run / COUNTS_FILE).row(0, named=True)
+    assert (row["k_lymphocyte"], row["k_neutrophil"], row["n_skipped"], row["n_files"]) == (1, 1, 1, 3)
+    left = pl.read_parquet(run / IMPORT_EXCLUDED_FILE)
+    assert left["reason"].to_list() == ["same cell as row 2 (sample 'S1', cell 'c1'); counted once"]
+
+
+def test_compare_takes_a_results_run_like_an_inference_run(tmp_path, capsys):
+    code, _, err = wbcv(capsys, "import-results", SAMPLES / "differential.csv", "--format", "csv", "--out", tmp_path)
+    assert code == 0, err
+    results_dir = runs_of(tmp_path, "results")[0]
+    code, _, err = wbcv(capsys, "compare", results_dir, "--reference", REFERENCE, "--protocol", PROTOCOL)
+    assert code in (0, 3), err
+    comparison = read_run_record(runs_of(tmp_path, "compare")[0])  # beside the results run, as for inference
+    assert isinstance(comparison, ComparisonRecord) and comparison.inputs.inference_run.kind == "results"
+    code, _, err = wbcv(
+        capsys, "compare", runs_of(tmp_path, "compare")[0], "--reference", REFERENCE, "--protocol", PROTOCOL
+    )
+    assert code == 2 and "this is a comparison run; give the run of `wbcv infer` or `wbcv import-results`" in err
 
 
 def test_unknown_class_in_a_table_is_counted_and_shown(tmp_path, capsys):

@@ -16,9 +16,10 @@ counted. This module maps the names (``wbcv.validation.results.mapping``) and ma
   (``wbcv.validation.reference``), else the sample is excluded.
 
 Then, as an inference run's counts (``inference/runner.py``): n_files = every cell the export
-reports for the sample, n_skipped = cells of excluded or unmapped classes, n_cells = n_files -
-n_skipped, n_classified = sum of k_c, fraction_c = k_c / n_classified (null without classified
-cells), unclassified_fraction = n_unclassified / n_cells, model_id = the analyzer's label.
+reports for the sample, n_skipped = cells of excluded or unmapped classes and cells the reader
+excluded (a per-cell row without a verified class, a duplicate), n_cells = n_files - n_skipped,
+n_classified = sum of k_c, fraction_c = k_c / n_classified (null without classified cells),
+unclassified_fraction = n_unclassified / n_cells, model_id = the analyzer's label.
 
 A sample excluded as a whole has no counts row; it is in ``import_excluded.parquet`` with its reason
 (``export_class`` null), and the comparison says so (``wbcv.validation.study``). A class written
@@ -79,7 +80,7 @@ class Collected:
             self._seen.add(sample_id)
             self.samples.append(sample_id)
 
-    _seen: set[str] = field(default_factory=set)
+    _seen: set[str] = field(default_factory=set, init=False, repr=False)
 
 
 class RowExclusions:
@@ -115,12 +116,19 @@ def count_samples(collected: Collected, mapping: ClassMapping, model_id: str, to
     rows: list[dict[str, Any]] = []
     counted_from: dict[str, str] = {}
     unmapped: dict[str, int] = defaultdict(int)
+    left_out_cells: dict[str, int] = defaultdict(int)  # cells the reader excluded (a per-cell row without a class)
+    for e in collected.excluded:
+        if e["sample_id"] is not None and e["n_cells"]:
+            left_out_cells[e["sample_id"]] += e["n_cells"]
     for sid in collected.samples:
         obs = by_sample.get(sid, [])
         sample = _count_one(sid, obs, mapping, total_cells)
         excluded += sample.excluded
         if sample.row is None:
             continue
+        extra = left_out_cells.get(sid, 0)
+        sample.row["n_files"] += extra
+        sample.row["n_skipped"] += extra
         rows.append({**sample.row, "model_id": model_id})
         counted_from[sid] = sample.counted_from
         for name, n in sample.unmapped.items():

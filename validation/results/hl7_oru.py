@@ -180,7 +180,7 @@ def _read_message(
                 raise WbcvError(f"{path} {where}: truncated: {len(fields) - 1} fields, OBX-11 (result status) missing")
             obx_seen = True
             _observation(
-                seg, fields, enc, sample, f"message {n} (line {raw.line}) OBX-{fields[1] or '?'}", mapping, collected
+                seg, fields, enc, sample, f"message {n} (line {raw.line}), OBX {fields[1] or '?'}", mapping, collected
             )
     if sample is None:
         raise WbcvError(f"{path} message {n} (line {segments[0].line}): no OBR segment: truncated message?")
