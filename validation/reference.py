@@ -19,6 +19,8 @@ Sysmex XN export, as handled here:
 
 A plain CSV reference (other analyzers) has a ``sample_id`` column and measurand columns named
 like the Sysmex ones (``WBC``, ``NEUT#``, ``NEUT%`` ..., optionally with a unit in parentheses).
+A CSV with ``sample_id`` and ``examiner`` columns is a manual differential (examiners' cell counts,
+CLSI H20), read by ``wbcv.validation.manual_reference``.
 
 Every excluded row is returned with its row number and reason. Anything malformed is a
 ``WbcvError`` naming the file, row and column.
@@ -391,6 +393,10 @@ def read_reference(path: Path | str) -> ReferenceData:
             cells = [c.strip().lower() for c in row]
             if "sample no." in cells:
                 return _read_sysmex(path, encoding, row, i, rows, sep)
+            if "sample_id" in cells and "examiner" in cells:
+                from wbcv.validation.manual_reference import read_manual_differential
+
+                return read_manual_differential(path, encoding, row, i, rows, sep)
             if "sample_id" in cells:
                 return _read_plain(path, encoding, row, i, rows, sep)
             if i >= MAX_PREAMBLE_LINES:
@@ -483,7 +489,7 @@ def _read_sysmex(
     analyzer_i = lower.index("analyzer id") if "analyzer id" in lower else None
     decimal_comma = sep == ";"
     quantities = [c.quantity for c in columns]
-    records, excluded = _Frames(_table_schema(quantities)), _Frames(EXCLUDED_SCHEMA)
+    records, excluded = _Frames(table_schema(quantities)), _Frames(EXCLUDED_SCHEMA)
     for r, row, sid in fitted_rows(rows, header, sample_i, excluded):
         if not sid:
             excluded.add({"source_row": r, "sample_id": None, "reason": "no sample number"})
@@ -535,7 +541,7 @@ def _read_plain(
     if not columns:
         raise WbcvError(f"{path} row {h}: no measurand columns; expected some of {', '.join(MEASURANDS)}")
     quantities = [c.quantity for c in columns]
-    records, excluded = _Frames(_table_schema(quantities)), _Frames(EXCLUDED_SCHEMA)
+    records, excluded = _Frames(table_schema(quantities)), _Frames(EXCLUDED_SCHEMA)
     for r, row, sid in fitted_rows(rows, header, sid_i, excluded):
         if not sid:
             raise WbcvError(f"{path} row {r}, column 'sample_id': empty sample id")
@@ -575,7 +581,7 @@ def _drop_exact_repeats(path: Path, table: pl.DataFrame, quantities: list[str]) 
     return table.filter(pl.col("source_row") == first), excluded
 
 
-def _table_schema(quantities: list[str]) -> dict[str, pl.DataType]:
+def table_schema(quantities: list[str]) -> dict[str, pl.DataType]:
     schema: dict[str, pl.DataType] = dict(BASE_COLUMNS)
     for q in quantities:
         schema[q] = pl.Float64()
