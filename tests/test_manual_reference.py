@@ -100,3 +100,16 @@ def test_an_analyzer_export_compares_with_a_manual_reference(tmp_path, capsys):
     assert table.height == len(samples) and (table["cells_counted"] == 400).all()
     assert {"NEUT% ci_low", "NEUT% ci_high"} <= set(table.columns)
     assert "NEUT%:" in out.out and "OVERALL" in out.out
+
+
+def test_a_protocol_needing_counts_is_refused_before_anything_is_imported(tmp_path, capsys):
+    ref = tmp_path / "manual.csv"
+    ref.write_text("sample_id,examiner,Neutrophils,Lymphocytes\nSIM0007-00000,A,150,50\n")
+    protocol = REPO / "fixtures" / "samples" / "protocol.yaml"  # NEUT# ...: needs the reference's WBC and counts
+    code = main(
+        ["compare", "--results", str(EXPORT), "--format", "csv", "--reference", str(ref), "--protocol", str(protocol),
+         "--out", str(tmp_path / "runs")]
+    )  # fmt: skip
+    assert code == 2
+    assert "needs column(s) the reference does not have: NEUT#" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()

@@ -140,8 +140,8 @@ def _flag_reason(flags: list[str], protocol: Protocol) -> str | None:
     return f"reference flag(s) {', '.join(hit)}" if hit else None
 
 
-def compare(counts: pl.DataFrame, ref: ReferenceData, protocol: Protocol) -> Comparison:
-    """The comparison table and the excluded list for every measurand of the protocol."""
+def check_reference_columns(ref: ReferenceData, protocol: Protocol) -> None:
+    """Refuse (WbcvError) a reference that lacks a quantity the protocol needs, naming each."""
     missing = [m for m in protocol.measurands if m not in ref.quantities and m != "WBC"]
     needs_wbc = protocol.count_mode == "relative" and any(MEASURANDS[m].kind == "count" for m in protocol.measurands)
     if needs_wbc and "WBC" not in ref.quantities:
@@ -159,6 +159,11 @@ def compare(counts: pl.DataFrame, ref: ReferenceData, protocol: Protocol) -> Com
             f"{ref.path}: the protocol {protocol.path.name} needs column(s) the reference does not have: "
             f"{', '.join(missing)}"
         )
+
+
+def compare(counts: pl.DataFrame, ref: ReferenceData, protocol: Protocol) -> Comparison:
+    """The comparison table and the excluded list for every measurand of the protocol."""
+    check_reference_columns(ref, protocol)
     chosen, reruns = select_measurements(ref, protocol.rerun_rule)
     run_ids = counts["sample_id"]
     # Samples whose only rows the reference parser left out (short rows ...) are listed there with

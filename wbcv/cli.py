@@ -190,12 +190,20 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     if (args.run_dir is None) == (args.results is None):
         raise WbcvError("give either RUN_DIR (an inference or results run) or --results FILE --format F, not both")
-    run_dir = args.run_dir
-    if args.results is not None:
-        if args.format is None:
-            raise WbcvError("--results needs --format (csv, cells, hl7 or astm)")
-        run_dir = _import_results(args, args.out or Path("runs"), args.protocol)
-    return _print_comparison(run_comparison(run_dir, args.reference, args.protocol, args.out))
+    if args.results is None:
+        return _print_comparison(run_comparison(args.run_dir, args.reference, args.protocol, args.out))
+    if args.format is None:
+        raise WbcvError("--results needs --format (csv, cells, hl7 or astm)")
+    from wbcv.validation.compare import check_reference_columns
+    from wbcv.validation.protocol import load_protocol
+    from wbcv.validation.reference import read_reference
+
+    # Check the protocol and the reference before writing a results run.
+    protocol, reference = load_protocol(args.protocol), read_reference(args.reference)
+    check_reference_columns(reference, protocol)
+    run_dir = _import_results(args, args.out or Path("runs"), args.protocol)
+    result = run_comparison(run_dir, args.reference, args.protocol, args.out, reference=reference, protocol=protocol)
+    return _print_comparison(result)
 
 
 def _signatories(args: argparse.Namespace) -> list[Signatory]:
