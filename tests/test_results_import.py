@@ -8,12 +8,16 @@ importer makes is checked against the truth, not against itself.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
 import polars as pl
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from wbcv.base.errors import WbcvError
 from wbcv.base.records import ComparisonRecord, ResultsRecord
 from wbcv.base.runstore import read_run_record
 from wbcv.base.tables import CELLS_FILE, COUNTS_FILE, EXCLUDED_FILE, IMPORT_EXCLUDED_FILE, STATISTICS_FILE
@@ -397,3 +401,46 @@ def test_verify_inputs_rehashes_the_results_file(tmp_path, capsys):
     export.write_bytes(export.read_bytes().replace(b"|87.6|", b"|78.6|", 1))
     assert main(["verify", "--inputs", str(run)]) == 4
     assert "input changed: oru.hl7" in capsys.readouterr().out
+
+
+# --- hostile input: never a traceback -------------------------------------------------------------
+
+_HL7_HEAD = "MSH|^~\\&|DI-60|LAB|LIS|HOSP|20260101||ORU^R01|1|P|2.5.1\rOBR|1||S1|x\r"
+_segment_text = st.text(alphabet=st.sampled_from(list("OBXPIDMSH|^~\\&0123456789.%\r\n -abc{}")), max_size=200)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(tail=_segment_text)
+def test_any_hl7_text_is_read_or_refused_with_a_message(tmp_path, tail):
+    from wbcv.validation.results.counting import Collected
+    from wbcv.validation.results.hl7_oru import read_hl7
+    from wbcv.validation.results.mapping import default_mapping
+
+    f = tmp_path / "fuzz.hl7"
+    f.write_bytes((_HL7_HEAD + tail).encode())
+    try:
+        read_hl7(f, default_mapping(), Collected())
+    except WbcvError as e:
+        assert str(f) in str(e)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(max_size=300))
+def test_any_astm_bytes_are_read_or_refused_with_a_message(tmp_path, data):
+    from wbcv.validation.results.astm_records import read_astm
+    from wbcv.validation.results.counting import Collected
+    from wbcv.validation.results.mapping import default_mapping
+
+    f = tmp_path / "fuzz.astm"
+    f.write_bytes(b"H|\\^&|||X\r" + data)
+    try:
+        read_astm(f, default_mapping(), Collected())
+    except WbcvError as e:
+        assert str(f) in str(e)
+
+
+def test_a_fifo_is_refused_without_blocking(tmp_path, capsys):
+    fifo = tmp_path / "export.hl7"
+    os.mkfifo(fifo)
+    code, _, err = wbcv(capsys, "import-results", fifo, "--format", "hl7", "--out", tmp_path)
+    assert code == 2 and "not a regular file; expected a file of HL7 or ASTM messages" in err
