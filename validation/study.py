@@ -51,10 +51,11 @@ from wbcv.base.tables import (
     STATISTICS_FILE,
     VERDICT_FILE,
 )
-from wbcv.validation.compare import EXCLUDED_SCHEMA, NOT_IN_RUN, compare
+from wbcv.validation.compare import EXCLUDED_SCHEMA, NOT_IN_RUN, check_reference_columns, compare
 from wbcv.validation.integrity import require_intact
 from wbcv.validation.protocol import Protocol, load_protocol
 from wbcv.validation.reference import ReferenceData, read_reference
+from wbcv.validation.results.run import Format, ImportOptions, ResultsRun, import_results
 from wbcv.validation.verdict import MeasurandVerdict, decide, overall, to_jsonable
 
 
@@ -153,6 +154,27 @@ def run_comparison(
             {STATISTICS_FILE: to_jsonable(stats), VERDICT_FILE: verdict_doc},
         )
     return ComparisonResult(run_dir, load_comparison(run_dir), verdicts, passed)
+
+
+def compare_export(
+    export: Path,
+    fmt: Format,
+    options: ImportOptions,
+    reference_path: Path,
+    protocol_path: Path,
+    runs_dir: Path,
+    comparison_dir: Path | None = None,
+) -> tuple[ResultsRun, ComparisonResult]:
+    """`wbcv compare --results`: import an analyzer's export into a results run under ``runs_dir``,
+    then compare it. The protocol, the reference and the columns the protocol needs from it are
+    checked first, so a wrong reference writes no results run."""
+    protocol, reference = load_protocol(protocol_path), read_reference(reference_path)
+    check_reference_columns(reference, protocol)
+    imported = import_results(export, fmt, runs_dir, options)
+    result = run_comparison(
+        imported.run_dir, reference_path, protocol_path, comparison_dir, reference=reference, protocol=protocol
+    )
+    return imported, result
 
 
 def with_import_exclusions(excluded: pl.DataFrame, results_run: Path, counts: pl.DataFrame) -> pl.DataFrame:

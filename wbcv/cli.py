@@ -20,6 +20,7 @@ from wbcv.base.errors import WbcvError
 
 if TYPE_CHECKING:
     from wbcv.validation.report import Signatory
+    from wbcv.validation.results.run import ImportOptions
 
 EXIT_OK = 0
 EXIT_INPUT_ERROR = 2
@@ -154,14 +155,18 @@ def _print_comparison(result: object) -> int:
     return EXIT_OK if result.passed else EXIT_FAILED_ACCEPTANCE
 
 
-def _import_results(args: argparse.Namespace, out: Path, protocol: Path | None) -> Path:
-    """Shared by `import-results` and `compare --results`: import, print the summary, return the run."""
+def _import_options(args: argparse.Namespace, protocol: Path | None) -> ImportOptions:
     from wbcv.validation.results.mapping import choose_mapping
-    from wbcv.validation.results.run import ImportOptions, import_results
+    from wbcv.validation.results.run import ImportOptions
 
     analyzer = {k: getattr(args, k) for k in ("make", "model", "software_version", "serial")}
-    options = ImportOptions(choose_mapping(args.mapping, protocol), analyzer, args.total_cells)
-    result = import_results(args.results, args.format, out, options)
+    return ImportOptions(choose_mapping(args.mapping, protocol), analyzer, args.total_cells)
+
+
+def _print_import(result: object) -> None:
+    from wbcv.validation.results.run import ResultsRun
+
+    assert isinstance(result, ResultsRun)
     r, s = result.record, result.record.summary
     print(
         f"results run {r.run_id}: {s.n_samples} samples from {r.input.path.name} ({r.input.format}, "
@@ -177,16 +182,18 @@ def _import_results(args: argparse.Namespace, out: Path, protocol: Path | None) 
     if s.n_rows_excluded:
         print(f"  {s.n_rows_excluded} exclusion(s), each with its reason: {result.run_dir / 'import_excluded.parquet'}")
     print(f"  {result.run_dir}")
-    return result.run_dir
 
 
 def cmd_import_results(args: argparse.Namespace) -> int:
-    _import_results(args, args.out, args.protocol)
+    from wbcv.validation.results.run import import_results
+
+    options = _import_options(args, args.protocol)
+    _print_import(import_results(args.results, args.format, args.out, options))
     return EXIT_OK
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from wbcv.validation.study import run_comparison
+    from wbcv.validation.study import compare_export, run_comparison
 
     if (args.run_dir is None) == (args.results is None):
         raise WbcvError("give either RUN_DIR (an inference or results run) or --results FILE --format F, not both")
@@ -194,15 +201,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
         return _print_comparison(run_comparison(args.run_dir, args.reference, args.protocol, args.out))
     if args.format is None:
         raise WbcvError("--results needs --format (csv, cells, hl7 or astm)")
-    from wbcv.validation.compare import check_reference_columns
-    from wbcv.validation.protocol import load_protocol
-    from wbcv.validation.reference import read_reference
-
-    # Check the protocol and the reference before writing a results run.
-    protocol, reference = load_protocol(args.protocol), read_reference(args.reference)
-    check_reference_columns(reference, protocol)
-    run_dir = _import_results(args, args.out or Path("runs"), args.protocol)
-    result = run_comparison(run_dir, args.reference, args.protocol, args.out, reference=reference, protocol=protocol)
+    options = _import_options(args, args.protocol)
+    out = args.out or Path("runs")
+    imported, result = compare_export(args.results, args.format, options, args.reference, args.protocol, out)
+    _print_import(imported)
     return _print_comparison(result)
 
 
@@ -613,7 +615,7 @@ def build_parser() -> argparse.ArgumentParser:
         "verify",
         help="check that no file of a finished run was changed, added or removed",
         description=(
-            "Recompute the sha256 of every file in a finished run (inference or comparison) against its run.json, "
+            "Recompute the sha256 of every file in a finished run (inference, results or comparison) against its run.json, "
             "of its report against report/manifest.json, and, for a comparison, of the inference run it was made "
             "from; name each file that was changed, added or removed; print the manifests' own sha256. With "
             "--inputs, also re-hash the batch's input files (images, manifest, expert labels) against the inference "
