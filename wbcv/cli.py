@@ -615,11 +615,12 @@ def build_parser() -> argparse.ArgumentParser:
         "verify",
         help="check that no file of a finished run was changed, added or removed",
         description=(
-            "Recompute the sha256 of every file in a finished run (inference, results or comparison) against its run.json, "
-            "of its report against report/manifest.json, and, for a comparison, of the inference run it was made "
-            "from; name each file that was changed, added or removed; print the manifests' own sha256. With "
-            "--inputs, also re-hash the batch's input files (images, manifest, expert labels) against the inference "
-            "run's inputs.parquet and name images changed, removed or added since. Exit status 0 when intact, 4 "
+            "Recompute the sha256 of every file in a finished run (inference, results or comparison) against its "
+            "run.json, of its report against report/manifest.json, and, for a comparison, of the inference or results "
+            "run it was made from; name each file that was changed, added or removed; print the manifests' own "
+            "sha256. With --inputs, also re-hash the batch's input files (images, manifest, expert labels) against the "
+            "inference run's inputs.parquet and name images changed, removed or added since (for a results run: the "
+            "exported file against its recorded sha256). Exit status 0 when intact, 4 "
             "otherwise."
         ),
     )
