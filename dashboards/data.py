@@ -247,8 +247,10 @@ class ComparisonRun:
             )
             self.notes.append(f"the inference run {path} {what}; its cells are not shown")
             return None
-        if self.record.inputs.inference_run.kind == "results":
-            return None  # an analyzer's export: no cell images to show
+        link = self.record.inputs.inference_run
+        if link.kind == "results":  # an analyzer's export: no cell images to show
+            self.notes.append(f"the counts are an analyzer's exported results ({link.producer}, run {link.run_id})")
+            return None
         return InferenceRun(path, read_record_of(path, InferenceRecord, "expected the comparison's inference run"))
 
     def rows(self, measurand: str) -> pl.DataFrame:

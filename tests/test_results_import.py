@@ -444,3 +444,21 @@ def test_a_fifo_is_refused_without_blocking(tmp_path, capsys):
     os.mkfifo(fifo)
     code, _, err = wbcv(capsys, "import-results", fifo, "--format", "hl7", "--out", tmp_path)
     assert code == 2 and "not a regular file; expected a file of HL7 or ASTM messages" in err
+
+
+def test_the_dashboard_names_the_analyzer_and_says_why_there_are_no_cells(tmp_path, capsys):
+    from wbcv.dashboards.app import _gallery
+    from wbcv.dashboards.data import RunCatalog
+
+    code, _, err = wbcv(
+        capsys, "compare", "--results", SAMPLES / "results.astm", "--format", "astm",
+        "--reference", REFERENCE, "--protocol", PROTOCOL, "--out", tmp_path,
+    )  # fmt: skip
+    assert code in (0, 3), err
+    catalog = RunCatalog(tmp_path)
+    (summary,) = catalog.summaries()  # the results run is not a comparison: not listed, and not "unreadable"
+    assert catalog.unreadable() == []
+    assert summary.model == "DI-60 (software 1.2.3, serial SN4711)"
+    run = catalog.get(summary.run_id)
+    (paragraph,) = _gallery(run, run.table["sample_id"][0])
+    assert "cells not available (the counts are an analyzer's exported results (DI-60" in str(paragraph.children)
