@@ -386,6 +386,7 @@ def test_report_says_what_the_export_has(fmt, tmp_path, capsys):
     assert "Model weights" not in html
     if fmt == "cells":
         assert "Pre-classification against verification" in html and "Reclassification rate" in html
+        assert "Wilson score interval (Wilson 1927" in html
     else:
         assert "not single cells: no cell-level results" in html
         assert "Pre-classification against verification" not in html

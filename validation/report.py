@@ -505,6 +505,18 @@ def _methods(protocol: ProtocolRecord, statistics: dict[str, Any]) -> list[tuple
             "not part of any class fraction.",
         ),
     ]
+    if "preclassification" in statistics:
+        out.append(
+            (
+                "Pre-classification",
+                "The analyzer's pre-classified class against the technologist's verified class (the reference), "
+                "both mapped to wbcv's categories: agreement and reclassification rate (class name changed), per "
+                "category sensitivity, PPV and specificity, each with its Wilson score interval (Wilson 1927; "
+                f"Newcombe 1998, method 3; scipy) at {conf}; Cohen's kappa (Cohen 1960) and weighted kappa with "
+                "linear and quadratic disagreement weights by category order (Cohen 1968); the per-sample "
+                "difference is of the differentials among the five classes (ICSH 2019).",
+            )
+        )
     return out
 
 
