@@ -384,6 +384,7 @@ def test_report_says_what_the_export_has(fmt, tmp_path, capsys):
     assert isinstance(results, ResultsRecord)
     assert "Analyzer under test" in html and results.input.sha256 in html and "Left out at import" in html
     assert "Model weights" not in html
+    assert "mapped to unclassified by the class mapping" in html and "ensemble would not commit" not in html
     if fmt == "cells":
         assert "Pre-classification against verification" in html and "Reclassification rate" in html
         assert "Wilson score interval (Wilson 1927" in html

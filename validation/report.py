@@ -401,8 +401,9 @@ def _measurand_sections(data: ReportData, required_coverage: float, confidence: 
     return sections
 
 
-def _methods(protocol: ProtocolRecord, statistics: dict[str, Any]) -> list[tuple[str, str]]:
-    """Every convention the numbers depend on, as (topic, statement) pairs."""
+def _methods(protocol: ProtocolRecord, statistics: dict[str, Any], export: bool = False) -> list[tuple[str, str]]:
+    """Every convention the numbers depend on, as (topic, statement) pairs; ``export``: the counts are
+    an analyzer's exported results, not the model's."""
     conf = f"{100 * protocol.confidence:g} %"
     req = f"{100 * protocol.required_coverage:g} %"
     any_stats: Any = next(iter(statistics.values()), {})
@@ -500,9 +501,14 @@ def _methods(protocol: ProtocolRecord, statistics: dict[str, Any]) -> list[tuple
         ),
         (
             "Unclassified cells",
-            "cells the ensemble would not commit to (no or several one-vs-all heads firing, disagreement with the "
-            "lineage head, or a combined probability below the model's threshold) are counted separately and are "
-            "not part of any class fraction.",
+            "white cells the analyzer's export names outside the five classes, mapped to unclassified by the class "
+            "mapping the results run records (blasts, immature granulocytes, unidentified cells), are counted "
+            "separately and are not part of any class fraction; classes mapped to excluded or not mapped are "
+            "left out with their reason."
+            if export
+            else "cells the ensemble would not commit to (no or several one-vs-all heads firing, disagreement with "
+            "the lineage head, or a combined probability below the model's threshold) are counted separately and "
+            "are not part of any class fraction.",
         ),
     ]
     if "preclassification" in statistics:
@@ -577,7 +583,7 @@ def render_html(data: ReportData, signatories: Sequence[Signatory] = ()) -> str:
         sections=sections,
         excluded=_table(exclusion_lines(data.excluded), ["sample_id", "measurands", "source_row", "reason"]),
         cells=cell_view,
-        methods=_methods(protocol, data.statistics),
+        methods=_methods(protocol, data.statistics, export=data.cells.results is not None),
         rules=protocol.measurands,
         signatures=[by_role.get(role, Signatory(role)) for role in SIGNATURE_ROLES],
         report_format=REPORT_FORMAT,
