@@ -26,6 +26,7 @@ from wbcv.base.records import (
     ComparisonSummary,
     InferenceLink,
     InferenceRecord,
+    PlanInput,
     ProtocolInput,
     ReferenceInput,
     to_json,
@@ -56,8 +57,10 @@ def run_comparison(
     *,
     reference: ReferenceData | None = None,
     protocol: Protocol | None = None,
+    plan_dir: Path | None = None,
 ) -> ComparisonResult:
     inference_run = Path(inference_run)
+    plan = None if plan_dir is None else _plan_input(Path(plan_dir))
     record = read_record_of(inference_run, InferenceRecord, "give the run of `wbcv infer`")
     require_intact(inference_run, "a comparison would validate counts that are not what was computed")
     protocol = protocol or load_protocol(protocol_path)
@@ -87,6 +90,7 @@ def run_comparison(
             id=protocol.id,
             version=protocol.version,
         ),
+        plan=plan,
     )
     key = hashlib.sha256(json.dumps(to_json(inputs), sort_keys=True).encode()).hexdigest()
     created = dt.datetime.now(dt.UTC).replace(microsecond=0)
@@ -125,6 +129,19 @@ def run_comparison(
             {STATISTICS_FILE: to_jsonable(stats), VERDICT_FILE: verdict_doc},
         )
     return ComparisonResult(run_dir, load_comparison(run_dir), verdicts, passed)
+
+
+def _plan_input(plan_dir: Path) -> PlanInput:
+    """The plan folder, verified against its manifest (``wbcv.validation.plan.read_plan``)."""
+    from wbcv.validation.plan import read_plan
+
+    check = read_plan(plan_dir)
+    return PlanInput(
+        path=plan_dir.resolve(),
+        manifest_sha256=check.manifest_sha256,
+        protocol_sha256=check.protocol_sha256,
+        strata=check.strata,
+    )
 
 
 def load_comparison(run_dir: Path) -> ComparisonRecord:

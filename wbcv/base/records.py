@@ -209,10 +209,22 @@ class ProtocolInput:
 
 
 @dataclass(frozen=True, kw_only=True)
+class PlanInput:
+    """The validation plan (``wbcv plan``) a comparison was made under: its manifest's sha256 and the
+    sha256 of the protocol the plan was made from (``wbcv.validation.plan``)."""
+
+    path: Path
+    manifest_sha256: Sha256
+    protocol_sha256: Sha256
+    strata: dict[str, int]
+
+
+@dataclass(frozen=True, kw_only=True)
 class ComparisonInputs:
     inference_run: InferenceLink
     reference: ReferenceInput
     protocol: ProtocolInput
+    plan: PlanInput | None = None  # recorded since `wbcv compare --plan`; None: no plan given
 
 
 @dataclass(frozen=True, kw_only=True)
