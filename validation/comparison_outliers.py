@@ -12,6 +12,7 @@ states both when it is without.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import polars as pl
 
@@ -65,7 +66,7 @@ def screen_outliers(rows: pl.DataFrame, rule: OutlierRule) -> OutlierScreen:
         .select("sample_id", "reference")
         .iter_rows()
     )
-    common = {
+    common: dict[str, Any] = {
         "method": rule.method,
         "differences": rule.differences,
         "alpha": rule.alpha,

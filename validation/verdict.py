@@ -271,7 +271,7 @@ def decide(table: pl.DataFrame, protocol: Protocol) -> tuple[list[MeasurandVerdi
         st["samples_needed_at_observed_coverage"] = _attempt(
             functools.partial(
                 sampling.samples_needed,
-                expected_coverage=v.coverage,
+                expected_coverage=v.coverage or 0.0,  # n > 0 here: the coverage is a number
                 required_coverage=protocol.required_coverage,
                 confidence=protocol.confidence,
             )
