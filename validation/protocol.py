@@ -22,6 +22,13 @@ Example (every key that exists; ``wbcv`` refuses unknown keys and suggests the c
       immature_granulocytes: separate   # separate | with_neutrophils (reference NEUT += IG)
     rerun_rule: last                # last | first | reject
     decision_levels: {NEUT#: [1.5, 7.0]}
+    # EP09c additions (wbcv.validation.comparison_outliers, bias_range, regression_acceptance, plan):
+    #   measurands.<M>.regression: {slope: [0.8, 1.2], intercept_abs: 0.5}   # Passing-Bablok criterion
+    #   acceptance.regression_basis: point_estimate   # point_estimate | ci (the whole CI within the limits)
+    outliers: {method: esd, alpha: 0.05, max_share: 0.05, differences: absolute, verdict: with}
+    bias_intervals: {NEUT#: [2.0, 7.5]}   # cut points of the reference value; default: tertiles
+    difference_plot: {limits: constant}   # constant | regression (Bland & Altman 1999 §3.2)
+    plan: {strata: {normal: 40, leukopenic: 20, abnormal: 20}, expected_coverage: 0.99}   # wbcv plan
 
 The file is read by ``wbcv.base.yamlfile`` (the one YAML reader: size and alias-expansion caps,
 duplicate keys refused, YAML 1.2 scalars). Ids, versions, titles, the study's entries, flag and
