@@ -76,3 +76,8 @@ def test_report_html_has_the_ep09_sections(study_run):  # noqa: F811
     stats = {**data.statistics, name: {**data.statistics[name], "regression_limits": {**LIMITS, "z": 1.96}}}
     html = render_html(dataclasses.replace(data, statistics=stats))
     assert '"name":"regression limits"' in html and "Regression-based limits of agreement</b>" in html
+
+
+def test_a_measurand_without_statistics_has_an_empty_view():
+    """No sample compared: every part of the view is None, so the template shows nothing of it."""
+    assert set(ep09_view({}, {}).values()) == {None}

@@ -449,7 +449,7 @@ def _measurand_sections(data: ReportData, required_coverage: float, confidence: 
                 "unit": MEASURANDS[name].unit,
                 "verdict": v,
                 "stats": _stat_rows(st, confidence, required_coverage) if st else [],
-                "ep09": ep09_view(st, v) if st else {},
+                "ep09": ep09_view(st, v),
                 "figures": figures,
                 "n_absolute": int((rows["criterion"] == "absolute").sum()) if rows.height else 0,
             }
