@@ -62,6 +62,7 @@ from wbcv.base.tables import (
 )
 from wbcv.base.taxonomy import CELL_CLASSES
 from wbcv.validation import cell_metrics
+from wbcv.validation.bias_range import SQRT_PI_OVER_2
 from wbcv.validation.expert_labels import LabelledCells, labelled_cells
 from wbcv.validation.figures import bland_altman_plot, confusion_matrix_plot, regression_plot, verification_plot
 from wbcv.validation.integrity import (
@@ -341,6 +342,89 @@ def _stat_rows(st: dict[str, Any], confidence: float, required_coverage: float) 
     return rows
 
 
+def _interval_label(low: float | None, high: float | None) -> str:
+    if low is None:
+        return f"< {fmt(high)}"
+    if high is None:
+        return f"≥ {fmt(low)}"
+    return f"{fmt(low)} to < {fmt(high)}"
+
+
+def _mean_ci(m: dict[str, Any] | None, unit: str = "") -> tuple[str, str, str]:
+    """(n, mean, CI) of a mean difference of statistics.json."""
+    if not m:
+        return ("0", "–", "no sample")
+    interval = "undefined (n = 1)" if m["lower"] is None else f"{fmt(m['lower'])} to {fmt(m['upper'])}{unit}"
+    return (str(m["n"]), f"{fmt(m['mean'])}{unit}", interval)
+
+
+def ep09_view(st: dict[str, Any], verdict: dict[str, Any]) -> dict[str, Any]:
+    """The EP09c additions of one measurand for the report: the outliers listed by generalized ESD,
+    the verdict with all samples (when judged without the outliers), the bias by concentration
+    interval, the regression-based limits of agreement and the regression criterion."""
+    keys = ("outliers", "with_all", "intervals", "intervals_not_computed", "regression_limits", "regression_acceptance")
+    view: dict[str, Any] = dict.fromkeys(keys)
+    screen = st.get("outliers")
+    if isinstance(screen, dict):
+        scale = (
+            "absolute differences (test − reference)"
+            if screen["differences"] == "absolute"
+            else "relative differences (%)"
+        )
+        view["outliers"] = {
+            "summary": (
+                f"not tested: {screen['not_computed']}"
+                if screen["not_computed"]
+                else f"generalized ESD on the {scale} of {screen['n_tested']} samples, "
+                f"at most {screen['max_outliers']} outlier(s) tested (share {fmt(screen['max_share'])}), "
+                f"α = {fmt(screen['alpha'])}: "
+                f"{len(screen['outliers'])} outlier(s)"
+            ),
+            "rows": [
+                [
+                    o["sample_id"],
+                    fmt(o["reference"]),
+                    fmt(o["predicted"]),
+                    fmt(o["difference"]),
+                    fmt(o["r"]),
+                    fmt(o["critical"]),
+                ]
+                for o in screen["outliers"]
+            ],
+            "not_tested": [f"{sid}: {why}" for sid, why in screen["not_tested"]],
+            "removed": bool(verdict.get("outliers_removed")),
+        }
+    full = st.get("verdict_with_all_samples")
+    if isinstance(full, dict):
+        view["with_all"] = f"{'PASS' if full['passed'] else 'FAIL'}: {full['reason']}"
+    bi = st.get("bias_by_interval")
+    if isinstance(bi, dict) and "intervals" in bi:
+        view["intervals"] = {
+            "source": bi["source"],
+            "rows": [
+                [_interval_label(p["low"], p["high"]), *_mean_ci(p["absolute"]), *_mean_ci(p["percent"], " %")[1:]]
+                for p in bi["intervals"]
+            ],
+        }
+    elif isinstance(bi, dict):
+        view["intervals_not_computed"] = bi.get("not_computed", "not available")
+    rl = st.get("regression_limits")
+    if isinstance(rl, dict):
+        view["regression_limits"] = (
+            f"not computed: {rl['not_computed']}"
+            if "not_computed" in rl
+            else f"bias = {fmt(rl['bias_intercept'], 4)} + {fmt(rl['bias_slope'], 4)}·A; limits = bias ± "
+            f"{fmt(rl['z'] * SQRT_PI_OVER_2, 3)}·({fmt(rl['spread_intercept'], 4)} + {fmt(rl['spread_slope'], 4)}·A), "
+            "A the mean of test and reference"
+        )
+    ra = st.get("regression_acceptance")
+    if isinstance(ra, dict):
+        view["regression_acceptance"] = (
+            f"{'met' if ra['passed'] else 'NOT met'} ({ra['basis'].replace('_', ' ')}): {ra['reason']}"
+        )
+    return view
+
+
 def _table(frame: pl.DataFrame, columns: Sequence[str]) -> tuple[list[str], list[list[str]], int]:
     """Header, at most MAX_LISTED_ROWS formatted rows, and how many rows were left out."""
     shown = frame.head(MAX_LISTED_ROWS)
@@ -372,9 +456,15 @@ def _measurand_sections(data: ReportData, required_coverage: float, confidence: 
                 )
             )
             ba = st.get("bland_altman_absolute")
+            rl = st.get("regression_limits")
             figures.append(
                 _figure(
-                    bland_altman_plot(data.comparison, name, ba if isinstance(ba, dict) else None),
+                    bland_altman_plot(
+                        data.comparison,
+                        name,
+                        ba if isinstance(ba, dict) else None,
+                        regression_limits=rl if isinstance(rl, dict) and "bias_slope" in rl else None,
+                    ),
                     f"fig-{slug}-bland-altman",
                     330,
                 )
@@ -394,6 +484,7 @@ def _measurand_sections(data: ReportData, required_coverage: float, confidence: 
                 "unit": MEASURANDS[name].unit,
                 "verdict": v,
                 "stats": _stat_rows(st, confidence, required_coverage) if st else [],
+                "ep09": ep09_view(st, v),
                 "figures": figures,
                 "n_absolute": int((rows["criterion"] == "absolute").sum()) if rows.height else 0,
             }
@@ -484,6 +575,51 @@ def _methods(protocol: ProtocolRecord, statistics: dict[str, Any], export: bool 
             "intercept + (slope − 1) · level (CLSI EP09c; mcr calcBias); Deming and weighted Deming with their "
             "jackknife CIs; "
             "Passing–Bablok defines no CI of the bias.",
+        ),
+        (
+            "Outliers",
+            "generalized ESD (Rosner 1983; NIST e-Handbook §1.3.5.17.3) on each measurand's "
+            + (
+                "differences, at most ⌊share · n⌋ (at least 1) outliers tested, as CLSI EP09c recommends; outliers are "
+                "listed with R_i and λ_i; the acceptance is judged "
+                + (
+                    "WITHOUT them (and also stated with all samples)"
+                    if protocol.outliers.verdict == "without"
+                    else "with all samples"
+                )
+                + f" (protocol: {protocol.outliers.differences} differences, α = {protocol.outliers.alpha:g}, "
+                f"share {protocol.outliers.max_share:g}); at least 15 samples are needed."
+                if protocol.outliers is not None
+                else "differences: not screened by the wbcv that made this comparison."
+            ),
+        ),
+        (
+            "Bias by concentration interval",
+            "mean difference (test − reference) and mean relative error within intervals of the reference value "
+            "(low ≤ x < high; protocol cut points, else the tertiles of the reference values, Hyndman & Fan type 7), "
+            f"each with the Student-t {conf} interval d̄ ± t(n−1)·s/√n (CLSI EP09c).",
+        ),
+        (
+            "Regression-based limits of agreement",
+            "differences regressed on the pair means by least squares, absolute residuals regressed on the means; "
+            "limits = fitted bias ± 1.96·√(π/2)·fitted |residual| (Bland & Altman 1999, §3.2), drawn on the "
+            "difference plot. "
+            + (
+                "Requested by the protocol."
+                if protocol.difference_limits == "regression"
+                else "Not requested by the protocol."
+            ),
+        ),
+        (
+            "Acceptance on the regression",
+            "where the protocol sets it per measurand: the Passing–Bablok slope within [low, high] and |intercept| "
+            "within the limit, judged on the "
+            + (
+                "point estimates"
+                if protocol.regression_basis == "point_estimate"
+                else f"whole {conf} confidence intervals (an equivalence rule)"
+            )
+            + "; a measurand passes only when both the coverage and this criterion are met.",
         ),
         (
             "Concordance and correlation",

@@ -34,6 +34,7 @@ from wbcv.base.records import (
     ComparisonSummary,
     InferenceLink,
     InferenceRecord,
+    PlanInput,
     ProtocolInput,
     ReferenceInput,
     ResultsRecord,
@@ -75,6 +76,7 @@ def run_comparison(
     *,
     reference: ReferenceData | None = None,
     protocol: Protocol | None = None,
+    plan_dir: Path | None = None,
 ) -> ComparisonResult:
     inference_run = Path(inference_run)
     record = read_run_record(inference_run)
@@ -82,6 +84,7 @@ def run_comparison(
         raise WbcvError(
             f"{inference_run}: this is a {record.kind} run; give the run of `wbcv infer` or `wbcv import-results`"
         )
+    plan = None if plan_dir is None else _plan_input(Path(plan_dir))
     require_intact(inference_run, "a comparison would validate counts that are not what was computed")
     protocol = protocol or load_protocol(protocol_path)
     reference = reference or read_reference(reference_path)
@@ -116,6 +119,7 @@ def run_comparison(
             id=protocol.id,
             version=protocol.version,
         ),
+        plan=plan,
     )
     key = hashlib.sha256(json.dumps(to_json(inputs), sort_keys=True).encode()).hexdigest()
     created = dt.datetime.now(dt.UTC).replace(microsecond=0)
@@ -207,6 +211,19 @@ def _preclassification(results_run: Path, confidence: float) -> dict[str, object
     if not (results_run / CELLS_FILE).is_file():
         return {}
     return {"preclassification": preclassification_statistics(pl.read_parquet(results_run / CELLS_FILE), confidence)}
+
+
+def _plan_input(plan_dir: Path) -> PlanInput:
+    """The plan folder, verified against its manifest (``wbcv.validation.plan.read_plan``)."""
+    from wbcv.validation.plan import read_plan
+
+    check = read_plan(plan_dir)
+    return PlanInput(
+        path=plan_dir.resolve(),
+        manifest_sha256=check.manifest_sha256,
+        protocol_sha256=check.protocol_sha256,
+        strata=check.strata,
+    )
 
 
 def load_comparison(run_dir: Path) -> ComparisonRecord:

@@ -198,7 +198,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if (args.run_dir is None) == (args.results is None):
         raise WbcvError("give either RUN_DIR (an inference or results run) or --results FILE --format F, not both")
     if args.results is None:
-        return _print_comparison(run_comparison(args.run_dir, args.reference, args.protocol, args.out))
+        return _print_comparison(
+            run_comparison(args.run_dir, args.reference, args.protocol, args.out, plan_dir=args.plan)
+        )
     if args.format is None:
         raise WbcvError("--results needs --format (csv, cells, hl7 or astm)")
     options = _import_options(args, args.protocol)
@@ -206,6 +208,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
     imported, result = compare_export(args.results, args.format, options, args.reference, args.protocol, out)
     _print_import(imported)
     return _print_comparison(result)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from wbcv.base.atomic import sha256_file
+    from wbcv.validation.plan import write_plan
+
+    manifest = write_plan(args.protocol, args.out)
+    print(f"plan: {args.out} (plan.html, plan.pdf, plan.json)")
+    print(f"  plan manifest {manifest} sha256 {sha256_file(manifest)}: give the folder to `wbcv compare --plan`")
+    return EXIT_OK
 
 
 def _signatories(args: argparse.Namespace) -> list[Signatory]:
@@ -564,6 +576,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="where the comparison run goes (default: beside RUN_DIR; with --results: ./runs, with the results run)",
     )
     results_options(p, required=False)
+    p.add_argument(
+        "--plan", type=Path, metavar="PLAN_DIR", help="the folder of `wbcv plan`: its hash goes into the run record"
+    )
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser(
@@ -582,6 +597,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("runs"), metavar="RUNS_DIR", help="where runs go (default: ./runs)")
     p.add_argument("--protocol", type=Path, metavar="P.yaml", help="take the class mapping and analyzer from it")
     p.set_defaults(func=cmd_import_results)
+
+    p = sub.add_parser(
+        "plan",
+        help="the validation plan before the data: criteria, statistics, sample size, case mix (HTML + PDF)",
+        description=(
+            "Write the plan of a protocol into DIR: plan.html, plan.pdf (Chromium), plan.json and manifest.json "
+            "(sha256 of each and of the protocol). Holds the acceptance criteria, the statistics to be used, the "
+            "sample-size calculation (exact Clopper-Pearson, with its assumptions), the case mix of plan.strata "
+            "and a signature block. An existing plan is never overwritten."
+        ),
+    )
+    p.add_argument("protocol", type=Path, metavar="P.yaml")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR")
+    p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser(
         "run",

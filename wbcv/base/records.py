@@ -122,11 +122,32 @@ class InferenceRecord(RunRecord):
 
 
 @dataclass(frozen=True)
+class RegressionCriterion:
+    """Acceptance on the Passing–Bablok fit (``wbcv.validation.regression_acceptance``): the slope
+    within [low, high], |intercept| <= intercept_abs (measurand units); either may be absent."""
+
+    slope: tuple[float, float] | None = None
+    intercept_abs: float | None = None
+
+
+@dataclass(frozen=True)
 class MeasurandRule:
     """A measurand's acceptance rule in the protocol (``wbcv.validation.protocol``)."""
 
     allowable_error_pct: float
     absolute_limit: float | None = None
+    regression: RegressionCriterion | None = None  # recorded since the regression criterion exists
+
+
+@dataclass(frozen=True, kw_only=True)
+class OutlierRule:
+    """Outlier screening of the comparison (``wbcv.validation.comparison_outliers``)."""
+
+    method: Literal["esd"] = "esd"
+    alpha: float = 0.05
+    max_share: float = 0.05
+    differences: Literal["absolute", "relative"] = "absolute"
+    verdict: Literal["with", "without"] = "with"  # the acceptance is judged with or without the outliers
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -155,6 +176,14 @@ class ProtocolRecord(ProtocolSummary):
     immature_granulocytes: Literal["separate", "with_neutrophils"]
     rerun_rule: Literal["last", "first", "reject"]
     decision_levels: dict[str, tuple[float, ...]]
+    # Added with the EP09c additions; runs recorded before them read with these defaults, which say
+    # what they did: no outlier screening (None), tertiles, constant limits, no regression criterion.
+    outliers: OutlierRule | None = None
+    bias_intervals: dict[str, tuple[float, ...]] = field(default_factory=dict)  # cut points; none: tertiles
+    regression_basis: Literal["point_estimate", "ci"] = "point_estimate"
+    difference_limits: Literal["constant", "regression"] = "constant"
+    plan_strata: dict[str, int] = field(default_factory=dict)  # stratum -> minimum samples (wbcv plan)
+    plan_expected_coverage: float | None = None  # the coverage the sample-size plan assumes
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -215,10 +244,22 @@ class ProtocolInput:
 
 
 @dataclass(frozen=True, kw_only=True)
+class PlanInput:
+    """The validation plan (``wbcv plan``) a comparison was made under: its manifest's sha256 and the
+    sha256 of the protocol the plan was made from (``wbcv.validation.plan``)."""
+
+    path: Path
+    manifest_sha256: Sha256
+    protocol_sha256: Sha256
+    strata: dict[str, int]
+
+
+@dataclass(frozen=True, kw_only=True)
 class ComparisonInputs:
     inference_run: InferenceLink
     reference: ReferenceInput
     protocol: ProtocolInput
+    plan: PlanInput | None = None  # recorded since `wbcv compare --plan`; None: no plan given
 
 
 @dataclass(frozen=True, kw_only=True)
