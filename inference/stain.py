@@ -203,12 +203,16 @@ def stain_target(images: Iterable[np.ndarray], masks: Iterable[np.ndarray | None
     return StainStats((float(mu[0]), float(mu[1]), float(mu[2])), (float(sd[0]), float(sd[1]), float(sd[2])))
 
 
-def normalise_stain(images: np.ndarray, masks: np.ndarray | None = None, target: StainStats = PBC_TARGET) -> np.ndarray:
+def normalise_stain(
+    images: np.ndarray, masks: np.ndarray | None = None, target: StainStats = PBC_TARGET, spread: bool = True
+) -> np.ndarray:
     """Reinhard-normalise one image (H, W, 3) or a batch (N, H, W, 3) of uint8 RGB to ``target``.
 
     ``masks`` (bool, (H, W) for all, or (N, H, W)) selects the pixels whose statistics are
-    matched (the cell); the transfer is applied to every pixel. Returns uint8 RGB of the input's
-    shape (a grayscale (H, W) image comes back as (H, W, 3)).
+    matched (the cell); the transfer is applied to every pixel. With ``spread`` False only the
+    means are matched (a shift in lαβ: a colour cast and brightness), not the spreads, which for
+    pixels around a cell depend on how many red cells lie there rather than on the stain. Returns
+    uint8 RGB of the input's shape (a grayscale (H, W) image comes back as (H, W, 3)).
     """
     a = np.asarray(images)
     single = a.ndim == 2 or (a.ndim == 3 and a.shape[-1] in (3, 4))  # one grayscale or colour image
@@ -220,7 +224,7 @@ def normalise_stain(images: np.ndarray, masks: np.ndarray | None = None, target:
     t_mean = np.asarray(target.mean)
     t_std = np.asarray(target.std)
     gain = np.where(std >= MIN_STD, t_std / np.maximum(std, MIN_STD), 1.0)
-    gain = np.minimum(gain, MAX_GAIN)
+    gain = np.minimum(gain, MAX_GAIN) if spread else np.ones_like(gain)
     # lab' = gain * (lab - mean) + t_mean, folded into log-LMS: A = L2M diag(g) M2L, b = L2M (t - g mean)
     # (A is the same in natural-log units; b is scaled by ln 10)
     a_mat = np.einsum("ij,nj,jk->nik", _LAB2LMS, gain, _LMS2LAB)

@@ -78,7 +78,7 @@ class Recipe:
     input: InputSpec = field(default_factory=lambda: InputSpec(size=64, framing="cell", cell_fraction=0.7))
     stain_normalise: bool = True
     fractions: tuple[float, float, float] = (0.70, 0.15, 0.15)
-    epochs: int = 60
+    epochs: int = 80
     batch_size: int = 128
     lr: float = 3e-3
     weight_decay: float = 5e-4
