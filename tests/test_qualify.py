@@ -71,3 +71,19 @@ def test_the_card_renders_other_labs_rejection_and_the_ood_score(cell_model, tec
     assert "## Other laboratories (never trained or tuned on)" in text and "| tecom | 10 |" in text
     assert "| red_cell | 10 | 90.0 % | classified 1 | `/x` |" in text
     assert "threshold 12.5" in text
+
+
+def test_the_pipeline_ablation_switches_off_one_part_at_a_time(tmp_path, pbc_cells):
+    from wbcv.validation.model_evaluation import pipeline_ablation
+
+    spec = InputSpec(framing="cell", stain_mean=(-0.17, 0.03, 0.01), stain_std=(0.09, 0.015, 0.002))
+    model = load_artifact(write_test_artifact(tmp_path / "m", spec=spec))
+    folder = tmp_path / "blank"
+    folder.mkdir()
+    (folder / "b.png").write_bytes(_png(np.full((120, 120, 3), 250, np.uint8)))
+    table = pipeline_ablation(model, {"pbc": pbc_cells[:: len(pbc_cells) // 20][:20]}, {"blank": folder})
+    assert list(table) == ["as shipped", "without stain normalisation"]
+    for row in table.values():
+        assert row["pbc"]["n"] == 20 and row["blank"] == {"n": 1, "unclassified_share": 1.0}
+    text = render_model_card({**model.card, "pipeline_ablation": table})
+    assert "| without stain normalisation | " in text and "100.0 % uncl." in text

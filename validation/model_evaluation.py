@@ -12,6 +12,7 @@ the shipped OVA + lineage combination, and the plain 5-way softmax head trained 
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -318,6 +319,36 @@ def rejection_figures(model: LoadedModel, folders: Mapping[str, Path]) -> dict[s
     return out
 
 
+def _variants(model: LoadedModel) -> dict[str, LoadedModel]:
+    """The model as shipped and with one part of its input path or its rejection switched off."""
+    out = {"as shipped": model}
+    if model.input.stain_mean is not None:
+        out["without stain normalisation"] = dataclasses.replace(
+            model, input=dataclasses.replace(model.input, stain_mean=None, stain_std=None)
+        )
+    if model.ood is not None:
+        out["without the out-of-distribution score"] = dataclasses.replace(model, ood=None)
+    return out
+
+
+def pipeline_ablation(
+    model: LoadedModel, sets: Mapping[str, Sequence[LabelledCell]], non_wbc: Mapping[str, Path]
+) -> dict[str, dict[str, Any]]:
+    """What each part of the input path and of the rejection buys, at inference (same weights):
+    per variant (``_variants``), balanced accuracy and unclassified rate on each labelled set and
+    the unclassified share of each kind of non-WBC object."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, variant in _variants(model).items():
+        row: dict[str, Any] = {}
+        for set_name, cells in sets.items():
+            r = evaluate_cells(variant, cells)
+            row[set_name] = {k: r[k] for k in ("n", "balanced_accuracy", "unclassified_rate", "ece")}
+        for kind, figures in rejection_figures(variant, non_wbc).items():
+            row[kind] = {"n": figures["n"], "unclassified_share": figures["unclassified_share"]}
+        out[name] = row
+    return out
+
+
 def qualify_model(
     model_dir: Path,
     cells_dir: Path,
@@ -346,6 +377,10 @@ def qualify_model(
     if non_wbc:
         log(f"objects that are not white cells: {', '.join(non_wbc)}")
         update_card(model_dir, "rejection", rejection_figures(model, non_wbc))
+    if model.input.framing == "cell":
+        log("ablation of the input path and the rejection rules")
+        sets = {"test split": test, **{name: read_cell_library(d) for name, d in (other_labs or {}).items()}}
+        update_card(model_dir, "pipeline_ablation", pipeline_ablation(model, sets, non_wbc or {}))
     card = read_card(model_dir)
     (model_dir / "MODEL_CARD.md").write_text(render_model_card(card))
     return metrics
@@ -465,6 +500,7 @@ def render_model_card(card: dict[str, Any]) -> str:
                 for name, r in card[key].items()
             ]
     lines += _other_labs_section(card.get("other_labs")) + _rejection_section(card.get("rejection"), card.get("ood"))
+    lines += _pipeline_ablation_section(card.get("pipeline_ablation"))
     return "\n".join(lines) + "\n"
 
 
@@ -515,6 +551,28 @@ def _rejection_section(rejection: dict[str, Any] | None, ood: dict[str, Any] | N
             share = "-" if r["unclassified_share"] is None else f"{100 * r['unclassified_share']:.1f} %"
             lines.append(f"| {kind} | {r['n']} | {share} | {reasons} | `{r['folder']}` |")
     return lines
+
+
+def _pipeline_ablation_section(ablation: dict[str, dict[str, Any]] | None) -> list[str]:
+    if not ablation:
+        return []
+    columns = list(next(iter(ablation.values())))
+
+    def cell(r: dict[str, Any]) -> str:
+        if "balanced_accuracy" in r:
+            ba, un = r["balanced_accuracy"], r["unclassified_rate"]
+            return "-" if ba is None else f"{100 * ba:.1f} % ({100 * un:.1f} % uncl.)"
+        share = r["unclassified_share"]
+        return "-" if share is None else f"{100 * share:.1f} % uncl."
+
+    return [
+        "",
+        "## Ablation of the input path and the rejection (same weights; balanced accuracy, or unclassified share)",
+        "",
+        "| variant | " + " | ".join(columns) + " |",
+        "|---|" + "---|" * len(columns),
+        *(f"| {name} | " + " | ".join(cell(row[c]) for c in columns) + " |" for name, row in ablation.items()),
+    ]
 
 
 def json_inline(value: Any) -> str:
