@@ -219,12 +219,24 @@ def normalise_stain(
     batch = _as_batch(a[None] if single else a)
     m = _check_masks(masks, batch)
     n, h, w, _ = batch.shape
+    shared = masks if masks is not None and np.ndim(masks) == 2 else m
+    rgb = _general(batch, shared, target) if spread else _shift_only(batch, shared, target)
+    res = np.empty((n, h * w, 3), np.uint8)
+    for c in range(3):
+        np.clip(rgb[c], 0.0, 255.0, out=rgb[c])
+        res[..., c] = rgb[c]
+    res = res.reshape(n, h, w, 3)
+    return res[0] if single else res
+
+
+def _general(batch: np.ndarray, masks: np.ndarray | None, target: StainStats) -> list[np.ndarray]:
+    """RGB planes (N, P), before rounding, of the full transfer (means and spreads)."""
     ln_lms = _ln_lms(batch)
-    mean, std = _masked_stats(ln_lms, masks if masks is not None and np.ndim(masks) == 2 else m)
+    mean, std = _masked_stats(ln_lms, masks)
     t_mean = np.asarray(target.mean)
     t_std = np.asarray(target.std)
     gain = np.where(std >= MIN_STD, t_std / np.maximum(std, MIN_STD), 1.0)
-    gain = np.minimum(gain, MAX_GAIN) if spread else np.ones_like(gain)
+    gain = np.minimum(gain, MAX_GAIN)
     # lab' = gain * (lab - mean) + t_mean, folded into log-LMS: A = L2M diag(g) M2L, b = L2M (t - g mean)
     # (A is the same in natural-log units; b is scaled by ln 10)
     a_mat = np.einsum("ij,nj,jk->nik", _LAB2LMS, gain, _LMS2LAB)
@@ -233,13 +245,28 @@ def normalise_stain(
     for plane in z:
         np.exp(plane, out=plane)
     # back to RGB: 256 * LMS2RGB @ lms - 1, + 0.5 so that truncation rounds
-    rgb = _mix(_LMS2RGB * 256.0, tuple(z), np.full(3, -0.5))
-    res = np.empty((n, h * w, 3), np.uint8)
-    for c in range(3):
-        np.clip(rgb[c], 0.0, 255.0, out=rgb[c])
-        res[..., c] = rgb[c]
-    res = res.reshape(n, h, w, 3)
-    return res[0] if single else res
+    return _mix(_LMS2RGB * 256.0, tuple(z), np.full(3, -0.5))
+
+
+def _shift_only(batch: np.ndarray, masks: np.ndarray | None, target: StainStats) -> list[np.ndarray]:
+    """RGB planes (N, P), before rounding, of the transfer of the means only.
+
+    With gain 1 the shift d = t_mean - mean in lαβ is a shift c = ln 10 * L2M d of log-LMS, that is
+    a per-channel factor exp(c) on LMS: the whole map is one 3 x 3 matrix on RGB + 1,
+    K = LMS2RGB diag(exp(c)) RGB2LMS, the same result as the general path without a log or an exp
+    per pixel. Only the masked pixels are converted to log space, for their mean.
+    """
+    n = batch.shape[0]
+    flat = batch.reshape(n, -1, 3)
+    if masks is not None and np.ndim(masks) == 2 and np.count_nonzero(masks) >= MIN_PIXELS:
+        ring = _ln_lms(flat[:, np.flatnonzero(masks)])
+        mean, _ = _pixel_stats(ring, np.arange(ring[0].shape[1]))
+    else:
+        mean, _ = _masked_stats(_ln_lms(batch), masks)
+    c = (np.asarray(target.mean)[None, :] - mean) @ _LAB2LMS.T * math.log(10.0)
+    k = np.einsum("ij,nj,jk->nik", _LMS2RGB, np.exp(c), _RGB2LMS)
+    plus_one = tuple(flat[..., i].astype(np.float32) + np.float32(1.0) for i in range(3))
+    return _mix(k, plus_one, np.full((n, 3), -0.5))
 
 
 def disc_mask(size: int, cell_fraction: float) -> np.ndarray:
