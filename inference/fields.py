@@ -26,7 +26,9 @@ is about ``WORK_RBC_PX`` working pixels across):
    ``PLT_MIN_AREA`` is a platelet.
 3. **White-cell outline.** Around each white cell's nucleus, a square crop (padded with the
    background colour where it leaves the field) goes to ``locate.locate_cell``, whose outline
-   (nucleus plus cytoplasm, stopped at the edges of touching red cells) gives the box.
+   (nucleus plus cytoplasm, stopped at the edges of touching red cells) gives the box; the box is
+   then widened over pale cytoplasm connected to the nucleus (``_grow_into_cytoplasm``), which the
+   outline misses when the cytoplasm is nearly as pale as the slide.
 4. **Red cells.** Stained pixels (summed OD above a share of its Otsu threshold), holes filled
    (the pale centre of a red cell), white cells and platelets removed, opened; touching red
    cells are split by a watershed of the distance transform from one marker per distance peak
@@ -86,6 +88,10 @@ PLT_MIN_AREA: Final[float] = 0.01
 PLT_MIN_PEAK: Final[float] = 0.9
 #: The crop handed to ``locate`` around a white cell's nucleus: this many red-cell diameters, at least.
 WBC_CROP: Final[float] = 3.2
+#: Pale cytoplasm: summed OD above this share of its Otsu threshold (and below the threshold).
+CYTO_LOW: Final[float] = 0.3
+#: A white cell's outline grows over pale cytoplasm up to this many red-cell diameters from its box's centre.
+CYTO_REACH: Final[float] = 1.0
 #: A white-cell box lying more than this share inside a kept one is a part of that cell.
 WBC_OVERLAP_MAX: Final[float] = 0.5
 #: Stained pixels: summed OD above this share of its two-class Otsu threshold.
@@ -94,7 +100,7 @@ FG_FRAC: Final[float] = 0.6
 RBC_MIN_AREA: Final[float] = 0.12
 #: Red-cell count = these . (inner area, edge area, regions cut by the edge), areas in nominal red-cell
 #: areas: least absolute relative count error on the Raabin train split (``benchmarks/fit_rbc_count.py``).
-RBC_COUNT_COEF: Final[tuple[float, float, float]] = (1.34, 1.101, 0.623)
+RBC_COUNT_COEF: Final[tuple[float, float, float]] = (1.501, 1.14, 0.586)
 #: Distance peaks closer than this (red-cell diameters) belong to one red cell.
 RBC_PEAK_GAP: Final[float] = 0.45
 
@@ -349,9 +355,11 @@ def _detect_od(rgb: np.ndarray, work: _Work) -> tuple[list[Detection], tuple[flo
         else:
             continue
         taken[sl] |= member
-    for det, mask in _suppress_overlaps(_wbc_outlines(rgb, work, clusters, wbc_slices, nuc_mask)):
-        out.append(det)
-        taken |= mask
+    cytoplasm = _pale_cytoplasm(stain, nuc_mask)
+    for det, _ in _suppress_overlaps(_wbc_outlines(rgb, work, clusters, wbc_slices, nuc_mask)):
+        grown = _grow_into_cytoplasm(det, work, nuc_mask, cytoplasm)
+        out.append(grown)
+        taken[_work_slice(grown, work.stride)] = True
     fg = _stained_free(work, stain, taken)
     out.extend(_red_cells(work, fg))
     return out, red_cell_area_features(fg)
@@ -406,6 +414,48 @@ def _wbc_outlines(
         score = min(1.0, area / rbc_area)
         out.append((Detection("wbc", bx0, by0, bx1, by1, score, edge), mask))
     return out
+
+
+def _work_slice(det: Detection, k: int) -> tuple[slice, slice]:
+    """The working-resolution pixels covering a detection's box."""
+    return slice(det.y0 // k, -(-det.y1 // k)), slice(det.x0 // k, -(-det.x1 // k))
+
+
+def _pale_cytoplasm(stain: np.ndarray, nuc_mask: np.ndarray) -> np.ndarray:
+    """Pixels a white cell's outline may grow over: stained above the slide (``CYTO_LOW`` of the
+    two-class Otsu threshold of the summed OD) but below red-cell stain (the threshold itself), or
+    nucleus; opened once so that thin halos between red cells do not join up."""
+    t = _otsu(stain)
+    allowed = ((stain > CYTO_LOW * t) & (stain < t)) | nuc_mask
+    return np.asarray(ndi.binary_opening(allowed, iterations=1))
+
+
+def _grow_into_cytoplasm(det: Detection, work: _Work, nuc_mask: np.ndarray, cytoplasm: np.ndarray) -> Detection:
+    """Widen a white cell's box to the pale cytoplasm connected to its nucleus.
+
+    ``locate``'s outline often stops at the nucleus when the cytoplasm is nearly as pale as the
+    slide (monocytes, large lymphocytes): IoU 0.3-0.49 with the labelled box. From the nucleus
+    pixels inside the box, ``cytoplasm`` pixels connected to them within ``CYTO_REACH`` red-cell
+    diameters of the box's centre are added; the box becomes the union of both. Tuned on the
+    Raabin train and val splits (val WBC recall 0.917 -> 0.944, precision 0.952 -> 0.981).
+    """
+    k = work.stride
+    sl = _work_slice(det, k)
+    seed = np.zeros_like(nuc_mask)
+    seed[sl] = nuc_mask[sl]
+    if not seed.any():
+        return det
+    h, w = nuc_mask.shape
+    yy, xx = np.ogrid[:h, :w]
+    cy, cx = (det.y0 + det.y1) / 2 / k, (det.x0 + det.x1) / 2 / k
+    near = (yy - cy) ** 2 + (xx - cx) ** 2 <= (CYTO_REACH * WORK_RBC_PX) ** 2
+    grown = ndi.binary_propagation(seed, mask=(cytoplasm & near) | seed)
+    ys, xs = np.nonzero(grown)
+    hh, ww = work.shape
+    x0, y0 = min(det.x0, int(xs.min()) * k), min(det.y0, int(ys.min()) * k)
+    x1, y1 = max(det.x1, min(ww, (int(xs.max()) + 1) * k)), max(det.y1, min(hh, (int(ys.max()) + 1) * k))
+    edge = x0 <= 0 or y0 <= 0 or x1 >= ww or y1 >= hh
+    return Detection("wbc", x0, y0, x1, y1, det.score, edge)
 
 
 def _suppress_overlaps(found: list[tuple[Detection, np.ndarray]]) -> list[tuple[Detection, np.ndarray]]:
@@ -468,9 +518,11 @@ def red_cell_count(features: tuple[float, float, int]) -> int:
 
     count = c_inner * inner area + c_edge * edge area + c_n * regions cut by the edge, rounded; the
     coefficients ``RBC_COUNT_COEF`` minimise the mean absolute relative count error on the
-    Raabin train split (``benchmarks/fit_rbc_count.py``). c_inner ~ 1.4 says that a red cell's stained
+    Raabin train split (``benchmarks/fit_rbc_count.py``). c_inner ~ 1.4-1.5 says that a red cell's stained
     region covers about 0.72 of the nominal disc; a cell cut by the edge counts whole in the labels,
-    hence the per-region term.
+    hence the per-region term. White-cell boxes (grown over pale cytoplasm) are taken out of the
+    red-cell area, which is why c_inner exceeds 1 / 0.72 a little: red cells under a white cell's box
+    are counted in the labels.
     """
     inner, edge, n_edge = features
     c_inner, c_edge, c_n = RBC_COUNT_COEF
