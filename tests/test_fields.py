@@ -5,6 +5,7 @@ with their reasons, the two Parquet schemas, and the detection metrics."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import math
 import struct
@@ -21,6 +22,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from tests.conftest import REPO
+from wbcv.base.errors import WbcvError
 from wbcv.base.tables import DETECTIONS_FILE, DETECTIONS_SCHEMA, FIELDS_FILE, FIELDS_SCHEMA, PREDICTIONS_FILE
 from wbcv.cli import main
 from wbcv.inference.fields import (
@@ -34,6 +36,7 @@ from wbcv.inference.fields import (
     red_cell_area_features,
     red_cell_count,
 )
+from wbcv.inference.segment import read_segment_record, segment_or_reuse, staging_dir
 from wbcv.validation.detection_metrics import box_iou, count_errors, detection_score, match_boxes
 
 RAABIN = REPO.parent / "shared" / "data" / "raabin_fields"
@@ -376,3 +379,82 @@ def test_count_errors_match_numpy_and_leave_zero_counts_out():
     assert s.median == pytest.approx(0.1) and s.p90 == pytest.approx(np.quantile([0.1, 0.2, 0.0], 0.9))
     assert s.mean_signed == pytest.approx((-0.1 + 0.2 + 0.0) / 3)
     assert math.isnan(count_errors([1], [0]).median)
+
+
+# --- atomic segment; wbcv run --fields --------------------------------------------------------
+
+
+def test_segment_json_records_the_fields_and_settings(segmented, fields_batch):
+    record = read_segment_record(segmented[0])
+    assert record is not None
+    assert record["fields_manifest_sha256"] == hashlib.sha256((fields_batch / "manifest.csv").read_bytes()).hexdigest()
+    assert (record["method"], record["drop_edge_wbc"]) == ("od", False)
+    assert record["summary"]["fields"] == 11 and record["summary"]["crops"] >= 4
+    assert not staging_dir(segmented[0]).exists()
+
+
+def test_an_interrupted_segment_leaves_no_batch_and_the_rerun_starts_over(fields_batch, tmp_path, monkeypatch):
+    import wbcv.inference.segment as seg
+
+    out = tmp_path / "batch"
+    real = seg._segment_field
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(seg, "_segment_field", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        seg.segment_batch(fields_batch, out)
+    assert not out.exists() and not staging_dir(out).exists()
+    # a process killed outright leaves its staging folder (read-only files in it): the rerun removes it
+    stale = staging_dir(out)
+    (stale / "S1").mkdir(parents=True)
+    (stale / "S1" / "half.png").write_bytes(b"\x89PNG")
+    (stale / "S1" / "half.png").chmod(0o444)
+    monkeypatch.setattr(seg, "_segment_field", real)
+    summary = seg.segment_batch(fields_batch, out)
+    assert not stale.exists() and not (out / "S1" / "half.png").exists()
+    assert summary.n_fields == 11 and read_segment_record(out) is not None
+
+
+def test_segment_or_reuse_reuses_only_the_same_batch(segmented, fields_batch):
+    out = segmented[0]
+    assert segment_or_reuse(fields_batch, out) is None
+    with pytest.raises(WbcvError, match="differs in: method"):
+        segment_or_reuse(fields_batch, out, FieldParams(method="hsv"))
+    with pytest.raises(WbcvError, match="differs in: drop_edge_wbc"):
+        segment_or_reuse(fields_batch, out, drop_edge_wbc=True)
+
+
+def test_field_options_need_fields(tmp_path, capsys):
+    args = ["run", str(tmp_path), "--reference", "r.csv", "--protocol", "p.yaml", "--method", "hsv"]
+    assert main(args) == 2
+
+
+@pytest.mark.slow  # segments, classifies and compares
+def test_run_with_fields_segments_classifies_and_compares(fields_batch, model_dir, tmp_path, capsys):
+    protocol = tmp_path / "protocol.yaml"
+    text = (REPO / "fixtures" / "samples" / "protocol.yaml").read_text()
+    protocol.write_text(text.replace("min_cells: 100", "min_cells: 1"))
+    reference = tmp_path / "XN_SAMPLE.csv"
+    reference.write_text(
+        "Sample No.,Date,Time,WBC(10^3/uL),NEUT#(10^3/uL),NEUT%(%),LYMPH#(10^3/uL),LYMPH%(%),MONO#(10^3/uL),"
+        "EO#(10^3/uL),BASO#(10^3/uL)\n"
+        "S1,2024/01/02,10:00:00,6.0,3.6,60.0,1.8,30.0,0.4,0.15,0.05\n"
+        "S2,2024/01/02,10:05:00,7.0,4.2,60.0,2.1,30.0,0.5,0.15,0.05\n"
+    )
+    batch, runs = tmp_path / "crops", tmp_path / "runs"
+    args = ["run", str(batch), "--fields", str(fields_batch), "--reference", str(reference)]
+    args += ["--protocol", str(protocol), "--model", str(model_dir), "--out", str(runs), "--no-progress"]
+    assert main(args) in (0, 3)
+    printed = capsys.readouterr().out
+    assert "segmented 11 field(s) of 2 sample(s)" in printed
+    assert read_segment_record(batch) is not None and list(batch.glob("S*/*.png"))
+    assert any("-compare-" in p.name for p in runs.iterdir())
+    assert main(args) in (0, 3)  # run again: the crops are reused, the inference run found finished
+    printed = capsys.readouterr().out
+    assert "already segmented" in printed and "segmented 11" not in printed
