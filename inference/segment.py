@@ -17,6 +17,9 @@ BATCH_DIR (new or empty) receives:
 * ``fields.parquet`` (one row per field file given, analysed or skipped, with the reason) and
   ``detections.parquet`` (one row per object found), ``wbcv.base.tables`` FIELDS_SCHEMA and
   DETECTIONS_SCHEMA;
+* ``field_samples.parquet``: one row per sample: fields given, analysed and skipped, white cells
+  cropped, red cells and platelets counted (``FIELD_SAMPLES_SCHEMA``; the red-cell and platelet
+  counts per sample that absolute RBC/PLT measurands would start from);
 * ``segment.json``: the fields' manifest sha256, the settings, the software version and the
   summary (``wbcv run --fields`` reuses a batch whose record matches instead of segmenting again).
 
@@ -59,7 +62,14 @@ from wbcv import __version__
 from wbcv.base.atomic import atomic_write_json, atomic_write_parquet, fsync_dir, sha256_file
 from wbcv.base.errors import WbcvError
 from wbcv.base.runstore import remove_tree
-from wbcv.base.tables import DETECTIONS_FILE, DETECTIONS_SCHEMA, FIELDS_FILE, FIELDS_SCHEMA
+from wbcv.base.tables import (
+    DETECTIONS_FILE,
+    DETECTIONS_SCHEMA,
+    FIELD_SAMPLES_FILE,
+    FIELD_SAMPLES_SCHEMA,
+    FIELDS_FILE,
+    FIELDS_SCHEMA,
+)
 from wbcv.inference.decode import DEFAULT_MAX_PIXELS, CellRejected, decode_image, max_file_bytes, read_cell_file
 from wbcv.inference.fields import Detection, FieldAnalysis, FieldParams, analyse_field
 from wbcv.inference.slideset import CellEntry, Sample, SlideSet, read_slide_set
@@ -340,6 +350,24 @@ def _segment_into(
             summary.samples_without_crops.append(sample.sample_id)
     atomic_write_parquet(out / FIELDS_FILE, pl.DataFrame(rows, schema=FIELDS_SCHEMA))
     atomic_write_parquet(out / DETECTIONS_FILE, pl.DataFrame(detections, schema=DETECTIONS_SCHEMA))
+    atomic_write_parquet(out / FIELD_SAMPLES_FILE, per_sample(slides, pl.DataFrame(rows, schema=FIELDS_SCHEMA)))
+
+
+def per_sample(slides: SlideSet, fields: pl.DataFrame) -> pl.DataFrame:
+    """One row per sample (manifest order): fields given, analysed, skipped; white cells cropped,
+    red cells and platelets counted in the analysed fields (``FIELD_SAMPLES_SCHEMA``)."""
+    analysed = pl.col("rbc").is_not_null()
+    sums = fields.group_by("sample_id").agg(
+        pl.len().alias("fields_given"),
+        analysed.sum().alias("fields_analysed"),
+        (~analysed).sum().alias("fields_skipped"),
+        pl.col("wbc").sum().alias("wbc_cropped"),
+        pl.col("rbc").sum().alias("rbc_counted"),
+        pl.col("platelets").sum().alias("platelets_counted"),
+    )
+    order = pl.DataFrame({"sample_id": [s.sample_id for s in slides.samples]}, schema={"sample_id": pl.String()})
+    joined = order.join(sums, on="sample_id", how="left").fill_null(0)
+    return joined.select([pl.col(c).cast(t) for c, t in FIELD_SAMPLES_SCHEMA.items()])
 
 
 def _summary_json(s: SegmentSummary) -> dict[str, Any]:

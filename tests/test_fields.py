@@ -23,7 +23,15 @@ from PIL import Image
 
 from tests.conftest import REPO
 from wbcv.base.errors import WbcvError
-from wbcv.base.tables import DETECTIONS_FILE, DETECTIONS_SCHEMA, FIELDS_FILE, FIELDS_SCHEMA, PREDICTIONS_FILE
+from wbcv.base.tables import (
+    DETECTIONS_FILE,
+    DETECTIONS_SCHEMA,
+    FIELD_SAMPLES_FILE,
+    FIELD_SAMPLES_SCHEMA,
+    FIELDS_FILE,
+    FIELDS_SCHEMA,
+    PREDICTIONS_FILE,
+)
 from wbcv.cli import main
 from wbcv.inference.fields import (
     CYTO_REACH,
@@ -382,6 +390,20 @@ def test_count_errors_match_numpy_and_leave_zero_counts_out():
 
 
 # --- atomic segment; wbcv run --fields --------------------------------------------------------
+
+
+def test_field_samples_sum_the_fields_of_each_sample(segmented):
+    out = segmented[0]
+    fields = pl.read_parquet(out / FIELDS_FILE)
+    per = pl.read_parquet(out / FIELD_SAMPLES_FILE)
+    assert per.schema == pl.Schema(FIELD_SAMPLES_SCHEMA)
+    assert per["sample_id"].to_list() == ["S1", "S2"]
+    s2 = per.row(1, named=True)
+    s2_fields = fields.filter(pl.col("sample_id") == "S2")
+    assert s2["fields_given"] == s2_fields.height == 9
+    assert s2["fields_analysed"] == 3 and s2["fields_skipped"] == 6  # 2 good + 1 without a white cell
+    assert s2["rbc_counted"] == s2_fields["rbc"].sum() > 0
+    assert per["wbc_cropped"].sum() == len(list(out.glob("S*/*.png")))
 
 
 def test_segment_json_records_the_fields_and_settings(segmented, fields_batch):
