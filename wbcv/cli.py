@@ -19,6 +19,8 @@ from wbcv import __version__
 from wbcv.base.errors import WbcvError
 
 if TYPE_CHECKING:
+    from wbcv.inference.fields import FieldParams
+    from wbcv.inference.segment import SegmentSummary
     from wbcv.validation.report import Signatory
     from wbcv.validation.results.run import ImportOptions
 
@@ -105,15 +107,26 @@ def cmd_infer(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _field_params(args: argparse.Namespace) -> FieldParams:
+    from wbcv.inference.fields import FieldParams
+
+    return FieldParams(
+        method=args.method or "od", rbc_diameter_px=args.rbc_diameter_px or FieldParams().rbc_diameter_px
+    )
+
+
 def cmd_segment(args: argparse.Namespace) -> int:
     from wbcv.inference.decode import DEFAULT_MAX_PIXELS
-    from wbcv.inference.fields import FieldParams
     from wbcv.inference.segment import segment_batch
 
-    params = FieldParams(method=args.method, rbc_diameter_px=args.rbc_diameter_px or FieldParams().rbc_diameter_px)
     s = segment_batch(
-        args.fields_dir, args.out, params, args.max_image_pixels or DEFAULT_MAX_PIXELS, args.drop_edge_wbc
+        args.fields_dir, args.out, _field_params(args), args.max_image_pixels or DEFAULT_MAX_PIXELS, args.drop_edge_wbc
     )
+    _print_segment(s)
+    return EXIT_OK
+
+
+def _print_segment(s: SegmentSummary) -> None:
     print(
         f"segmented {s.n_fields} field(s) of {s.n_samples} sample(s): {s.n_analysed} analysed, "
         f"{s.n_crops} white-cell crop(s), {s.n_rbc} red cells, {s.n_platelets} platelets"
@@ -139,7 +152,28 @@ def cmd_segment(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     print(f"  batch for `wbcv infer`: {s.out_dir}")
-    return EXIT_OK
+
+
+def _segment_for_run(args: argparse.Namespace) -> None:
+    """`run --fields`: segment FIELDS_DIR into BATCH_DIR (or reuse BATCH_DIR when it is that batch)."""
+    from wbcv.inference.decode import DEFAULT_MAX_PIXELS
+    from wbcv.inference.segment import segment_or_reuse
+
+    if args.fields is None:
+        if args.method or args.rbc_diameter_px or args.drop_edge_wbc:
+            raise WbcvError("--method, --rbc-diameter-px and --drop-edge-wbc apply with --fields FIELDS_DIR only")
+        return
+    s = segment_or_reuse(
+        args.fields,
+        args.batch_dir,
+        _field_params(args),
+        args.max_image_pixels or DEFAULT_MAX_PIXELS,
+        args.drop_edge_wbc,
+    )
+    if s is None:
+        print(f"batch {args.batch_dir}: already segmented from {args.fields} with these settings (segment.json)")
+    else:
+        _print_segment(s)
 
 
 def _print_comparison(result: object) -> int:
@@ -257,6 +291,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     # Check the protocol and the reference before spending time on inference.
     protocol = load_protocol(args.protocol)
     reference = read_reference(args.reference)
+    _segment_for_run(args)
     run_dir = _infer(args)
     result = run_comparison(run_dir, args.reference, args.protocol, args.out, reference=reference, protocol=protocol)
     status = _print_comparison(result)
@@ -472,6 +507,22 @@ def build_parser() -> argparse.ArgumentParser:
             help="cells counted per sample, for an export of percentages that does not state it",
         )
 
+    def segment_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--method", choices=("od", "hsv"), help="od: the measured best (default); hsv: the Otsu baseline"
+        )
+        p.add_argument(
+            "--rbc-diameter-px",
+            type=_positive_float,
+            help="a red cell's diameter in field pixels, the scale of every size rule (default: 144, Raabin-WBC)",
+        )
+        p.add_argument(
+            "--drop-edge-wbc",
+            action="store_true",
+            help="do not crop white cells cut by the field's edge "
+            "(for overlapping tiles: each cell then counts in the tile that holds it whole)",
+        )
+
     def infer_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("batch_dir", type=Path, metavar="BATCH_DIR")
         p.add_argument("--model", help="model artifact directory or bundled model name (default: the bundled default)")
@@ -534,20 +585,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("fields_dir", type=Path, metavar="FIELDS_DIR")
     p.add_argument("--out", type=Path, required=True, metavar="BATCH_DIR", help="a new or empty folder")
-    p.add_argument(
-        "--method", choices=("od", "hsv"), default="od", help="od: the measured best (default); hsv: the Otsu baseline"
-    )
-    p.add_argument(
-        "--rbc-diameter-px",
-        type=_positive_float,
-        help="a red cell's diameter in field pixels, the scale of every size rule (default: 144, Raabin-WBC)",
-    )
-    p.add_argument(
-        "--drop-edge-wbc",
-        action="store_true",
-        help="do not crop white cells cut by the field's edge "
-        "(for overlapping tiles: each cell then counts in the tile that holds it whole)",
-    )
+    segment_options(p)
     p.add_argument("--max-image-pixels", type=_positive_int, help="refuse larger fields (default: 4096*4096)")
     p.set_defaults(func=cmd_segment)
 
@@ -615,9 +653,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "run",
         help="infer + compare in one command: a whole validation batch",
-        description="Classify the batch (as `wbcv infer`) and compare it (as `wbcv compare`). " + compare_help,
+        description="Classify the batch (as `wbcv infer`) and compare it (as `wbcv compare`). "
+        "With --fields FIELDS_DIR, first find the white cells in the whole fields of FIELDS_DIR "
+        "and write their crops to BATCH_DIR (as `wbcv segment`; a BATCH_DIR already segmented from the same "
+        "fields with the same settings is reused, so the command can be run again after an interruption). "
+        + compare_help,
     )
     infer_options(p)
+    p.add_argument(
+        "--fields",
+        type=Path,
+        metavar="FIELDS_DIR",
+        help="whole microscope fields to segment first; BATCH_DIR is then where the white-cell crops go",
+    )
+    segment_options(p)
     p.add_argument("--reference", type=Path, required=True, metavar="REF.csv")
     p.add_argument("--protocol", type=Path, required=True, metavar="P.yaml")
     signature_options(p)

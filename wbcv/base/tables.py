@@ -122,6 +122,7 @@ VERDICT_FILE: Final[str] = "verdict.json"
 # Smear-field stage (`wbcv segment`): written into the batch folder it makes, beside the manifest
 FIELDS_FILE: Final[str] = "fields.parquet"
 DETECTIONS_FILE: Final[str] = "detections.parquet"
+FIELD_SAMPLES_FILE: Final[str] = "field_samples.parquet"
 DETECTION_KINDS: Final[tuple[str, ...]] = ("wbc", "rbc", "platelet")
 
 #: One row per field file given (analysed or skipped). Counts are null for a skipped field.
@@ -138,6 +139,16 @@ FIELDS_SCHEMA: Final[dict[str, pl.DataType]] = {
     "rbc": pl.Int32(),
     "platelets": pl.Int32(),
     "skipped_reason": pl.String(),  # null when analysed; a field without any white cell says so here
+}
+#: One row per sample of the manifest: its fields and what was counted in those analysed.
+FIELD_SAMPLES_SCHEMA: Final[dict[str, pl.DataType]] = {
+    "sample_id": pl.String(),
+    "fields_given": pl.Int32(),
+    "fields_analysed": pl.Int32(),  # fields without a skipped reason, plus those without a white cell
+    "fields_skipped": pl.Int32(),  # not analysed (reason in fields.parquet)
+    "wbc_cropped": pl.Int32(),
+    "rbc_counted": pl.Int32(),  # sum over the analysed fields
+    "platelets_counted": pl.Int32(),
 }
 #: One row per object found in an analysed field.
 DETECTIONS_SCHEMA: Final[dict[str, pl.DataType]] = {
