@@ -19,10 +19,12 @@ from playwright.sync_api import Browser, Page, sync_playwright
 from tests.dashboard_support import make_study_runs, serving
 from tests.test_dashboard_browser import POINT_POSITION, wait_for_plot
 from wbcv.base.errors import WbcvError
+from wbcv.cli import EXIT_OK, EXIT_TAMPERED
+from wbcv.cli import main as wbcv_main
 from wbcv.dashboards.auth import Credentials
 from wbcv.dashboards.data import ComparisonRun, RunCatalog
 from wbcv.validation.pdf import CHROMIUM_ARGS, find_chromium
-from wbcv.validation.verification_log import VERIFIED_CHOICES, check_log, log_path
+from wbcv.validation.verification_log import VERIFIED_CHOICES, Decision, append_decision, check_log, log_path
 
 pytestmark = pytest.mark.slow
 USER = Credentials("ana", "s3cret-pw")
@@ -192,3 +194,25 @@ def test_the_route_refuses_cross_site_posts_unknown_runs_cells_and_classes(brows
     context.close()
     after = log_path(inf.path).read_bytes() if log_path(inf.path).exists() else b""
     assert after == before
+
+
+def test_wbcv_verify_checks_the_chain_and_names_an_edited_or_removed_line(runs: Path, capsys):
+    comparison = newest(runs)
+    inf = comparison.inference
+    for to in ("eosinophil", "basophil"):
+        append_decision(inf.path, inf.predictions, Decision("ben", inf.predictions["cell_path"][0], to))
+    n = len(check_log(inf.path).entries)
+    original = log_path(inf.path).read_bytes()
+    try:
+        for run_dir in (inf.path, comparison.path):
+            assert wbcv_main(["verify", str(run_dir)]) == EXIT_OK
+            assert f"{n} record(s), last line sha256" in capsys.readouterr().out
+        lines = original.splitlines(keepends=True)
+        log_path(inf.path).write_bytes(b"".join([lines[0], lines[1].replace(b'"user":"', b'"user":"x'), *lines[2:]]))
+        assert wbcv_main(["verify", str(comparison.path)]) == EXIT_TAMPERED
+        assert f"changed: {log_path(inf.path)} (line 2: line 3's prev no longer matches it)" in capsys.readouterr().out
+        log_path(inf.path).write_bytes(b"".join([lines[0], *lines[2:]]))
+        assert wbcv_main(["verify", str(inf.path)]) == EXIT_TAMPERED
+        assert "seq 2 removed" in capsys.readouterr().out
+    finally:
+        log_path(inf.path).write_bytes(original)
