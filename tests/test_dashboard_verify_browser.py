@@ -24,6 +24,7 @@ from wbcv.cli import main as wbcv_main
 from wbcv.dashboards.auth import Credentials
 from wbcv.dashboards.data import ComparisonRun, RunCatalog
 from wbcv.validation.pdf import CHROMIUM_ARGS, find_chromium
+from wbcv.validation.report import load_report_data, render_html
 from wbcv.validation.verification_log import VERIFIED_CHOICES, Decision, append_decision, check_log, log_path
 
 pytestmark = pytest.mark.slow
@@ -214,5 +215,29 @@ def test_wbcv_verify_checks_the_chain_and_names_an_edited_or_removed_line(runs: 
         log_path(inf.path).write_bytes(b"".join([lines[0], *lines[2:]]))
         assert wbcv_main(["verify", str(inf.path)]) == EXIT_TAMPERED
         assert "seq 2 removed" in capsys.readouterr().out
+    finally:
+        log_path(inf.path).write_bytes(original)
+
+
+def test_the_report_has_a_verification_section_from_the_log(runs: Path):
+    comparison = newest(runs)
+    inf = comparison.inference
+    first = inf.predictions["cell_path"][0]
+    append_decision(inf.path, inf.predictions, Decision("cy", first, "basophil"))
+    check = check_log(inf.path)
+    data = load_report_data(comparison.path)
+    about, st_ = data.statistics["verification_log"], data.statistics["preclassification"]
+    assert (about["records"], about["head_sha256"]) == (len(check.entries), check.head_sha256)
+    n_verified = len({e["cell_path"] for e in check.entries})
+    assert st_["n_cells"] == n_verified and st_["n_cells_without_both"] == inf.predictions.height - n_verified
+    html = render_html(data)
+    assert "Pre-classification against verification" in html and check.head_sha256 in html
+    assert f"{n_verified} cells with both a pre-classified and a verified class" in html
+    original = log_path(inf.path).read_bytes()
+    try:
+        log_path(inf.path).write_bytes(original.replace(b'"user":"cy"', b'"user":"zz"'))
+        html = render_html(load_report_data(comparison.path))
+        assert "The verification log is not intact, so no figure is computed from it" in html
+        assert "Not computed: the verification log is not intact" in html
     finally:
         log_path(inf.path).write_bytes(original)

@@ -75,8 +75,10 @@ from wbcv.validation.integrity import (
     require_intact,
 )
 from wbcv.validation.measurands import MEASURANDS
+from wbcv.validation.preclassification import preclassification_statistics
 from wbcv.validation.regression import LARGE_N
 from wbcv.validation.verdict import coverage_error_label
+from wbcv.validation.verification_log import check_log, verified_cells
 
 REPORT_FORMAT: Final[str] = "wbcv-report/1"
 SIGNATURE_ROLES: Final[tuple[str, ...]] = ("Prepared by", "Reviewed by", "Approved by")
@@ -201,6 +203,33 @@ def _results_evidence(path: Path, results: ResultsRecord) -> CellEvidence:
     )
 
 
+def _verification_statistics(inference_run: Path, protocol: ProtocolRecord) -> dict[str, Any]:
+    """Pre-classification against the technologist's verification in the dashboard, when the inference
+    run has a verification log (``wbcv.validation.verification_log``); none from a broken chain."""
+    log = check_log(inference_run)
+    if not log.entries and log.intact:
+        return {}
+    users = sorted({e["user"] for e in log.entries})
+    times = [e["time_utc"] for e in log.entries]
+    about = {
+        "path": str(log.path),
+        "records": len(log.entries),
+        "head_sha256": log.head_sha256,
+        "users": users,
+        "first_utc": min(times, default=None),
+        "last_utc": max(times, default=None),
+        "findings": [str(f) for f in log.findings],
+    }
+    if not log.intact:
+        stats: dict[str, Any] = {"not_computed": "the verification log is not intact (listed above)", "n_cells": 0}
+    else:
+        predictions = pl.read_parquet(
+            inference_run / PREDICTIONS_FILE, columns=["sample_id", "cell_path", "predicted_class", "unclassified"]
+        )
+        stats = preclassification_statistics(verified_cells(predictions, log.entries), protocol.confidence)
+    return {"preclassification": stats, "verification_log": about}
+
+
 def load_report_data(run_dir: Path) -> ReportData:
     """Everything the report shows, from a sealed, intact comparison run."""
     run_dir = Path(run_dir)
@@ -215,13 +244,16 @@ def load_report_data(run_dir: Path) -> ReportData:
         )
     check = require_intact(run_dir, "a report would certify data that is not what was computed")
     cells = _cell_evidence(run_dir, record)
+    statistics = _read_json(run_dir / STATISTICS_FILE)
+    if cells.record is not None:  # wbcv's own inference run: its cells may have been verified in the dashboard
+        statistics = {**statistics, **_verification_statistics(locate_source_run(run_dir, record), record.protocol)}
     return ReportData(
         run_dir=run_dir,
         record=record,
         protocol=record.protocol,
         record_sha256=check.record_sha256,
         verdicts=_read_json(run_dir / VERDICT_FILE)["measurands"],
-        statistics=_read_json(run_dir / STATISTICS_FILE),
+        statistics=statistics,
         comparison=pl.read_parquet(run_dir / COMPARISON_FILE),
         excluded=pl.read_parquet(run_dir / EXCLUDED_FILE),
         cells=cells,
@@ -694,6 +726,7 @@ def render_html(data: ReportData, signatories: Sequence[Signatory] = ()) -> str:
         "labels_outside": cells.labelled.outside_classes if cells.labelled else {},
         "results": cells.results,
         "preclassification": _preclassification_view(data.statistics.get("preclassification")),
+        "verification_log": data.statistics.get("verification_log"),
     }
     env = Environment(
         loader=PackageLoader("validation", "templates"),
