@@ -219,7 +219,7 @@ def _gallery(run: ComparisonRun, sample_id: str, credentials: bool = False) -> l
     figures = []
     for c in cells.iter_rows(named=True):
         label = c["expert_label"]
-        caption = [
+        caption: list[Component] = [
             html.Span("unclassified" if c["unclassified"] else c["predicted_class"], className="pred"),
             html.Span(f" {c['confidence']:.2f}", className="conf"),
         ]

@@ -281,7 +281,9 @@ def verified_cells(predictions: pl.DataFrame, entries: tuple[dict[str, Any], ...
         {"cell_path": list(last), "verified": [e["to"] for e in last.values()]},
         schema={"cell_path": pl.String, "verified": pl.String},
     )
-    pre = pl.when(pl.col("unclassified")).then(pl.lit(UNCLASSIFIED)).otherwise(pl.col("predicted_class").cast(pl.String))
+    pre = (
+        pl.when(pl.col("unclassified")).then(pl.lit(UNCLASSIFIED)).otherwise(pl.col("predicted_class").cast(pl.String))
+    )
     return (
         predictions.select("sample_id", "cell_path", preclassified=pre)
         .join(verified, on="cell_path", how="left", maintain_order="left")
