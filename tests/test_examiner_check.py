@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from wbcv.base.tables import COMPARISON_FILE, STATISTICS_FILE
+from wbcv.cli import main
+from wbcv.fixtures import analyzer_exports
+from wbcv.fixtures.simulator import draw_samples
 from wbcv.validation.agreement import clopper_pearson
 from wbcv.validation.examiner_check import examiner_difference_p, examiners_differ, within_counting_interval
 from wbcv.validation.reference import read_reference
+from wbcv.validation.report import examiner_check_view, load_report_data, render_html
+
+EXPORT = Path(__file__).resolve().parent.parent / "fixtures" / "samples" / "results" / "differential.csv"
 
 HEADER = "sample_id,examiner,slide,Neutrophils,Lymphocytes,Monocytes,Eosinophils,Basophils\n"
 
@@ -68,3 +80,45 @@ def test_the_manual_reference_names_the_classes_two_examiners_disagree_on(tmp_pa
     assert rows["S2"]["between_examiners"] == ""
     assert rows["S3"]["between_examiners"] == "not checked: 1 examiner(s), the check needs two"
     assert rows["S3"]["LYMPH% examiners_p"] is None
+
+
+@pytest.mark.slow
+def test_a_comparison_with_a_manual_reference_reports_the_counting_interval_and_the_examiner_check(tmp_path, capsys):
+    samples = draw_samples(analyzer_exports.N_SAMPLES, analyzer_exports.CELLS_PER_SLIDE, seed=analyzer_exports.SEED)
+    rng = np.random.default_rng(11)
+    lines = ["sample_id,examiner,slide,Neutrophils,Lymphocytes,Monocytes,Eosinophils,Basophils"]
+    for i, s in enumerate(samples):
+        p = [s.true_fractions[c] for c in ("neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil")]
+        for examiner, slide in (("A", 1), ("B", 2)):
+            counts = rng.multinomial(200, p)
+            if i == 0 and examiner == "B":  # examiner B of the first sample calls 40 neutrophils lymphocytes
+                counts[0], counts[1] = counts[0] - 40, counts[1] + 40
+            lines.append(f"{s.sample_id},{examiner},{slide}," + ",".join(map(str, counts)))
+    ref = tmp_path / "manual.csv"
+    ref.write_text("\n".join(lines) + "\n")
+    protocol = tmp_path / "p.yaml"
+    protocol.write_text(
+        "protocol: {id: MANUAL-REF, version: '1'}\nmeasurands:\n  NEUT%: {allowable_error_pct: 10, absolute_limit: 2}\n"
+        "  LYMPH%: {allowable_error_pct: 10, absolute_limit: 2}\nexclusions: {min_cells: 100}\n"
+    )
+    code = main(
+        ["compare", "--results", str(EXPORT), "--format", "csv", "--reference", str(ref), "--protocol", str(protocol),
+         "--out", str(tmp_path / "runs")]
+    )  # fmt: skip
+    assert code in (0, 3), capsys.readouterr().err
+    (run,) = [p for p in (tmp_path / "runs").iterdir() if "-compare-" in p.name]
+    table = pl.read_parquet(run / COMPARISON_FILE)
+    expected = (table["reference_ci_low"] <= table["predicted"]) & (table["predicted"] <= table["reference_ci_high"])
+    assert table["within_reference_interval"].to_list() == expected.to_list()
+    assert table["reference_ci_low"].null_count() == 0
+    st_ = json.loads((run / STATISTICS_FILE).read_text())["NEUT%"]["within_reference_interval"]
+    neut = table.filter(pl.col("measurand") == "NEUT%")
+    assert (st_["k"], st_["n"]) == (int(neut["within_reference_interval"].sum()), neut.height)
+    view = examiner_check_view(run)
+    assert view is not None and view["n_checked"] == len(samples)
+    flagged = dict(view["flagged"])
+    assert samples[0].sample_id in flagged and flagged[samples[0].sample_id].startswith("NEUT% (A ")
+    html = render_html(load_report_data(run))
+    assert "agreement between the two examiners (CLSI H20)" in html
+    assert "Within the reference&#39;s counting interval" in html or "Within the reference's counting interval" in html
+    assert "Rümke 4–17 %" in html

@@ -56,6 +56,7 @@ from wbcv.base.tables import (
     EXCLUDED_FILE,
     IMPORT_EXCLUDED_FILE,
     PREDICTIONS_FILE,
+    REFERENCE_FILE,
     SKIPPED_FILE,
     STATISTICS_FILE,
     VERDICT_FILE,
@@ -311,6 +312,40 @@ FIT_LABELS: Final[dict[str, str]] = {
 }
 
 
+def _counting_interval_row(st: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Against a manual reference: values within its counting interval (wbcv.validation.verdict)."""
+    w = st.get("within_reference_interval")
+    if not isinstance(w, dict):
+        return []
+    return [
+        (
+            "Within the reference's counting interval (Clopper–Pearson 95 % of the manual count; not the criterion)",
+            f"{pct(w['share'])} ({w['k']}/{w['n']})",
+            f"{pct(w['ci'][0])} to {pct(w['ci'][1])} (Clopper–Pearson)",
+        )
+    ]
+
+
+def examiner_check_view(run_dir: Path) -> dict[str, Any] | None:
+    """The CLSI H20 between-examiner check of a manual reference (reference.parquet of the comparison):
+    samples checked, flagged (with the classes) and not checked; None for another kind of reference."""
+    path = Path(run_dir) / REFERENCE_FILE
+    if not path.is_file() or "between_examiners" not in pl.read_parquet_schema(path):
+        return None
+    ref = pl.read_parquet(path, columns=["sample_id", "examiners", "between_examiners"])
+    not_checked = ref.filter(pl.col("between_examiners").str.starts_with("not checked"))
+    flagged = ref.filter(
+        (pl.col("between_examiners") != "") & ~pl.col("between_examiners").str.starts_with("not checked")
+    )
+    return {
+        "n_checked": ref.height - not_checked.height,
+        "flagged": [(r["sample_id"], r["between_examiners"]) for r in flagged.sort("sample_id").iter_rows(named=True)],
+        "not_checked": [
+            (r["sample_id"], r["between_examiners"]) for r in not_checked.sort("sample_id").iter_rows(named=True)
+        ],
+    }
+
+
 def _stat_rows(st: dict[str, Any], confidence: float, required_coverage: float) -> list[tuple[str, str, str]]:
     """(statistic, estimate, CI) rows of one measurand; a statistic that could not be computed
     says why."""
@@ -515,7 +550,7 @@ def _measurand_sections(data: ReportData, required_coverage: float, confidence: 
                 "slug": slug,
                 "unit": MEASURANDS[name].unit,
                 "verdict": v,
-                "stats": _stat_rows(st, confidence, required_coverage) if st else [],
+                "stats": (_stat_rows(st, confidence, required_coverage) + _counting_interval_row(st)) if st else [],
                 "ep09": ep09_view(st, v),
                 "figures": figures,
                 "n_absolute": int((rows["criterion"] == "absolute").sum()) if rows.height else 0,
@@ -679,6 +714,16 @@ def _methods(protocol: ProtocolRecord, statistics: dict[str, Any], export: bool 
             "are not part of any class fraction.",
         ),
     ]
+    if any(isinstance(st, dict) and "within_reference_interval" in st for st in statistics.values()):
+        out.append(
+            (
+                "Counting interval of a manual reference",
+                "The reference's own counting error: the exact two-sided 95 % Clopper–Pearson interval of its k of n "
+                "cells (Clopper & Pearson 1934), not Rümke's table (Rümke 1960, reproduced in CLSI H20), whose "
+                "rounded limits differ slightly (9 % of 100 cells: exact 4.2–16.4 %, Rümke 4–17 %). The share of "
+                "values within it is shown beside the error % criterion and is not part of the verdict.",
+            )
+        )
     if "preclassification" in statistics:
         out.append(
             (
@@ -751,6 +796,7 @@ def render_html(data: ReportData, signatories: Sequence[Signatory] = ()) -> str:
         verdicts=data.verdicts,
         sections=sections,
         excluded=_table(exclusion_lines(data.excluded), ["sample_id", "measurands", "source_row", "reason"]),
+        examiner_check=examiner_check_view(data.run_dir),
         cells=cell_view,
         methods=_methods(protocol, data.statistics, export=data.cells.results is not None),
         rules=protocol.measurands,
