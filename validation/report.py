@@ -732,8 +732,9 @@ def _methods(protocol: ProtocolRecord, statistics: dict[str, Any], export: bool 
                 "both mapped to wbcv's categories: agreement and reclassification rate (class name changed), per "
                 "category sensitivity, PPV and specificity, each with its Wilson score interval (Wilson 1927; "
                 f"Newcombe 1998, method 3; scipy) at {conf}; Cohen's kappa (Cohen 1960) and weighted kappa with "
-                "linear and quadratic disagreement weights by category order (Cohen 1968); the per-sample "
-                "difference is of the differentials among the five classes (ICSH 2019).",
+                "linear and quadratic disagreement weights by category order (Cohen 1968), each with a Wald interval "
+                "from the large-sample standard error of Fleiss, Cohen & Everitt (1969), not clipped to [−1, 1]; "
+                "the per-sample difference is of the differentials among the five classes (ICSH 2019).",
             )
         )
     return out
@@ -805,6 +806,11 @@ def render_html(data: ReportData, signatories: Sequence[Signatory] = ()) -> str:
     )
 
 
+def _interval_text(ci: list[float] | None) -> str:
+    """A kappa interval of statistics.json as text; '–' when undefined or from a run made before it was kept."""
+    return "–" if not ci else f"{fmt(ci[0])} to {fmt(ci[1])}"
+
+
 def _preclassification_view(st: dict[str, Any] | None) -> dict[str, Any] | None:
     """The pre-classification statistics of a per-cell export (``wbcv.validation.preclassification``) as
     report rows: estimates in %, Wilson intervals at the protocol's confidence."""
@@ -824,6 +830,7 @@ def _preclassification_view(st: dict[str, Any] | None) -> dict[str, Any] | None:
         "agreement": prop(st["agreement"]),
         "reclassification": prop(st["reclassification_rate"]),
         "kappa": [fmt(st["kappa"]), fmt(st["kappa_linear"]), fmt(st["kappa_quadratic"])],
+        "kappa_ci": [_interval_text(st.get(f"{k}_ci")) for k in ("kappa", "kappa_linear", "kappa_quadratic")],
         "per_class": [
             (
                 c["category"],
