@@ -74,4 +74,6 @@ def register_verify_route(server: Flask, catalog: RunCatalog, credentials: Crede
             entry = append_decision(run.path, run.predictions, Decision(auth.username, body["cell_path"], to))
         except WbcvError as e:
             return _refused(400, str(e))
+        except OSError as e:  # a read-only or full runs folder: nothing was recorded
+            return _refused(503, f"not recorded: cannot write the verification log beside run {run_id}: {e.strerror}")
         return jsonify(entry), 200
