@@ -49,7 +49,10 @@ def vcd_ase(x: np.ndarray, w: np.ndarray) -> float:
     kw = (float(np.sum(w * x) / n) - pc) / (1 - pc)
     swept = w - (w @ p.sum(axis=0) * (1 - kw))[:, None]
     swept = swept - (w @ p.sum(axis=1) * (1 - kw))[None, :]
-    return float(np.sqrt((np.sum(p * swept**2) - (kw - pc * (1 - kw)) ** 2) / (1 - pc) ** 2 / n))
+    var = (np.sum(p * swept**2) - (kw - pc * (1 - kw)) ** 2) / (1 - pc) ** 2 / n
+    # a variance of 0 that rounds below 0 (one rater using one category: kappa is 0 for any table
+    # with those margins) is 0 here; R's sqrt gives NaN with a warning
+    return float(np.sqrt(max(var, 0.0)))
 
 
 @settings(max_examples=60, deadline=None)
