@@ -201,3 +201,60 @@ def wilson_interval(k: int, n: int, confidence: float) -> tuple[float, float]:
         return float("nan"), float("nan")
     ci = binomtest(int(k), int(n)).proportion_ci(confidence_level=confidence, method="wilson")
     return float(ci.low), float(ci.high)
+
+
+def _agreement_weights(k: int, weights: str) -> np.ndarray:
+    """Agreement weights 1 - d_ij / max d of weighted_kappa's disagreement weights d (identity for
+    "none"; vcd's "Equal-Spacing" for linear, "Fleiss-Cohen" for quadratic): they give the same kappa."""
+    idx = np.arange(k)
+    diff = np.abs(idx[:, None] - idx[None, :]).astype(np.float64)
+    if weights == "none":
+        return np.eye(k)
+    d = {"linear": diff, "quadratic": diff**2}.get(weights)
+    if d is None:
+        raise ValueError(f"weights must be none, linear or quadratic, got {weights!r}")
+    return 1.0 - d / d.max() if k > 1 else np.ones((1, 1))
+
+
+def kappa_standard_error(cm: np.ndarray, weights: str) -> float:
+    """Large-sample standard error of Cohen's (weighted) kappa, not assuming kappa = 0 (for intervals).
+
+    With p_ij = O_ij / n, margins p_i. and p_.j, agreement weights w_ij (1 on the diagonal),
+    wbar_i. = sum_j w_ij p_.j, wbar_.j = sum_i w_ij p_i., p_e = sum w_ij p_i. p_.j and kappa_w:
+
+        Var = [ sum_ij p_ij (w_ij - (wbar_i. + wbar_.j)(1 - kappa_w))^2 - (kappa_w - p_e (1 - kappa_w))^2 ]
+              / (n (1 - p_e)^2)
+
+    Source: Fleiss J.L., Cohen J., Everitt B.S. (1969), Large sample standard errors of kappa and
+    weighted kappa, Psychol Bull 72:323-327, eq. 13 (the unweighted case with w = identity, eq. 9 there);
+    the same formula as R's vcd::Kappa ``ASE``. NaN when n = 0 or p_e = 1 (kappa undefined).
+    """
+    o = np.asarray(cm, dtype=np.float64)
+    if o.ndim != 2 or o.shape[0] != o.shape[1]:
+        raise ValueError(f"kappa_standard_error needs a square matrix, got shape {o.shape}")
+    n = o.sum()
+    if n == 0:
+        return float("nan")
+    w = _agreement_weights(o.shape[0], weights)
+    p = o / n
+    rows, cols = p.sum(axis=1), p.sum(axis=0)
+    pe = float(rows @ w @ cols)
+    if pe >= 1.0:
+        return float("nan")
+    kw = (float((w * p).sum()) - pe) / (1.0 - pe)
+    wbar_row, wbar_col = w @ cols, rows @ w
+    inner = w - (wbar_row[:, None] + wbar_col[None, :]) * (1.0 - kw)
+    var = (float((p * inner**2).sum()) - (kw - pe * (1.0 - kw)) ** 2) / (n * (1.0 - pe) ** 2)
+    return float(np.sqrt(max(var, 0.0)))
+
+
+def kappa_interval(cm: np.ndarray, weights: str, confidence: float) -> tuple[float, float]:
+    """Wald interval kappa_w -/+ z_(1+confidence)/2 x ``kappa_standard_error`` (Fleiss, Cohen & Everitt
+    1969; vcd's ``confint.Kappa``), not clipped to [-1, 1]; (NaN, NaN) when kappa is undefined."""
+    from scipy.stats import norm
+
+    kw, se = weighted_kappa(cm, weights), kappa_standard_error(cm, weights)
+    if not (np.isfinite(kw) and np.isfinite(se)):
+        return float("nan"), float("nan")
+    z = float(norm.ppf(0.5 + confidence / 2))
+    return kw - z * se, kw + z * se

@@ -40,6 +40,7 @@ import polars as pl
 
 from wbcv.base.errors import WbcvError
 from wbcv.validation import sampling
+from wbcv.validation.examiner_check import within_counting_interval
 from wbcv.validation.measurands import MEASURANDS
 from wbcv.validation.protocol import MeasurandRule, Protocol, effective_limit_pct, within_limit
 from wbcv.validation.reference import MARKS, ReferenceData, implausibility
@@ -64,6 +65,11 @@ COMPARISON_SCHEMA: Final[dict[str, pl.DataType]] = {
     "flags": pl.String(),
     "marks": pl.String(),
     "source_row": pl.Int64(),
+    # a manual reference's counting interval (Clopper-Pearson, percent) and whether the value lies in it;
+    # null for a reference without one (wbcv.validation.examiner_check)
+    "reference_ci_low": pl.Float64(),
+    "reference_ci_high": pl.Float64(),
+    "within_reference_interval": pl.Boolean(),
 }
 EXCLUDED_SCHEMA: Final[dict[str, pl.DataType]] = {
     "sample_id": pl.String(),
@@ -361,4 +367,16 @@ def _one_value(
         "flags": ", ".join(r["flags"]) or None,
         "marks": marks or None,
         "source_row": r["source_row"],
+        **_counting_interval(name, predicted, r),
     }, None
+
+
+def _counting_interval(name: str, predicted: float, r: dict[str, Any]) -> dict[str, Any]:
+    """The reference's counting interval of this measurand (a manual differential's) and whether
+    the predicted value lies in it; nulls when the reference has none."""
+    low, high = r.get(f"{name} ci_low"), r.get(f"{name} ci_high")
+    return {
+        "reference_ci_low": low,
+        "reference_ci_high": high,
+        "within_reference_interval": within_counting_interval(predicted, low, high),
+    }

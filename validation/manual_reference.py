@@ -21,6 +21,12 @@ in ``<X%> ci_low`` and ``<X%> ci_high`` (percent), not Rümke's table (which H20
 which differs slightly). The table also holds ``examiners`` (how many distinct examiners counted the
 sample) and ``cells_counted`` (n); fewer than two examiners is allowed and visible there.
 
+The between-examiner check (``wbcv.validation.examiner_check``: Fisher's exact test per class, flag
+at p < 0.05): with exactly two examiners, ``<X%> examiners_p`` holds the p of their two counts
+(each pooled over the examiner's slides) and ``between_examiners`` names the classes flagged
+(empty: none); with another number of examiners the p values are null and ``between_examiners``
+says why the check was not made.
+
 Rows: a row that does not fit the header is excluded with the reason (the reference reader's rule);
 a row without a sample id or examiner is excluded; a count that is not a whole number >= 0 is an
 error naming the row and column; a sample with no cell of the five classes is excluded.
@@ -38,6 +44,7 @@ import polars as pl
 from wbcv.base.errors import WbcvError, clipped, shown
 from wbcv.base.taxonomy import CELL_CLASSES, UNCLASSIFIED
 from wbcv.validation.agreement import clopper_pearson
+from wbcv.validation.examiner_check import examiner_difference_p, examiners_differ
 from wbcv.validation.measurands import SYSMEX_CODE
 from wbcv.validation.reference import EXCLUDED_SCHEMA, ReferenceData, fitted_rows, table_schema
 from wbcv.validation.results.mapping import EXCLUDED, TOTAL, UNMAPPED, default_mapping, normalise
@@ -113,10 +120,12 @@ def read_manual_differential(
         counted = sum(n for _, target, n in counts if target != TOTAL)
         if total and total[0] != counted:
             raise WbcvError(f"{path} row {r}: the total is {total[0]} but the class counts sum to {counted}")
-        p = pooled.setdefault(sid, {"row": r, "examiners": set(), "k": defaultdict(int)})
-        p["examiners"].add(examiner)
+        p = pooled.setdefault(
+            sid, {"row": r, "examiners": defaultdict(lambda: defaultdict(int)), "k": defaultdict(int)}
+        )
         for _, target, n in counts:
             p["k"][target] += n
+            p["examiners"][examiner][target] += n
     records = [rec for sid, p in pooled.items() if (rec := _record(sid, p, excluded)) is not None]
     quantities = list(PERCENTS.values())
     extra = {
@@ -125,6 +134,8 @@ def read_manual_differential(
         "cells_outside_five": pl.Int64(),
         "cells_excluded": pl.Int64(),
         "examiners": pl.Int64(),
+        **{f"{q} examiners_p": pl.Float64() for q in quantities},
+        "between_examiners": pl.String(),
     }
     table = pl.DataFrame(records, schema={**table_schema(quantities), **extra})
     excluded_table = pl.DataFrame(excluded.rows, schema=EXCLUDED_SCHEMA).sort("source_row")
@@ -154,4 +165,22 @@ def _record(sid: str, p: dict[str, Any], excluded: _Excluded) -> dict[str, Any] 
         ci = clopper_pearson(k[c], n, COUNTING_CONFIDENCE)
         rec |= {q: 100.0 * k[c] / n, f"{q} status": "ok", f"{q} marks": ""}
         rec |= {f"{q} ci_low": 100.0 * ci.lower, f"{q} ci_high": 100.0 * ci.upper}
-    return rec
+    return rec | _between_examiners(p["examiners"])
+
+
+def _between_examiners(by_examiner: dict[str, dict[str, int]]) -> dict[str, Any]:
+    """The H20 between-examiner check of one sample (module docstring): p per class, classes flagged."""
+    out: dict[str, Any] = {f"{q} examiners_p": None for q in PERCENTS.values()}
+    if len(by_examiner) != 2:
+        return out | {"between_examiners": f"not checked: {len(by_examiner)} examiner(s), the check needs two"}
+    (a, ka), (b, kb) = sorted(by_examiner.items())
+    na, nb = (sum(k[c] for c in CELL_CLASSES) for k in (ka, kb))
+    flagged = []
+    for c, q in PERCENTS.items():
+        p = examiner_difference_p(ka[c], na, kb[c], nb)
+        out[f"{q} examiners_p"] = p
+        if examiners_differ(p):
+            flagged.append(f"{q} ({a} {100 * ka[c] / na:.1f} %, {b} {100 * kb[c] / nb:.1f} %, p {p:.2g})")
+    if na == 0 or nb == 0:
+        return out | {"between_examiners": "not checked: an examiner counted no cell of the five classes"}
+    return out | {"between_examiners": "; ".join(flagged)}

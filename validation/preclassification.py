@@ -14,7 +14,9 @@ pre-classified class and the technologist's verified class, both mapped to wbcv'
 * per class: sensitivity (verified c, pre-classified c), PPV (pre-classified c, verified c) and
   specificity (``wbcv.validation.cell_metrics``), each with its Wilson interval at the protocol's
   confidence;
-* Cohen's kappa, unweighted, linear and quadratic (``cell_metrics.weighted_kappa``);
+* Cohen's kappa, unweighted, linear and quadratic (``cell_metrics.weighted_kappa``), each with its
+  Wald interval from the large-sample standard error of Fleiss, Cohen & Everitt 1969
+  (``cell_metrics.kappa_interval``);
 * per pre-classified category, what the technologist reclassified its cells to;
 * per sample, the pre-classified minus the verified differential, in percentage points of the
   classified cells (``k_c / n_classified`` of each), and the cells changed.
@@ -31,7 +33,14 @@ import numpy as np
 import polars as pl
 
 from wbcv.base.taxonomy import CELL_CLASSES, UNCLASSIFIED
-from wbcv.validation.cell_metrics import ppv, sensitivity, specificity, weighted_kappa, wilson_interval
+from wbcv.validation.cell_metrics import (
+    kappa_interval,
+    ppv,
+    sensitivity,
+    specificity,
+    weighted_kappa,
+    wilson_interval,
+)
 
 CATEGORY_ORDER: Final[tuple[str, ...]] = (*CELL_CLASSES, UNCLASSIFIED, "excluded", "unmapped")
 
@@ -41,6 +50,18 @@ def _proportion(k: int, n: int, confidence: float, estimate: float | None = None
     low, high = wilson_interval(k, n, confidence)
     value = (k / n if estimate is None else estimate) if n else None
     return {"k": k, "n": n, "estimate": value, "ci": [low, high] if n else None}
+
+
+KAPPAS: Final[tuple[tuple[str, str], ...]] = (
+    ("kappa", "none"),
+    ("kappa_linear", "linear"),
+    ("kappa_quadratic", "quadratic"),
+)
+
+
+def _finite(interval: tuple[float, float]) -> list[float] | None:
+    """An interval as JSON: null when undefined (NaN: kappa undefined, all cells in one category)."""
+    return list(interval) if all(np.isfinite(interval)) else None
 
 
 def agreement_matrix(pairs: pl.DataFrame) -> tuple[list[str], np.ndarray]:
@@ -128,6 +149,8 @@ def preclassification_statistics(cells: pl.DataFrame, confidence: float) -> dict
         "kappa": weighted_kappa(m, "none"),
         "kappa_linear": weighted_kappa(m, "linear"),
         "kappa_quadratic": weighted_kappa(m, "quadratic"),
+        # Wald intervals with the large-sample SE of Fleiss, Cohen & Everitt 1969 (cell_metrics.kappa_interval)
+        **{f"{key}_ci": _finite(kappa_interval(m, w, confidence)) for key, w in KAPPAS},
         "per_class": _per_class(categories, m, confidence),
         "reclassified_to": _reclassified_to(categories, m),
         "per_sample": _differentials(pairs),

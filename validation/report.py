@@ -56,6 +56,7 @@ from wbcv.base.tables import (
     EXCLUDED_FILE,
     IMPORT_EXCLUDED_FILE,
     PREDICTIONS_FILE,
+    REFERENCE_FILE,
     SKIPPED_FILE,
     STATISTICS_FILE,
     VERDICT_FILE,
@@ -75,8 +76,10 @@ from wbcv.validation.integrity import (
     require_intact,
 )
 from wbcv.validation.measurands import MEASURANDS
+from wbcv.validation.preclassification import preclassification_statistics
 from wbcv.validation.regression import LARGE_N
 from wbcv.validation.verdict import coverage_error_label
+from wbcv.validation.verification_log import check_log, verified_cells
 
 REPORT_FORMAT: Final[str] = "wbcv-report/1"
 SIGNATURE_ROLES: Final[tuple[str, ...]] = ("Prepared by", "Reviewed by", "Approved by")
@@ -201,6 +204,33 @@ def _results_evidence(path: Path, results: ResultsRecord) -> CellEvidence:
     )
 
 
+def _verification_statistics(inference_run: Path, protocol: ProtocolRecord) -> dict[str, Any]:
+    """Pre-classification against the technologist's verification in the dashboard, when the inference
+    run has a verification log (``wbcv.validation.verification_log``); none from a broken chain."""
+    log = check_log(inference_run)
+    if not log.entries and log.intact:
+        return {}
+    users = sorted({e["user"] for e in log.entries})
+    times = [e["time_utc"] for e in log.entries]
+    about = {
+        "path": str(log.path),
+        "records": len(log.entries),
+        "head_sha256": log.head_sha256,
+        "users": users,
+        "first_utc": min(times, default=None),
+        "last_utc": max(times, default=None),
+        "findings": [str(f) for f in log.findings],
+    }
+    if not log.intact:
+        stats: dict[str, Any] = {"not_computed": "the verification log is not intact (listed above)", "n_cells": 0}
+    else:
+        predictions = pl.read_parquet(
+            inference_run / PREDICTIONS_FILE, columns=["sample_id", "cell_path", "predicted_class", "unclassified"]
+        )
+        stats = preclassification_statistics(verified_cells(predictions, log.entries), protocol.confidence)
+    return {"preclassification": stats, "verification_log": about}
+
+
 def load_report_data(run_dir: Path) -> ReportData:
     """Everything the report shows, from a sealed, intact comparison run."""
     run_dir = Path(run_dir)
@@ -215,13 +245,16 @@ def load_report_data(run_dir: Path) -> ReportData:
         )
     check = require_intact(run_dir, "a report would certify data that is not what was computed")
     cells = _cell_evidence(run_dir, record)
+    statistics = _read_json(run_dir / STATISTICS_FILE)
+    if cells.record is not None:  # wbcv's own inference run: its cells may have been verified in the dashboard
+        statistics = {**statistics, **_verification_statistics(locate_source_run(run_dir, record), record.protocol)}
     return ReportData(
         run_dir=run_dir,
         record=record,
         protocol=record.protocol,
         record_sha256=check.record_sha256,
         verdicts=_read_json(run_dir / VERDICT_FILE)["measurands"],
-        statistics=_read_json(run_dir / STATISTICS_FILE),
+        statistics=statistics,
         comparison=pl.read_parquet(run_dir / COMPARISON_FILE),
         excluded=pl.read_parquet(run_dir / EXCLUDED_FILE),
         cells=cells,
@@ -277,6 +310,40 @@ FIT_LABELS: Final[dict[str, str]] = {
     "weighted_deming": "weighted Deming",
     "ols": "least squares",
 }
+
+
+def _counting_interval_row(st: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Against a manual reference: values within its counting interval (wbcv.validation.verdict)."""
+    w = st.get("within_reference_interval")
+    if not isinstance(w, dict):
+        return []
+    return [
+        (
+            "Within the reference's counting interval (Clopper–Pearson 95 % of the manual count; not the criterion)",
+            f"{pct(w['share'])} ({w['k']}/{w['n']})",
+            f"{pct(w['ci'][0])} to {pct(w['ci'][1])} (Clopper–Pearson)",
+        )
+    ]
+
+
+def examiner_check_view(run_dir: Path) -> dict[str, Any] | None:
+    """The CLSI H20 between-examiner check of a manual reference (reference.parquet of the comparison):
+    samples checked, flagged (with the classes) and not checked; None for another kind of reference."""
+    path = Path(run_dir) / REFERENCE_FILE
+    if not path.is_file() or "between_examiners" not in pl.read_parquet_schema(path):
+        return None
+    ref = pl.read_parquet(path, columns=["sample_id", "examiners", "between_examiners"])
+    not_checked = ref.filter(pl.col("between_examiners").str.starts_with("not checked"))
+    flagged = ref.filter(
+        (pl.col("between_examiners") != "") & ~pl.col("between_examiners").str.starts_with("not checked")
+    )
+    return {
+        "n_checked": ref.height - not_checked.height,
+        "flagged": [(r["sample_id"], r["between_examiners"]) for r in flagged.sort("sample_id").iter_rows(named=True)],
+        "not_checked": [
+            (r["sample_id"], r["between_examiners"]) for r in not_checked.sort("sample_id").iter_rows(named=True)
+        ],
+    }
 
 
 def _stat_rows(st: dict[str, Any], confidence: float, required_coverage: float) -> list[tuple[str, str, str]]:
@@ -483,7 +550,7 @@ def _measurand_sections(data: ReportData, required_coverage: float, confidence: 
                 "slug": slug,
                 "unit": MEASURANDS[name].unit,
                 "verdict": v,
-                "stats": _stat_rows(st, confidence, required_coverage) if st else [],
+                "stats": (_stat_rows(st, confidence, required_coverage) + _counting_interval_row(st)) if st else [],
                 "ep09": ep09_view(st, v),
                 "figures": figures,
                 "n_absolute": int((rows["criterion"] == "absolute").sum()) if rows.height else 0,
@@ -647,6 +714,16 @@ def _methods(protocol: ProtocolRecord, statistics: dict[str, Any], export: bool 
             "are not part of any class fraction.",
         ),
     ]
+    if any(isinstance(st, dict) and "within_reference_interval" in st for st in statistics.values()):
+        out.append(
+            (
+                "Counting interval of a manual reference",
+                "The reference's own counting error: the exact two-sided 95 % Clopper–Pearson interval of its k of n "
+                "cells (Clopper & Pearson 1934), not Rümke's table (Rümke 1960, reproduced in CLSI H20), whose "
+                "rounded limits differ slightly (9 % of 100 cells: exact 4.2–16.4 %, Rümke 4–17 %). The share of "
+                "values within it is shown beside the error % criterion and is not part of the verdict.",
+            )
+        )
     if "preclassification" in statistics:
         out.append(
             (
@@ -655,8 +732,9 @@ def _methods(protocol: ProtocolRecord, statistics: dict[str, Any], export: bool 
                 "both mapped to wbcv's categories: agreement and reclassification rate (class name changed), per "
                 "category sensitivity, PPV and specificity, each with its Wilson score interval (Wilson 1927; "
                 f"Newcombe 1998, method 3; scipy) at {conf}; Cohen's kappa (Cohen 1960) and weighted kappa with "
-                "linear and quadratic disagreement weights by category order (Cohen 1968); the per-sample "
-                "difference is of the differentials among the five classes (ICSH 2019).",
+                "linear and quadratic disagreement weights by category order (Cohen 1968), each with a Wald interval "
+                "from the large-sample standard error of Fleiss, Cohen & Everitt (1969), not clipped to [−1, 1]; "
+                "the per-sample difference is of the differentials among the five classes (ICSH 2019).",
             )
         )
     return out
@@ -694,6 +772,7 @@ def render_html(data: ReportData, signatories: Sequence[Signatory] = ()) -> str:
         "labels_outside": cells.labelled.outside_classes if cells.labelled else {},
         "results": cells.results,
         "preclassification": _preclassification_view(data.statistics.get("preclassification")),
+        "verification_log": data.statistics.get("verification_log"),
     }
     env = Environment(
         loader=PackageLoader("validation", "templates"),
@@ -718,12 +797,18 @@ def render_html(data: ReportData, signatories: Sequence[Signatory] = ()) -> str:
         verdicts=data.verdicts,
         sections=sections,
         excluded=_table(exclusion_lines(data.excluded), ["sample_id", "measurands", "source_row", "reason"]),
+        examiner_check=examiner_check_view(data.run_dir),
         cells=cell_view,
         methods=_methods(protocol, data.statistics, export=data.cells.results is not None),
         rules=protocol.measurands,
         signatures=[by_role.get(role, Signatory(role)) for role in SIGNATURE_ROLES],
         report_format=REPORT_FORMAT,
     )
+
+
+def _interval_text(ci: list[float] | None) -> str:
+    """A kappa interval of statistics.json as text; '–' when undefined or from a run made before it was kept."""
+    return "–" if not ci else f"{fmt(ci[0])} to {fmt(ci[1])}"
 
 
 def _preclassification_view(st: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -745,6 +830,7 @@ def _preclassification_view(st: dict[str, Any] | None) -> dict[str, Any] | None:
         "agreement": prop(st["agreement"]),
         "reclassification": prop(st["reclassification_rate"]),
         "kappa": [fmt(st["kappa"]), fmt(st["kappa_linear"]), fmt(st["kappa_quadratic"])],
+        "kappa_ci": [_interval_text(st.get(f"{k}_ci")) for k in ("kappa", "kappa_linear", "kappa_quadratic")],
         "per_class": [
             (
                 c["category"],

@@ -219,6 +219,21 @@ def _with_regression(v: MeasurandVerdict, st: dict[str, Any], protocol: Protocol
     )
 
 
+def _counting_interval_statistics(rows: pl.DataFrame, confidence: float) -> dict[str, Any]:
+    """Against a manual reference: how many values lie within the reference's counting interval
+    (``within_reference_interval``), with the Clopper–Pearson interval of that share; nothing when
+    the reference has no counting interval. Reported beside the error % criterion, not part of the
+    verdict."""
+    if "within_reference_interval" not in rows.columns:
+        return {}
+    flags = rows["within_reference_interval"].drop_nulls()
+    if flags.is_empty():
+        return {}
+    k, n = int(flags.sum()), flags.len()
+    ci = agreement.clopper_pearson(k, n, confidence)
+    return {"within_reference_interval": {"k": k, "n": n, "share": k / n, "ci": [ci.lower, ci.upper]}}
+
+
 def _range_statistics(rows: pl.DataFrame, protocol: Protocol, name: str) -> dict[str, Any]:
     """Bias by concentration interval (protocol cut points, else tertiles of the reference) and,
     when the protocol asks for them, the regression-based limits of agreement."""
@@ -265,6 +280,7 @@ def decide(table: pl.DataFrame, protocol: Protocol) -> tuple[list[MeasurandVerdi
         st = measurand_statistics(rows, protocol, name)
         v = _coverage_verdict(rows, protocol, name, st)
         st.update(_range_statistics(rows, protocol, name))
+        st.update(_counting_interval_statistics(rows, protocol.confidence))
         st["outliers"] = to_jsonable(screen)
         # Planning: if the true coverage were what this batch shows, how many samples would show
         # the criterion at the Clopper-Pearson lower bound? (Undefined when it is not above the requirement.)

@@ -387,6 +387,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(f"report manifest {v.run_dir}/report/manifest.json sha256 {v.report_manifest_sha256}")
     for linked in v.linked_runs:
         print(f"made from run {linked}")
+    for log in v.verification_logs:
+        print(f"verification log {log.path}: {len(log.entries)} record(s), last line sha256 {log.head_sha256}")
     for f in v.findings:
         print(f)
     intact = v.intact
@@ -695,8 +697,10 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Recompute the sha256 of every file in a finished run (inference, results or comparison) against its "
             "run.json, of its report against report/manifest.json, and, for a comparison, of the inference or results "
-            "run it was made from; name each file that was changed, added or removed; print the manifests' own "
-            "sha256. With --inputs, also re-hash the batch's input files (images, manifest, expert labels) against the "
+            "run it was made from; name each file that was changed, added or removed; check the hash chain of the "
+            "dashboard's verification log of the cells (RUNS/.verification/RUN_ID.jsonl), naming each line edited or "
+            "removed; print the manifests' own sha256. With --inputs, also re-hash the batch's input files (images, "
+            "manifest, expert labels) against the "
             "inference run's inputs.parquet and name images changed, removed or added since (for a results run: the "
             "exported file against its recorded sha256). Exit status 0 when intact, 4 "
             "otherwise."
