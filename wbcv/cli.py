@@ -28,6 +28,10 @@ EXIT_FAILED_ACCEPTANCE = 3
 EXIT_TAMPERED = 4
 LIBRARY_HELP = "labelled library: manifest.csv (path,label) or one sub-folder per label"
 EXIT_INTERRUPTED = 130
+STUDY_OUT_HELP = (
+    "also seal the study as a run in this folder (the table's sha256, result.json, excluded.parquet); "
+    "`wbcv report RUN` writes its report, `wbcv verify RUN` checks it"
+)
 
 
 def _positive_int(text: str) -> int:
@@ -236,9 +240,9 @@ def _signatories(args: argparse.Namespace) -> list[Signatory]:
 
 
 def _report(run_dir: Path, args: argparse.Namespace) -> None:
-    from wbcv.validation.report import write_report
+    from wbcv.validation.study_report import write_run_report
 
-    result = write_report(run_dir, _signatories(args), out_dir=getattr(args, "report_out", None))
+    result = write_run_report(run_dir, _signatories(args), out_dir=getattr(args, "report_out", None))
     print(f"report {result.document_id}: {result.html}")
     print(f"  PDF: {result.pdf}")
     print(f"  report manifest {result.manifest} sha256 {result.manifest_sha256}")
@@ -387,18 +391,32 @@ def cmd_precision(args: argparse.Namespace) -> int:
     from wbcv.validation.precision_table import format_report, parse_claim, report_payload, run_precision
 
     claims = [parse_claim(t, "sd") for t in args.claim_sd or []] + [parse_claim(t, "cv") for t in args.claim_cv or []]
-    report = run_precision(args.results, claims, confidence=args.confidence)
+    if args.out is None:
+        report = run_precision(args.results, claims, confidence=args.confidence)
+    else:
+        from wbcv.validation.study_run import precision_run
+
+        report, run = precision_run(args.results, args.out, claims, confidence=args.confidence)
     print(format_report(report))
     _write_json(args.json, report_payload(report))
+    if args.out is not None:
+        print(f"sealed precision run {run.run_dir} (report: `wbcv report {run.run_dir}`)")
     return EXIT_OK
 
 
 def cmd_qualitative(args: argparse.Namespace) -> int:
     from wbcv.validation.flag_table import format_report, report_payload, run_qualitative
 
-    report = run_qualitative(args.flags, confidence=args.confidence)
+    if args.out is None:
+        report = run_qualitative(args.flags, confidence=args.confidence)
+    else:
+        from wbcv.validation.study_run import qualitative_run
+
+        report, run = qualitative_run(args.flags, args.out, confidence=args.confidence)
     print(format_report(report))
     _write_json(args.json, report_payload(report))
+    if args.out is not None:
+        print(f"sealed qualitative run {run.run_dir} (report: `wbcv report {run.run_dir}`)")
     return EXIT_OK
 
 
@@ -765,6 +783,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
     p.add_argument("--confidence", type=_confidence, default=0.95, help="CI level (default 0.95)")
     p.add_argument("--json", type=Path, metavar="OUT.json", help="also write the results as JSON")
+    p.add_argument("--out", type=Path, metavar="RUNS", help=STUDY_OUT_HELP)
     p.set_defaults(func=cmd_precision)
 
     p = sub.add_parser(
@@ -780,6 +799,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("flags", type=Path, metavar="FLAGS.csv")
     p.add_argument("--confidence", type=_confidence, default=0.95, help="CI level (default 0.95)")
     p.add_argument("--json", type=Path, metavar="OUT.json", help="also write the results as JSON")
+    p.add_argument("--out", type=Path, metavar="RUNS", help=STUDY_OUT_HELP)
     p.set_defaults(func=cmd_qualitative)
 
     p = sub.add_parser(

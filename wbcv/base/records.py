@@ -351,10 +351,51 @@ class ResultsRecord(RunRecord):
     summary: ResultsSummary
 
 
-RECORD_TYPES: Final[dict[str, type[InferenceRecord] | type[ComparisonRecord] | type[ResultsRecord]]] = {
+@dataclass(frozen=True, kw_only=True)
+class StudyInput:
+    """The CSV table a precision or qualitative study read (``wbcv.validation.study_run``)."""
+
+    path: Path
+    sha256: Sha256
+    bytes: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class StudySummary:
+    n_rows: int  # data rows of the table
+    n_rows_excluded: int  # rows excluded with their line and reason (excluded.parquet)
+    n_groups: int  # (sample, measurand) groups of a precision study; flags of a qualitative one
+    n_groups_not_analysed: int  # groups whose design could not be analysed (precision), else 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class PrecisionRecord(RunRecord):
+    """run.json of `wbcv precision --out` (CLSI EP05-A3 / EP15-A3); its result is result.json."""
+
+    kind: Literal["precision"] = "precision"
+    input: StudyInput
+    confidence: float
+    claims: tuple[dict[str, Any], ...]  # the claims verified, as given (kind, repeatability, within_lab, measurand)
+    summary: StudySummary
+
+
+@dataclass(frozen=True, kw_only=True)
+class QualitativeRecord(RunRecord):
+    """run.json of `wbcv qualitative --out` (CLSI EP12-A2 flag agreement); its result is result.json."""
+
+    kind: Literal["qualitative"] = "qualitative"
+    input: StudyInput
+    confidence: float
+    summary: StudySummary
+
+
+AnyRecord = InferenceRecord | ComparisonRecord | ResultsRecord | PrecisionRecord | QualitativeRecord
+RECORD_TYPES: Final[dict[str, type[AnyRecord]]] = {
     "inference": InferenceRecord,
     "comparison": ComparisonRecord,
     "results": ResultsRecord,
+    "precision": PrecisionRecord,
+    "qualitative": QualitativeRecord,
 }
 
 
@@ -377,7 +418,7 @@ def to_json(obj: Any) -> Any:
     raise TypeError(f"{type(obj).__name__} has no place in a run record")
 
 
-def parse_record(document: Any, source: str) -> InferenceRecord | ComparisonRecord | ResultsRecord:
+def parse_record(document: Any, source: str) -> AnyRecord:
     """A run.json document as its typed record; ``source`` names the file in the error."""
     try:
         if not isinstance(document, dict):
