@@ -76,6 +76,7 @@ from wbcv.validation.integrity import (
 )
 from wbcv.validation.measurands import MEASURANDS
 from wbcv.validation.regression import LARGE_N
+from wbcv.validation.strata import StratumAchieved, strata_achieved
 from wbcv.validation.verdict import coverage_error_label
 
 REPORT_FORMAT: Final[str] = "wbcv-report/1"
@@ -122,6 +123,7 @@ class ReportData:
     comparison: pl.DataFrame
     excluded: pl.DataFrame
     cells: CellEvidence
+    strata: list[StratumAchieved] | None = None  # samples per stratum against the plan; None: not recorded
 
     @property
     def document_id(self) -> str:
@@ -215,6 +217,7 @@ def load_report_data(run_dir: Path) -> ReportData:
         )
     check = require_intact(run_dir, "a report would certify data that is not what was computed")
     cells = _cell_evidence(run_dir, record)
+    comparison = pl.read_parquet(run_dir / COMPARISON_FILE)
     return ReportData(
         run_dir=run_dir,
         record=record,
@@ -222,10 +225,19 @@ def load_report_data(run_dir: Path) -> ReportData:
         record_sha256=check.record_sha256,
         verdicts=_read_json(run_dir / VERDICT_FILE)["measurands"],
         statistics=_read_json(run_dir / STATISTICS_FILE),
-        comparison=pl.read_parquet(run_dir / COMPARISON_FILE),
+        comparison=comparison,
         excluded=pl.read_parquet(run_dir / EXCLUDED_FILE),
         cells=cells,
+        strata=_strata(run_dir, record, comparison),
     )
+
+
+def _strata(run_dir: Path, record: ComparisonRecord, comparison: pl.DataFrame) -> list[StratumAchieved] | None:
+    """Samples compared per stratum against the plan's (``wbcv.validation.strata``), when a plan was given."""
+    if record.inputs.plan is None:
+        return None
+    counts = pl.read_parquet(locate_source_run(run_dir, record) / COUNTS_FILE)  # verified by require_intact
+    return strata_achieved(counts, comparison, record.inputs.plan.strata)
 
 
 # --- formatting -------------------------------------------------------------------------------
@@ -712,6 +724,7 @@ def render_html(data: ReportData, signatories: Sequence[Signatory] = ()) -> str:
         protocol=protocol,
         e_label=coverage_error_label(protocol.required_coverage),
         inputs=record.inputs,
+        strata=data.strata,
         inference=data.cells.record,
         software=record.software,
         passed=record.verdict == "pass",
