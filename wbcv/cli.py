@@ -262,7 +262,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     protocol = load_protocol(args.protocol)
     reference = read_reference(args.reference)
     run_dir = _infer(args)
-    result = run_comparison(run_dir, args.reference, args.protocol, args.out, reference=reference, protocol=protocol)
+    result = run_comparison(
+        run_dir, args.reference, args.protocol, args.out, reference=reference, protocol=protocol, plan_dir=args.plan
+    )
     status = _print_comparison(result)
     try:
         _report(result.run_dir, args)
@@ -638,6 +640,7 @@ def build_parser() -> argparse.ArgumentParser:
     infer_options(p)
     p.add_argument("--reference", type=Path, required=True, metavar="REF.csv")
     p.add_argument("--protocol", type=Path, required=True, metavar="P.yaml")
+    p.add_argument("--plan", type=Path, metavar="PLAN_DIR", help="the folder of `wbcv plan` (as for `wbcv compare`)")
     signature_options(p)
     p.set_defaults(func=cmd_run)
 
