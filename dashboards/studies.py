@@ -9,6 +9,7 @@ their Wilson intervals ("undefined" for an empty margin).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,19 +76,20 @@ def qualitative_figures(result: dict[str, Any]) -> list[str]:
 
 def study_line(run_dir: Path, record: PrecisionRecord | QualitativeRecord) -> StudyLine:
     """The line of one study run (module docstring); the result is read only when its hash matches."""
-    base = {
-        "run_id": record.run_id,
-        "kind": record.kind,
-        "created_utc": record.created_utc,
-        "input_name": record.input.path.name,
-        "n_rows": record.summary.n_rows,
-        "n_rows_excluded": record.summary.n_rows_excluded,
-    }
+    base = StudyLine(
+        run_id=record.run_id,
+        kind=record.kind,
+        created_utc=record.created_utc,
+        input_name=record.input.path.name,
+        n_rows=record.summary.n_rows,
+        n_rows_excluded=record.summary.n_rows_excluded,
+        figures=(),
+    )
     path = run_dir / RESULT_FILE
     if not path.is_file() or record.files.get(RESULT_FILE) != sha256_file(path):
-        return StudyLine(**base, figures=(), problem=f"{RESULT_FILE} is missing or differs from run.json: altered")
+        return dataclasses.replace(base, problem=f"{RESULT_FILE} is missing or differs from run.json: altered")
     result = json.loads(path.read_text(encoding="utf-8"))
     lines = precision_figures(result) if isinstance(record, PrecisionRecord) else qualitative_figures(result)
     if len(lines) > MAX_FIGURES:
         lines = [*lines[:MAX_FIGURES], f"… and {len(lines) - MAX_FIGURES} more in {RESULT_FILE}"]
-    return StudyLine(**base, figures=tuple(lines))
+    return dataclasses.replace(base, figures=tuple(lines))
