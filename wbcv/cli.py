@@ -646,17 +646,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "report",
-        help="write the sign-off report (report.html + report.pdf) of a comparison run",
+        help="write the sign-off report (report.html + report.pdf) of a comparison, precision or qualitative run",
         description=(
             "Write RUN_DIR/report/report.html (self-contained, works offline), report.pdf (printed by the system "
             "Chromium, page numbers on every page) and manifest.json (their sha256 and run.json's). The report "
             "shows the verdict, the verification, Bland-Altman and regression plots of every measurand, the "
             "cell-level confusion matrix, every exclusion with its reason, the methods and a signature block. "
-            "`wbcv run` writes it too. An existing report is never overwritten (it may be signed): --out writes a "
-            "copy elsewhere."
+            "`wbcv run` writes it too. A precision or qualitative run (`--out` of those commands) gets its study "
+            "report: the variance components or the flag agreement, the excluded rows, the methods, a signature "
+            "block. An existing report is never overwritten (it may be signed): --out writes a copy elsewhere."
         ),
     )
-    p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a comparison run (of `wbcv compare` or `wbcv run`)")
+    p.add_argument(
+        "run_dir", type=Path, metavar="RUN_DIR", help="a comparison run (`wbcv compare`, `wbcv run`) or a study run"
+    )
     p.add_argument("--out", dest="report_out", type=Path, metavar="DIR", help="write the report here instead")
     signature_options(p)
     p.set_defaults(func=cmd_report)
