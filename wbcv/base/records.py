@@ -2,7 +2,9 @@
 
 Every finished run holds one ``run.json`` of format ``wbcv-run/1`` (``wbcv.base.runstore``). A
 writer builds an ``InferenceRecord``, a ``ResultsRecord`` (an analyzer's exported results imported in
-place of an inference run, ``wbcv.validation.results``) or a ``ComparisonRecord``; sealing adds ``run_id`` and
+place of an inference run, ``wbcv.validation.results``), a ``ComparisonRecord``, or a ``PrecisionRecord`` or
+``QualitativeRecord`` (a study sealed by `wbcv precision --out` / `wbcv qualitative --out`, kinds added
+2026-11-30: readers before them refuse such a run by its kind); sealing adds ``run_id`` and
 ``files`` and writes ``to_json(record)``. ``parse_record`` turns the document back into the same
 types and checks every field on the way, so no reader meets a missing key or a wrong type deep in
 the report or the dashboard: it gets one ``WbcvError`` naming the file, the field and what was
