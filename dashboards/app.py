@@ -77,6 +77,7 @@ REVIEW_TAB, METHODS_TAB, SAMPLES_TAB, CELLS_TAB, COMPARE_TAB, DRIFT_TAB = (
     "compare",
     "drift",
 )
+STUDIES_TAB: Final[str] = "studies"  # static: built with the page
 NO_SAMPLE: Final[html.P] = html.P(
     "No sample selected: click a point of the verification plot or a row of the sample table.", className="note"
 )
@@ -344,6 +345,30 @@ def samples_view() -> list[Component]:
     ]
 
 
+def studies_view(catalog: RunCatalog) -> list[Component]:
+    """The precision and flag studies of the runs folder with their figures (``wbcv.dashboards.studies``)."""
+    lines = catalog.studies()
+    if not lines:
+        return [
+            html.P("no precision or qualitative study run in this folder (`wbcv precision --out`)", className="note")
+        ]
+    rows = [
+        html.Tr(
+            [
+                html.Td(s.run_id),
+                html.Td(s.kind),
+                html.Td(f"{s.input_name}: {s.n_rows} rows, {s.n_rows_excluded} excluded"),
+                html.Td(
+                    html.Span(s.problem, className="fail") if s.problem else html.Ul([html.Li(f) for f in s.figures])
+                ),
+            ]
+        )
+        for s in lines
+    ]
+    head = html.Thead(html.Tr([html.Th(h) for h in ("run", "study", "input", "figures")]))
+    return [html.Table([head, html.Tbody(rows)], id="studies-table", className="runs")]
+
+
 def _unreadable_note(catalog: RunCatalog) -> list[Component]:
     """A line under the runs list naming each run folder that could not be read, and why."""
     bad = catalog.unreadable()
@@ -395,6 +420,7 @@ def build_layout(catalog: RunCatalog, runs: list[RunSummary]) -> html.Div:
             ],
         ),
         ("coverage across runs (drift)", DRIFT_TAB, [_graph("trend")]),
+        ("precision and flag studies", STUDIES_TAB, studies_view(catalog)),
     ]
     return html.Div(
         [

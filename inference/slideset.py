@@ -23,11 +23,14 @@ um_per_px              no        the scanner's pixel size (µm per pixel, at mos
 scanner                no        scanner id or model
 date                   no        acquisition date, ISO 8601 (YYYY-MM-DD)
 notes                  no        free text
+stratum                no        the case-mix stratum the sample was chosen for (``plan.strata`` of the
+                                 protocol, e.g. normal, abnormal, leukopenic); the report counts the
+                                 samples compared per stratum against the plan
 =====================  ========  ==============================================================
 
 A YAML manifest may also carry ``batch_id`` and ``description`` at the top level. It is read by
 ``wbcv.base.yamlfile`` (size and alias-expansion caps, duplicate keys refused, YAML 1.2 scalars),
-and every text field (``sample_id``, ``slide_dir``, ``scanner``, ``date``, ``notes``, ``batch_id``,
+and every text field (``sample_id``, ``slide_dir``, ``scanner``, ``date``, ``notes``, ``stratum``, ``batch_id``,
 ``description``) is the text as written: ``sample_id: 010`` is the id ``'010'`` (YAML 1.1 would make
 it the number 8), ``001`` stays ``'001'``, ``1e3``, ``yes`` and ``0x1F`` stay as written. A list or
 mapping in a text field is an error. In a CSV manifest every value is text already; ids keep their
@@ -75,13 +78,23 @@ OPTIONAL_FIELDS: Final[tuple[str, ...]] = (
     "scanner",
     "date",
     "notes",
+    "stratum",
 )
 MANIFEST_FIELDS: Final[tuple[str, ...]] = REQUIRED_FIELDS + OPTIONAL_FIELDS
 POSITIVE_NUMBER_FIELDS: Final[tuple[str, ...]] = ("imaged_volume_ul", "calibration_factor", "um_per_px")
 #: The largest pixel size accepted (µm): a coarser pixel could not image a white cell (7-20 µm) at all.
 MAX_UM_PER_PX: Final[float] = 5.0
 #: Fields that are text as written (never numbers, booleans or dates), in both manifest formats.
-TEXT_FIELDS: Final[tuple[str, ...]] = ("sample_id", "slide_dir", "scanner", "date", "notes", "batch_id", "description")
+TEXT_FIELDS: Final[tuple[str, ...]] = (
+    "sample_id",
+    "slide_dir",
+    "scanner",
+    "date",
+    "notes",
+    "stratum",
+    "batch_id",
+    "description",
+)
 _DECIMAL: Final[re.Pattern[str]] = re.compile(r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
 
 
@@ -279,7 +292,7 @@ def _check_fields(manifest: Path, where: str, raw: dict[str, Any], problems: lis
             fields["date"] = dt.date.fromisoformat(d.strip()).isoformat()
         except ValueError:
             problems.append(f"{here}: field 'date' is {shown(d)}; expected YYYY-MM-DD")
-    for key in ("slide_dir", "scanner", "notes"):
+    for key in ("slide_dir", "scanner", "notes", "stratum"):
         if isinstance(raw.get(key), str):
             fields[key] = raw[key].strip()
     if "imaged_volume_ul" in fields and "calibration_factor" in fields:

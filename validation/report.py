@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import math
 import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -78,6 +78,7 @@ from wbcv.validation.integrity import (
 from wbcv.validation.measurands import MEASURANDS
 from wbcv.validation.preclassification import preclassification_statistics
 from wbcv.validation.regression import LARGE_N
+from wbcv.validation.strata import StratumAchieved, strata_achieved
 from wbcv.validation.verdict import coverage_error_label
 from wbcv.validation.verification_log import check_log, verified_cells
 
@@ -125,6 +126,7 @@ class ReportData:
     comparison: pl.DataFrame
     excluded: pl.DataFrame
     cells: CellEvidence
+    strata: list[StratumAchieved] | None = None  # samples per stratum against the plan; None: not recorded
 
     @property
     def document_id(self) -> str:
@@ -248,6 +250,7 @@ def load_report_data(run_dir: Path) -> ReportData:
     statistics = _read_json(run_dir / STATISTICS_FILE)
     if cells.record is not None:  # wbcv's own inference run: its cells may have been verified in the dashboard
         statistics = {**statistics, **_verification_statistics(locate_source_run(run_dir, record), record.protocol)}
+    comparison = pl.read_parquet(run_dir / COMPARISON_FILE)
     return ReportData(
         run_dir=run_dir,
         record=record,
@@ -255,10 +258,19 @@ def load_report_data(run_dir: Path) -> ReportData:
         record_sha256=check.record_sha256,
         verdicts=_read_json(run_dir / VERDICT_FILE)["measurands"],
         statistics=statistics,
-        comparison=pl.read_parquet(run_dir / COMPARISON_FILE),
+        comparison=comparison,
         excluded=pl.read_parquet(run_dir / EXCLUDED_FILE),
         cells=cells,
+        strata=_strata(run_dir, record, comparison),
     )
+
+
+def _strata(run_dir: Path, record: ComparisonRecord, comparison: pl.DataFrame) -> list[StratumAchieved] | None:
+    """Samples compared per stratum against the plan's (``wbcv.validation.strata``), when a plan was given."""
+    if record.inputs.plan is None:
+        return None
+    counts = pl.read_parquet(locate_source_run(run_dir, record) / COUNTS_FILE)  # verified by require_intact
+    return strata_achieved(counts, comparison, record.inputs.plan.strata)
 
 
 # --- formatting -------------------------------------------------------------------------------
@@ -791,6 +803,7 @@ def render_html(data: ReportData, signatories: Sequence[Signatory] = ()) -> str:
         protocol=protocol,
         e_label=coverage_error_label(protocol.required_coverage),
         inputs=record.inputs,
+        strata=data.strata,
         inference=data.cells.record,
         software=record.software,
         passed=record.verdict == "pass",
@@ -870,19 +883,49 @@ def count_figures(html: str) -> int:
 def write_report(run_dir: Path, signatories: Sequence[Signatory] = (), out_dir: Path | None = None) -> ReportResult:
     """Render report.html, print report.pdf and write manifest.json into ``RUN/report`` (or
     ``out_dir``, for a copy outside the run). An existing report is never overwritten."""
-    from wbcv.validation.pdf import find_chromium, html_to_pdf
+    from wbcv.validation.pdf import find_chromium
 
     find_chromium()  # before any work: says how to install it
     run_dir = Path(run_dir)
     data = load_report_data(run_dir)
+    document = RenderedReport(
+        document_id=data.document_id,
+        run_id=data.record.run_id,
+        record_sha256=data.record_sha256,
+        footer=f"{data.document_id} · {data.protocol.id} v{data.protocol.version}",
+    )
+    return seal_report(run_dir, document, lambda: render_html(data, signatories), signatories, out_dir)
+
+
+@dataclass(frozen=True)
+class RenderedReport:
+    """What names a report: its document id, the run it is of, that run's run.json sha256, the PDF footer."""
+
+    document_id: str
+    run_id: str
+    record_sha256: str
+    footer: str
+
+
+def seal_report(
+    run_dir: Path,
+    document: RenderedReport,
+    render: Callable[[], str],
+    signatories: Sequence[Signatory] = (),
+    out_dir: Path | None = None,
+) -> ReportResult:
+    """Write ``render()`` as report.html, print report.pdf and seal both with manifest.json in ``RUN/report``
+    (or ``out_dir``): the one way any run's report is written. An existing report is never overwritten."""
+    from wbcv.validation.pdf import html_to_pdf
+
     inside = out_dir is None
     target = run_dir / REPORT_DIR if out_dir is None else Path(out_dir)
     if (target / REPORT_MANIFEST).exists() or (inside and target.exists()):
         raise WbcvError(
-            f"{target}: a report already exists (document {data.document_id}); a report that may have been signed "
-            "is never overwritten. Write a copy elsewhere with --out DIR."
+            f"{target}: a report already exists (document {document.document_id}); a report that may have been "
+            "signed is never overwritten. Write a copy elsewhere with --out DIR."
         )
-    html = render_html(data, signatories)
+    html = render()
     staging = run_dir / REPORT_STAGING if inside else target
     run_mode = run_dir.stat().st_mode
     if inside:
@@ -892,17 +935,12 @@ def write_report(run_dir: Path, signatories: Sequence[Signatory] = (), out_dir: 
             remove_tree(staging)
         staging.mkdir(parents=True, exist_ok=not inside)
         atomic_write_bytes(staging / REPORT_HTML, html.encode("utf-8"))
-        html_to_pdf(
-            staging / REPORT_HTML,
-            staging / REPORT_PDF,
-            f"{data.document_id} · {data.protocol.id} v{data.protocol.version}",
-            expected_figures=count_figures(html),
-        )
+        html_to_pdf(staging / REPORT_HTML, staging / REPORT_PDF, document.footer, expected_figures=count_figures(html))
         manifest = {
             "format": REPORT_FORMAT,
-            "document_id": data.document_id,
-            "run_id": data.record.run_id,
-            "run_record_sha256": data.record_sha256,
+            "document_id": document.document_id,
+            "run_id": document.run_id,
+            "run_record_sha256": document.record_sha256,
             "signatories": [s.__dict__ for s in signatories],
             "software": to_json(software_info()),
         }
@@ -922,5 +960,5 @@ def write_report(run_dir: Path, signatories: Sequence[Signatory] = (), out_dir: 
         pdf=target / REPORT_PDF,
         manifest=target / REPORT_MANIFEST,
         manifest_sha256=sha256_file(target / REPORT_MANIFEST),
-        document_id=data.document_id,
+        document_id=document.document_id,
     )

@@ -30,6 +30,10 @@ EXIT_FAILED_ACCEPTANCE = 3
 EXIT_TAMPERED = 4
 LIBRARY_HELP = "labelled library: manifest.csv (path,label) or one sub-folder per label"
 EXIT_INTERRUPTED = 130
+STUDY_OUT_HELP = (
+    "also seal the study as a run in this folder (the table's sha256, result.json, excluded.parquet); "
+    "`wbcv report RUN` writes its report, `wbcv verify RUN` checks it"
+)
 
 
 def _positive_int(text: str) -> int:
@@ -270,9 +274,9 @@ def _signatories(args: argparse.Namespace) -> list[Signatory]:
 
 
 def _report(run_dir: Path, args: argparse.Namespace) -> None:
-    from wbcv.validation.report import write_report
+    from wbcv.validation.study_report import write_run_report
 
-    result = write_report(run_dir, _signatories(args), out_dir=getattr(args, "report_out", None))
+    result = write_run_report(run_dir, _signatories(args), out_dir=getattr(args, "report_out", None))
     print(f"report {result.document_id}: {result.html}")
     print(f"  PDF: {result.pdf}")
     print(f"  report manifest {result.manifest} sha256 {result.manifest_sha256}")
@@ -293,7 +297,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     reference = read_reference(args.reference)
     _segment_for_run(args)
     run_dir = _infer(args)
-    result = run_comparison(run_dir, args.reference, args.protocol, args.out, reference=reference, protocol=protocol)
+    result = run_comparison(
+        run_dir, args.reference, args.protocol, args.out, reference=reference, protocol=protocol, plan_dir=args.plan
+    )
     status = _print_comparison(result)
     try:
         _report(result.run_dir, args)
@@ -424,18 +430,32 @@ def cmd_precision(args: argparse.Namespace) -> int:
     from wbcv.validation.precision_table import format_report, parse_claim, report_payload, run_precision
 
     claims = [parse_claim(t, "sd") for t in args.claim_sd or []] + [parse_claim(t, "cv") for t in args.claim_cv or []]
-    report = run_precision(args.results, claims, confidence=args.confidence)
+    if args.out is None:
+        report = run_precision(args.results, claims, confidence=args.confidence)
+    else:
+        from wbcv.validation.study_run import precision_run
+
+        report, run = precision_run(args.results, args.out, claims, confidence=args.confidence)
     print(format_report(report))
     _write_json(args.json, report_payload(report))
+    if args.out is not None:
+        print(f"sealed precision run {run.run_dir} (report: `wbcv report {run.run_dir}`)")
     return EXIT_OK
 
 
 def cmd_qualitative(args: argparse.Namespace) -> int:
     from wbcv.validation.flag_table import format_report, report_payload, run_qualitative
 
-    report = run_qualitative(args.flags, confidence=args.confidence)
+    if args.out is None:
+        report = run_qualitative(args.flags, confidence=args.confidence)
+    else:
+        from wbcv.validation.study_run import qualitative_run
+
+        report, run = qualitative_run(args.flags, args.out, confidence=args.confidence)
     print(format_report(report))
     _write_json(args.json, report_payload(report))
+    if args.out is not None:
+        print(f"sealed qualitative run {run.run_dir} (report: `wbcv report {run.run_dir}`)")
     return EXIT_OK
 
 
@@ -671,22 +691,26 @@ def build_parser() -> argparse.ArgumentParser:
     segment_options(p)
     p.add_argument("--reference", type=Path, required=True, metavar="REF.csv")
     p.add_argument("--protocol", type=Path, required=True, metavar="P.yaml")
+    p.add_argument("--plan", type=Path, metavar="PLAN_DIR", help="the folder of `wbcv plan` (as for `wbcv compare`)")
     signature_options(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser(
         "report",
-        help="write the sign-off report (report.html + report.pdf) of a comparison run",
+        help="write the sign-off report (report.html + report.pdf) of a comparison, precision or qualitative run",
         description=(
             "Write RUN_DIR/report/report.html (self-contained, works offline), report.pdf (printed by the system "
             "Chromium, page numbers on every page) and manifest.json (their sha256 and run.json's). The report "
             "shows the verdict, the verification, Bland-Altman and regression plots of every measurand, the "
             "cell-level confusion matrix, every exclusion with its reason, the methods and a signature block. "
-            "`wbcv run` writes it too. An existing report is never overwritten (it may be signed): --out writes a "
-            "copy elsewhere."
+            "`wbcv run` writes it too. A precision or qualitative run (`--out` of those commands) gets its study "
+            "report: the variance components or the flag agreement, the excluded rows, the methods, a signature "
+            "block. An existing report is never overwritten (it may be signed): --out writes a copy elsewhere."
         ),
     )
-    p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a comparison run (of `wbcv compare` or `wbcv run`)")
+    p.add_argument(
+        "run_dir", type=Path, metavar="RUN_DIR", help="a comparison run (`wbcv compare`, `wbcv run`) or a study run"
+    )
     p.add_argument("--out", dest="report_out", type=Path, metavar="DIR", help="write the report here instead")
     signature_options(p)
     p.set_defaults(func=cmd_report)
@@ -818,6 +842,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
     p.add_argument("--confidence", type=_confidence, default=0.95, help="CI level (default 0.95)")
     p.add_argument("--json", type=Path, metavar="OUT.json", help="also write the results as JSON")
+    p.add_argument("--out", type=Path, metavar="RUNS", help=STUDY_OUT_HELP)
     p.set_defaults(func=cmd_precision)
 
     p = sub.add_parser(
@@ -833,6 +858,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("flags", type=Path, metavar="FLAGS.csv")
     p.add_argument("--confidence", type=_confidence, default=0.95, help="CI level (default 0.95)")
     p.add_argument("--json", type=Path, metavar="OUT.json", help="also write the results as JSON")
+    p.add_argument("--out", type=Path, metavar="RUNS", help=STUDY_OUT_HELP)
     p.set_defaults(func=cmd_qualitative)
 
     p = sub.add_parser(

@@ -2,7 +2,9 @@
 
 Every finished run holds one ``run.json`` of format ``wbcv-run/1`` (``wbcv.base.runstore``). A
 writer builds an ``InferenceRecord``, a ``ResultsRecord`` (an analyzer's exported results imported in
-place of an inference run, ``wbcv.validation.results``) or a ``ComparisonRecord``; sealing adds ``run_id`` and
+place of an inference run, ``wbcv.validation.results``), a ``ComparisonRecord``, or a ``PrecisionRecord`` or
+``QualitativeRecord`` (a study sealed by `wbcv precision --out` / `wbcv qualitative --out`, kinds added
+2026-11-30: readers before them refuse such a run by its kind); sealing adds ``run_id`` and
 ``files`` and writes ``to_json(record)``. ``parse_record`` turns the document back into the same
 types and checks every field on the way, so no reader meets a missing key or a wrong type deep in
 the report or the dashboard: it gets one ``WbcvError`` naming the file, the field and what was
@@ -351,10 +353,51 @@ class ResultsRecord(RunRecord):
     summary: ResultsSummary
 
 
-RECORD_TYPES: Final[dict[str, type[InferenceRecord] | type[ComparisonRecord] | type[ResultsRecord]]] = {
+@dataclass(frozen=True, kw_only=True)
+class StudyInput:
+    """The CSV table a precision or qualitative study read (``wbcv.validation.study_run``)."""
+
+    path: Path
+    sha256: Sha256
+    bytes: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class StudySummary:
+    n_rows: int  # data rows of the table
+    n_rows_excluded: int  # rows excluded with their line and reason (excluded.parquet)
+    n_groups: int  # (sample, measurand) groups of a precision study; flags of a qualitative one
+    n_groups_not_analysed: int  # groups whose design could not be analysed (precision), else 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class PrecisionRecord(RunRecord):
+    """run.json of `wbcv precision --out` (CLSI EP05-A3 / EP15-A3); its result is result.json."""
+
+    kind: Literal["precision"] = "precision"
+    input: StudyInput
+    confidence: float
+    claims: tuple[dict[str, Any], ...]  # the claims verified, as given (kind, repeatability, within_lab, measurand)
+    summary: StudySummary
+
+
+@dataclass(frozen=True, kw_only=True)
+class QualitativeRecord(RunRecord):
+    """run.json of `wbcv qualitative --out` (CLSI EP12-A2 flag agreement); its result is result.json."""
+
+    kind: Literal["qualitative"] = "qualitative"
+    input: StudyInput
+    confidence: float
+    summary: StudySummary
+
+
+AnyRecord = InferenceRecord | ComparisonRecord | ResultsRecord | PrecisionRecord | QualitativeRecord
+RECORD_TYPES: Final[dict[str, type[AnyRecord]]] = {
     "inference": InferenceRecord,
     "comparison": ComparisonRecord,
     "results": ResultsRecord,
+    "precision": PrecisionRecord,
+    "qualitative": QualitativeRecord,
 }
 
 
@@ -377,7 +420,7 @@ def to_json(obj: Any) -> Any:
     raise TypeError(f"{type(obj).__name__} has no place in a run record")
 
 
-def parse_record(document: Any, source: str) -> InferenceRecord | ComparisonRecord | ResultsRecord:
+def parse_record(document: Any, source: str) -> AnyRecord:
     """A run.json document as its typed record; ``source`` names the file in the error."""
     try:
         if not isinstance(document, dict):

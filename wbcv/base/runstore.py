@@ -40,15 +40,18 @@ from wbcv.base.atomic import atomic_write_bytes, atomic_write_json, atomic_write
 from wbcv.base.errors import WbcvError
 from wbcv.base.records import (
     RUN_FORMAT,
+    AnyRecord,
     ComparisonRecord,
     InferenceRecord,
+    PrecisionRecord,
+    QualitativeRecord,
     ResultsRecord,
     RunRecord,
     parse_record,
     to_json,
 )
 
-R = TypeVar("R", InferenceRecord, ComparisonRecord, ResultsRecord)
+R = TypeVar("R", InferenceRecord, ComparisonRecord, ResultsRecord, PrecisionRecord, QualitativeRecord)
 RUN_RECORD: Final[str] = "run.json"
 INCOMPLETE_PREFIX: Final[str] = ".incomplete-"
 
@@ -205,7 +208,7 @@ class Verification:
     """What ``verify_run`` found: files whose content changed, files added, files missing."""
 
     run_dir: Path
-    record: InferenceRecord | ComparisonRecord | ResultsRecord
+    record: AnyRecord
     record_sha256: str  # sha256 of run.json, the manifest of the run's files
     changed: tuple[str, ...]
     added: tuple[str, ...]
@@ -254,7 +257,7 @@ def locate_source_run(run_dir: Path, record: ComparisonRecord) -> Path:
 MAX_RUN_RECORD_BYTES: Final[int] = 16 * 1024 * 1024
 
 
-def read_run_record(run_dir: Path) -> InferenceRecord | ComparisonRecord | ResultsRecord:
+def read_run_record(run_dir: Path) -> AnyRecord:
     """The typed record of a finished run, every field checked (``wbcv.base.records``).
 
     Hostile run.json files are refused as a ``WbcvError`` naming the file: one that is not a

@@ -59,6 +59,8 @@ SAMPLE_FIELDS: Final[dict[str, pl.DataType]] = {
     "scanner": pl.String(),
     "date": pl.String(),
     "notes": pl.String(),
+    # the case-mix stratum (plan.strata); added 2026-11-30: counts of runs made before have no such column
+    "stratum": pl.String(),
 }
 COUNT_COLUMNS: Final[tuple[str, ...]] = (
     "sample_id",
