@@ -35,6 +35,7 @@ import csv
 import hashlib
 import io
 import json
+import math
 import platform
 import random
 import time
@@ -291,8 +292,13 @@ def fit_calibration(ova_logits: torch.Tensor, lineage_logits: torch.Tensor, y: t
             return loss
 
         opt.step(closure)
-        scales.append(float(ab[0].detach().exp()))
-        biases.append(float(ab[1].detach()))
+        a, b = float(ab[0].detach().exp()), float(ab[1].detach())
+        if not (
+            math.isfinite(a) and math.isfinite(b) and a > 0
+        ):  # LBFGS diverged (near-constant logits): no calibration
+            a, b = 1.0, 0.0
+        scales.append(a)
+        biases.append(b)
     log_t = torch.zeros(1, requires_grad=True)
     lin_y = torch.tensor(LINEAGE_INDEX_OF_CLASS)[y]
     opt = torch.optim.LBFGS([log_t], lr=0.5, max_iter=200, line_search_fn="strong_wolfe")
@@ -304,7 +310,10 @@ def fit_calibration(ova_logits: torch.Tensor, lineage_logits: torch.Tensor, y: t
         return loss
 
     opt.step(closure_t)
-    return Calibration(tuple(scales), tuple(biases), float(log_t.detach().exp()))
+    temperature = float(log_t.detach().exp())
+    return Calibration(
+        tuple(scales), tuple(biases), temperature if math.isfinite(temperature) and temperature > 0 else 1.0
+    )
 
 
 def choose_threshold(
