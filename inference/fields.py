@@ -272,6 +272,20 @@ def _otsu(values: np.ndarray, bins: int = 64) -> float:
     return float(edges[1 + int(np.argmax(between))])
 
 
+def _red_cell_regions(labels: np.ndarray, rbc_area: float, work: _Work, skip: int = 0) -> list[Detection]:
+    """One red-cell detection per labelled region of at least ``RBC_MIN_AREA`` red-cell areas
+    (label ``skip`` is background); the score is the region's area in red-cell areas, capped at 1."""
+    out = []
+    for i, sl in enumerate(ndi.find_objects(labels), start=1):
+        if sl is None or i == skip:
+            continue
+        area = float((labels[sl] == i).sum())
+        if area >= RBC_MIN_AREA * rbc_area:
+            x0, y0, x1, y1, edge = _box(sl, work)
+            out.append(Detection("rbc", x0, y0, x1, y1, min(1.0, area / rbc_area), edge))
+    return out
+
+
 def _box(sl: tuple[slice, slice], work: _Work) -> tuple[int, int, int, int, bool]:
     """Field-pixel box (x0, y0, x1, y1) of a working-resolution slice, and whether it touches the border."""
     k = work.stride
@@ -318,14 +332,7 @@ def _detect_hsv(work: _Work) -> list[Detection]:
         x0, y0, x1, y1, edge = _box(sl, work)
         out.append(Detection(kind, x0, y0, x1, y1, min(1.0, area / rbc_area), edge))
     lab, _ = ndi.label(stained & ~ndi.binary_dilation(nucleus_taken, iterations=2))
-    for i, sl in enumerate(ndi.find_objects(lab), start=1):
-        if sl is None:
-            continue
-        area = float((lab[sl] == i).sum())
-        if area >= RBC_MIN_AREA * rbc_area:
-            x0, y0, x1, y1, edge = _box(sl, work)
-            out.append(Detection("rbc", x0, y0, x1, y1, min(1.0, area / rbc_area), edge))
-    return out
+    return out + _red_cell_regions(lab, rbc_area, work)
 
 
 # --- the OD method ---------------------------------------------------------------------------
@@ -545,12 +552,4 @@ def _red_cells(work: _Work, fg: np.ndarray) -> list[Detection]:
     markers[(~fg) & (markers == 0)] = bg_label
     regions = ndi.watershed_ift(levels, markers)
     regions[~fg] = 0
-    out = []
-    for i, sl in enumerate(ndi.find_objects(regions), start=1):
-        if sl is None or i == bg_label:
-            continue
-        area = float((regions[sl] == i).sum())
-        if area >= RBC_MIN_AREA * rbc_area:
-            x0, y0, x1, y1, edge = _box(sl, work)
-            out.append(Detection("rbc", x0, y0, x1, y1, min(1.0, area / rbc_area), edge))
-    return out
+    return _red_cell_regions(regions, rbc_area, work, skip=bg_label)

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 from scipy import stats
 
 from wbcv.base.atomic import atomic_write_bytes, atomic_write_json, sha256_file
@@ -114,19 +113,19 @@ def _jsonable(size: PlanSize) -> dict[str, Any]:
 
 
 def render_plan_html(protocol: Protocol, document: dict[str, Any]) -> str:
-    env = Environment(
-        loader=PackageLoader("wbcv.validation", "templates"),
-        autoescape=select_autoescape(["html", "j2"]),
-        undefined=StrictUndefined,
-        keep_trailing_newline=True,
-    )
+    from wbcv.validation.report import template_environment  # the report's module loads plotly
+
     size = document["sample_size"]
-    return env.get_template("plan.html.j2").render(
-        protocol=protocol,
-        doc=document,
-        size=size,
-        document_id=f"WBCV-VP-{document['protocol']['sha256'][:12].upper()}",
-        software=to_json(software_info()),
+    return (
+        template_environment()
+        .get_template("plan.html.j2")
+        .render(
+            protocol=protocol,
+            doc=document,
+            size=size,
+            document_id=f"WBCV-VP-{document['protocol']['sha256'][:12].upper()}",
+            software=to_json(software_info()),
+        )
     )
 
 

@@ -752,6 +752,21 @@ def _methods(protocol: ProtocolRecord, statistics: dict[str, Any], export: bool 
     return out
 
 
+def template_environment() -> Environment:
+    """The one Jinja environment of every document wbcv writes (reports, study reports, plans):
+    HTML-escaped, strict about undefined names, with the ``fmt`` and ``pct`` filters."""
+    env = Environment(
+        loader=PackageLoader("wbcv.validation", "templates"),
+        autoescape=select_autoescape(default=True),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    env.filters.update(fmt=fmt, pct=pct)
+    return env
+
+
 def render_html(data: ReportData, signatories: Sequence[Signatory] = ()) -> str:
     """The report as one self-contained HTML document (a pure function of the run record)."""
     record, protocol = data.record, data.protocol
@@ -786,36 +801,31 @@ def render_html(data: ReportData, signatories: Sequence[Signatory] = ()) -> str:
         "preclassification": _preclassification_view(data.statistics.get("preclassification")),
         "verification_log": data.statistics.get("verification_log"),
     }
-    env = Environment(
-        loader=PackageLoader("validation", "templates"),
-        autoescape=select_autoescape(default=True),
-        undefined=StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-    )
-    env.filters.update(fmt=fmt, pct=pct)
-    return env.get_template("report.html.j2").render(
-        plotly_js=Markup(get_plotlyjs()),  # plotly's bundled library, not user input
-        document_id=data.document_id,
-        record=record,
-        record_sha256=data.record_sha256,
-        protocol=protocol,
-        e_label=coverage_error_label(protocol.required_coverage),
-        inputs=record.inputs,
-        strata=data.strata,
-        inference=data.cells.record,
-        software=record.software,
-        passed=record.verdict == "pass",
-        verdicts=data.verdicts,
-        sections=sections,
-        excluded=_table(exclusion_lines(data.excluded), ["sample_id", "measurands", "source_row", "reason"]),
-        examiner_check=examiner_check_view(data.run_dir),
-        cells=cell_view,
-        methods=_methods(protocol, data.statistics, export=data.cells.results is not None),
-        rules=protocol.measurands,
-        signatures=[by_role.get(role, Signatory(role)) for role in SIGNATURE_ROLES],
-        report_format=REPORT_FORMAT,
+    return (
+        template_environment()
+        .get_template("report.html.j2")
+        .render(
+            plotly_js=Markup(get_plotlyjs()),  # plotly's bundled library, not user input
+            document_id=data.document_id,
+            record=record,
+            record_sha256=data.record_sha256,
+            protocol=protocol,
+            e_label=coverage_error_label(protocol.required_coverage),
+            inputs=record.inputs,
+            strata=data.strata,
+            inference=data.cells.record,
+            software=record.software,
+            passed=record.verdict == "pass",
+            verdicts=data.verdicts,
+            sections=sections,
+            excluded=_table(exclusion_lines(data.excluded), ["sample_id", "measurands", "source_row", "reason"]),
+            examiner_check=examiner_check_view(data.run_dir),
+            cells=cell_view,
+            methods=_methods(protocol, data.statistics, export=data.cells.results is not None),
+            rules=protocol.measurands,
+            signatures=[by_role.get(role, Signatory(role)) for role in SIGNATURE_ROLES],
+            report_format=REPORT_FORMAT,
+        )
     )
 
 

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, Final
 
 import polars as pl
-from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
 from wbcv.base.records import PrecisionRecord, QualitativeRecord
 from wbcv.base.runstore import read_run_record
@@ -30,6 +29,7 @@ from wbcv.validation.report import (
     Signatory,
     fmt,
     seal_report,
+    template_environment,
     write_report,
 )
 from wbcv.validation.study_run import STUDY_EXCLUDED_FILE, StudyRun, load_study, study_result
@@ -119,30 +119,26 @@ def render_study_html(run: StudyRun, record_sha256: str, signatories: Sequence[S
     result = study_result(run)
     excluded = pl.read_parquet(run.run_dir / STUDY_EXCLUDED_FILE)
     by_role = {s.role: s for s in signatories}
-    env = Environment(
-        loader=PackageLoader("validation", "templates"),
-        autoescape=select_autoescape(default=True),
-        undefined=StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-    )
     record = run.record
     precision = isinstance(record, PrecisionRecord)
-    return env.get_template("study_report.html.j2").render(
-        document_id=document_id(record_sha256),
-        title=TITLES[record.kind],
-        record=record,
-        record_sha256=record_sha256,
-        software=record.software,
-        confidence=f"{100 * record.confidence:g} %",
-        groups=precision_rows(result) if precision else [],
-        flags=[] if precision else qualitative_rows(result),
-        rules=result["rules"],
-        excluded=excluded.head(MAX_LISTED_ROWS).rows(),
-        excluded_more=max(0, excluded.height - MAX_LISTED_ROWS),
-        signatures=[by_role.get(role, Signatory(role)) for role in SIGNATURE_ROLES],
-        report_format=REPORT_FORMAT,
+    return (
+        template_environment()
+        .get_template("study_report.html.j2")
+        .render(
+            document_id=document_id(record_sha256),
+            title=TITLES[record.kind],
+            record=record,
+            record_sha256=record_sha256,
+            software=record.software,
+            confidence=f"{100 * record.confidence:g} %",
+            groups=precision_rows(result) if precision else [],
+            flags=[] if precision else qualitative_rows(result),
+            rules=result["rules"],
+            excluded=excluded.head(MAX_LISTED_ROWS).rows(),
+            excluded_more=max(0, excluded.height - MAX_LISTED_ROWS),
+            signatures=[by_role.get(role, Signatory(role)) for role in SIGNATURE_ROLES],
+            report_format=REPORT_FORMAT,
+        )
     )
 
 
