@@ -63,7 +63,7 @@ def evaluate(split: str, method: str, limit: int | None = None) -> dict:
         for k in KINDS:
             dets = res.of_kind(k)
             per_kind[k].append(([(d.x0, d.y0, d.x1, d.y1) for d in dets], [d.score for d in dets], truth[k]))
-            counts[k][0].append(len(dets))
+            counts[k][0].append(res.count(k))
             counts[k][1].append(len(truth[k]))
     out: dict = {"split": split, "method": method, "fields": len(rows), "fields_not_analysed": problems}
     for k in KINDS:

@@ -17,7 +17,6 @@ import argparse
 import json
 import sys
 import tempfile
-from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -25,32 +24,21 @@ sys.path.insert(0, str(REPO))
 
 from wbcv.fixtures.field_crops import CONTEXT, field_crops  # noqa: E402
 from wbcv.inference.artifact import load_artifact  # noqa: E402
-from wbcv.inference.combine import ABSTAIN_REASONS  # noqa: E402
-from wbcv.inference.predict import decode_files, score_pixels  # noqa: E402
+from wbcv.validation.model_evaluation import rejection_figures  # noqa: E402
 
 
 def evaluate(model_dir: Path, by_kind: dict[str, list[bytes]]) -> dict[str, dict[str, object]]:
-    model = load_artifact(model_dir)
-    results: dict[str, dict[str, object]] = {}
+    """``rejection_figures`` (the card's definition) over the crops, written to a scratch folder per kind."""
     with tempfile.TemporaryDirectory() as tmp:
+        folders = {}
         for kind, blobs in by_kind.items():
-            paths = []
+            if not blobs:
+                continue
+            folders[kind] = Path(tmp) / kind
+            folders[kind].mkdir()
             for i, data in enumerate(blobs):
-                p = Path(tmp) / f"{kind}-{i:05d}.jpg"
-                p.write_bytes(data)
-                paths.append(p)
-            decoded = decode_files(model, paths)
-            combined = score_pixels(model, decoded.pixels, decoded.no_cell).combined
-            reasons = Counter(ABSTAIN_REASONS[int(r)] or "classified" for r in combined.abstain_reason)
-            reasons.update({"undecodable": len(decoded.rejected)})
-            n = len(blobs)
-            unclassified = n - reasons["classified"]
-            results[kind] = {
-                "n": n,
-                "unclassified_share": round(unclassified / n, 4) if n else None,
-                "reasons": dict(sorted((k, v) for k, v in reasons.items() if v)),
-            }
-    return results
+                (folders[kind] / f"{kind}-{i:05d}.jpg").write_bytes(data)
+        return rejection_figures(load_artifact(model_dir), folders)
 
 
 def main() -> None:

@@ -27,9 +27,10 @@ from wbcv.base.csvsafe import spreadsheet_safe_csv
 from wbcv.base.errors import WbcvError
 from wbcv.dashboards.auth import Credentials, require_basic_auth
 from wbcv.dashboards.cells import cell_url, register_cell_route
-from wbcv.dashboards.data import TABLE_COLUMNS, ComparisonRun, RunCatalog, RunSummary, coverage_trend
+from wbcv.dashboards.data import TABLE_COLUMNS, ComparisonRun, InferenceRun, RunCatalog, RunSummary, coverage_trend
 from wbcv.dashboards.page import LeanDash, PageMemo, load_library_js
 from wbcv.dashboards.table import NUMBER_FILTERS, TEXT_FILTERS, apply_view, block
+from wbcv.dashboards.verify import NO_SIGN_IN, register_verify_route, verify_url
 from wbcv.validation import cell_metrics
 from wbcv.validation.figures import (
     bland_altman_plot,
@@ -41,6 +42,7 @@ from wbcv.validation.figures import (
     verification_plot,
 )
 from wbcv.validation.verdict import coverage_error_label
+from wbcv.validation.verification_log import VERIFIED_CHOICES, LogCheck, check_log, verified_classes
 
 TABLE_PAGE_SIZE: Final[int] = 15
 #: The sample table's columns that hold numbers (number filters, right-aligned); the others are text.
@@ -75,6 +77,7 @@ REVIEW_TAB, METHODS_TAB, SAMPLES_TAB, CELLS_TAB, COMPARE_TAB, DRIFT_TAB = (
     "compare",
     "drift",
 )
+STUDIES_TAB: Final[str] = "studies"  # static: built with the page
 NO_SAMPLE: Final[html.P] = html.P(
     "No sample selected: click a point of the verification plot or a row of the sample table.", className="note"
 )
@@ -179,7 +182,34 @@ def _verification_view(run: ComparisonRun, measurand: str, opts: list[str]) -> t
     return fig, _verdict_table(run, measurand)
 
 
-def _gallery(run: ComparisonRun, sample_id: str) -> list[Any]:
+#: The keys of the gallery's verification (assets/wbcv-verify.js), as the help line shows them.
+VERIFY_HELP: Final[str] = (
+    "Verify with the keyboard: ← → (or ↑ ↓) move between cells, Enter accepts the cell's class, "
+    + ", ".join(f"{i} {c}" for i, c in enumerate(VERIFIED_CHOICES, start=1))
+    + " reclassifies it. Unclassified cells come first."
+)
+
+
+def _verification_caption(entry: dict[str, Any] | None) -> list[Component]:
+    """The verified class of a cell (its last record), or nothing when it is not verified yet."""
+    if entry is None:
+        return []
+    mark = "✓" if entry["action"] == "accept" else "→"
+    return [html.Span(f" {mark} {entry['to']} ({entry['user']})", className="verified")]
+
+
+def _verification_notes(inf: InferenceRun, check: LogCheck, credentials: bool) -> list[Component]:
+    notes: list[Component] = [html.P(VERIFY_HELP, className="note", id="verify-help")]
+    if not credentials:
+        notes.append(html.P(NO_SIGN_IN, className="note fail", id="verify-signin"))
+    if not check.intact:
+        found = "; ".join(str(f) for f in check.findings[:3])
+        notes.append(html.P(f"the verification log of run {inf.run_id} is not intact: {found}", className="fail"))
+    notes.append(html.P(f"{len(check.entries)} verification record(s) for run {inf.run_id}", id="verify-status"))
+    return notes
+
+
+def _gallery(run: ComparisonRun, sample_id: str, credentials: bool = False) -> list[Any]:
     inf = run.inference
     if inf is None:
         return [html.P(f"sample {sample_id}: cells not available ({'; '.join(run.notes)})")]
@@ -189,10 +219,12 @@ def _gallery(run: ComparisonRun, sample_id: str) -> list[Any]:
     # unclassified cells first: they are the ones a reviewer must look at
     cells = cells.with_row_index("order").sort(["unclassified", "order"], descending=[True, False])
     n_unc = int(cells["unclassified"].sum())
+    check = check_log(inf.path)
+    verified = verified_classes(check.entries)
     figures = []
     for c in cells.iter_rows(named=True):
         label = c["expert_label"]
-        caption = [
+        caption: list[Component] = [
             html.Span("unclassified" if c["unclassified"] else c["predicted_class"], className="pred"),
             html.Span(f" {c['confidence']:.2f}", className="conf"),
         ]
@@ -200,6 +232,7 @@ def _gallery(run: ComparisonRun, sample_id: str) -> list[Any]:
             caption.append(html.Span(f" ({c['abstain_reason']})", className="why"))
         if label is not None and label != c["predicted_class"]:
             caption.append(html.Span(f" expert: {label}", className="expert"))
+        caption += _verification_caption(verified.get(c["cell_path"]))
         figures.append(
             html.Figure(
                 [
@@ -208,10 +241,12 @@ def _gallery(run: ComparisonRun, sample_id: str) -> list[Any]:
                 ],
                 className="cell unclassified" if c["unclassified"] else "cell",
                 title=c["cell_path"],
+                **{"data-cell": c["cell_path"], "data-verify-url": verify_url(inf.run_id)},
             )
         )
     return [
         html.H3(f"sample {sample_id}: {cells.height} cells, {n_unc} unclassified", id="gallery-title"),
+        *_verification_notes(inf, check, credentials),
         html.Div(figures, className="cells"),
     ]
 
@@ -317,6 +352,30 @@ def samples_view() -> list[Component]:
     ]
 
 
+def studies_view(catalog: RunCatalog) -> list[Component]:
+    """The precision and flag studies of the runs folder with their figures (``wbcv.dashboards.studies``)."""
+    lines = catalog.studies()
+    if not lines:
+        return [
+            html.P("no precision or qualitative study run in this folder (`wbcv precision --out`)", className="note")
+        ]
+    rows = [
+        html.Tr(
+            [
+                html.Td(s.run_id),
+                html.Td(s.kind),
+                html.Td(f"{s.input_name}: {s.n_rows} rows, {s.n_rows_excluded} excluded"),
+                html.Td(
+                    html.Span(s.problem, className="fail") if s.problem else html.Ul([html.Li(f) for f in s.figures])
+                ),
+            ]
+        )
+        for s in lines
+    ]
+    head = html.Thead(html.Tr([html.Th(h) for h in ("run", "study", "input", "figures")]))
+    return [html.Table([head, html.Tbody(rows)], id="studies-table", className="runs")]
+
+
 def _unreadable_note(catalog: RunCatalog) -> list[Component]:
     """A line under the runs list naming each run folder that could not be read, and why."""
     bad = catalog.unreadable()
@@ -368,6 +427,7 @@ def build_layout(catalog: RunCatalog, runs: list[RunSummary]) -> html.Div:
             ],
         ),
         ("coverage across runs (drift)", DRIFT_TAB, [_graph("trend")]),
+        ("precision and flag studies", STUDIES_TAB, studies_view(catalog)),
     ]
     return html.Div(
         [
@@ -430,6 +490,7 @@ def create_app(runs_dir: Path, credentials: Credentials | None = None) -> Dash:
     if credentials is not None:
         require_basic_auth(app.server, credentials)
     register_cell_route(app.server, catalog)
+    register_verify_route(app.server, catalog, credentials)
     # a function of the listing: runs finished later appear on reload
     app.layout = PageMemo(catalog, lambda runs: build_layout(catalog, runs))
     app.catalog = catalog  # type: ignore[attr-defined]  # for tests and the benchmark
@@ -639,7 +700,7 @@ def create_app(runs_dir: Path, credentials: Credentials | None = None) -> Dash:
     def gallery(sample_id: str | None, run_id: str | None) -> list[Any]:
         if not sample_id:
             return [NO_SAMPLE]
-        return _gallery(get_run(run_id), sample_id)
+        return _gallery(get_run(run_id), sample_id, credentials is not None)
 
     @app.callback(
         Output("confusion", "figure"),

@@ -27,7 +27,7 @@ from typing import Any, Final
 import polars as pl
 
 from wbcv.base.errors import WbcvError
-from wbcv.base.records import ComparisonRecord, InferenceRecord
+from wbcv.base.records import ComparisonRecord, InferenceRecord, PrecisionRecord, QualitativeRecord
 from wbcv.base.runstore import INCOMPLETE_PREFIX, RUN_RECORD, read_record_of, read_run_record
 from wbcv.base.tables import (
     COMPARISON_FILE,
@@ -38,6 +38,7 @@ from wbcv.base.tables import (
     STATISTICS_FILE,
     VERDICT_FILE,
 )
+from wbcv.dashboards.studies import StudyLine, study_line
 from wbcv.validation.expert_labels import LabelledCells, labelled_cells
 from wbcv.validation.integrity import source_run_findings
 
@@ -85,7 +86,7 @@ def _summary(path: Path, record: ComparisonRecord) -> RunSummary:
         created_utc=record.created_utc,
         study=proto.study.get("id") or proto.title,
         protocol=f"{proto.id} v{proto.version}",
-        model=record.inputs.inference_run.model.id,
+        model=record.inputs.inference_run.producer,
         verdict=record.verdict,
         n_values=record.summary.n_values_compared,
         n_exclusions=record.summary.n_exclusions,
@@ -105,6 +106,7 @@ class RunCatalog:
         self._listing: tuple[str, ...] = ()
         self._summaries: list[RunSummary] = []
         self._unreadable: list[tuple[str, str]] = []
+        self._studies: list[StudyLine] = []
         self._loaded: dict[str, ComparisonRun] = {}
 
     def summaries(self) -> list[RunSummary]:
@@ -123,6 +125,7 @@ class RunCatalog:
         with self._lock:
             if names != self._listing:
                 found: list[RunSummary] = []
+                studies: list[StudyLine] = []
                 bad: list[tuple[str, str]] = []
                 seen: dict[str, str] = {}
                 for name in names:
@@ -138,14 +141,23 @@ class RunCatalog:
                         seen[record.run_id] = name
                         if isinstance(record, ComparisonRecord):
                             found.append(_summary(self.runs_dir / name, record))
+                        elif isinstance(record, PrecisionRecord | QualitativeRecord):
+                            studies.append(study_line(self.runs_dir / name, record))
                     except WbcvError as e:
                         bad.append((name, str(e).removeprefix(f"{self.runs_dir / name / RUN_RECORD}: ")))
                     except Exception as e:  # noqa: BLE001 - any failure of one run must not stop the page
                         bad.append((name, f"{type(e).__name__}: {e}"[:300]))
                 self._summaries = sorted(found, key=lambda s: (s.created_utc, s.run_id), reverse=True)
                 self._unreadable = bad
+                self._studies = sorted(studies, key=lambda s: (s.created_utc, s.run_id), reverse=True)
                 self._listing = names
             return list(self._summaries)
+
+    def studies(self) -> list[StudyLine]:
+        """The precision and qualitative study runs, newest first (``wbcv.dashboards.studies``)."""
+        self.summaries()
+        with self._lock:
+            return list(self._studies)
 
     def unreadable(self) -> list[tuple[str, str]]:
         """(folder name, reason) of each run folder the last ``summaries`` could not read."""
@@ -248,6 +260,10 @@ class ComparisonRun:
                 else "does not match the sha256 this comparison recorded"
             )
             self.notes.append(f"the inference run {path} {what}; its cells are not shown")
+            return None
+        link = self.record.inputs.inference_run
+        if link.kind == "results":  # an analyzer's export: no cell images to show
+            self.notes.append(f"the counts are an analyzer's exported results ({link.producer}, run {link.run_id})")
             return None
         return InferenceRun(path, read_record_of(path, InferenceRecord, "expected the comparison's inference run"))
 

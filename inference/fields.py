@@ -26,11 +26,16 @@ is about ``WORK_RBC_PX`` working pixels across):
    ``PLT_MIN_AREA`` is a platelet.
 3. **White-cell outline.** Around each white cell's nucleus, a square crop (padded with the
    background colour where it leaves the field) goes to ``locate.locate_cell``, whose outline
-   (nucleus plus cytoplasm, stopped at the edges of touching red cells) gives the box.
+   (nucleus plus cytoplasm, stopped at the edges of touching red cells) gives the box; the box is
+   then widened over pale cytoplasm connected to the nucleus (``_grow_into_cytoplasm``), which the
+   outline misses when the cytoplasm is nearly as pale as the slide.
 4. **Red cells.** Stained pixels (summed OD above a share of its Otsu threshold), holes filled
    (the pale centre of a red cell), white cells and platelets removed, opened; touching red
    cells are split by a watershed of the distance transform from one marker per distance peak
-   (``scipy.ndimage``); each region of at least ``RBC_MIN_AREA`` red-cell areas is one red cell.
+   (``scipy.ndimage``); each region of at least ``RBC_MIN_AREA`` red-cell areas is a red-cell
+   detection (box). The red-cell *count* does not rely on the split (touching cells are often left
+   joined, pale ones partly lost): it is the red-cell area in units of a single cell's area, with a
+   term for cells cut by the edge (``red_cell_count``; train split: median |error| 25 % -> 10 %).
 
 Both methods first check that the field can be analysed at all (``field_problem``): not blank or
 overexposed, not too dark, not uniform, in focus. A field that fails is skipped with the reason.
@@ -83,12 +88,19 @@ PLT_MIN_AREA: Final[float] = 0.01
 PLT_MIN_PEAK: Final[float] = 0.9
 #: The crop handed to ``locate`` around a white cell's nucleus: this many red-cell diameters, at least.
 WBC_CROP: Final[float] = 3.2
+#: Pale cytoplasm: summed OD above this share of its Otsu threshold (and below the threshold).
+CYTO_LOW: Final[float] = 0.3
+#: A white cell's outline grows over pale cytoplasm up to this many red-cell diameters from its box's centre.
+CYTO_REACH: Final[float] = 1.0
 #: A white-cell box lying more than this share inside a kept one is a part of that cell.
 WBC_OVERLAP_MAX: Final[float] = 0.5
 #: Stained pixels: summed OD above this share of its two-class Otsu threshold.
 FG_FRAC: Final[float] = 0.6
 #: Smallest red cell (or part of one cut by the edge), in red-cell areas.
 RBC_MIN_AREA: Final[float] = 0.12
+#: Red-cell count = these . (inner area, edge area, regions cut by the edge), areas in nominal red-cell
+#: areas: least absolute relative count error on the Raabin train split (``benchmarks/fit_rbc_count.py``).
+RBC_COUNT_COEF: Final[tuple[float, float, float]] = (1.501, 1.14, 0.586)
 #: Distance peaks closer than this (red-cell diameters) belong to one red cell.
 RBC_PEAK_GAP: Final[float] = 0.45
 
@@ -140,8 +152,15 @@ class FieldAnalysis:
     detections: tuple[Detection, ...]
     problem: str | None
     background: tuple[float, float, float]
+    #: Red cells counted (``od``: from the red-cell area, ``red_cell_count``; ``hsv``: the red-cell
+    #: detections); the rbc detections are the regions found, not necessarily one per cell.
+    rbc_count: int = 0
+    #: ``od``: the red-cell area features the count comes from (``red_cell_area_features``).
+    rbc_area_features: tuple[float, float, int] | None = None
 
     def count(self, kind: Kind) -> int:
+        if kind == "rbc":
+            return self.rbc_count
         return sum(d.kind == kind for d in self.detections)
 
     def of_kind(self, kind: Kind) -> tuple[Detection, ...]:
@@ -225,8 +244,11 @@ def analyse_field(rgb: np.ndarray, params: FieldParams | None = None) -> FieldAn
     problem = field_problem(a, work)
     if problem is not None:
         return FieldAnalysis(ww, hh, (), problem, bg)
-    found = _detect_hsv(work) if p.method == "hsv" else _detect_od(a, work)
-    return FieldAnalysis(ww, hh, tuple(found), None, bg)
+    if p.method == "hsv":
+        found = _detect_hsv(work)
+        return FieldAnalysis(ww, hh, tuple(found), None, bg, sum(d.kind == "rbc" for d in found))
+    found, features = _detect_od(a, work)
+    return FieldAnalysis(ww, hh, tuple(found), None, bg, red_cell_count(features), features)
 
 
 # --- shared pieces ---------------------------------------------------------------------------
@@ -248,6 +270,20 @@ def _otsu(values: np.ndarray, bins: int = 64) -> float:
         between = w0 * w1 * (s0 / w0 - s1 / w1) ** 2
     between[~np.isfinite(between)] = -1.0
     return float(edges[1 + int(np.argmax(between))])
+
+
+def _red_cell_regions(labels: np.ndarray, rbc_area: float, work: _Work, skip: int = 0) -> list[Detection]:
+    """One red-cell detection per labelled region of at least ``RBC_MIN_AREA`` red-cell areas
+    (label ``skip`` is background); the score is the region's area in red-cell areas, capped at 1."""
+    out = []
+    for i, sl in enumerate(ndi.find_objects(labels), start=1):
+        if sl is None or i == skip:
+            continue
+        area = float((labels[sl] == i).sum())
+        if area >= RBC_MIN_AREA * rbc_area:
+            x0, y0, x1, y1, edge = _box(sl, work)
+            out.append(Detection("rbc", x0, y0, x1, y1, min(1.0, area / rbc_area), edge))
+    return out
 
 
 def _box(sl: tuple[slice, slice], work: _Work) -> tuple[int, int, int, int, bool]:
@@ -296,20 +332,13 @@ def _detect_hsv(work: _Work) -> list[Detection]:
         x0, y0, x1, y1, edge = _box(sl, work)
         out.append(Detection(kind, x0, y0, x1, y1, min(1.0, area / rbc_area), edge))
     lab, _ = ndi.label(stained & ~ndi.binary_dilation(nucleus_taken, iterations=2))
-    for i, sl in enumerate(ndi.find_objects(lab), start=1):
-        if sl is None:
-            continue
-        area = float((lab[sl] == i).sum())
-        if area >= RBC_MIN_AREA * rbc_area:
-            x0, y0, x1, y1, edge = _box(sl, work)
-            out.append(Detection("rbc", x0, y0, x1, y1, min(1.0, area / rbc_area), edge))
-    return out
+    return out + _red_cell_regions(lab, rbc_area, work)
 
 
 # --- the OD method ---------------------------------------------------------------------------
 
 
-def _detect_od(rgb: np.ndarray, work: _Work) -> list[Detection]:
+def _detect_od(rgb: np.ndarray, work: _Work) -> tuple[list[Detection], tuple[float, float, int]]:
     od = work.od
     nuc = ndi.uniform_filter(od[..., 1] - od[..., 2], 3)
     stain = ndi.uniform_filter(np.abs(od).sum(axis=2), 3)
@@ -333,11 +362,14 @@ def _detect_od(rgb: np.ndarray, work: _Work) -> list[Detection]:
         else:
             continue
         taken[sl] |= member
-    for det, mask in _suppress_overlaps(_wbc_outlines(rgb, work, clusters, wbc_slices, nuc_mask)):
-        out.append(det)
-        taken |= mask
-    out.extend(_red_cells(work, stain, taken))
-    return out
+    cytoplasm = _pale_cytoplasm(stain, nuc_mask)
+    for det, _ in _suppress_overlaps(_wbc_outlines(rgb, work, clusters, wbc_slices, nuc_mask)):
+        grown = _grow_into_cytoplasm(det, work, nuc_mask, cytoplasm)
+        out.append(grown)
+        taken[_work_slice(grown, work.stride)] = True
+    fg = _stained_free(work, stain, taken)
+    out.extend(_red_cells(work, fg))
+    return out, red_cell_area_features(fg)
 
 
 def _wbc_outlines(
@@ -391,6 +423,48 @@ def _wbc_outlines(
     return out
 
 
+def _work_slice(det: Detection, k: int) -> tuple[slice, slice]:
+    """The working-resolution pixels covering a detection's box."""
+    return slice(det.y0 // k, -(-det.y1 // k)), slice(det.x0 // k, -(-det.x1 // k))
+
+
+def _pale_cytoplasm(stain: np.ndarray, nuc_mask: np.ndarray) -> np.ndarray:
+    """Pixels a white cell's outline may grow over: stained above the slide (``CYTO_LOW`` of the
+    two-class Otsu threshold of the summed OD) but below red-cell stain (the threshold itself), or
+    nucleus; opened once so that thin halos between red cells do not join up."""
+    t = _otsu(stain)
+    allowed = ((stain > CYTO_LOW * t) & (stain < t)) | nuc_mask
+    return np.asarray(ndi.binary_opening(allowed, iterations=1))
+
+
+def _grow_into_cytoplasm(det: Detection, work: _Work, nuc_mask: np.ndarray, cytoplasm: np.ndarray) -> Detection:
+    """Widen a white cell's box to the pale cytoplasm connected to its nucleus.
+
+    ``locate``'s outline often stops at the nucleus when the cytoplasm is nearly as pale as the
+    slide (monocytes, large lymphocytes): IoU 0.3-0.49 with the labelled box. From the nucleus
+    pixels inside the box, ``cytoplasm`` pixels connected to them within ``CYTO_REACH`` red-cell
+    diameters of the box's centre are added; the box becomes the union of both. Tuned on the
+    Raabin train and val splits (val WBC recall 0.917 -> 0.944, precision 0.952 -> 0.981).
+    """
+    k = work.stride
+    sl = _work_slice(det, k)
+    seed = np.zeros_like(nuc_mask)
+    seed[sl] = nuc_mask[sl]
+    if not seed.any():
+        return det
+    h, w = nuc_mask.shape
+    yy, xx = np.ogrid[:h, :w]
+    cy, cx = (det.y0 + det.y1) / 2 / k, (det.x0 + det.x1) / 2 / k
+    near = (yy - cy) ** 2 + (xx - cx) ** 2 <= (CYTO_REACH * WORK_RBC_PX) ** 2
+    grown = ndi.binary_propagation(seed, mask=(cytoplasm & near) | seed)
+    ys, xs = np.nonzero(grown)
+    hh, ww = work.shape
+    x0, y0 = min(det.x0, int(xs.min()) * k), min(det.y0, int(ys.min()) * k)
+    x1, y1 = max(det.x1, min(ww, (int(xs.max()) + 1) * k)), max(det.y1, min(hh, (int(ys.max()) + 1) * k))
+    edge = x0 <= 0 or y0 <= 0 or x1 >= ww or y1 >= hh
+    return Detection("wbc", x0, y0, x1, y1, det.score, edge)
+
+
 def _suppress_overlaps(found: list[tuple[Detection, np.ndarray]]) -> list[tuple[Detection, np.ndarray]]:
     """Greedy suppression (by descending score) of white-cell boxes lying mostly inside a kept one.
 
@@ -412,12 +486,59 @@ def _suppress_overlaps(found: list[tuple[Detection, np.ndarray]]) -> list[tuple[
     return kept
 
 
-def _red_cells(work: _Work, stain: np.ndarray, taken: np.ndarray) -> list[Detection]:
-    rbc_area = _rbc_area(work)
+def _stained_free(work: _Work, stain: np.ndarray, taken: np.ndarray) -> np.ndarray:
+    """Stained pixels outside the white cells and platelets: red cells, holes filled, opened."""
     free = ~ndi.binary_dilation(taken, iterations=2)
     t = _otsu(stain[free]) * FG_FRAC if free.any() else float("inf")
     fg = ndi.binary_fill_holes(stain > t) & free
-    fg = ndi.binary_opening(fg, iterations=2)
+    return np.asarray(ndi.binary_opening(fg, iterations=2))
+
+
+def red_cell_area_features(fg: np.ndarray) -> tuple[float, float, int]:
+    """(area of red-cell regions inside the field, area of those cut by the edge, number cut by the edge).
+
+    Areas in nominal red-cell areas (pi d^2 / 4 at the working resolution); regions smaller than
+    ``RBC_MIN_AREA`` are left out (specks). The count is ``RBC_COUNT_COEF`` . these features.
+    """
+    rbc_area = math.pi * (WORK_RBC_PX * 0.5) ** 2
+    lab, _ = ndi.label(fg)
+    h, w = fg.shape
+    inner = edge = 0.0
+    n_edge = 0
+    for i, sl in enumerate(ndi.find_objects(lab), start=1):
+        if sl is None:
+            continue
+        area = float((lab[sl] == i).sum()) / rbc_area
+        if area < RBC_MIN_AREA:
+            continue
+        ys, xs = sl
+        if ys.start == 0 or xs.start == 0 or ys.stop >= h or xs.stop >= w:
+            edge += area
+            n_edge += 1
+        else:
+            inner += area
+    return inner, edge, n_edge
+
+
+def red_cell_count(features: tuple[float, float, int]) -> int:
+    """Red cells in a field from its red-cell area (robust to touching clumps, unlike splitting them).
+
+    count = c_inner * inner area + c_edge * edge area + c_n * regions cut by the edge, rounded; the
+    coefficients ``RBC_COUNT_COEF`` minimise the mean absolute relative count error on the
+    Raabin train split (``benchmarks/fit_rbc_count.py``). c_inner ~ 1.4-1.5 says that a red cell's stained
+    region covers about 0.72 of the nominal disc; a cell cut by the edge counts whole in the labels,
+    hence the per-region term. White-cell boxes (grown over pale cytoplasm) are taken out of the
+    red-cell area, which is why c_inner exceeds 1 / 0.72 a little: red cells under a white cell's box
+    are counted in the labels.
+    """
+    inner, edge, n_edge = features
+    c_inner, c_edge, c_n = RBC_COUNT_COEF
+    return max(0, round(c_inner * inner + c_edge * edge + c_n * n_edge))
+
+
+def _red_cells(work: _Work, fg: np.ndarray) -> list[Detection]:
+    """Red-cell boxes: the stained regions split by a watershed of the distance transform."""
+    rbc_area = _rbc_area(work)
     dist = ndi.distance_transform_edt(fg)
     size = max(3, round(RBC_PEAK_GAP * WORK_RBC_PX) | 1)
     peaks = (dist == ndi.maximum_filter(dist, size=size)) & (dist >= 0.15 * WORK_RBC_PX)
@@ -431,12 +552,4 @@ def _red_cells(work: _Work, stain: np.ndarray, taken: np.ndarray) -> list[Detect
     markers[(~fg) & (markers == 0)] = bg_label
     regions = ndi.watershed_ift(levels, markers)
     regions[~fg] = 0
-    out = []
-    for i, sl in enumerate(ndi.find_objects(regions), start=1):
-        if sl is None or i == bg_label:
-            continue
-        area = float((regions[sl] == i).sum())
-        if area >= RBC_MIN_AREA * rbc_area:
-            x0, y0, x1, y1, edge = _box(sl, work)
-            out.append(Detection("rbc", x0, y0, x1, y1, min(1.0, area / rbc_area), edge))
-    return out
+    return _red_cell_regions(regions, rbc_area, work, skip=bg_label)

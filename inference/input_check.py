@@ -12,8 +12,8 @@ labels and each decoded cell, with sha256 and size) and every file it skipped wi
 * **unreadable**: a recorded file that can no longer be read as a regular file (it became a FIFO,
   a device, or permissions changed), or a slide folder that can no longer be listed.
 
-Files are opened the way inference opens them (``O_NONBLOCK``, ``fstat`` must show a regular file)
-and hashed in blocks, never more bytes than the run recorded plus one, so a hostile batch cannot
+Files are read by inference's own reader (``decode.read_cell_file``: ``O_NONBLOCK``, ``fstat`` must
+show a regular file, never more bytes than the run recorded plus one), so a hostile batch cannot
 hang the check or fill memory. Folders no sample claims are not inputs and are not checked.
 """
 
@@ -27,12 +27,10 @@ from pathlib import Path, PurePosixPath
 import polars as pl
 
 from wbcv.base.errors import WbcvError
-from wbcv.base.records import ComparisonRecord, InferenceRecord
+from wbcv.base.records import ComparisonRecord, InferenceRecord, ResultsRecord
 from wbcv.base.runstore import locate_source_run, read_run_record
 from wbcv.base.tables import INPUTS_FILE, SKIPPED_FILE
-from wbcv.inference.decode import not_regular_reason
-
-_BLOCK = 1 << 20
+from wbcv.inference.decode import CellRejected, read_cell_file
 
 
 @dataclass(frozen=True)
@@ -65,30 +63,6 @@ def _inside(root: Path, rel: str) -> Path | None:
     return root.joinpath(*pure.parts)
 
 
-def _hash_file(path: Path, expected_bytes: int) -> tuple[str | None, str]:
-    """(sha256, "") of a regular file of exactly ``expected_bytes``, or (None, why not)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOCTTY", 0))
-    try:
-        st = os.fstat(fd)
-        reason = not_regular_reason(st.st_mode)
-        if reason is not None:
-            return None, reason
-        if st.st_size != expected_bytes:
-            return None, f"{st.st_size} bytes, was {expected_bytes}"
-        digest, got = hashlib.sha256(), 0
-        while got <= expected_bytes:  # one byte past: a file still growing is caught
-            block = os.read(fd, min(_BLOCK, expected_bytes + 1 - got))
-            if not block:
-                break
-            digest.update(block)
-            got += len(block)
-        if got != expected_bytes:
-            return None, f"{got} bytes read, expected {expected_bytes}"
-        return digest.hexdigest(), ""
-    finally:
-        os.close(fd)
-
-
 def _check_recorded(batch: Path, rel: str, sha256: str, n_bytes: int) -> InputFinding | None:
     path = _inside(batch, rel)
     if path is None:
@@ -96,12 +70,15 @@ def _check_recorded(batch: Path, rel: str, sha256: str, n_bytes: int) -> InputFi
     if not os.path.lexists(path):
         return InputFinding("missing", rel)
     try:
-        digest, why = _hash_file(path, n_bytes)
+        data = read_cell_file(path, n_bytes)  # as inference reads: regular files only, at most the recorded size
+    except CellRejected as e:
+        kind = "unreadable" if str(e).startswith("not a regular file") else "changed"  # else: it grew
+        return InputFinding(kind, rel, str(e))
     except OSError as e:
         return InputFinding("unreadable", rel, e.strerror or str(e))
-    if digest is None:
-        kind = "changed" if "bytes" in why else "unreadable"
-        return InputFinding(kind, rel, why)
+    if len(data) != n_bytes:
+        return InputFinding("changed", rel, f"{len(data)} bytes, was {n_bytes}")
+    digest = hashlib.sha256(data).hexdigest()
     return None if digest == sha256 else InputFinding("changed", rel, "content differs from the recorded sha256")
 
 
@@ -133,7 +110,8 @@ def inference_run_of(run_dir: Path) -> Path:
 
 
 def verify_inputs(run_dir: Path) -> InputVerification:
-    """Re-hash the batch's files against the inference run's inputs.parquet and skipped.parquet.
+    """Re-hash the batch's files against the inference run's inputs.parquet and skipped.parquet;
+    for a results run (`wbcv import-results`), its exported results file against its recorded sha256.
 
     ``run_dir`` is an inference run or a comparison run (then its inference run is checked). The
     run's own tables are trusted only as far as ``wbcv verify`` checked them: call this after
@@ -141,6 +119,10 @@ def verify_inputs(run_dir: Path) -> InputVerification:
     """
     run = inference_run_of(Path(run_dir))
     record = read_run_record(run)
+    if isinstance(record, ResultsRecord):  # an analyzer's export: its one input file
+        source = record.input.path
+        finding = _check_recorded(source.parent, source.name, record.input.sha256, record.input.bytes)
+        return InputVerification(run, source.parent, 1, (finding,) if finding else ())
     if not isinstance(record, InferenceRecord):  # pragma: no cover - inference_run_of returns one
         raise WbcvError(f"{run}: not an inference run")
     batch = record.batch.path

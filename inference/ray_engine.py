@@ -162,10 +162,12 @@ def _entry_json(entries: tuple[CellEntry, ...]) -> str:
 
 
 def _decode_row(row: dict[str, Any], spec: InputSpec, max_pixels: int) -> dict[str, Any]:
+    um = float(row["um_per_px"])
+    um_per_px = um if um > 0 else None  # 0: not given (a column of one type across rows)
     entries = tuple(
         CellEntry(r, Path(a), s, m, rej, dev, ino, ok) for r, a, s, m, rej, dev, ino, ok in json.loads(row["entries"])
     )
-    meta, pixels = decode_chunk(entries, spec, max_pixels)
+    meta, pixels = decode_chunk(entries, spec, max_pixels, um_per_px)
     size = spec.size
     return {
         "sample_index": row["sample_index"],
@@ -214,7 +216,14 @@ def _process(
     n_chunks: dict[int, int] = {}
     for index, _last, cells in chunks(todo, params.chunk_size):
         n_chunks[index] = n_chunks.get(index, 0) + 1
-        items.append({"sample_index": index, "chunk_index": n_chunks[index] - 1, "entries": _entry_json(cells)})
+        items.append(
+            {
+                "sample_index": index,
+                "chunk_index": n_chunks[index] - 1,
+                "entries": _entry_json(cells),
+                "um_per_px": slides.samples[index].fields.get("um_per_px") or 0.0,
+            }
+        )
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # one bar, ours, counting cells; and not the notice that says so:

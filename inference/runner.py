@@ -58,7 +58,7 @@ from wbcv.inference.artifact import InputSpec, LoadedModel
 from wbcv.inference.combine import ABSTAIN_REASONS, UNCLASSIFIED_INDEX
 from wbcv.inference.decode import DEFAULT_MAX_PIXELS, CellRejected, decode_cell, max_file_bytes, read_cell_file
 from wbcv.inference.domain import DomainVerdict, check, feature_cells, image_cells
-from wbcv.inference.framing import frame_cells, work_size
+from wbcv.inference.framing import frame_cells, wbc_size_reason, work_size
 from wbcv.inference.predict import decide
 from wbcv.inference.slideset import CellEntry, Sample, SlideSet
 
@@ -127,13 +127,16 @@ class _Chunk:
 
 
 def decode_chunk(
-    entries: tuple[CellEntry, ...], spec: InputSpec, max_pixels: int
+    entries: tuple[CellEntry, ...], spec: InputSpec, max_pixels: int, um_per_px: float | None = None
 ) -> tuple[list[dict[str, Any]], np.ndarray | None]:
     """Read, hash, decode and frame one chunk: one meta entry per file, pixels of the decoded ones in order.
 
     Shared by the engines: what is recorded for a file that cannot be read or decoded is decided here.
     A decoded image in which a cell-framing model finds no white cell gets ``no_cell`` (the
     locator's reason) in its meta entry: it is classified as unclassified, ``no_cell_found``.
+    The located cell's diameter is recorded in pixels of the file and, with the sample's
+    ``um_per_px``, in µm; a cell whose size no white cell has (``framing.wbc_size_reason``) is
+    treated as no cell found.
     """
     size = work_size(spec)
     crop = spec.crop if spec.framing == "image" else 1.0
@@ -172,13 +175,19 @@ def decode_chunk(
     framed = frame_cells(images, spec)
     decoded = [m for m in meta if m["skip_reason"] is None]
     surround = framed.surround_lab if framed.surround_lab is not None else np.full((len(decoded), 3), np.nan)
-    for m, lost, reason, colour, diameter in zip(
+    for m, lost, reason, colour, d in zip(
         decoded, framed.no_cell, framed.reasons, surround, framed.diameter_px, strict=True
     ):
+        m["surround_lab"] = [float(v) for v in colour]  # the domain check's image statistics
+        m["diameter_px"] = float(d) if np.isfinite(d) else None
         if lost:
             m["no_cell"] = reason
-        m["surround_lab"] = [float(v) for v in colour]
-        m["diameter_px"] = float(diameter) if np.isfinite(diameter) else None
+            continue
+        if d == d:  # cell framing found a cell: its diameter in the file's pixels (work image = centre square)
+            m["cell_diameter_px"] = float(d) * min(m["source_width"], m["source_height"]) / size
+            if um_per_px is not None:
+                m["cell_diameter_um"] = m["cell_diameter_px"] * um_per_px
+                m["no_cell"] = wbc_size_reason(m["cell_diameter_um"])
     return meta, framed.pixels
 
 
@@ -188,9 +197,14 @@ def no_cell_mask(meta: list[dict[str, Any]]) -> np.ndarray:
 
 
 def _decode_and_classify(
-    sample_index: int, is_last: bool, entries: tuple[CellEntry, ...], model: LoadedModel, max_pixels: int
+    sample_index: int,
+    is_last: bool,
+    entries: tuple[CellEntry, ...],
+    model: LoadedModel,
+    max_pixels: int,
+    um_per_px: float | None = None,
 ) -> _Chunk:
-    meta, pixels = decode_chunk(entries, model.input, max_pixels)
+    meta, pixels = decode_chunk(entries, model.input, max_pixels, um_per_px)
     scores = classify(model, pixels, no_cell=no_cell_mask(meta)) if pixels is not None else None
     return _Chunk(sample_index, is_last, meta, scores)
 
@@ -256,6 +270,8 @@ def _slide_frame(
         "source_mode": [m.get("source_mode") for m in metas],
         "source_width": [m.get("source_width") for m in metas],
         "source_height": [m.get("source_height") for m in metas],
+        "cell_diameter_px": [m.get("cell_diameter_px") for m in metas],
+        "cell_diameter_um": [m.get("cell_diameter_um") for m in metas],
         "expert_label": [labels.get((sample.sample_id, m["cell_path"].rsplit("/", 1)[-1])) for m in metas],
         "model_id": [model_id] * len(metas),
         "skip_reason": [m["skip_reason"] for m in metas],
@@ -558,7 +574,8 @@ def _process(
     try:
         with ThreadPoolExecutor(params.workers, thread_name_prefix="wbcv-infer") as pool:
             jobs = (
-                (i, last, cells, model, params.max_image_pixels) for i, last, cells in chunks(todo, params.chunk_size)
+                (i, last, cells, model, params.max_image_pixels, slides.samples[i].fields.get("um_per_px"))
+                for i, last, cells in chunks(todo, params.chunk_size)
             )
             for chunk in _prefetched(pool, jobs, depth=2 * params.workers + 1, fn=_decode_and_classify):
                 metas.extend(chunk.meta)

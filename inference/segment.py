@@ -16,7 +16,17 @@ BATCH_DIR (new or empty) receives:
   box's centre, padded with the field's background colour where it leaves the field;
 * ``fields.parquet`` (one row per field file given, analysed or skipped, with the reason) and
   ``detections.parquet`` (one row per object found), ``wbcv.base.tables`` FIELDS_SCHEMA and
-  DETECTIONS_SCHEMA.
+  DETECTIONS_SCHEMA;
+* ``field_samples.parquet``: one row per sample: fields given, analysed and skipped, white cells
+  cropped, red cells and platelets counted (``FIELD_SAMPLES_SCHEMA``; the red-cell and platelet
+  counts per sample that absolute RBC/PLT measurands would start from);
+* ``segment.json``: the fields' manifest sha256, the settings, the software version and the
+  summary (``wbcv run --fields`` reuses a batch whose record matches instead of segmenting again).
+
+**Atomic.** The batch is written into a staging folder next to BATCH_DIR (``.segmenting-NAME``,
+locked while written) and renamed to BATCH_DIR when complete: an interrupted ``segment`` leaves no
+partial BATCH_DIR, and the same command run again removes the stale staging folder and starts
+over (a field takes about 20 ms; nothing to resume).
 
 Fields that cannot be used are skipped with the reason, never a crash: a file that is not an image
 or is empty, corrupt, too large (the decompression-bomb pixel limit, checked on the header), not
@@ -31,28 +41,47 @@ overlapping tiles. They stay in detections.parquet either way.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import json
 import math
+import os
 import shutil
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 import polars as pl
 from PIL import Image
 
-from wbcv.base.atomic import atomic_write_parquet
+from wbcv import __version__
+from wbcv.base.atomic import atomic_write_json, atomic_write_parquet, fsync_dir, sha256_file
 from wbcv.base.errors import WbcvError
-from wbcv.base.tables import DETECTIONS_FILE, DETECTIONS_SCHEMA, FIELDS_FILE, FIELDS_SCHEMA
+from wbcv.base.runstore import remove_tree
+from wbcv.base.tables import (
+    DETECTIONS_FILE,
+    DETECTIONS_SCHEMA,
+    FIELD_SAMPLES_FILE,
+    FIELD_SAMPLES_SCHEMA,
+    FIELDS_FILE,
+    FIELDS_SCHEMA,
+)
 from wbcv.inference.decode import DEFAULT_MAX_PIXELS, CellRejected, decode_image, max_file_bytes, read_cell_file
 from wbcv.inference.fields import Detection, FieldAnalysis, FieldParams, analyse_field
-from wbcv.inference.slideset import CellEntry, Sample, read_slide_set
+from wbcv.inference.slideset import CellEntry, Sample, SlideSet, read_slide_set
 
 #: A crop's side, as a multiple of the white cell's box's longer side (the cell fills two thirds).
 CROP_CONTEXT: Final[float] = 1.5
 NO_WBC: Final[str] = "no white cell found"
+#: The batch's record of how it was made (fields manifest hash, settings, summary).
+SEGMENT_RECORD: Final[str] = "segment.json"
+#: The batch is written into ``.segmenting-NAME`` next to BATCH_DIR, then renamed.
+STAGING_PREFIX: Final[str] = ".segmenting-"
+SEGMENT_RECORD_MAX_BYTES: Final[int] = 1 << 20
 
 
 @dataclass
@@ -70,7 +99,7 @@ class SegmentSummary:
     samples_without_crops: list[str] = field(default_factory=list)
 
 
-def _prepare_out(out_dir: Path, fields_dir: Path) -> None:
+def _check_out(out_dir: Path, fields_dir: Path) -> None:
     if out_dir.resolve() == fields_dir.resolve() or out_dir.resolve().is_relative_to(fields_dir.resolve()):
         raise WbcvError(f"{out_dir}: the output batch must lie outside FIELDS_DIR {fields_dir}")
     if out_dir.exists():
@@ -78,7 +107,77 @@ def _prepare_out(out_dir: Path, fields_dir: Path) -> None:
             raise WbcvError(f"{out_dir}: exists and is not a folder; expected a new or empty folder for the batch")
         if any(out_dir.iterdir()):
             raise WbcvError(f"{out_dir}: folder is not empty; expected a new or empty folder for the batch")
-    out_dir.mkdir(parents=True, exist_ok=True)
+
+
+def staging_dir(out_dir: Path) -> Path:
+    """Where the batch is written before it is renamed to ``out_dir`` (next to it, same file system)."""
+    return out_dir.parent / f"{STAGING_PREFIX}{out_dir.name}"
+
+
+@contextmanager
+def _staging(out_dir: Path) -> Iterator[Path]:
+    """A fresh staging folder next to ``out_dir``, locked while we write it.
+
+    A staging folder left by an interrupted ``segment`` (its lock is free) is removed and the
+    batch is made again from the start; one locked by a running ``segment`` is refused.
+    """
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = staging_dir(out_dir)
+    lock_path = out_dir.parent / f"{STAGING_PREFIX}{out_dir.name}.lock"
+    with open(lock_path, "a+b") as lock:
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise WbcvError(
+                f"{out_dir}: another `wbcv segment` is writing this batch ({staging}); wait for it to finish"
+            ) from None
+        try:
+            if staging.exists():
+                remove_tree(staging)
+            staging.mkdir()
+            yield staging
+        finally:
+            if staging.exists():
+                remove_tree(staging)
+            lock_path.unlink(missing_ok=True)
+
+
+def _publish(staging: Path, out_dir: Path) -> None:
+    """The commit point: the finished batch takes the place of the (absent or empty) ``out_dir``."""
+    fsync_dir(staging)
+    if out_dir.exists():
+        out_dir.rmdir()  # checked empty before we started; rmdir refuses it if it has been filled since
+    os.rename(staging, out_dir)
+    fsync_dir(out_dir.parent)
+
+
+def read_segment_record(batch_dir: Path) -> dict[str, Any] | None:
+    """The ``segment.json`` of a batch written by ``segment_batch``, or None when there is none."""
+    path = Path(batch_dir) / SEGMENT_RECORD
+    if not path.is_file():
+        return None
+    expected = "expected the JSON that `wbcv segment` writes"
+    if path.stat().st_size > SEGMENT_RECORD_MAX_BYTES:
+        raise WbcvError(f"{path}: {path.stat().st_size} bytes, too large for a segment record; {expected}")
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise WbcvError(f"{path}: cannot read the segment record ({e}); {expected}") from None
+    if not isinstance(record, dict):
+        raise WbcvError(f"{path}: expected a JSON object (the segment record), got {type(record).__name__}")
+    return record
+
+
+def segment_key(manifest_path: Path, params: FieldParams, max_pixels: int, drop_edge_wbc: bool) -> dict[str, Any]:
+    """What decides a batch's content: the fields' manifest (by content) and the analysis settings."""
+    return {
+        "fields_manifest_sha256": sha256_file(manifest_path),
+        "method": params.method,
+        "rbc_diameter_px": params.rbc_diameter_px,
+        "max_pixels": max_pixels,
+        "drop_edge_wbc": drop_edge_wbc,
+        "software_version": __version__,
+    }
 
 
 def _crop(rgb: np.ndarray, det: Detection, background: tuple[float, float, float]) -> np.ndarray:
@@ -189,10 +288,52 @@ def segment_batch(
     """Find the white cells of every field of a batch and write the crop batch (see the module docstring)."""
     fields_root, out = Path(fields_dir), Path(out_dir)
     slides = read_slide_set(fields_root)
-    _prepare_out(out, fields_root)
+    _check_out(out, fields_root)
     p = params or FieldParams()
-    shutil.copyfile(slides.manifest_path, out / slides.manifest_path.name)
+    key = segment_key(slides.manifest_path, p, max_pixels, drop_edge_wbc)
     summary = SegmentSummary(out_dir=out, n_samples=len(slides.samples))
+    with _staging(out) as staging:
+        _segment_into(staging, slides, p, max_pixels, drop_edge_wbc, summary)
+        record = {"fields_dir": str(fields_root.resolve()), **key, "summary": _summary_json(summary)}
+        atomic_write_json(staging / SEGMENT_RECORD, record)
+        _check_out(out, fields_root)
+        _publish(staging, out)
+    return summary
+
+
+def segment_or_reuse(
+    fields_dir: Path | str,
+    out_dir: Path | str,
+    params: FieldParams | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    drop_edge_wbc: bool = False,
+) -> SegmentSummary | None:
+    """``segment_batch``, unless ``out_dir`` already holds the batch it would write; then None.
+
+    "Already holds": its ``segment.json`` names the same fields manifest (by sha256) and the same
+    settings and software version (``segment_key``). A non-empty ``out_dir`` that is another batch
+    is refused with what differs. This is what lets ``wbcv run --fields`` be run again after an
+    interruption in inference: the crops are not made twice, inference resumes.
+    """
+    fields_root, out = Path(fields_dir), Path(out_dir)
+    record = read_segment_record(out) if out.is_dir() else None
+    if record is None:
+        return segment_batch(fields_root, out, params, max_pixels, drop_edge_wbc)
+    slides = read_slide_set(fields_root)
+    key = segment_key(slides.manifest_path, params or FieldParams(), max_pixels, drop_edge_wbc)
+    differ = [k for k, v in key.items() if record.get(k) != v]
+    if differ:
+        raise WbcvError(
+            f"{out}: holds a batch segmented from other fields or with other settings (differs in: "
+            f"{', '.join(differ)}); expected a new or empty folder, or the batch of these fields and settings"
+        )
+    return None
+
+
+def _segment_into(
+    out: Path, slides: SlideSet, p: FieldParams, max_pixels: int, drop_edge_wbc: bool, summary: SegmentSummary
+) -> None:
+    shutil.copyfile(slides.manifest_path, out / slides.manifest_path.name)
     rows: list[dict[str, object]] = []
     detections: list[dict[str, object]] = []
     for sample in slides.samples:
@@ -209,7 +350,37 @@ def segment_batch(
             summary.samples_without_crops.append(sample.sample_id)
     atomic_write_parquet(out / FIELDS_FILE, pl.DataFrame(rows, schema=FIELDS_SCHEMA))
     atomic_write_parquet(out / DETECTIONS_FILE, pl.DataFrame(detections, schema=DETECTIONS_SCHEMA))
-    return summary
+    atomic_write_parquet(out / FIELD_SAMPLES_FILE, per_sample(slides, pl.DataFrame(rows, schema=FIELDS_SCHEMA)))
+
+
+def per_sample(slides: SlideSet, fields: pl.DataFrame) -> pl.DataFrame:
+    """One row per sample (manifest order): fields given, analysed, skipped; white cells cropped,
+    red cells and platelets counted in the analysed fields (``FIELD_SAMPLES_SCHEMA``)."""
+    analysed = pl.col("rbc").is_not_null()
+    sums = fields.group_by("sample_id").agg(
+        pl.len().alias("fields_given"),
+        analysed.sum().alias("fields_analysed"),
+        (~analysed).sum().alias("fields_skipped"),
+        pl.col("wbc").sum().alias("wbc_cropped"),
+        pl.col("rbc").sum().alias("rbc_counted"),
+        pl.col("platelets").sum().alias("platelets_counted"),
+    )
+    order = pl.DataFrame({"sample_id": [s.sample_id for s in slides.samples]}, schema={"sample_id": pl.String()})
+    joined = order.join(sums, on="sample_id", how="left").fill_null(0)
+    return joined.select([pl.col(c).cast(t) for c, t in FIELD_SAMPLES_SCHEMA.items()])
+
+
+def _summary_json(s: SegmentSummary) -> dict[str, Any]:
+    return {
+        "samples": s.n_samples,
+        "fields": s.n_fields,
+        "analysed": s.n_analysed,
+        "crops": s.n_crops,
+        "rbc": s.n_rbc,
+        "platelets": s.n_platelets,
+        "skipped": dict(s.skipped),
+        "samples_without_crops": s.samples_without_crops,
+    }
 
 
 def _tally(summary: SegmentSummary, row: dict[str, object]) -> None:

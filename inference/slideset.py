@@ -18,18 +18,23 @@ sample_id              yes       must match the reference analyzer's ``Sample No
 slide_dir              no        folder of this sample's cells, relative to BATCH; default sample_id
 imaged_volume_ul       no        blood volume imaged on the slide (µL), for the volumetric count
 calibration_factor     no        WBC (10^3/µL) per cell found, the volumetric alternative
+um_per_px              no        the scanner's pixel size (µm per pixel, at most 5): cell sizes in µm,
+                                 and objects of a size no white cell has are left unclassified
 scanner                no        scanner id or model
 date                   no        acquisition date, ISO 8601 (YYYY-MM-DD)
 notes                  no        free text
+stratum                no        the case-mix stratum the sample was chosen for (``plan.strata`` of the
+                                 protocol, e.g. normal, abnormal, leukopenic); the report counts the
+                                 samples compared per stratum against the plan
 =====================  ========  ==============================================================
 
 A YAML manifest may also carry ``batch_id`` and ``description`` at the top level. It is read by
 ``wbcv.base.yamlfile`` (size and alias-expansion caps, duplicate keys refused, YAML 1.2 scalars),
-and every text field (``sample_id``, ``slide_dir``, ``scanner``, ``date``, ``notes``, ``batch_id``,
+and every text field (``sample_id``, ``slide_dir``, ``scanner``, ``date``, ``notes``, ``stratum``, ``batch_id``,
 ``description``) is the text as written: ``sample_id: 010`` is the id ``'010'`` (YAML 1.1 would make
 it the number 8), ``001`` stays ``'001'``, ``1e3``, ``yes`` and ``0x1F`` stay as written. A list or
 mapping in a text field is an error. In a CSV manifest every value is text already; ids keep their
-leading zeros there too. Numbers (``imaged_volume_ul``, ``calibration_factor``) must be plain
+leading zeros there too. Numbers (``imaged_volume_ul``, ``calibration_factor``, ``um_per_px``) must be plain
 decimals (``0.25``, ``2.5e-4``); ``true``, ``0x1F`` or ``1_000`` are errors.
 
 Everything wrong with the batch as a whole (missing or malformed manifest, unknown fields,
@@ -69,14 +74,27 @@ OPTIONAL_FIELDS: Final[tuple[str, ...]] = (
     "slide_dir",
     "imaged_volume_ul",
     "calibration_factor",
+    "um_per_px",
     "scanner",
     "date",
     "notes",
+    "stratum",
 )
 MANIFEST_FIELDS: Final[tuple[str, ...]] = REQUIRED_FIELDS + OPTIONAL_FIELDS
-POSITIVE_NUMBER_FIELDS: Final[tuple[str, ...]] = ("imaged_volume_ul", "calibration_factor")
+POSITIVE_NUMBER_FIELDS: Final[tuple[str, ...]] = ("imaged_volume_ul", "calibration_factor", "um_per_px")
+#: The largest pixel size accepted (µm): a coarser pixel could not image a white cell (7-20 µm) at all.
+MAX_UM_PER_PX: Final[float] = 5.0
 #: Fields that are text as written (never numbers, booleans or dates), in both manifest formats.
-TEXT_FIELDS: Final[tuple[str, ...]] = ("sample_id", "slide_dir", "scanner", "date", "notes", "batch_id", "description")
+TEXT_FIELDS: Final[tuple[str, ...]] = (
+    "sample_id",
+    "slide_dir",
+    "scanner",
+    "date",
+    "notes",
+    "stratum",
+    "batch_id",
+    "description",
+)
 _DECIMAL: Final[re.Pattern[str]] = re.compile(r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
 
 
@@ -263,13 +281,18 @@ def _check_fields(manifest: Path, where: str, raw: dict[str, Any], problems: lis
             problems.append(f"{here}: field {key!r} is {shown(v)}; expected a positive number")
             continue
         fields[key] = x
+    if fields.get("um_per_px", 0) > MAX_UM_PER_PX:
+        problems.append(
+            f"{here}: sample {shown(fields['sample_id'])}: field 'um_per_px' is {fields.pop('um_per_px')}; "
+            f"expected the scanner's pixel size in micrometres, at most {MAX_UM_PER_PX} (typically 0.1-0.5)"
+        )
     d = raw.get("date")
     if isinstance(d, str):
         try:
             fields["date"] = dt.date.fromisoformat(d.strip()).isoformat()
         except ValueError:
             problems.append(f"{here}: field 'date' is {shown(d)}; expected YYYY-MM-DD")
-    for key in ("slide_dir", "scanner", "notes"):
+    for key in ("slide_dir", "scanner", "notes", "stratum"):
         if isinstance(raw.get(key), str):
             fields[key] = raw[key].strip()
     if "imaged_volume_ul" in fields and "calibration_factor" in fields:

@@ -137,20 +137,30 @@ def _lab(ln_lms: list[np.ndarray]) -> list[np.ndarray]:
     return _mix(_LMS2LAB / math.log(10.0), tuple(ln_lms))
 
 
-def _masked_stats(lab: list[np.ndarray], masks: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """Per image mean and std (N, 3) of lαβ planes (N, P) over the masks (whole image if too small)."""
-    n, p = lab[0].shape
-    if masks is None:
-        w = np.ones((n, p), np.float32)
-    else:
-        w = masks.reshape(n, -1).astype(np.float32)
-        small = w.sum(axis=1) < MIN_PIXELS
-        w[small] = 1.0
-    cnt = w.sum(axis=1)
-    mean = np.stack([(w * c).sum(axis=1) for c in lab], axis=1) / cnt[:, None]
-    sq = np.stack([(w * c * c).sum(axis=1) for c in lab], axis=1) / cnt[:, None]
-    var = sq - mean * mean
-    return mean.astype(np.float64), np.sqrt(np.maximum(var, 0.0)).astype(np.float64)
+def _pixel_stats(ln_lms: list[np.ndarray], idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std (N, 3) of the lαβ values of the pixels ``idx`` (flat indices) of every image;
+    only those pixels are converted to lαβ."""
+    lab = np.stack(_lab([plane[:, idx] for plane in ln_lms]), axis=1)  # (N, 3, K)
+    mean = lab.mean(axis=2, dtype=np.float64)
+    var = np.square(lab, dtype=np.float64).mean(axis=2) - mean * mean
+    return mean, np.sqrt(np.maximum(var, 0.0))
+
+
+def _masked_stats(ln_lms: list[np.ndarray], masks: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Per image mean and std (N, 3) of lαβ over its mask: one (H, W) mask for all, (N, H, W) one
+    each, or None (whole image); a mask with fewer than ``MIN_PIXELS`` pixels means the whole image.
+    Each image's numbers are the same whichever form its mask came in."""
+    n, p = ln_lms[0].shape
+    every = np.arange(p)
+    if masks is None or np.ndim(masks) == 2:
+        idx = every if masks is None else np.flatnonzero(masks)
+        return _pixel_stats(ln_lms, idx if idx.size >= MIN_PIXELS else every)
+    flat = np.asarray(masks, dtype=bool).reshape(n, p)
+    stats = []
+    for i in range(n):
+        idx = np.flatnonzero(flat[i])
+        stats.append(_pixel_stats([plane[i : i + 1] for plane in ln_lms], idx if idx.size >= MIN_PIXELS else every))
+    return np.concatenate([m for m, _ in stats]), np.concatenate([sd for _, sd in stats])
 
 
 def _check_masks(masks: np.ndarray | None, images: np.ndarray) -> np.ndarray | None:
@@ -168,7 +178,7 @@ def stain_stats(images: np.ndarray, masks: np.ndarray | None = None) -> list[Sta
     """lαβ statistics of each image of a batch (N, H, W, 3) over its mask (N, H, W) or one mask (H, W)."""
     imgs = _as_batch(images)
     m = _check_masks(masks, imgs)
-    mean, std = _masked_stats(_lab(_ln_lms(imgs)), m)
+    mean, std = _masked_stats(_ln_lms(imgs), masks if masks is not None and np.ndim(masks) == 2 else m)
     return [StainStats(tuple(mu.tolist()), tuple(sd.tolist())) for mu, sd in zip(mean, std, strict=True)]
 
 
@@ -193,20 +203,36 @@ def stain_target(images: Iterable[np.ndarray], masks: Iterable[np.ndarray | None
     return StainStats((float(mu[0]), float(mu[1]), float(mu[2])), (float(sd[0]), float(sd[1]), float(sd[2])))
 
 
-def normalise_stain(images: np.ndarray, masks: np.ndarray | None = None, target: StainStats = PBC_TARGET) -> np.ndarray:
+def normalise_stain(
+    images: np.ndarray, masks: np.ndarray | None = None, target: StainStats = PBC_TARGET, spread: bool = True
+) -> np.ndarray:
     """Reinhard-normalise one image (H, W, 3) or a batch (N, H, W, 3) of uint8 RGB to ``target``.
 
     ``masks`` (bool, (H, W) for all, or (N, H, W)) selects the pixels whose statistics are
-    matched (the cell); the transfer is applied to every pixel. Returns uint8 RGB of the input's
-    shape (a grayscale (H, W) image comes back as (H, W, 3)).
+    matched (the cell); the transfer is applied to every pixel. With ``spread`` False only the
+    means are matched (a shift in lαβ: a colour cast and brightness), not the spreads, which for
+    pixels around a cell depend on how many red cells lie there rather than on the stain. Returns
+    uint8 RGB of the input's shape (a grayscale (H, W) image comes back as (H, W, 3)).
     """
     a = np.asarray(images)
     single = a.ndim == 2 or (a.ndim == 3 and a.shape[-1] in (3, 4))  # one grayscale or colour image
     batch = _as_batch(a[None] if single else a)
     m = _check_masks(masks, batch)
     n, h, w, _ = batch.shape
+    shared = masks if masks is not None and np.ndim(masks) == 2 else m
+    rgb = _general(batch, shared, target) if spread else _shift_only(batch, shared, target)
+    res = np.empty((n, h * w, 3), np.uint8)
+    for c in range(3):
+        np.clip(rgb[c], 0.0, 255.0, out=rgb[c])
+        res[..., c] = rgb[c]
+    res = res.reshape(n, h, w, 3)
+    return res[0] if single else res
+
+
+def _general(batch: np.ndarray, masks: np.ndarray | None, target: StainStats) -> list[np.ndarray]:
+    """RGB planes (N, P), before rounding, of the full transfer (means and spreads)."""
     ln_lms = _ln_lms(batch)
-    mean, std = _masked_stats(_lab(ln_lms), m)
+    mean, std = _masked_stats(ln_lms, masks)
     t_mean = np.asarray(target.mean)
     t_std = np.asarray(target.std)
     gain = np.where(std >= MIN_STD, t_std / np.maximum(std, MIN_STD), 1.0)
@@ -219,13 +245,28 @@ def normalise_stain(images: np.ndarray, masks: np.ndarray | None = None, target:
     for plane in z:
         np.exp(plane, out=plane)
     # back to RGB: 256 * LMS2RGB @ lms - 1, + 0.5 so that truncation rounds
-    rgb = _mix(_LMS2RGB * 256.0, tuple(z), np.full(3, -0.5))
-    res = np.empty((n, h * w, 3), np.uint8)
-    for c in range(3):
-        np.clip(rgb[c], 0.0, 255.0, out=rgb[c])
-        res[..., c] = rgb[c]
-    res = res.reshape(n, h, w, 3)
-    return res[0] if single else res
+    return _mix(_LMS2RGB * 256.0, tuple(z), np.full(3, -0.5))
+
+
+def _shift_only(batch: np.ndarray, masks: np.ndarray | None, target: StainStats) -> list[np.ndarray]:
+    """RGB planes (N, P), before rounding, of the transfer of the means only.
+
+    With gain 1 the shift d = t_mean - mean in lαβ is a shift c = ln 10 * L2M d of log-LMS, that is
+    a per-channel factor exp(c) on LMS: the whole map is one 3 x 3 matrix on RGB + 1,
+    K = LMS2RGB diag(exp(c)) RGB2LMS, the same result as the general path without a log or an exp
+    per pixel. Only the masked pixels are converted to log space, for their mean.
+    """
+    n = batch.shape[0]
+    flat = batch.reshape(n, -1, 3)
+    if masks is not None and np.ndim(masks) == 2 and np.count_nonzero(masks) >= MIN_PIXELS:
+        ring = _ln_lms(flat[:, np.flatnonzero(masks)])
+        mean, _ = _pixel_stats(ring, np.arange(ring[0].shape[1]))
+    else:
+        mean, _ = _masked_stats(_ln_lms(batch), masks)
+    c = (np.asarray(target.mean)[None, :] - mean) @ _LAB2LMS.T * math.log(10.0)
+    k = np.einsum("ij,nj,jk->nik", _LMS2RGB, np.exp(c), _RGB2LMS)
+    plus_one = tuple(flat[..., i].astype(np.float32) + np.float32(1.0) for i in range(3))
+    return _mix(k, plus_one, np.full((n, 3), -0.5))
 
 
 def disc_mask(size: int, cell_fraction: float) -> np.ndarray:

@@ -35,6 +35,7 @@ import csv
 import hashlib
 import io
 import json
+import math
 import platform
 import random
 import time
@@ -78,7 +79,7 @@ class Recipe:
     input: InputSpec = field(default_factory=lambda: InputSpec(size=64, framing="cell", cell_fraction=0.7))
     stain_normalise: bool = True
     fractions: tuple[float, float, float] = (0.70, 0.15, 0.15)
-    epochs: int = 60
+    epochs: int = 80
     batch_size: int = 128
     lr: float = 3e-3
     weight_decay: float = 5e-4
@@ -210,11 +211,11 @@ def _read_decoded(examples: Sequence[Example], spec: InputSpec) -> tuple[list[by
     return blobs, decoded
 
 
-def ring_stain_target(examples: Sequence[Example], spec: InputSpec) -> StainStats:
+def ring_stain_target(decoded: Sequence[np.ndarray], spec: InputSpec) -> StainStats:
     """The Reinhard target of cell framing: mean lαβ statistics of the pixels around the cell
     (``framing.ring_mask``) over the given (training) images, framed without normalisation."""
     plain = replace(spec, stain_mean=None, stain_std=None)
-    framed = frame_cells(_read_decoded(examples, plain)[1], plain)
+    framed = frame_cells(list(decoded), plain)
     found = framed.pixels[~framed.no_cell]
     return stain_target(list(found), [ring_mask(spec.size, spec.cell_fraction)] * len(found))
 
@@ -245,10 +246,16 @@ def read_negatives(folders: Sequence[Path], spec: InputSpec) -> tuple[np.ndarray
     return (np.concatenate(pixels) if pixels else np.empty((0, size, size, 3), np.uint8)), record
 
 
-def build_cache(examples: Sequence[Example], spec: InputSpec, rng: random.Random | None, q: tuple[int, int]) -> Cache:
+def build_cache(
+    examples: Sequence[Example],
+    spec: InputSpec,
+    rng: random.Random | None,
+    q: tuple[int, int],
+    read: tuple[list[bytes], list[np.ndarray]] | None = None,
+) -> Cache:
     """Decode and frame every example as inference does (and a re-compressed copy when ``rng``);
     images in which no cell is found are left out and listed (inference leaves them unclassified)."""
-    blobs, decoded = _read_decoded(examples, spec)
+    blobs, decoded = read or _read_decoded(examples, spec)  # ``read``: the examples already read and decoded
     framed = frame_cells(decoded, spec)
     keep = ~framed.no_cell
     labels = torch.tensor([CELL_CLASSES.index(e.label) for e in examples])[torch.from_numpy(keep)]
@@ -291,8 +298,13 @@ def fit_calibration(ova_logits: torch.Tensor, lineage_logits: torch.Tensor, y: t
             return loss
 
         opt.step(closure)
-        scales.append(float(ab[0].detach().exp()))
-        biases.append(float(ab[1].detach()))
+        a, b = float(ab[0].detach().exp()), float(ab[1].detach())
+        if not (
+            math.isfinite(a) and math.isfinite(b) and a > 0
+        ):  # LBFGS diverged (near-constant logits): no calibration
+            a, b = 1.0, 0.0
+        scales.append(a)
+        biases.append(b)
     log_t = torch.zeros(1, requires_grad=True)
     lin_y = torch.tensor(LINEAGE_INDEX_OF_CLASS)[y]
     opt = torch.optim.LBFGS([log_t], lr=0.5, max_iter=200, line_search_fn="strong_wolfe")
@@ -304,7 +316,10 @@ def fit_calibration(ova_logits: torch.Tensor, lineage_logits: torch.Tensor, y: t
         return loss
 
     opt.step(closure_t)
-    return Calibration(tuple(scales), tuple(biases), float(log_t.detach().exp()))
+    temperature = float(log_t.detach().exp())
+    return Calibration(
+        tuple(scales), tuple(biases), temperature if math.isfinite(temperature) and temperature > 0 else 1.0
+    )
 
 
 def choose_threshold(
@@ -434,11 +449,12 @@ def train(
         + ", ".join(f"{s} {len(data.splits[s])}" for s in SPLITS)
     )
     rng = random.Random(recipe.seed)
+    train_read = _read_decoded(data.splits["train"], recipe.input)  # once: for the stain target and the cache
     if recipe.stain_normalise and recipe.input.framing == "cell":
-        target = ring_stain_target(data.splits["train"], recipe.input)
+        target = ring_stain_target(train_read[1], recipe.input)
         recipe = replace(recipe, input=replace(recipe.input, stain_mean=target.mean, stain_std=target.std))
         log(f"stain target (around the cells of the training split): {target}")
-    train_cache = build_cache(data.splits["train"], recipe.input, rng, recipe.jpeg_copy_quality)
+    train_cache = build_cache(data.splits["train"], recipe.input, rng, recipe.jpeg_copy_quality, train_read)
     val_cache = build_cache(data.splits["validation"], recipe.input, None, recipe.jpeg_copy_quality)
     n_neg = max(1, int(recipe.negatives_fraction * len(data.splits["train"])))
     neg_sources = rng.sample(data.splits["train"], min(n_neg, len(data.splits["train"])))

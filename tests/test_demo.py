@@ -3,20 +3,30 @@
 from __future__ import annotations
 
 from tests.conftest import PBC_DIR
+from wbcv.base.runstore import read_run_record
 from wbcv.fixtures.demo import main
+from wbcv.validation.integrity import verify_record
+from wbcv.validation.plan import read_plan
+from wbcv.validation.study import load_comparison
 
 
 def test_demo_runs_the_whole_validation(tmp_path, capsys):
     demo = tmp_path / "demo"
     args = ["--cells", str(PBC_DIR), "--out", str(demo), "--samples", "8", "--cells-per-slide", "40", "--no-serve"]
-    rc = main(args)
+    rc = main([*args, "--pass-samples", "3", "--pass-cells", "40"])
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "OVERALL:" in out and "demo: computation finished" in out
     runs = [p for p in (demo / "runs").iterdir() if not p.name.startswith(".")]
-    assert len(runs) == 2
-    compare = next(p for p in runs if "-compare-" in p.name)
-    assert f"PDF: {compare / 'report' / 'report.pdf'}" in out and (compare / "report" / "report.html").is_file()
+    kinds = sorted(read_run_record(p).kind for p in runs)
+    assert kinds == ["comparison", "comparison", "inference", "inference", "precision", "qualitative"]
+    for run in runs:
+        if read_run_record(run).kind != "inference":
+            assert f"PDF: {run / 'report' / 'report.pdf'}" in out and verify_record(run).intact
+    assert read_plan(demo / "plan").strata == {"normal": 20, "abnormal": 40, "leukopenic": 10}
+    planned = [load_comparison(p) for p in runs if "-compare-" in p.name]
+    assert sorted(r.inputs.plan is not None for r in planned) == [False, True]
+    assert sorted(set(r.protocol.measurands) == {"NEUT#", "NEUT%"} for r in planned) == [False, True]
 
 
 def test_demo_without_a_library_says_how_to_give_one(tmp_path, capsys):
@@ -26,7 +36,7 @@ def test_demo_without_a_library_says_how_to_give_one(tmp_path, capsys):
 
 def test_demo_without_cells_uses_phantoms_and_the_phantom_model(tmp_path, capsys):
     args = ["--out", str(tmp_path / "demo"), "--samples", "6", "--cells-per-slide", "120", "--phantoms-per-class", "20"]
-    rc = main([*args, "--no-serve"])
+    rc = main([*args, "--pass-samples", "3", "--pass-cells", "120", "--no-serve"])
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "phantom cells drawn" in out and "model phantom-res2net-tiny@" in out and "OVERALL:" in out

@@ -5,6 +5,7 @@ with their reasons, the two Parquet schemas, and the detection metrics."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import math
 import struct
@@ -21,9 +22,29 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from tests.conftest import REPO
-from wbcv.base.tables import DETECTIONS_FILE, DETECTIONS_SCHEMA, FIELDS_FILE, FIELDS_SCHEMA, PREDICTIONS_FILE
+from wbcv.base.errors import WbcvError
+from wbcv.base.tables import (
+    DETECTIONS_FILE,
+    DETECTIONS_SCHEMA,
+    FIELD_SAMPLES_FILE,
+    FIELD_SAMPLES_SCHEMA,
+    FIELDS_FILE,
+    FIELDS_SCHEMA,
+    PREDICTIONS_FILE,
+)
 from wbcv.cli import main
-from wbcv.inference.fields import FieldParams, analyse_field
+from wbcv.inference.fields import (
+    CYTO_REACH,
+    WORK_RBC_PX,
+    Detection,
+    FieldParams,
+    _grow_into_cytoplasm,
+    _working,
+    analyse_field,
+    red_cell_area_features,
+    red_cell_count,
+)
+from wbcv.inference.segment import read_segment_record, segment_or_reuse, staging_dir
 from wbcv.validation.detection_metrics import box_iou, count_errors, detection_score, match_boxes
 
 RAABIN = REPO.parent / "shared" / "data" / "raabin_fields"
@@ -75,13 +96,78 @@ def test_few_false_white_cells_on_those_fields():
     assert score.recall == 1.0 and score.precision >= 0.8, score
 
 
+#: Val fields whose pale cytoplasm the outline alone missed (labelled-box IoU 0.40-0.46 before the growth).
+PALE_CYTOPLASM = ("c4943d40", "aa83c0ca", "b51f91cc")
+
+
+@pytest.mark.parametrize("stem", PALE_CYTOPLASM)
+def test_the_box_reaches_pale_cytoplasm(stem):
+    (row,) = [r for r in _rows("val") if r["path"].startswith(f"images/{stem}")]
+    wbc = analyse_field(_field(row)).of_kind("wbc")
+    iou = box_iou(np.array([(d.x0, d.y0, d.x1, d.y1) for d in wbc]), np.array(_truth(row, 0)))
+    assert iou.max() >= 0.5
+
+
+def _grow(det: Detection, nuc: np.ndarray, cyto: np.ndarray) -> Detection:
+    work = _working(np.full((nuc.shape[0] * 4, nuc.shape[1] * 4, 3), 200, np.uint8), 4)
+    return _grow_into_cytoplasm(det, work, nuc, cyto)
+
+
+def test_growth_takes_connected_cytoplasm_within_reach_only():
+    nuc = np.zeros((100, 100), bool)
+    nuc[45:55, 45:55] = True
+    cyto = np.zeros_like(nuc)
+    cyto[35:70, 40:60] = True  # connected: grows the box down to row 70
+    cyto[5:15, 5:15] = True  # not connected: ignored
+    det = Detection("wbc", 45 * 4, 45 * 4, 55 * 4, 55 * 4, 0.5, False)
+    grown = _grow(det, nuc, cyto)
+    assert (grown.x0, grown.y0, grown.x1, grown.y1) == (40 * 4, 35 * 4, 60 * 4, 70 * 4)
+    cyto[:, 45:55] = True  # a band across the field: cut at CYTO_REACH diameters from the centre
+    far = _grow(det, nuc, cyto)
+    reach = CYTO_REACH * WORK_RBC_PX * 4
+    assert far.y0 >= 50 * 4 - reach - 4 and far.y1 <= 50 * 4 + reach + 4
+    assert far.touches_edge is False
+
+
+def test_growth_without_nucleus_in_the_box_keeps_the_box():
+    nuc = np.zeros((100, 100), bool)
+    det = Detection("wbc", 40, 40, 80, 80, 0.5, False)
+    assert _grow(det, nuc, np.ones_like(nuc)) == det
+
+
 def test_red_cell_counts_are_near_the_labels_on_val_fields():
     errors = []
     for row in VAL_ONE_WBC:
         n = analyse_field(_field(row)).count("rbc")
         errors.append(abs(n - int(row["rbc"])) / int(row["rbc"]))
-    # the measured median on the whole val split is about 0.27 (benchmarks/eval_fields.py)
-    assert float(np.median(errors)) <= 0.4
+    # the measured median on the whole val split is 0.10 (benchmarks/eval_fields.py; 0.27 when the
+    # watershed regions were counted)
+    assert float(np.median(errors)) <= 0.2
+
+
+def _disc(mask: np.ndarray, cy: float, cx: float, r: float) -> None:
+    yy, xx = np.ogrid[: mask.shape[0], : mask.shape[1]]
+    mask |= (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+
+
+def test_red_cell_area_features_split_inner_and_edge_regions():
+    r = WORK_RBC_PX / 2
+    fg = np.zeros((150, 150), bool)
+    _disc(fg, 50, 50, r)
+    _disc(fg, 50, 50 + 1.6 * r, r)  # touching the first: one region of two cells
+    _disc(fg, 110, 100, r)
+    _disc(fg, 0, 120, r)  # half cut by the top edge
+    fg[140:142, 10:12] = True  # a speck, left out
+    inner, edge, n_edge = red_cell_area_features(fg)
+    assert n_edge == 1
+    assert edge == pytest.approx(0.5, abs=0.05)
+    assert 2.7 <= inner <= 3.0  # three discs less the overlap of the touching pair
+    assert red_cell_count((inner, edge, n_edge)) in (4, 5, 6)
+
+
+def test_red_cell_count_is_zero_without_red_cells_and_grows_with_area():
+    assert red_cell_count((0.0, 0.0, 0)) == 0
+    assert red_cell_count((10.0, 0.0, 0)) > red_cell_count((5.0, 0.0, 0)) > 0
 
 
 def test_the_hsv_baseline_also_runs():
@@ -301,3 +387,96 @@ def test_count_errors_match_numpy_and_leave_zero_counts_out():
     assert s.median == pytest.approx(0.1) and s.p90 == pytest.approx(np.quantile([0.1, 0.2, 0.0], 0.9))
     assert s.mean_signed == pytest.approx((-0.1 + 0.2 + 0.0) / 3)
     assert math.isnan(count_errors([1], [0]).median)
+
+
+# --- atomic segment; wbcv run --fields --------------------------------------------------------
+
+
+def test_field_samples_sum_the_fields_of_each_sample(segmented):
+    out = segmented[0]
+    fields = pl.read_parquet(out / FIELDS_FILE)
+    per = pl.read_parquet(out / FIELD_SAMPLES_FILE)
+    assert per.schema == pl.Schema(FIELD_SAMPLES_SCHEMA)
+    assert per["sample_id"].to_list() == ["S1", "S2"]
+    s2 = per.row(1, named=True)
+    s2_fields = fields.filter(pl.col("sample_id") == "S2")
+    assert s2["fields_given"] == s2_fields.height == 9
+    assert s2["fields_analysed"] == 3 and s2["fields_skipped"] == 6  # 2 good + 1 without a white cell
+    assert s2["rbc_counted"] == s2_fields["rbc"].sum() > 0
+    assert per["wbc_cropped"].sum() == len(list(out.glob("S*/*.png")))
+
+
+def test_segment_json_records_the_fields_and_settings(segmented, fields_batch):
+    record = read_segment_record(segmented[0])
+    assert record is not None
+    assert record["fields_manifest_sha256"] == hashlib.sha256((fields_batch / "manifest.csv").read_bytes()).hexdigest()
+    assert (record["method"], record["drop_edge_wbc"]) == ("od", False)
+    assert record["summary"]["fields"] == 11 and record["summary"]["crops"] >= 4
+    assert not staging_dir(segmented[0]).exists()
+
+
+def test_an_interrupted_segment_leaves_no_batch_and_the_rerun_starts_over(fields_batch, tmp_path, monkeypatch):
+    import wbcv.inference.segment as seg
+
+    out = tmp_path / "batch"
+    real = seg._segment_field
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(seg, "_segment_field", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        seg.segment_batch(fields_batch, out)
+    assert not out.exists() and not staging_dir(out).exists()
+    # a process killed outright leaves its staging folder (read-only files in it): the rerun removes it
+    stale = staging_dir(out)
+    (stale / "S1").mkdir(parents=True)
+    (stale / "S1" / "half.png").write_bytes(b"\x89PNG")
+    (stale / "S1" / "half.png").chmod(0o444)
+    monkeypatch.setattr(seg, "_segment_field", real)
+    summary = seg.segment_batch(fields_batch, out)
+    assert not stale.exists() and not (out / "S1" / "half.png").exists()
+    assert summary.n_fields == 11 and read_segment_record(out) is not None
+
+
+def test_segment_or_reuse_reuses_only_the_same_batch(segmented, fields_batch):
+    out = segmented[0]
+    assert segment_or_reuse(fields_batch, out) is None
+    with pytest.raises(WbcvError, match="differs in: method"):
+        segment_or_reuse(fields_batch, out, FieldParams(method="hsv"))
+    with pytest.raises(WbcvError, match="differs in: drop_edge_wbc"):
+        segment_or_reuse(fields_batch, out, drop_edge_wbc=True)
+
+
+def test_field_options_need_fields(tmp_path, capsys):
+    args = ["run", str(tmp_path), "--reference", "r.csv", "--protocol", "p.yaml", "--method", "hsv"]
+    assert main(args) == 2
+
+
+@pytest.mark.slow  # segments, classifies and compares
+def test_run_with_fields_segments_classifies_and_compares(fields_batch, model_dir, tmp_path, capsys):
+    protocol = tmp_path / "protocol.yaml"
+    text = (REPO / "fixtures" / "samples" / "protocol.yaml").read_text()
+    protocol.write_text(text.replace("min_cells: 100", "min_cells: 1"))
+    reference = tmp_path / "XN_SAMPLE.csv"
+    reference.write_text(
+        "Sample No.,Date,Time,WBC(10^3/uL),NEUT#(10^3/uL),NEUT%(%),LYMPH#(10^3/uL),LYMPH%(%),MONO#(10^3/uL),"
+        "EO#(10^3/uL),BASO#(10^3/uL)\n"
+        "S1,2024/01/02,10:00:00,6.0,3.6,60.0,1.8,30.0,0.4,0.15,0.05\n"
+        "S2,2024/01/02,10:05:00,7.0,4.2,60.0,2.1,30.0,0.5,0.15,0.05\n"
+    )
+    batch, runs = tmp_path / "crops", tmp_path / "runs"
+    args = ["run", str(batch), "--fields", str(fields_batch), "--reference", str(reference)]
+    args += ["--protocol", str(protocol), "--model", str(model_dir), "--out", str(runs), "--no-progress"]
+    assert main(args) in (0, 3)
+    printed = capsys.readouterr().out
+    assert "segmented 11 field(s) of 2 sample(s)" in printed
+    assert read_segment_record(batch) is not None and list(batch.glob("S*/*.png"))
+    assert any("-compare-" in p.name for p in runs.iterdir())
+    assert main(args) in (0, 3)  # run again: the crops are reused, the inference run found finished
+    printed = capsys.readouterr().out
+    assert "already segmented" in printed and "segmented 11" not in printed

@@ -72,6 +72,8 @@ def test_wheel_holds_only_wbcv_and_its_data_files(tmp_path):
         "wbcv/validation/templates/report.html.j2",
         "wbcv/dashboards/assets/plotly-wbcv.min.js",
         "wbcv/fixtures/samples/protocol.yaml",
+        "wbcv/fixtures/samples/results/oru.hl7",
+        "wbcv/validation/results/hl7_oru.py",
         "wbcv/base/runstore.py",
         "wbcv/inference/runner.py",
     ):
@@ -95,7 +97,8 @@ def test_the_comparison_report_and_dashboard_read_runs_without_torch(tmp_path):
     through it (Parquet contract and run records), so `wbcv compare` never pays torch's import."""
     code = (
         "import sys, wbcv.base.runstore, wbcv.base.tables, wbcv.validation.study, wbcv.validation.report, "
-        "wbcv.dashboards.data; print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('wbcv.inference')))"
+        "wbcv.validation.results.run, wbcv.dashboards.data; "
+        "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('wbcv.inference')))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120, check=True

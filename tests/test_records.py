@@ -10,6 +10,7 @@ without its protocol and reference files, still shows them.
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import urllib.request
@@ -78,7 +79,7 @@ NOT_CHECKED = {
     "slides_out_of_domain": [],
 }
 #: Fields added after the stored records were sealed, with what they read as there.
-ADDED_SINCE: dict[str, dict[str, Any]] = {
+DOMAIN_ADDED: dict[str, dict[str, Any]] = {
     "inference-run.json": {"domain": NOT_CHECKED},
     "comparison-run.json": {"protocol.require_in_domain": False, "domain": NOT_CHECKED},
 }
@@ -87,10 +88,52 @@ ADDED_SINCE: dict[str, dict[str, Any]] = {
 @pytest.mark.parametrize("name", ["inference-run.json", "comparison-run.json"])
 def test_a_sealed_run_of_format_1_reads_and_writes_back_the_same_document(name):
     doc = legacy(name)
-    expected = json.loads(json.dumps(doc))  # changed() edits in place
-    for path, value in ADDED_SINCE[name].items():
+    expected = with_fields_added_since(copy.deepcopy(doc))
+    for path, value in DOMAIN_ADDED[name].items():  # the operating-domain check (2026-11-30)
         expected = changed(expected, path, value)
+    if name == "comparison-run.json":
+        # the source run's kind and analyzer, added with results runs (2026-11-30): written back with
+        # what a link without them meant, an inference run and no analyzer
+        expected["inputs"]["inference_run"] |= {"kind": "inference", "analyzer": None}
     assert to_json(parse_record(doc, name)) == expected
+
+
+def test_a_comparison_of_a_results_run_links_it_by_kind_with_the_analyzer():
+    doc = legacy("comparison-run.json")
+    link = doc["inputs"]["inference_run"]
+    del link["model"]
+    link |= {"kind": "results", "analyzer": {"make": "Sysmex", "model": "DI-60", "source": "command line"}}
+    record = parse_record(doc, "c/run.json")
+    assert isinstance(record, ComparisonRecord)
+    got = record.inputs.inference_run
+    assert got.kind == "results" and got.model is None and got.producer == "Sysmex DI-60"
+    assert parse_record(legacy("comparison-run.json"), "c/run.json").inputs.inference_run.kind == "inference"
+    link["kind"] = "training"
+    with pytest.raises(
+        WbcvError, match=r"field .inputs\.inference_run\.kind. is \"training\"; expected .inference. or"
+    ):
+        parse_record(doc, "c/run.json")
+
+
+def with_fields_added_since(doc: dict[str, Any]) -> dict[str, Any]:
+    """A legacy document as it reads back: the protocol fields added with the EP09c additions come
+    back with the defaults that state what those runs did (no outlier screening, tertiles, constant
+    limits, no regression criterion, no plan)."""
+    if doc.get("kind") != "comparison":
+        return doc
+    out = json.loads(json.dumps(doc))
+    out["protocol"] |= {
+        "outliers": None,
+        "bias_intervals": {},
+        "regression_basis": "point_estimate",
+        "difference_limits": "constant",
+        "plan_strata": {},
+        "plan_expected_coverage": None,
+    }
+    for rule in out["protocol"]["measurands"].values():
+        rule["regression"] = None
+    out["inputs"].setdefault("plan", None)
+    return out
 
 
 def test_runs_written_before_a_field_existed_read_with_what_those_runs_meant():
@@ -122,7 +165,7 @@ def test_runs_written_before_a_field_existed_read_with_what_those_runs_meant():
         # a record with the whole protocol must have all of it
         ("protocol.min_cells", DELETE, "field 'protocol.min_cells' missing; expected a whole number"),
         ("created_utc", "today", "field 'created_utc' is \"today\"; expected a UTC time such as"),
-        ("kind", "training", "field 'kind' is \"training\"; expected 'inference' or 'comparison'"),
+        ("kind", "training", "field 'kind' is \"training\"; expected 'inference' or 'comparison' or 'results'"),
         ("format", "wbcv-run/2", "field 'format' is \"wbcv-run/2\"; expected 'wbcv-run/1'"),
     ],
 )
@@ -152,6 +195,22 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+ADDED_SINCE: tuple[str, ...] = (
+    "protocol.outliers",
+    "protocol.bias_intervals",
+    "protocol.difference_limits",
+    "protocol.regression_basis",
+    "protocol.plan_",
+    "protocol.results_import",
+    "protocol.measurands.",
+    "inputs.plan",
+    "inputs.inference_run.kind",
+    "inputs.inference_run.analyzer",
+    "domain",
+    "protocol.require_in_domain",
+)
+
+
 @pytest.mark.slow  # starts the command line or a whole run
 def test_what_is_sealed_reads_back_to_the_same_document_with_the_same_key_names(study):
     for run in sorted((study / "runs").iterdir()):
@@ -160,11 +219,12 @@ def test_what_is_sealed_reads_back_to_the_same_document_with_the_same_key_names(
         assert to_json(record) == doc
         if isinstance(record, ComparisonRecord):
             assert isinstance(record.protocol, ProtocolRecord)
-        name = "comparison-run.json" if isinstance(record, ComparisonRecord) else "inference-run.json"
-        old = legacy(name)
-        for path, value in ADDED_SINCE[name].items():  # keys added since: present with their values' keys
-            old = changed(old, path, value)
-        assert key_paths(doc) == key_paths(old), run.name
+        old = legacy("comparison-run.json" if isinstance(record, ComparisonRecord) else "inference-run.json")
+        # keys are never renamed or removed within the format; the ones added since the stored
+        # records were sealed (EP09c additions, plans, results runs, strata) are the only new ones
+        assert key_paths(old) <= key_paths(doc), run.name
+        added = {k for k in key_paths(doc) - key_paths(old) if not k.startswith(ADDED_SINCE)}
+        assert not added, (run.name, sorted(added))
 
 
 def _layout(runs: Path) -> str:

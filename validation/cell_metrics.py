@@ -152,3 +152,109 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, n_bi
         if m.any():
             ece += m.mean() * abs(ok[m].mean() - conf[m].mean())
     return float(ece)
+
+
+# --- pre-classification against verification (ICSH 2019; per-cell analyzer exports) ------------------
+
+
+def specificity(cm: np.ndarray) -> np.ndarray:
+    """Specificity per class i (one class against the rest), TN_i / (TN_i + FP_i), where
+    TN_i + FP_i = N - n_i (cells of other true classes) and FP_i = P_i - TP_i; 0 where no cell is
+    of another class (``zero_division=0``, as the rest of this module). Works on the K x (K+1)
+    matrix (an unclassified cell is a negative prediction for every class) and on a square one.
+    = sklearn ``recall_score(y_true != i, y_pred != i)`` for each i (the negative class's recall)."""
+    n = cm.sum()
+    negatives = n - _true_counts(cm)
+    false_positives = _predicted_counts(cm) - _true_positives(cm)
+    return _ratio_or_zero(negatives - false_positives, negatives)
+
+
+def weighted_kappa(cm: np.ndarray, weights: str) -> float:
+    """Cohen's weighted kappa of a square agreement matrix (rows: one rater, columns: the other),
+    kappa_w = 1 - sum(w_ij O_ij) / sum(w_ij E_ij), E_ij = row_i col_j / N (Cohen 1968, Psychol Bull
+    70:213), with disagreement weights w_ij = |i - j| ("linear") or (i - j)^2 ("quadratic") by the
+    categories' order in the matrix; "none" gives the unweighted kappa. NaN when sum(w E) = 0 (all
+    cells in one category). = sklearn ``cohen_kappa_score(a, b, labels=<the categories>,
+    weights=...)``. The weights make sense only for ordered categories: for cell classes the order
+    is CELL_CLASSES' and the unweighted kappa is the primary figure."""
+    o = np.asarray(cm, dtype=np.float64)
+    if o.ndim != 2 or o.shape[0] != o.shape[1]:
+        raise ValueError(f"weighted_kappa needs a square matrix, got shape {o.shape}")
+    idx = np.arange(o.shape[0])
+    diff = np.abs(idx[:, None] - idx[None, :]).astype(np.float64)
+    w = {"none": (diff > 0).astype(np.float64), "linear": diff, "quadratic": diff**2}.get(weights)
+    if w is None:
+        raise ValueError(f"weights must be none, linear or quadratic, got {weights!r}")
+    n = o.sum()
+    expected = np.outer(o.sum(axis=1), o.sum(axis=0)) / n if n else np.zeros_like(o)
+    denominator = float((w * expected).sum())
+    return 1.0 - float((w * o).sum()) / denominator if denominator > 0 else float("nan")
+
+
+def wilson_interval(k: int, n: int, confidence: float) -> tuple[float, float]:
+    """Wilson score interval of a proportion k/n (Wilson 1927, JASA 22:209; Newcombe 1998, Stat Med
+    17:857, method 3), through ``scipy.stats.binomtest(k, n).proportion_ci(method="wilson")``;
+    (NaN, NaN) when n = 0."""
+    from scipy.stats import binomtest
+
+    if n == 0:
+        return float("nan"), float("nan")
+    ci = binomtest(int(k), int(n)).proportion_ci(confidence_level=confidence, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
+def _agreement_weights(k: int, weights: str) -> np.ndarray:
+    """Agreement weights 1 - d_ij / max d of weighted_kappa's disagreement weights d (identity for
+    "none"; vcd's "Equal-Spacing" for linear, "Fleiss-Cohen" for quadratic): they give the same kappa."""
+    idx = np.arange(k)
+    diff = np.abs(idx[:, None] - idx[None, :]).astype(np.float64)
+    if weights == "none":
+        return np.eye(k)
+    d = {"linear": diff, "quadratic": diff**2}.get(weights)
+    if d is None:
+        raise ValueError(f"weights must be none, linear or quadratic, got {weights!r}")
+    return 1.0 - d / d.max() if k > 1 else np.ones((1, 1))
+
+
+def kappa_standard_error(cm: np.ndarray, weights: str) -> float:
+    """Large-sample standard error of Cohen's (weighted) kappa, not assuming kappa = 0 (for intervals).
+
+    With p_ij = O_ij / n, margins p_i. and p_.j, agreement weights w_ij (1 on the diagonal),
+    wbar_i. = sum_j w_ij p_.j, wbar_.j = sum_i w_ij p_i., p_e = sum w_ij p_i. p_.j and kappa_w:
+
+        Var = [ sum_ij p_ij (w_ij - (wbar_i. + wbar_.j)(1 - kappa_w))^2 - (kappa_w - p_e (1 - kappa_w))^2 ]
+              / (n (1 - p_e)^2)
+
+    Source: Fleiss J.L., Cohen J., Everitt B.S. (1969), Large sample standard errors of kappa and
+    weighted kappa, Psychol Bull 72:323-327, eq. 13 (the unweighted case with w = identity, eq. 9 there);
+    the same formula as R's vcd::Kappa ``ASE``. NaN when n = 0 or p_e = 1 (kappa undefined).
+    """
+    o = np.asarray(cm, dtype=np.float64)
+    if o.ndim != 2 or o.shape[0] != o.shape[1]:
+        raise ValueError(f"kappa_standard_error needs a square matrix, got shape {o.shape}")
+    n = o.sum()
+    if n == 0:
+        return float("nan")
+    w = _agreement_weights(o.shape[0], weights)
+    p = o / n
+    rows, cols = p.sum(axis=1), p.sum(axis=0)
+    pe = float(rows @ w @ cols)
+    if pe >= 1.0:
+        return float("nan")
+    kw = (float((w * p).sum()) - pe) / (1.0 - pe)
+    wbar_row, wbar_col = w @ cols, rows @ w
+    inner = w - (wbar_row[:, None] + wbar_col[None, :]) * (1.0 - kw)
+    var = (float((p * inner**2).sum()) - (kw - pe * (1.0 - kw)) ** 2) / (n * (1.0 - pe) ** 2)
+    return float(np.sqrt(max(var, 0.0)))
+
+
+def kappa_interval(cm: np.ndarray, weights: str, confidence: float) -> tuple[float, float]:
+    """Wald interval kappa_w -/+ z_(1+confidence)/2 x ``kappa_standard_error`` (Fleiss, Cohen & Everitt
+    1969; vcd's ``confint.Kappa``), not clipped to [-1, 1]; (NaN, NaN) when kappa is undefined."""
+    from scipy.stats import norm
+
+    kw, se = weighted_kappa(cm, weights), kappa_standard_error(cm, weights)
+    if not (np.isfinite(kw) and np.isfinite(se)):
+        return float("nan"), float("nan")
+    z = float(norm.ppf(0.5 + confidence / 2))
+    return kw - z * se, kw + z * se

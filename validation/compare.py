@@ -40,6 +40,7 @@ import polars as pl
 
 from wbcv.base.errors import WbcvError
 from wbcv.validation import sampling
+from wbcv.validation.examiner_check import within_counting_interval
 from wbcv.validation.measurands import MEASURANDS
 from wbcv.validation.protocol import MeasurandRule, Protocol, effective_limit_pct, within_limit
 from wbcv.validation.reference import MARKS, ReferenceData, implausibility
@@ -64,6 +65,11 @@ COMPARISON_SCHEMA: Final[dict[str, pl.DataType]] = {
     "flags": pl.String(),
     "marks": pl.String(),
     "source_row": pl.Int64(),
+    # a manual reference's counting interval (Clopper-Pearson, percent) and whether the value lies in it;
+    # null for a reference without one (wbcv.validation.examiner_check)
+    "reference_ci_low": pl.Float64(),
+    "reference_ci_high": pl.Float64(),
+    "within_reference_interval": pl.Boolean(),
 }
 EXCLUDED_SCHEMA: Final[dict[str, pl.DataType]] = {
     "sample_id": pl.String(),
@@ -77,6 +83,10 @@ EXCLUDED_SCHEMA: Final[dict[str, pl.DataType]] = {
     "error_pct": pl.Float64(),
     "n_classified": pl.Int64(),
 }
+
+
+#: The reason of a reference sample that the run has no counts for.
+NOT_IN_RUN: Final[str] = "in the reference file but not in the run (no slide set)"
 
 
 @dataclass(frozen=True)
@@ -136,8 +146,8 @@ def _flag_reason(flags: list[str], protocol: Protocol) -> str | None:
     return f"reference flag(s) {', '.join(hit)}" if hit else None
 
 
-def compare(counts: pl.DataFrame, ref: ReferenceData, protocol: Protocol) -> Comparison:
-    """The comparison table and the excluded list for every measurand of the protocol."""
+def check_reference_columns(ref: ReferenceData, protocol: Protocol) -> None:
+    """Refuse (WbcvError) a reference that lacks a quantity the protocol needs, naming each."""
     missing = [m for m in protocol.measurands if m not in ref.quantities and m != "WBC"]
     needs_wbc = protocol.count_mode == "relative" and any(MEASURANDS[m].kind == "count" for m in protocol.measurands)
     if needs_wbc and "WBC" not in ref.quantities:
@@ -155,6 +165,11 @@ def compare(counts: pl.DataFrame, ref: ReferenceData, protocol: Protocol) -> Com
             f"{ref.path}: the protocol {protocol.path.name} needs column(s) the reference does not have: "
             f"{', '.join(missing)}"
         )
+
+
+def compare(counts: pl.DataFrame, ref: ReferenceData, protocol: Protocol) -> Comparison:
+    """The comparison table and the excluded list for every measurand of the protocol."""
+    check_reference_columns(ref, protocol)
     chosen, reruns = select_measurements(ref, protocol.rerun_rule)
     run_ids = counts["sample_id"]
     # Samples whose only rows the reference parser left out (short rows ...) are listed there with
@@ -177,7 +192,7 @@ def compare(counts: pl.DataFrame, ref: ReferenceData, protocol: Protocol) -> Com
         "sample_id",
         pl.lit(None, dtype=pl.String).alias("measurand"),
         "source_row",
-        pl.lit("in the reference file but not in the run (no slide set)").alias("reason"),
+        pl.lit(NOT_IN_RUN).alias("reason"),
     )
     in_run = chosen.filter(pl.col("sample_id").is_in(run_ids.implode()))["source_row"]
     ref_by_id = {
@@ -352,4 +367,16 @@ def _one_value(
         "flags": ", ".join(r["flags"]) or None,
         "marks": marks or None,
         "source_row": r["source_row"],
+        **_counting_interval(name, predicted, r),
     }, None
+
+
+def _counting_interval(name: str, predicted: float, r: dict[str, Any]) -> dict[str, Any]:
+    """The reference's counting interval of this measurand (a manual differential's) and whether
+    the predicted value lies in it; nulls when the reference has none."""
+    low, high = r.get(f"{name} ci_low"), r.get(f"{name} ci_high")
+    return {
+        "reference_ci_low": low,
+        "reference_ci_high": high,
+        "within_reference_interval": within_counting_interval(predicted, low, high),
+    }

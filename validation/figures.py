@@ -12,6 +12,7 @@ counting its cells alone would cause, ``wbcv.validation.sampling.counting_error_
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Final
 
 import numpy as np
@@ -19,6 +20,7 @@ import plotly.graph_objects as go
 import polars as pl
 
 from wbcv.base.taxonomy import CELL_CLASSES, UNCLASSIFIED
+from wbcv.validation.bias_range import RegressionLimits
 from wbcv.validation.measurands import MEASURANDS
 from wbcv.validation.protocol import MeasurandRule, effective_limit_pct
 
@@ -191,9 +193,15 @@ def verification_plot(
 
 
 def bland_altman_plot(
-    rows: pl.DataFrame, measurand: str, stats: dict[str, Any] | None, webgl: bool = False
+    rows: pl.DataFrame,
+    measurand: str,
+    stats: dict[str, Any] | None,
+    webgl: bool = False,
+    regression_limits: dict[str, Any] | None = None,
 ) -> go.Figure:
-    """Differences (test - reference) against the pair means, with bias and limits of agreement."""
+    """Differences (test - reference) against the pair means, with bias and limits of agreement;
+    with ``regression_limits`` (``wbcv.validation.bias_range.RegressionLimits`` as statistics.json
+    holds it) also the regression-based bias and limits over the observed means."""
     data = rows.filter(pl.col("measurand") == measurand)
     mean = ((data["predicted"] + data["reference"]) / 2).to_numpy()
     scatter = go.Scattergl if webgl else go.Scatter
@@ -228,6 +236,8 @@ def bland_altman_plot(
                     line={"color": LIMIT_COLOUR, "dash": "dash"},
                 )
             )
+    if regression_limits and mean.size:
+        _add_regression_limits(fig, mean, regression_limits)
     fig.update_layout(
         title=f"{measurand}: Bland–Altman",
         xaxis_title="mean of test and reference",
@@ -235,6 +245,29 @@ def bland_altman_plot(
         template="plotly_white",
     )
     return fig
+
+
+def _add_regression_limits(fig: go.Figure, mean: np.ndarray, rl: dict[str, Any]) -> None:
+    """The regression-based bias and limits of agreement (Bland & Altman 1999 §3.2) over the observed means."""
+    a = np.linspace(float(mean.min()), float(mean.max()), 50)
+    fit = RegressionLimits(**{f.name: rl[f.name] for f in dataclasses.fields(RegressionLimits)})
+    bias, lower, upper = fit.at(a)
+    for y, name, dash in (
+        (bias, "regression bias", "dot"),
+        (lower, "regression limits", "dashdot"),
+        (upper, None, "dashdot"),
+    ):
+        fig.add_trace(
+            go.Scatter(
+                x=a,
+                y=y,
+                mode="lines",
+                name=name or "regression limits",
+                showlegend=name is not None,
+                legendgroup="regression-limits" if name != "regression bias" else None,
+                line={"color": COVERAGE_COLOUR if name == "regression bias" else LIMIT_COLOUR, "dash": dash},
+            )
+        )
 
 
 def regression_plot(

@@ -14,7 +14,9 @@ Three manifests, each hashing what it covers with sha256:
 Manifests are written and compared by ``wbcv.base.runstore`` (``write_manifest``,
 ``manifest_differences``), for the run and for its report alike.
 
-``verify_record`` names every file that was changed, added or removed anywhere in that chain.
+``verify_record`` names every file that was changed, added or removed anywhere in that chain, and
+every line edited or removed in the verification log beside the run whose cells were verified
+(``wbcv.validation.verification_log``: the inference run itself, or the one a comparison used).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from wbcv.base.atomic import sha256_file
 from wbcv.base.errors import WbcvError, listing
 from wbcv.base.records import ComparisonRecord, RunRecord
 from wbcv.base.runstore import RUN_RECORD, Verification, locate_source_run, manifest_differences, verify_run
+from wbcv.validation.verification_log import LogCheck, check_log, head_path, log_path
 
 # The report's layout inside a run; defined here (light imports) so `wbcv verify` starts fast.
 REPORT_DIR: Final[str] = "report"
@@ -55,6 +58,7 @@ class RecordVerification:
     report_manifest_sha256: str | None  # None when the run has no report
     linked_runs: tuple[Path, ...]  # runs this one was made from, verified too
     findings: tuple[Finding, ...]
+    verification_logs: tuple[LogCheck, ...] = ()  # the technologist's verification of the cells, when logged
 
     @property
     def intact(self) -> bool:
@@ -94,7 +98,8 @@ def source_run_findings(run_dir: Path, record: RunRecord, *, files: bool = True)
         return None, []
     path = locate_source_run(run_dir, record)
     if not (path / RUN_RECORD).is_file():
-        return path, [Finding("missing", str(path / RUN_RECORD), "the inference run this comparison used")]
+        used = f"the {record.inputs.inference_run.kind} run this comparison used"
+        return path, [Finding("missing", str(path / RUN_RECORD), used)]
     if sha256_file(path / RUN_RECORD) != record.inputs.inference_run.record_sha256:
         return path, [Finding("changed", str(path / RUN_RECORD), "differs from the sha256 recorded at comparison")]
     if not files:
@@ -124,7 +129,18 @@ def verify_record(run_dir: Path) -> RecordVerification:
     findings += report_findings
     linked, linked_findings = source_run_findings(run_dir, v.record)
     findings += linked_findings
-    return RecordVerification(run_dir, v.record_sha256, manifest_sha, (linked,) if linked else (), tuple(findings))
+    logs = _verification_logs(linked if linked is not None else run_dir)
+    findings += [Finding(f.kind, str(log.path), f"{f.where}: {f.detail}") for log in logs for f in log.findings]
+    return RecordVerification(
+        run_dir, v.record_sha256, manifest_sha, (linked,) if linked else (), tuple(findings), tuple(logs)
+    )
+
+
+def _verification_logs(cells_run: Path) -> list[LogCheck]:
+    """The verification log beside the run whose cells were verified, checked, when there is one."""
+    if not (log_path(cells_run).exists() or head_path(cells_run).exists()):
+        return []
+    return [check_log(cells_run)]
 
 
 def require_intact(run_dir: Path, purpose: str) -> Verification:
@@ -141,7 +157,8 @@ def require_intact(run_dir: Path, purpose: str) -> Verification:
     own = _data_findings(v)
     source, upstream = source_run_findings(run_dir, v.record)
     if own or upstream:
-        altered = "the run" if own else f"the inference run it was made from ({source})"
+        kind = v.record.inputs.inference_run.kind if isinstance(v.record, ComparisonRecord) else "inference"
+        altered = "the run" if own else f"the {kind} run it was made from ({source})"
         what = "; ".join(listing([str(f) for f in own + upstream]))
         raise WbcvError(
             f"{run_dir}: {altered} was altered after it was sealed ({what}); {purpose}. "

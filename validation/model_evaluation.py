@@ -12,9 +12,10 @@ the shipped OVA + lineage combination, and the plain 5-way softmax head trained 
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -25,9 +26,9 @@ from PIL import Image, ImageEnhance, ImageFilter
 from wbcv.base.errors import WbcvError
 from wbcv.base.taxonomy import CELL_CLASSES, OUTCOMES, UNCLASSIFIED
 from wbcv.inference.artifact import LoadedModel, load_artifact, read_card
-from wbcv.inference.combine import UNCLASSIFIED_INDEX
-from wbcv.inference.decode import ACCEPTED_FORMATS_TEXT
-from wbcv.inference.library import LabelledCell
+from wbcv.inference.combine import ABSTAIN_REASONS, UNCLASSIFIED_INDEX
+from wbcv.inference.decode import ACCEPTED_FORMATS_TEXT, IMAGE_EXTENSIONS
+from wbcv.inference.library import LabelledCell, read_cell_library
 from wbcv.inference.predict import Scored, decode_files, score_pixels
 from wbcv.inference.training import read_split, update_card
 from wbcv.validation import cell_metrics as cm
@@ -195,6 +196,14 @@ def _hue(degrees: float) -> Callable[[Image.Image], Image.Image]:
     return fn
 
 
+def _channel_gain(gains: tuple[float, float, float]) -> Callable[[Image.Image], Image.Image]:
+    def fn(im: Image.Image) -> Image.Image:
+        a = np.asarray(im, dtype=np.float32) * np.asarray(gains, dtype=np.float32)
+        return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
+
+    return fn
+
+
 def _stain(scale_h: float, scale_e: float) -> Callable[[Image.Image], Image.Image]:
     """Change haematoxylin and eosin concentrations (Ruifrok-Johnston vectors)."""
     rgb_from_hed = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
@@ -246,6 +255,15 @@ STRESS_SHIFTS: Final[dict[str, Callable[[bytes], bytes]]] = {
     "rescale 0.75 (lower magnification)": _pil_shift(_zoom(0.75)),
     "rescale 1.33 (higher magnification)": _pil_shift(_zoom(1.33)),
     "grayscale": _pil_shift(lambda im: im.convert("L").convert("RGB")),
+    # the wider grid (issue 14): shifts of the size other laboratories show
+    "hue +40 degrees": _pil_shift(_hue(40)),
+    "saturation x0.3": _pil_shift(lambda im: ImageEnhance.Color(im).enhance(0.3)),
+    "stain: haematoxylin x1.6, eosin x0.5": _pil_shift(_stain(1.6, 0.5)),
+    "yellow cast (blue x0.8)": _pil_shift(_channel_gain((1.0, 1.0, 0.8))),
+    "rescale 0.5 (half the magnification)": _pil_shift(_zoom(0.5)),
+    "rescale 1.6": _pil_shift(_zoom(1.6)),
+    "blur sigma 4 px (full resolution)": _pil_shift(lambda im: im.filter(ImageFilter.GaussianBlur(4))),
+    "JPEG quality 10": _pil_shift(lambda im: im, jpeg_quality=10),
 }
 
 
@@ -268,9 +286,80 @@ def stress_test(model: LoadedModel, cells: Sequence[LabelledCell]) -> dict[str, 
 # --- qualification of a freshly trained model ----------------------------------------------
 
 
-def qualify_model(model_dir: Path, cells_dir: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Evaluate a trained artifact on its held-out test split and record the results in its card:
-    ``metrics`` (test split, the evaluation JSON), ``ablation`` and ``stress_test``."""
+def other_lab_figures(model: LoadedModel, cells: Sequence[LabelledCell]) -> dict[str, Any]:
+    """The evaluation of labelled cells of another laboratory, as the card keeps it."""
+    report = evaluate_cells(model, cells)
+    keep = ("n", "balanced_accuracy", "accuracy", "selective_accuracy", "unclassified_rate", "ece", "per_class")
+    return {
+        **{k: report[k] for k in keep},
+        "confusion_matrix": report["confusion_matrix"],
+        "skipped": len(report["skipped"]),
+    }
+
+
+def rejection_figures(model: LoadedModel, folders: Mapping[str, Path]) -> dict[str, dict[str, Any]]:
+    """Per kind of object that is not a mature white cell (a folder of its images): how many
+    images, the share left unclassified (the target), and the reasons; undecodable files count as
+    unclassified (they never reach a differential)."""
+    out: dict[str, dict[str, Any]] = {}
+    for kind, folder in folders.items():
+        paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not paths:
+            raise WbcvError(f"{folder}: no images of kind {kind!r}; expected a folder of {IMAGE_EXTENSIONS}")
+        decoded = decode_files(model, paths)
+        combined = score_pixels(model, decoded.pixels, decoded.no_cell).combined
+        reasons = Counter(ABSTAIN_REASONS[int(r)] or "classified" for r in combined.abstain_reason)
+        reasons.update({"undecodable": len(decoded.rejected)})
+        out[kind] = {
+            "n": len(paths),
+            "unclassified_share": _r(1 - reasons["classified"] / len(paths)),
+            "reasons": dict(sorted((k, v) for k, v in reasons.items() if v)),
+            "folder": str(Path(folder).resolve()),
+        }
+    return out
+
+
+def _variants(model: LoadedModel) -> dict[str, LoadedModel]:
+    """The model as shipped and with one part of its input path or its rejection switched off."""
+    out = {"as shipped": model}
+    if model.input.stain_mean is not None:
+        out["without stain normalisation"] = dataclasses.replace(
+            model, input=dataclasses.replace(model.input, stain_mean=None, stain_std=None)
+        )
+    if model.ood is not None:
+        out["without the out-of-distribution score"] = dataclasses.replace(model, ood=None)
+    return out
+
+
+def pipeline_ablation(
+    model: LoadedModel, sets: Mapping[str, Sequence[LabelledCell]], non_wbc: Mapping[str, Path]
+) -> dict[str, dict[str, Any]]:
+    """What each part of the input path and of the rejection buys, at inference (same weights):
+    per variant (``_variants``), balanced accuracy and unclassified rate on each labelled set and
+    the unclassified share of each kind of non-WBC object."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, variant in _variants(model).items():
+        row: dict[str, Any] = {}
+        for set_name, cells in sets.items():
+            r = evaluate_cells(variant, cells)
+            row[set_name] = {k: r[k] for k in ("n", "balanced_accuracy", "unclassified_rate", "ece")}
+        for kind, figures in rejection_figures(variant, non_wbc).items():
+            row[kind] = {"n": figures["n"], "unclassified_share": figures["unclassified_share"]}
+        out[name] = row
+    return out
+
+
+def qualify_model(
+    model_dir: Path,
+    cells_dir: Path,
+    log: Callable[[str], None] = print,
+    other_labs: Mapping[str, Path] | None = None,
+    non_wbc: Mapping[str, Path] | None = None,
+) -> dict[str, Any]:
+    """Evaluate a trained artifact and record the results in its card: ``metrics`` (held-out test
+    split, the evaluation JSON), ``ablation``, ``stress_test``, and when given ``other_labs``
+    (name -> labelled library of another laboratory, never trained on) and ``non_wbc`` (kind ->
+    folder of images that are not white cells, never trained on): their figures."""
     model = load_artifact(model_dir)
     test = read_split(model_dir, Path(cells_dir), "test")
     log(f"evaluating on the held-out test split ({len(test)} cells)")
@@ -281,6 +370,17 @@ def qualify_model(model_dir: Path, cells_dir: Path, log: Callable[[str], None] =
     update_card(model_dir, "ablation", ablation(model, test))
     log("stress test under synthetic acquisition shifts")
     update_card(model_dir, "stress_test", stress_test(model, test))
+    if other_labs:
+        log(f"other laboratories: {', '.join(other_labs)}")
+        labs = {name: other_lab_figures(model, read_cell_library(d)) for name, d in other_labs.items()}
+        update_card(model_dir, "other_labs", labs)
+    if non_wbc:
+        log(f"objects that are not white cells: {', '.join(non_wbc)}")
+        update_card(model_dir, "rejection", rejection_figures(model, non_wbc))
+    if model.input.framing == "cell":
+        log("ablation of the input path and the rejection rules")
+        sets = {"test split": test, **{name: read_cell_library(d) for name, d in (other_labs or {}).items()}}
+        update_card(model_dir, "pipeline_ablation", pipeline_ablation(model, sets, non_wbc or {}))
     card = read_card(model_dir)
     (model_dir / "MODEL_CARD.md").write_text(render_model_card(card))
     return metrics
@@ -399,7 +499,80 @@ def render_model_card(card: dict[str, Any]) -> str:
                 f"{pct(r['selective_accuracy'])} | {pct(r['unclassified_rate'])} |"
                 for name, r in card[key].items()
             ]
+    lines += _other_labs_section(card.get("other_labs")) + _rejection_section(card.get("rejection"), card.get("ood"))
+    lines += _pipeline_ablation_section(card.get("pipeline_ablation"))
     return "\n".join(lines) + "\n"
+
+
+def _other_labs_section(labs: dict[str, Any] | None) -> list[str]:
+    if not labs:
+        return []
+
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{100 * x:.1f} %"
+
+    lines = [
+        "",
+        "## Other laboratories (never trained or tuned on)",
+        "",
+        "| laboratory | n | balanced accuracy | accuracy | unclassified | ECE | sensitivity per class |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, r in labs.items():
+        sens = ", ".join(f"{c} {pct(v['sensitivity'])}" for c, v in (r.get("per_class") or {}).items())
+        lines.append(
+            f"| {name} | {r['n']} | {pct(r['balanced_accuracy'])} | {pct(r['accuracy'])} | "
+            f"{pct(r['unclassified_rate'])} | {r['ece']} | {sens} |"
+        )
+    return lines
+
+
+def _rejection_section(rejection: dict[str, Any] | None, ood: dict[str, Any] | None) -> list[str]:
+    lines: list[str] = []
+    if ood:
+        lines += [
+            "",
+            "## Out-of-distribution score",
+            "",
+            f"{ood['method']}: threshold {ood['threshold']:.1f} (the {ood.get('quantile')} quantile on the "
+            f"validation split; {100 * ood.get('validation_rejected', 0):.2f} % of validation cells above it); "
+            f"file `{ood['file']}`, sha256 `{ood['sha256']}`.",
+        ]
+    if rejection:
+        lines += [
+            "",
+            "## Objects that are not white cells (never trained on)",
+            "",
+            "| kind | n | unclassified | reasons | images |",
+            "|---|---|---|---|---|",
+        ]
+        for kind, r in rejection.items():
+            reasons = ", ".join(f"{k} {v}" for k, v in r["reasons"].items())
+            share = "-" if r["unclassified_share"] is None else f"{100 * r['unclassified_share']:.1f} %"
+            lines.append(f"| {kind} | {r['n']} | {share} | {reasons} | `{r['folder']}` |")
+    return lines
+
+
+def _pipeline_ablation_section(ablation: dict[str, dict[str, Any]] | None) -> list[str]:
+    if not ablation:
+        return []
+    columns = list(next(iter(ablation.values())))
+
+    def cell(r: dict[str, Any]) -> str:
+        if "balanced_accuracy" in r:
+            ba, un = r["balanced_accuracy"], r["unclassified_rate"]
+            return "-" if ba is None else f"{100 * ba:.1f} % ({100 * un:.1f} % uncl.)"
+        share = r["unclassified_share"]
+        return "-" if share is None else f"{100 * share:.1f} % uncl."
+
+    return [
+        "",
+        "## Ablation of the input path and the rejection (same weights; balanced accuracy, or unclassified share)",
+        "",
+        "| variant | " + " | ".join(columns) + " |",
+        "|---|" + "---|" * len(columns),
+        *(f"| {name} | " + " | ".join(cell(row[c]) for c in columns) + " |" for name, row in ablation.items()),
+    ]
 
 
 def json_inline(value: Any) -> str:

@@ -23,6 +23,17 @@ Example (every key that exists; ``wbcv`` refuses unknown keys and suggests the c
     rerun_rule: last                # last | first | reject
     decision_levels: {NEUT#: [1.5, 7.0]}
     require_in_domain: false        # true: a batch not shown inside the model's operating domain fails
+    results_import:                 # optional: for analyzer exports (wbcv.validation.results.mapping)
+      classes: {Band neutrophil: neutrophil, Giant platelet: {excluded: not a white cell}}
+      codes: {LOC-SMU: Smudge}      # HL7 OBX-3 / ASTM R-3 code -> export class name
+      analyzer: {make: Sysmex, model: DI-60, software_version: "1.2", serial: "A1234"}
+    # EP09c additions (wbcv.validation.comparison_outliers, bias_range, regression_acceptance, plan):
+    #   measurands.<M>.regression: {slope: [0.8, 1.2], intercept_abs: 0.5}   # Passing-Bablok criterion
+    #   acceptance.regression_basis: point_estimate   # point_estimate | ci (the whole CI within the limits)
+    outliers: {method: esd, alpha: 0.05, max_share: 0.05, differences: absolute, verdict: with}
+    bias_intervals: {NEUT#: [2.0, 7.5]}   # cut points of the reference value; default: tertiles
+    difference_plot: {limits: constant}   # constant | regression (Bland & Altman 1999 §3.2)
+    plan: {strata: {normal: 40, leukopenic: 20, abnormal: 20}, expected_coverage: 0.99}   # wbcv plan
 
 The file is read by ``wbcv.base.yamlfile`` (the one YAML reader: size and alias-expansion caps,
 duplicate keys refused, YAML 1.2 scalars). Ids, versions, titles, the study's entries, flag and
@@ -32,6 +43,7 @@ mapping there is an error. Every problem names the file and the key path.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Final
@@ -39,10 +51,11 @@ from typing import Any, Final
 import numpy as np
 
 from wbcv.base.errors import WbcvError, clipped, listing, shown, suggest
-from wbcv.base.records import MeasurandRule, ProtocolRecord
+from wbcv.base.records import MeasurandRule, OutlierRule, ProtocolRecord, RegressionCriterion
 from wbcv.base.yamlfile import number_hint, read_yaml
 from wbcv.validation.measurands import MEASURANDS
 from wbcv.validation.reference import MARKS
+from wbcv.validation.results.mapping import ANALYZER_KEYS, check_section
 
 TOP_KEYS: Final[tuple[str, ...]] = (
     "protocol",
@@ -55,15 +68,24 @@ TOP_KEYS: Final[tuple[str, ...]] = (
     "rerun_rule",
     "decision_levels",
     "require_in_domain",
+    "results_import",
+    "outliers",
+    "bias_intervals",
+    "difference_plot",
+    "plan",
 )
 PROTOCOL_KEYS: Final[tuple[str, ...]] = ("id", "version", "title")
 STUDY_KEYS: Final[tuple[str, ...]] = ("id", "site", "reference_analyzer", "description", "investigator")
-MEASURAND_KEYS: Final[tuple[str, ...]] = ("allowable_error_pct", "absolute_limit")
-ACCEPTANCE_KEYS: Final[tuple[str, ...]] = ("required_coverage", "basis", "confidence")
+MEASURAND_KEYS: Final[tuple[str, ...]] = ("allowable_error_pct", "absolute_limit", "regression")
+ACCEPTANCE_KEYS: Final[tuple[str, ...]] = ("required_coverage", "basis", "confidence", "regression_basis")
+REGRESSION_KEYS: Final[tuple[str, ...]] = ("slope", "intercept_abs")
+OUTLIER_KEYS: Final[tuple[str, ...]] = ("method", "alpha", "max_share", "differences", "verdict")
+DIFFERENCE_PLOT_KEYS: Final[tuple[str, ...]] = ("limits",)
+PLAN_KEYS: Final[tuple[str, ...]] = ("strata", "expected_coverage")
 EXCLUSION_KEYS: Final[tuple[str, ...]] = ("flags", "marks", "min_cells", "min_reference")
 CLASS_MAPPING_KEYS: Final[tuple[str, ...]] = ("immature_granulocytes",)
 #: Keys whose values are text as written, never numbers, booleans or dates (wbcv.base.yamlfile).
-TEXT_KEYS: Final[frozenset[str]] = frozenset({*PROTOCOL_KEYS, *STUDY_KEYS, "flags", "marks"})
+TEXT_KEYS: Final[frozenset[str]] = frozenset({*PROTOCOL_KEYS, *STUDY_KEYS, "flags", "marks", *ANALYZER_KEYS})
 
 
 # Allowance (percentage points) of the within-limit decision at the boundary: an error equal to the
@@ -101,6 +123,9 @@ class Protocol(ProtocolRecord):
     for both) and the file it came from."""
 
     path: Path
+    #: the ``results_import`` section as written (checked by ``wbcv.validation.results.mapping``);
+    #: recorded by a results run, not by the comparison
+    results_import: dict[str, Any] | None = None
 
     def as_record(self) -> ProtocolRecord:
         """The protocol as a comparison run records it: every field but the path."""
@@ -203,8 +228,9 @@ def load_protocol(path: Path | str) -> Protocol:
         err = c.number(f"{key}.allowable_error_pct", spec["allowable_error_pct"], 0, 1000, low_open=True)
         absolute = spec.get("absolute_limit")
         abs_v = None if absolute is None else c.number(f"{key}.absolute_limit", absolute, 0, 1e6, low_open=True)
+        criterion = _regression_criterion(c, f"{key}.regression", spec.get("regression"))
         if err is not None:
-            rules[str(name)] = MeasurandRule(err, abs_v)
+            rules[str(name)] = MeasurandRule(err, abs_v, criterion)
 
     acc = c.mapping("acceptance", doc.get("acceptance"))
     c.keys("acceptance.", acc, ACCEPTANCE_KEYS)
@@ -264,6 +290,9 @@ def load_protocol(path: Path | str) -> Protocol:
         c.fail("require_in_domain", f"is {shown(require_in_domain)}; expected true or false")
         require_in_domain = False
 
+    c.problems += [f"{path}: {p}" for p in check_section(doc.get("results_import"), "results_import.")]
+
+    extras = _ep09_extras(c, doc, acc)
     if c.problems:
         head = f"{path}: the protocol has {len(c.problems)} problem{'s' if len(c.problems) > 1 else ''}:"
         raise WbcvError("\n".join([head, *(f"  - {p}" for p in listing(c.problems))]))
@@ -286,4 +315,80 @@ def load_protocol(path: Path | str) -> Protocol:
         rerun_rule=rerun,  # type: ignore[arg-type]
         decision_levels=levels,
         require_in_domain=require_in_domain,
+        results_import=doc.get("results_import"),
+        **extras,
     )
+
+
+def _regression_criterion(c: _Checker, key: str, value: Any) -> RegressionCriterion | None:
+    """``regression: {slope: [low, high], intercept_abs: limit}`` of a measurand (either may be absent)."""
+    if value is None:
+        return None
+    spec = c.mapping(key, value)
+    c.keys(f"{key}.", spec, REGRESSION_KEYS)
+    slope = spec.get("slope")
+    pair: tuple[float, float] | None = None
+    if slope is not None:
+        ok = isinstance(slope, list) and len(slope) == 2
+        ok = ok and all(not isinstance(v, bool) and isinstance(v, int | float) for v in slope) and slope[0] < slope[1]
+        if ok:
+            pair = (float(slope[0]), float(slope[1]))
+        else:
+            c.fail(f"{key}.slope", f"is {shown(slope)}; expected [low, high] with low < high, e.g. [0.8, 1.2]")
+    limit = spec.get("intercept_abs")
+    intercept = None if limit is None else c.number(f"{key}.intercept_abs", limit, 0, 1e6)
+    if pair is None and intercept is None:
+        if slope is None and limit is None:
+            c.fail(key, "names no criterion; expected slope: [low, high] and/or intercept_abs: limit")
+        return None
+    return RegressionCriterion(pair, intercept)
+
+
+def _ep09_extras(c: _Checker, doc: dict[str, Any], acc: dict[str, Any]) -> dict[str, Any]:
+    """The method-comparison additions: outlier screening, bias intervals, difference-plot limits,
+    the regression basis and the plan's case mix."""
+    out_spec = c.mapping("outliers", doc.get("outliers"))
+    c.keys("outliers.", out_spec, OUTLIER_KEYS)
+    c.choice("outliers.method", out_spec.get("method"), ("esd",), "esd")
+    alpha = c.number("outliers.alpha", out_spec.get("alpha", 0.05), 0, 0.5, low_open=True)
+    share = c.number("outliers.max_share", out_spec.get("max_share", 0.05), 0, 0.49, low_open=True)
+    outliers = OutlierRule(
+        alpha=alpha if alpha is not None else 0.05,
+        max_share=share if share is not None else 0.05,
+        differences=c.choice("outliers.differences", out_spec.get("differences"), ("absolute", "relative"), "absolute"),  # type: ignore[arg-type]
+        verdict=c.choice("outliers.verdict", out_spec.get("verdict"), ("with", "without"), "with"),  # type: ignore[arg-type]
+    )
+    intervals: dict[str, tuple[float, ...]] = {}
+    for name, v in c.mapping("bias_intervals", doc.get("bias_intervals")).items():
+        if not c.measurand_name(f"bias_intervals.{clipped(str(name))}", name):
+            continue
+        numbers = isinstance(v, list) and v and all(not isinstance(x, bool) and isinstance(x, int | float) for x in v)
+        if not numbers or any(b <= a for a, b in itertools.pairwise(v)):
+            c.fail(f"bias_intervals.{name}", f"is {shown(v)}; expected a list of increasing cut points, e.g. [2, 7.5]")
+            continue
+        intervals[str(name)] = tuple(float(x) for x in v)
+    plot = c.mapping("difference_plot", doc.get("difference_plot"))
+    c.keys("difference_plot.", plot, DIFFERENCE_PLOT_KEYS)
+    plan = c.mapping("plan", doc.get("plan"))
+    c.keys("plan.", plan, PLAN_KEYS)
+    strata: dict[str, int] = {}
+    for name, v in c.mapping("plan.strata", plan.get("strata")).items():
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            c.fail(f"plan.strata.{clipped(str(name))}", f"is {shown(v)}; expected a whole number >= 1{number_hint(v)}")
+            continue
+        strata[str(name)] = v
+    expected = plan.get("expected_coverage")
+    return {
+        "outliers": outliers,
+        "bias_intervals": intervals,
+        "regression_basis": c.choice(
+            "acceptance.regression_basis", acc.get("regression_basis"), ("point_estimate", "ci"), "point_estimate"
+        ),
+        "difference_limits": c.choice(
+            "difference_plot.limits", plot.get("limits"), ("constant", "regression"), "constant"
+        ),
+        "plan_strata": strata,
+        "plan_expected_coverage": None
+        if expected is None
+        else c.number("plan.expected_coverage", expected, 0, 1, low_open=True),
+    }

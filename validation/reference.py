@@ -19,6 +19,8 @@ Sysmex XN export, as handled here:
 
 A plain CSV reference (other analyzers) has a ``sample_id`` column and measurand columns named
 like the Sysmex ones (``WBC``, ``NEUT#``, ``NEUT%`` ..., optionally with a unit in parentheses).
+A CSV with ``sample_id`` and ``examiner`` columns is a manual differential (examiners' cell counts,
+CLSI H20), read by ``wbcv.validation.manual_reference``.
 
 Every excluded row is returned with its row number and reason. Anything malformed is a
 ``WbcvError`` naming the file, row and column.
@@ -57,7 +59,7 @@ import stat
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import polars as pl
 
@@ -114,20 +116,34 @@ class ReferenceData:
     quantities: tuple[str, ...]  # reference quantities present (WBC, NEUT#, ..., IG#)
 
 
-def _check_file(path: Path) -> int:
+@dataclass(frozen=True)
+class TextFileKind:
+    """What a text file read through :func:`detect_encoding` is, for its messages and its size cap."""
+
+    name: str  # "reference file", "results file" ...
+    expected: str  # what a regular file of this kind is, e.g. "a CSV export of the reference analyzer"
+    max_bytes: int
+
+
+REFERENCE_TEXT: Final[TextFileKind] = TextFileKind(
+    "reference file", "a CSV export of the reference analyzer", MAX_REFERENCE_BYTES
+)
+
+
+def _check_file(path: Path, kind: TextFileKind = REFERENCE_TEXT) -> int:
     """Size of a readable regular file within the limit, or a WbcvError."""
     try:
         st = path.stat()
     except FileNotFoundError:
-        raise WbcvError(f"{path}: reference file does not exist") from None
+        raise WbcvError(f"{path}: {kind.name} does not exist") from None
     except OSError as e:
-        raise WbcvError(f"{path}: cannot read the reference file: {e.strerror}") from None
+        raise WbcvError(f"{path}: cannot read the {kind.name}: {e.strerror}") from None
     if not stat.S_ISREG(st.st_mode):  # a FIFO or a device would block or never end
-        raise WbcvError(f"{path}: not a regular file; expected a CSV export of the reference analyzer")
-    if st.st_size > MAX_REFERENCE_BYTES:
+        raise WbcvError(f"{path}: not a regular file; expected {kind.expected}")
+    if st.st_size > kind.max_bytes:
         raise WbcvError(
-            f"{path}: {st.st_size / 2**20:,.0f} MiB, above the {MAX_REFERENCE_BYTES / 2**20:,.0f} MiB wbcv reads "
-            "as a reference file; export only the study's samples (a date range) and try again"
+            f"{path}: {st.st_size / 2**20:,.0f} MiB, above the {kind.max_bytes / 2**20:,.0f} MiB wbcv reads "
+            f"as a {kind.name}; export only the study's samples (a date range) and try again"
         )
     return st.st_size
 
@@ -174,15 +190,18 @@ def _first_nul(path: Path) -> _Scan:
     return _Scan()
 
 
-def _encoding(path: Path) -> str:
+def detect_encoding(path: Path, kind: TextFileKind = REFERENCE_TEXT) -> str:
     """The file's encoding: UTF-8 (with or without BOM) or, failing that, cp1252; else a WbcvError.
+
+    Also refuses what is not a regular file, a file above ``kind.max_bytes``, an empty file, UTF-16,
+    ZIP/Excel files and NUL bytes, each with the file and what to do instead.
 
     Sysmex workstations on Windows export in the system code page; a byte that neither encoding
     can hold (cp1252 leaves 0x81, 0x8D, 0x8F, 0x90, 0x9D undefined) means the file is not a text
     export at all, or is in another encoding: it is refused with the offset, line and byte.
     """
-    if _check_file(path) == 0:
-        raise WbcvError(f"{path}: the reference file is empty")
+    if _check_file(path, kind) == 0:
+        raise WbcvError(f"{path}: the {kind.name} is empty")
     with open(path, "rb") as f:
         head = f.read(4)
     if head.startswith((b"\xff\xfe", b"\xfe\xff")):
@@ -208,7 +227,7 @@ def _encoding(path: Path) -> str:
     )
 
 
-def _lines(f: io.TextIOBase, path: Path) -> Iterator[str]:
+def capped_lines(f: io.TextIOBase, path: Path) -> Iterator[str]:
     """Lines of ``f`` (any newline convention), refusing one longer than MAX_LINE_CHARS."""
     n = 0
     while True:
@@ -312,6 +331,12 @@ def _empty_excluded() -> pl.DataFrame:
     return pl.DataFrame(schema=EXCLUDED_SCHEMA)
 
 
+class RowSink(Protocol):
+    """Where :func:`fitted_rows` puts an excluded row: ``{"source_row", "sample_id", "reason"}``."""
+
+    def add(self, row: dict[str, Any]) -> None: ...
+
+
 class _Frames:
     """Rows collected as dicts, turned into a DataFrame every _BATCH rows (bounded Python objects)."""
 
@@ -337,7 +362,9 @@ class _Frames:
         return pl.concat(self.frames, rechunk=False) if self.frames else pl.DataFrame(schema=self.schema)
 
 
-def _numbered(reader: Iterator[list[str]], path: Path, line_num: Callable[[], int]) -> Iterator[tuple[int, list[str]]]:
+def numbered_rows(
+    reader: Iterator[list[str]], path: Path, line_num: Callable[[], int]
+) -> Iterator[tuple[int, list[str]]]:
     """(row number, row) of a CSV reader; a CSV syntax error (a field above csv's size limit) is a WbcvError."""
     i = 0
     try:
@@ -356,16 +383,20 @@ def read_reference(path: Path | str) -> ReferenceData:
     with the size of the text (see MAX_REFERENCE_BYTES, MAX_LINE_CHARS).
     """
     path = Path(path)
-    encoding = _encoding(path)
+    encoding = detect_encoding(path)
     with open(path, encoding="utf-8-sig" if encoding == "utf-8" else encoding, errors="strict", newline="") as f:
-        lines = _lines(f, path)
+        lines = capped_lines(f, path)
         preamble, sep = _header_line(lines, path)
         reader = csv.reader(itertools.chain(preamble, lines), delimiter=sep)
-        rows = _numbered(reader, path, lambda: reader.line_num)
+        rows = numbered_rows(reader, path, lambda: reader.line_num)
         for i, row in rows:
             cells = [c.strip().lower() for c in row]
             if "sample no." in cells:
                 return _read_sysmex(path, encoding, row, i, rows, sep)
+            if "sample_id" in cells and "examiner" in cells:
+                from wbcv.validation.manual_reference import read_manual_differential
+
+                return read_manual_differential(path, encoding, row, i, rows, sep)
             if "sample_id" in cells:
                 return _read_plain(path, encoding, row, i, rows, sep)
             if i >= MAX_PREAMBLE_LINES:
@@ -422,8 +453,8 @@ def _fit(row: list[str], width: int) -> list[str]:
     return row[:width] if len(row) >= width else row + [""] * (width - len(row))
 
 
-def _fitted_rows(
-    rows: Iterator[tuple[int, list[str]]], header: list[str], sid_i: int, excluded: _Frames
+def fitted_rows(
+    rows: Iterator[tuple[int, list[str]]], header: list[str], sid_i: int, excluded: RowSink
 ) -> Iterator[tuple[int, list[str], str]]:
     """(row number, row fitted to the header's width, stripped sample id) of every non-blank row;
     a row whose fields cannot be matched to the columns goes to ``excluded`` with the reason."""
@@ -458,8 +489,8 @@ def _read_sysmex(
     analyzer_i = lower.index("analyzer id") if "analyzer id" in lower else None
     decimal_comma = sep == ";"
     quantities = [c.quantity for c in columns]
-    records, excluded = _Frames(_table_schema(quantities)), _Frames(EXCLUDED_SCHEMA)
-    for r, row, sid in _fitted_rows(rows, header, sample_i, excluded):
+    records, excluded = _Frames(table_schema(quantities)), _Frames(EXCLUDED_SCHEMA)
+    for r, row, sid in fitted_rows(rows, header, sample_i, excluded):
         if not sid:
             excluded.add({"source_row": r, "sample_id": None, "reason": "no sample number"})
             continue
@@ -510,8 +541,8 @@ def _read_plain(
     if not columns:
         raise WbcvError(f"{path} row {h}: no measurand columns; expected some of {', '.join(MEASURANDS)}")
     quantities = [c.quantity for c in columns]
-    records, excluded = _Frames(_table_schema(quantities)), _Frames(EXCLUDED_SCHEMA)
-    for r, row, sid in _fitted_rows(rows, header, sid_i, excluded):
+    records, excluded = _Frames(table_schema(quantities)), _Frames(EXCLUDED_SCHEMA)
+    for r, row, sid in fitted_rows(rows, header, sid_i, excluded):
         if not sid:
             raise WbcvError(f"{path} row {r}, column 'sample_id': empty sample id")
         rec: dict[str, Any] = {"sample_id": sid, "measured_at": None, "analyzer_id": None, "source_row": r, "flags": []}
@@ -550,7 +581,7 @@ def _drop_exact_repeats(path: Path, table: pl.DataFrame, quantities: list[str]) 
     return table.filter(pl.col("source_row") == first), excluded
 
 
-def _table_schema(quantities: list[str]) -> dict[str, pl.DataType]:
+def table_schema(quantities: list[str]) -> dict[str, pl.DataType]:
     schema: dict[str, pl.DataType] = dict(BASE_COLUMNS)
     for q in quantities:
         schema[q] = pl.Float64()

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import math
 import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -39,11 +39,12 @@ from plotly.offline import get_plotlyjs
 
 from wbcv.base.atomic import atomic_write_bytes, sha256_file
 from wbcv.base.errors import WbcvError
-from wbcv.base.records import ComparisonRecord, InferenceRecord, ProtocolRecord, to_json
+from wbcv.base.records import ComparisonRecord, InferenceRecord, ProtocolRecord, ResultsRecord, to_json
 from wbcv.base.runstore import (
     RUN_RECORD,
     locate_source_run,
     read_record_of,
+    read_run_record,
     remove_tree,
     seal_directory,
     write_manifest,
@@ -53,13 +54,16 @@ from wbcv.base.tables import (
     COMPARISON_FILE,
     COUNTS_FILE,
     EXCLUDED_FILE,
+    IMPORT_EXCLUDED_FILE,
     PREDICTIONS_FILE,
+    REFERENCE_FILE,
     SKIPPED_FILE,
     STATISTICS_FILE,
     VERDICT_FILE,
 )
 from wbcv.base.taxonomy import CELL_CLASSES
 from wbcv.validation import cell_metrics
+from wbcv.validation.bias_range import SQRT_PI_OVER_2
 from wbcv.validation.expert_labels import LabelledCells, labelled_cells
 from wbcv.validation.figures import bland_altman_plot, confusion_matrix_plot, regression_plot, verification_plot
 from wbcv.validation.integrity import (
@@ -72,8 +76,11 @@ from wbcv.validation.integrity import (
     require_intact,
 )
 from wbcv.validation.measurands import MEASURANDS
+from wbcv.validation.preclassification import preclassification_statistics
 from wbcv.validation.regression import LARGE_N
+from wbcv.validation.strata import StratumAchieved, strata_achieved
 from wbcv.validation.verdict import coverage_error_label
+from wbcv.validation.verification_log import check_log, verified_cells
 
 REPORT_FORMAT: Final[str] = "wbcv-report/1"
 SIGNATURE_ROLES: Final[tuple[str, ...]] = ("Prepared by", "Reviewed by", "Approved by")
@@ -95,15 +102,17 @@ class Signatory:
 
 @dataclass(frozen=True)
 class CellEvidence:
-    """What the inference run behind the comparison says about single cells."""
+    """What the run behind the comparison says about single cells: an inference run (every cell),
+    or a results run (an analyzer's export: cells only when it was a per-cell table)."""
 
-    record: InferenceRecord
+    record: InferenceRecord | None  # None for a results run
     n_cells: int
     n_unclassified: int
     abstain_reasons: dict[str, int]
     unclassified_by_sample: pl.DataFrame  # sample_id, n_cells, n_unclassified, unclassified_pct
     skipped: pl.DataFrame
     labelled: LabelledCells | None  # None when no cell has an expert label
+    results: ResultsRecord | None = None  # the results run's record, for a comparison of an analyzer's export
 
 
 @dataclass(frozen=True)
@@ -117,6 +126,7 @@ class ReportData:
     comparison: pl.DataFrame
     excluded: pl.DataFrame
     cells: CellEvidence
+    strata: list[StratumAchieved] | None = None  # samples per stratum against the plan; None: not recorded
 
     @property
     def document_id(self) -> str:
@@ -144,6 +154,9 @@ def _read_json(path: Path) -> Any:
 def _cell_evidence(run_dir: Path, record: ComparisonRecord) -> CellEvidence:
     """The cell-level results of the inference run the comparison was made from (verified intact)."""
     path = locate_source_run(run_dir, record)
+    source = read_run_record(path)
+    if isinstance(source, ResultsRecord):
+        return _results_evidence(path, source)
     inference = read_record_of(path, InferenceRecord, "expected the inference run of the comparison")
     columns = ["sample_id", "expert_label", "predicted_class", "unclassified", "abstain_reason"]
     predictions = pl.read_parquet(path / PREDICTIONS_FILE, columns=columns)
@@ -165,6 +178,61 @@ def _cell_evidence(run_dir: Path, record: ComparisonRecord) -> CellEvidence:
     )
 
 
+def _results_evidence(path: Path, results: ResultsRecord) -> CellEvidence:
+    """A results run's counts and what its import left out (listed where skipped files are)."""
+    counts = pl.read_parquet(path / COUNTS_FILE, columns=["sample_id", "n_cells", "n_unclassified"])
+    left_out = pl.read_parquet(path / IMPORT_EXCLUDED_FILE).select(
+        level=pl.lit("import"),
+        sample_id="sample_id",
+        path=pl.concat_str(pl.col("location"), pl.col("export_class").fill_null(""), separator=" ").str.strip_chars(),
+        reason=pl.when(pl.col("n_cells").is_not_null())
+        .then(pl.format("{} ({} cells)", pl.col("reason"), pl.col("n_cells")))
+        .otherwise(pl.col("reason")),
+    )
+    by_sample = (
+        counts.filter(pl.col("n_unclassified") > 0)
+        .with_columns(unclassified_pct=100 * pl.col("n_unclassified") / pl.col("n_cells"))
+        .sort(["unclassified_pct", "sample_id"], descending=[True, False])
+    )
+    return CellEvidence(
+        record=None,
+        n_cells=int(counts["n_cells"].sum()),
+        n_unclassified=int(counts["n_unclassified"].sum()),
+        abstain_reasons={},
+        unclassified_by_sample=by_sample,
+        skipped=left_out,
+        labelled=None,
+        results=results,
+    )
+
+
+def _verification_statistics(inference_run: Path, protocol: ProtocolRecord) -> dict[str, Any]:
+    """Pre-classification against the technologist's verification in the dashboard, when the inference
+    run has a verification log (``wbcv.validation.verification_log``); none from a broken chain."""
+    log = check_log(inference_run)
+    if not log.entries and log.intact:
+        return {}
+    users = sorted({e["user"] for e in log.entries})
+    times = [e["time_utc"] for e in log.entries]
+    about = {
+        "path": str(log.path),
+        "records": len(log.entries),
+        "head_sha256": log.head_sha256,
+        "users": users,
+        "first_utc": min(times, default=None),
+        "last_utc": max(times, default=None),
+        "findings": [str(f) for f in log.findings],
+    }
+    if not log.intact:
+        stats: dict[str, Any] = {"not_computed": "the verification log is not intact (listed above)", "n_cells": 0}
+    else:
+        predictions = pl.read_parquet(
+            inference_run / PREDICTIONS_FILE, columns=["sample_id", "cell_path", "predicted_class", "unclassified"]
+        )
+        stats = preclassification_statistics(verified_cells(predictions, log.entries), protocol.confidence)
+    return {"preclassification": stats, "verification_log": about}
+
+
 def load_report_data(run_dir: Path) -> ReportData:
     """Everything the report shows, from a sealed, intact comparison run."""
     run_dir = Path(run_dir)
@@ -179,17 +247,30 @@ def load_report_data(run_dir: Path) -> ReportData:
         )
     check = require_intact(run_dir, "a report would certify data that is not what was computed")
     cells = _cell_evidence(run_dir, record)
+    statistics = _read_json(run_dir / STATISTICS_FILE)
+    if cells.record is not None:  # wbcv's own inference run: its cells may have been verified in the dashboard
+        statistics = {**statistics, **_verification_statistics(locate_source_run(run_dir, record), record.protocol)}
+    comparison = pl.read_parquet(run_dir / COMPARISON_FILE)
     return ReportData(
         run_dir=run_dir,
         record=record,
         protocol=record.protocol,
         record_sha256=check.record_sha256,
         verdicts=_read_json(run_dir / VERDICT_FILE)["measurands"],
-        statistics=_read_json(run_dir / STATISTICS_FILE),
-        comparison=pl.read_parquet(run_dir / COMPARISON_FILE),
+        statistics=statistics,
+        comparison=comparison,
         excluded=pl.read_parquet(run_dir / EXCLUDED_FILE),
         cells=cells,
+        strata=_strata(run_dir, record, comparison),
     )
+
+
+def _strata(run_dir: Path, record: ComparisonRecord, comparison: pl.DataFrame) -> list[StratumAchieved] | None:
+    """Samples compared per stratum against the plan's (``wbcv.validation.strata``), when a plan was given."""
+    if record.inputs.plan is None:
+        return None
+    counts = pl.read_parquet(locate_source_run(run_dir, record) / COUNTS_FILE)  # verified by require_intact
+    return strata_achieved(counts, comparison, record.inputs.plan.strata)
 
 
 # --- formatting -------------------------------------------------------------------------------
@@ -241,6 +322,40 @@ FIT_LABELS: Final[dict[str, str]] = {
     "weighted_deming": "weighted Deming",
     "ols": "least squares",
 }
+
+
+def _counting_interval_row(st: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Against a manual reference: values within its counting interval (wbcv.validation.verdict)."""
+    w = st.get("within_reference_interval")
+    if not isinstance(w, dict):
+        return []
+    return [
+        (
+            "Within the reference's counting interval (Clopper–Pearson 95 % of the manual count; not the criterion)",
+            f"{pct(w['share'])} ({w['k']}/{w['n']})",
+            f"{pct(w['ci'][0])} to {pct(w['ci'][1])} (Clopper–Pearson)",
+        )
+    ]
+
+
+def examiner_check_view(run_dir: Path) -> dict[str, Any] | None:
+    """The CLSI H20 between-examiner check of a manual reference (reference.parquet of the comparison):
+    samples checked, flagged (with the classes) and not checked; None for another kind of reference."""
+    path = Path(run_dir) / REFERENCE_FILE
+    if not path.is_file() or "between_examiners" not in pl.read_parquet_schema(path):
+        return None
+    ref = pl.read_parquet(path, columns=["sample_id", "examiners", "between_examiners"])
+    not_checked = ref.filter(pl.col("between_examiners").str.starts_with("not checked"))
+    flagged = ref.filter(
+        (pl.col("between_examiners") != "") & ~pl.col("between_examiners").str.starts_with("not checked")
+    )
+    return {
+        "n_checked": ref.height - not_checked.height,
+        "flagged": [(r["sample_id"], r["between_examiners"]) for r in flagged.sort("sample_id").iter_rows(named=True)],
+        "not_checked": [
+            (r["sample_id"], r["between_examiners"]) for r in not_checked.sort("sample_id").iter_rows(named=True)
+        ],
+    }
 
 
 def _stat_rows(st: dict[str, Any], confidence: float, required_coverage: float) -> list[tuple[str, str, str]]:
@@ -306,6 +421,89 @@ def _stat_rows(st: dict[str, Any], confidence: float, required_coverage: float) 
     return rows
 
 
+def _interval_label(low: float | None, high: float | None) -> str:
+    if low is None:
+        return f"< {fmt(high)}"
+    if high is None:
+        return f"≥ {fmt(low)}"
+    return f"{fmt(low)} to < {fmt(high)}"
+
+
+def _mean_ci(m: dict[str, Any] | None, unit: str = "") -> tuple[str, str, str]:
+    """(n, mean, CI) of a mean difference of statistics.json."""
+    if not m:
+        return ("0", "–", "no sample")
+    interval = "undefined (n = 1)" if m["lower"] is None else f"{fmt(m['lower'])} to {fmt(m['upper'])}{unit}"
+    return (str(m["n"]), f"{fmt(m['mean'])}{unit}", interval)
+
+
+def ep09_view(st: dict[str, Any], verdict: dict[str, Any]) -> dict[str, Any]:
+    """The EP09c additions of one measurand for the report: the outliers listed by generalized ESD,
+    the verdict with all samples (when judged without the outliers), the bias by concentration
+    interval, the regression-based limits of agreement and the regression criterion."""
+    keys = ("outliers", "with_all", "intervals", "intervals_not_computed", "regression_limits", "regression_acceptance")
+    view: dict[str, Any] = dict.fromkeys(keys)
+    screen = st.get("outliers")
+    if isinstance(screen, dict):
+        scale = (
+            "absolute differences (test − reference)"
+            if screen["differences"] == "absolute"
+            else "relative differences (%)"
+        )
+        view["outliers"] = {
+            "summary": (
+                f"not tested: {screen['not_computed']}"
+                if screen["not_computed"]
+                else f"generalized ESD on the {scale} of {screen['n_tested']} samples, "
+                f"at most {screen['max_outliers']} outlier(s) tested (share {fmt(screen['max_share'])}), "
+                f"α = {fmt(screen['alpha'])}: "
+                f"{len(screen['outliers'])} outlier(s)"
+            ),
+            "rows": [
+                [
+                    o["sample_id"],
+                    fmt(o["reference"]),
+                    fmt(o["predicted"]),
+                    fmt(o["difference"]),
+                    fmt(o["r"]),
+                    fmt(o["critical"]),
+                ]
+                for o in screen["outliers"]
+            ],
+            "not_tested": [f"{sid}: {why}" for sid, why in screen["not_tested"]],
+            "removed": bool(verdict.get("outliers_removed")),
+        }
+    full = st.get("verdict_with_all_samples")
+    if isinstance(full, dict):
+        view["with_all"] = f"{'PASS' if full['passed'] else 'FAIL'}: {full['reason']}"
+    bi = st.get("bias_by_interval")
+    if isinstance(bi, dict) and "intervals" in bi:
+        view["intervals"] = {
+            "source": bi["source"],
+            "rows": [
+                [_interval_label(p["low"], p["high"]), *_mean_ci(p["absolute"]), *_mean_ci(p["percent"], " %")[1:]]
+                for p in bi["intervals"]
+            ],
+        }
+    elif isinstance(bi, dict):
+        view["intervals_not_computed"] = bi.get("not_computed", "not available")
+    rl = st.get("regression_limits")
+    if isinstance(rl, dict):
+        view["regression_limits"] = (
+            f"not computed: {rl['not_computed']}"
+            if "not_computed" in rl
+            else f"bias = {fmt(rl['bias_intercept'], 4)} + {fmt(rl['bias_slope'], 4)}·A; limits = bias ± "
+            f"{fmt(rl['z'] * SQRT_PI_OVER_2, 3)}·({fmt(rl['spread_intercept'], 4)} + {fmt(rl['spread_slope'], 4)}·A), "
+            "A the mean of test and reference"
+        )
+    ra = st.get("regression_acceptance")
+    if isinstance(ra, dict):
+        view["regression_acceptance"] = (
+            f"{'met' if ra['passed'] else 'NOT met'} ({ra['basis'].replace('_', ' ')}): {ra['reason']}"
+        )
+    return view
+
+
 def _table(frame: pl.DataFrame, columns: Sequence[str]) -> tuple[list[str], list[list[str]], int]:
     """Header, at most MAX_LISTED_ROWS formatted rows, and how many rows were left out."""
     shown = frame.head(MAX_LISTED_ROWS)
@@ -337,9 +535,15 @@ def _measurand_sections(data: ReportData, required_coverage: float, confidence: 
                 )
             )
             ba = st.get("bland_altman_absolute")
+            rl = st.get("regression_limits")
             figures.append(
                 _figure(
-                    bland_altman_plot(data.comparison, name, ba if isinstance(ba, dict) else None),
+                    bland_altman_plot(
+                        data.comparison,
+                        name,
+                        ba if isinstance(ba, dict) else None,
+                        regression_limits=rl if isinstance(rl, dict) and "bias_slope" in rl else None,
+                    ),
                     f"fig-{slug}-bland-altman",
                     330,
                 )
@@ -358,7 +562,8 @@ def _measurand_sections(data: ReportData, required_coverage: float, confidence: 
                 "slug": slug,
                 "unit": MEASURANDS[name].unit,
                 "verdict": v,
-                "stats": _stat_rows(st, confidence, required_coverage) if st else [],
+                "stats": (_stat_rows(st, confidence, required_coverage) + _counting_interval_row(st)) if st else [],
+                "ep09": ep09_view(st, v),
                 "figures": figures,
                 "n_absolute": int((rows["criterion"] == "absolute").sum()) if rows.height else 0,
             }
@@ -366,8 +571,9 @@ def _measurand_sections(data: ReportData, required_coverage: float, confidence: 
     return sections
 
 
-def _methods(protocol: ProtocolRecord, statistics: dict[str, Any]) -> list[tuple[str, str]]:
-    """Every convention the numbers depend on, as (topic, statement) pairs."""
+def _methods(protocol: ProtocolRecord, statistics: dict[str, Any], export: bool = False) -> list[tuple[str, str]]:
+    """Every convention the numbers depend on, as (topic, statement) pairs; ``export``: the counts are
+    an analyzer's exported results, not the model's."""
     conf = f"{100 * protocol.confidence:g} %"
     req = f"{100 * protocol.required_coverage:g} %"
     any_stats: Any = next(iter(statistics.values()), {})
@@ -450,6 +656,51 @@ def _methods(protocol: ProtocolRecord, statistics: dict[str, Any]) -> list[tuple
             "Passing–Bablok defines no CI of the bias.",
         ),
         (
+            "Outliers",
+            "generalized ESD (Rosner 1983; NIST e-Handbook §1.3.5.17.3) on each measurand's "
+            + (
+                "differences, at most ⌊share · n⌋ (at least 1) outliers tested, as CLSI EP09c recommends; outliers are "
+                "listed with R_i and λ_i; the acceptance is judged "
+                + (
+                    "WITHOUT them (and also stated with all samples)"
+                    if protocol.outliers.verdict == "without"
+                    else "with all samples"
+                )
+                + f" (protocol: {protocol.outliers.differences} differences, α = {protocol.outliers.alpha:g}, "
+                f"share {protocol.outliers.max_share:g}); at least 15 samples are needed."
+                if protocol.outliers is not None
+                else "differences: not screened by the wbcv that made this comparison."
+            ),
+        ),
+        (
+            "Bias by concentration interval",
+            "mean difference (test − reference) and mean relative error within intervals of the reference value "
+            "(low ≤ x < high; protocol cut points, else the tertiles of the reference values, Hyndman & Fan type 7), "
+            f"each with the Student-t {conf} interval d̄ ± t(n−1)·s/√n (CLSI EP09c).",
+        ),
+        (
+            "Regression-based limits of agreement",
+            "differences regressed on the pair means by least squares, absolute residuals regressed on the means; "
+            "limits = fitted bias ± 1.96·√(π/2)·fitted |residual| (Bland & Altman 1999, §3.2), drawn on the "
+            "difference plot. "
+            + (
+                "Requested by the protocol."
+                if protocol.difference_limits == "regression"
+                else "Not requested by the protocol."
+            ),
+        ),
+        (
+            "Acceptance on the regression",
+            "where the protocol sets it per measurand: the Passing–Bablok slope within [low, high] and |intercept| "
+            "within the limit, judged on the "
+            + (
+                "point estimates"
+                if protocol.regression_basis == "point_estimate"
+                else f"whole {conf} confidence intervals (an equivalence rule)"
+            )
+            + "; a measurand passes only when both the coverage and this criterion are met.",
+        ),
+        (
             "Concordance and correlation",
             f"Lin's concordance correlation coefficient and Pearson's r with Fisher-z {conf} intervals (Lin 1989).",
         ),
@@ -465,12 +716,55 @@ def _methods(protocol: ProtocolRecord, statistics: dict[str, Any]) -> list[tuple
         ),
         (
             "Unclassified cells",
-            "cells the ensemble would not commit to (no or several one-vs-all heads firing, disagreement with the "
-            "lineage head, or a combined probability below the model's threshold) are counted separately and are "
-            "not part of any class fraction.",
+            "white cells the analyzer's export names outside the five classes, mapped to unclassified by the class "
+            "mapping the results run records (blasts, immature granulocytes, unidentified cells), are counted "
+            "separately and are not part of any class fraction; classes mapped to excluded or not mapped are "
+            "left out with their reason."
+            if export
+            else "cells the ensemble would not commit to (no or several one-vs-all heads firing, disagreement with "
+            "the lineage head, or a combined probability below the model's threshold) are counted separately and "
+            "are not part of any class fraction.",
         ),
     ]
+    if any(isinstance(st, dict) and "within_reference_interval" in st for st in statistics.values()):
+        out.append(
+            (
+                "Counting interval of a manual reference",
+                "The reference's own counting error: the exact two-sided 95 % Clopper–Pearson interval of its k of n "
+                "cells (Clopper & Pearson 1934), not Rümke's table (Rümke 1960, reproduced in CLSI H20), whose "
+                "rounded limits differ slightly (9 % of 100 cells: exact 4.2–16.4 %, Rümke 4–17 %). The share of "
+                "values within it is shown beside the error % criterion and is not part of the verdict.",
+            )
+        )
+    if "preclassification" in statistics:
+        out.append(
+            (
+                "Pre-classification",
+                "The analyzer's pre-classified class against the technologist's verified class (the reference), "
+                "both mapped to wbcv's categories: agreement and reclassification rate (class name changed), per "
+                "category sensitivity, PPV and specificity, each with its Wilson score interval (Wilson 1927; "
+                f"Newcombe 1998, method 3; scipy) at {conf}; Cohen's kappa (Cohen 1960) and weighted kappa with "
+                "linear and quadratic disagreement weights by category order (Cohen 1968), each with a Wald interval "
+                "from the large-sample standard error of Fleiss, Cohen & Everitt (1969), not clipped to [−1, 1]; "
+                "the per-sample difference is of the differentials among the five classes (ICSH 2019).",
+            )
+        )
     return out
+
+
+def template_environment() -> Environment:
+    """The one Jinja environment of every document wbcv writes (reports, study reports, plans):
+    HTML-escaped, strict about undefined names, with the ``fmt`` and ``pct`` filters."""
+    env = Environment(
+        loader=PackageLoader("wbcv.validation", "templates"),
+        autoescape=select_autoescape(default=True),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    env.filters.update(fmt=fmt, pct=pct)
+    return env
 
 
 def render_html(data: ReportData, signatories: Sequence[Signatory] = ()) -> str:
@@ -503,36 +797,83 @@ def render_html(data: ReportData, signatories: Sequence[Signatory] = ()) -> str:
         "skipped": _table(cells.skipped, ["level", "sample_id", "path", "reason"]),
         "confusion": confusion,
         "labels_outside": cells.labelled.outside_classes if cells.labelled else {},
+        "results": cells.results,
+        "preclassification": _preclassification_view(data.statistics.get("preclassification")),
+        "verification_log": data.statistics.get("verification_log"),
     }
-    env = Environment(
-        loader=PackageLoader("validation", "templates"),
-        autoescape=select_autoescape(default=True),
-        undefined=StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
+    return (
+        template_environment()
+        .get_template("report.html.j2")
+        .render(
+            plotly_js=Markup(get_plotlyjs()),  # plotly's bundled library, not user input
+            document_id=data.document_id,
+            record=record,
+            record_sha256=data.record_sha256,
+            protocol=protocol,
+            e_label=coverage_error_label(protocol.required_coverage),
+            inputs=record.inputs,
+            strata=data.strata,
+            inference=data.cells.record,
+            software=record.software,
+            passed=record.verdict == "pass",
+            verdicts=data.verdicts,
+            sections=sections,
+            excluded=_table(exclusion_lines(data.excluded), ["sample_id", "measurands", "source_row", "reason"]),
+            examiner_check=examiner_check_view(data.run_dir),
+            cells=cell_view,
+            methods=_methods(protocol, data.statistics, export=data.cells.results is not None),
+            rules=protocol.measurands,
+            signatures=[by_role.get(role, Signatory(role)) for role in SIGNATURE_ROLES],
+            report_format=REPORT_FORMAT,
+        )
     )
-    env.filters.update(fmt=fmt, pct=pct)
-    return env.get_template("report.html.j2").render(
-        plotly_js=Markup(get_plotlyjs()),  # plotly's bundled library, not user input
-        document_id=data.document_id,
-        record=record,
-        record_sha256=data.record_sha256,
-        protocol=protocol,
-        e_label=coverage_error_label(protocol.required_coverage),
-        inputs=record.inputs,
-        inference=data.cells.record,
-        software=record.software,
-        passed=record.verdict == "pass",
-        verdicts=data.verdicts,
-        sections=sections,
-        excluded=_table(exclusion_lines(data.excluded), ["sample_id", "measurands", "source_row", "reason"]),
-        cells=cell_view,
-        methods=_methods(protocol, data.statistics),
-        rules=protocol.measurands,
-        signatures=[by_role.get(role, Signatory(role)) for role in SIGNATURE_ROLES],
-        report_format=REPORT_FORMAT,
-    )
+
+
+def _interval_text(ci: list[float] | None) -> str:
+    """A kappa interval of statistics.json as text; '–' when undefined or from a run made before it was kept."""
+    return "–" if not ci else f"{fmt(ci[0])} to {fmt(ci[1])}"
+
+
+def _preclassification_view(st: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The pre-classification statistics of a per-cell export (``wbcv.validation.preclassification``) as
+    report rows: estimates in %, Wilson intervals at the protocol's confidence."""
+    if not st:
+        return None
+    if "not_computed" in st:
+        return {"not_computed": st["not_computed"]}
+
+    def prop(p: dict[str, Any]) -> tuple[str, str]:
+        ci_text = "–" if not p["ci"] else f"{pct(p['ci'][0])} to {pct(p['ci'][1])}"
+        return f"{pct(p['estimate'])} ({p['k']}/{p['n']})", ci_text
+
+    return {
+        "n_cells": st["n_cells"],
+        "n_cells_without_both": st["n_cells_without_both"],
+        "level": f"{100 * st['confidence']:g} % CI (Wilson)",
+        "agreement": prop(st["agreement"]),
+        "reclassification": prop(st["reclassification_rate"]),
+        "kappa": [fmt(st["kappa"]), fmt(st["kappa_linear"]), fmt(st["kappa_quadratic"])],
+        "kappa_ci": [_interval_text(st.get(f"{k}_ci")) for k in ("kappa", "kappa_linear", "kappa_quadratic")],
+        "per_class": [
+            (
+                c["category"],
+                c["verified"],
+                c["preclassified"],
+                *prop(c["sensitivity"]),
+                *prop(c["ppv"]),
+                *prop(c["specificity"]),
+            )
+            for c in st["per_class"]
+        ],
+        "reclassified_to": {
+            pre: "; ".join(f"{ver} {n}" for ver, n in to.items()) for pre, to in st["reclassified_to"].items()
+        },
+        "per_sample": [
+            (r["sample_id"], r["n_cells"], r["n_changed"], *(fmt(r[c], 2) for c in CELL_CLASSES))
+            for r in st["per_sample"][:MAX_LISTED_ROWS]
+        ],
+        "per_sample_more": max(0, len(st["per_sample"]) - MAX_LISTED_ROWS),
+    }
 
 
 def exclusion_lines(excluded: pl.DataFrame) -> pl.DataFrame:
@@ -552,19 +893,49 @@ def count_figures(html: str) -> int:
 def write_report(run_dir: Path, signatories: Sequence[Signatory] = (), out_dir: Path | None = None) -> ReportResult:
     """Render report.html, print report.pdf and write manifest.json into ``RUN/report`` (or
     ``out_dir``, for a copy outside the run). An existing report is never overwritten."""
-    from wbcv.validation.pdf import find_chromium, html_to_pdf
+    from wbcv.validation.pdf import find_chromium
 
     find_chromium()  # before any work: says how to install it
     run_dir = Path(run_dir)
     data = load_report_data(run_dir)
+    document = RenderedReport(
+        document_id=data.document_id,
+        run_id=data.record.run_id,
+        record_sha256=data.record_sha256,
+        footer=f"{data.document_id} · {data.protocol.id} v{data.protocol.version}",
+    )
+    return seal_report(run_dir, document, lambda: render_html(data, signatories), signatories, out_dir)
+
+
+@dataclass(frozen=True)
+class RenderedReport:
+    """What names a report: its document id, the run it is of, that run's run.json sha256, the PDF footer."""
+
+    document_id: str
+    run_id: str
+    record_sha256: str
+    footer: str
+
+
+def seal_report(
+    run_dir: Path,
+    document: RenderedReport,
+    render: Callable[[], str],
+    signatories: Sequence[Signatory] = (),
+    out_dir: Path | None = None,
+) -> ReportResult:
+    """Write ``render()`` as report.html, print report.pdf and seal both with manifest.json in ``RUN/report``
+    (or ``out_dir``): the one way any run's report is written. An existing report is never overwritten."""
+    from wbcv.validation.pdf import html_to_pdf
+
     inside = out_dir is None
     target = run_dir / REPORT_DIR if out_dir is None else Path(out_dir)
     if (target / REPORT_MANIFEST).exists() or (inside and target.exists()):
         raise WbcvError(
-            f"{target}: a report already exists (document {data.document_id}); a report that may have been signed "
-            "is never overwritten. Write a copy elsewhere with --out DIR."
+            f"{target}: a report already exists (document {document.document_id}); a report that may have been "
+            "signed is never overwritten. Write a copy elsewhere with --out DIR."
         )
-    html = render_html(data, signatories)
+    html = render()
     staging = run_dir / REPORT_STAGING if inside else target
     run_mode = run_dir.stat().st_mode
     if inside:
@@ -574,17 +945,12 @@ def write_report(run_dir: Path, signatories: Sequence[Signatory] = (), out_dir: 
             remove_tree(staging)
         staging.mkdir(parents=True, exist_ok=not inside)
         atomic_write_bytes(staging / REPORT_HTML, html.encode("utf-8"))
-        html_to_pdf(
-            staging / REPORT_HTML,
-            staging / REPORT_PDF,
-            f"{data.document_id} · {data.protocol.id} v{data.protocol.version}",
-            expected_figures=count_figures(html),
-        )
+        html_to_pdf(staging / REPORT_HTML, staging / REPORT_PDF, document.footer, expected_figures=count_figures(html))
         manifest = {
             "format": REPORT_FORMAT,
-            "document_id": data.document_id,
-            "run_id": data.record.run_id,
-            "run_record_sha256": data.record_sha256,
+            "document_id": document.document_id,
+            "run_id": document.run_id,
+            "run_record_sha256": document.record_sha256,
             "signatories": [s.__dict__ for s in signatories],
             "software": to_json(software_info()),
         }
@@ -604,5 +970,5 @@ def write_report(run_dir: Path, signatories: Sequence[Signatory] = (), out_dir: 
         pdf=target / REPORT_PDF,
         manifest=target / REPORT_MANIFEST,
         manifest_sha256=sha256_file(target / REPORT_MANIFEST),
-        document_id=data.document_id,
+        document_id=document.document_id,
     )

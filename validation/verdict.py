@@ -33,9 +33,11 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from wbcv.base.records import DomainCheck
-from wbcv.validation import agreement, regression, sampling
+from wbcv.base.records import DomainCheck, OutlierRule
+from wbcv.validation import agreement, bias_range, regression, sampling
+from wbcv.validation.comparison_outliers import OutlierScreen, screen_outliers, without_outliers
 from wbcv.validation.protocol import Protocol
+from wbcv.validation.regression_acceptance import judge_regression
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,9 @@ class MeasurandVerdict:
     sampling_floor: float | None  # expected coverage of a perfect classifier on this batch
     passed: bool
     reason: str
+    regression_passed: bool | None = None  # None: the protocol sets no regression criterion
+    n_outliers: int = 0  # listed by generalized ESD (statistics.json: outliers)
+    outliers_removed: bool = False  # the verdict was judged without them (protocol outliers.verdict)
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -126,86 +131,180 @@ def measurand_statistics(rows: pl.DataFrame, protocol: Protocol, measurand: str)
     return out
 
 
+def _coverage_verdict(
+    rows: pl.DataFrame, protocol: Protocol, name: str, st: dict[str, Any] | None = None
+) -> MeasurandVerdict:
+    """The coverage criterion of one measurand on these rows; ``st``: their statistics
+    (:func:`measurand_statistics`), for the coverage error."""
+    rule = protocol.measurands[name]
+    n = rows.height
+    common: dict[str, Any] = {
+        "measurand": name,
+        "n": n,
+        "confidence": protocol.confidence,
+        "required_coverage": protocol.required_coverage,
+        "basis": protocol.basis,
+        "allowable_error_pct": rule.allowable_error_pct,
+        "absolute_limit": rule.absolute_limit,
+    }
+    if n == 0:
+        return MeasurandVerdict(
+            **common,
+            n_within=0,
+            coverage=None,
+            coverage_lower=None,
+            coverage_upper=None,
+            coverage_error_pct=None,
+            sampling_floor=None,
+            passed=False,
+            reason="no sample could be compared (see the excluded list)",
+        )
+    k = int(rows["within_limit"].sum())
+    ci = agreement.clopper_pearson(k, n, protocol.confidence)
+    floor_values = rows["counting_coverage"].drop_nulls()
+    floor = float(floor_values.mean()) if floor_values.len() == n else None  # type: ignore[arg-type]
+    ce = (st or {}).get("coverage_error")
+    judged = ci.estimate if protocol.basis == "point_estimate" else ci.lower
+    passed = judged >= protocol.required_coverage
+    limit = f"±{rule.allowable_error_pct:g} %" + (
+        f" or ±{rule.absolute_limit:g} (absolute)" if rule.absolute_limit is not None else ""
+    )
+    what = "observed coverage" if protocol.basis == "point_estimate" else "lower confidence bound of the coverage"
+    reason = (
+        f"{k} of {n} samples within {limit}: coverage {100 * ci.estimate:.1f} % "
+        f"({100 * protocol.confidence:g} % CI {100 * ci.lower:.1f}–{100 * ci.upper:.1f} %); "
+        f"{what} {100 * judged:.1f} % {'≥' if passed else '<'} required {100 * protocol.required_coverage:g} %"
+    )
+    if not passed and floor is not None:
+        if floor < protocol.required_coverage:
+            reason += (
+                f"; even a perfect classifier would be expected to reach only {100 * floor:.1f} % with these "
+                "cell counts (sampling floor): count more cells per slide"
+            )
+        else:
+            reason += f"; the sampling floor is {100 * floor:.1f} %, so the shortfall is the classifier's"
+    return MeasurandVerdict(
+        **common,
+        n_within=k,
+        coverage=ci.estimate,
+        coverage_lower=ci.lower,
+        coverage_upper=ci.upper,
+        coverage_error_pct=ce.get("error_pct") if isinstance(ce, dict) else None,
+        sampling_floor=floor,
+        passed=passed,
+        reason=reason,
+    )
+
+
+def _with_regression(v: MeasurandVerdict, st: dict[str, Any], protocol: Protocol) -> MeasurandVerdict:
+    """The verdict with the measurand's regression criterion (if the protocol sets one) applied."""
+    criterion = protocol.measurands[v.measurand].regression
+    if criterion is None or v.n == 0:
+        return v
+    fit = st.get("passing_bablok")
+    judgement = judge_regression(fit if isinstance(fit, dict) else {}, criterion, protocol.regression_basis)
+    st["regression_acceptance"] = {
+        "basis": protocol.regression_basis,
+        "slope": criterion.slope,
+        "intercept_abs": criterion.intercept_abs,
+        "passed": judgement.passed,
+        "reason": judgement.reason,
+    }
+    mark = "met" if judgement.passed else "NOT met"
+    return dataclasses.replace(
+        v,
+        passed=v.passed and judgement.passed,
+        regression_passed=judgement.passed,
+        reason=f"{v.reason}; regression criterion {mark}: {judgement.reason}",
+    )
+
+
+def _counting_interval_statistics(rows: pl.DataFrame, confidence: float) -> dict[str, Any]:
+    """Against a manual reference: how many values lie within the reference's counting interval
+    (``within_reference_interval``), with the Clopper–Pearson interval of that share; nothing when
+    the reference has no counting interval. Reported beside the error % criterion, not part of the
+    verdict."""
+    if "within_reference_interval" not in rows.columns:
+        return {}
+    flags = rows["within_reference_interval"].drop_nulls()
+    if flags.is_empty():
+        return {}
+    k, n = int(flags.sum()), flags.len()
+    ci = agreement.clopper_pearson(k, n, confidence)
+    return {"within_reference_interval": {"k": k, "n": n, "share": k / n, "ci": [ci.lower, ci.upper]}}
+
+
+def _range_statistics(rows: pl.DataFrame, protocol: Protocol, name: str) -> dict[str, Any]:
+    """Bias by concentration interval (protocol cut points, else tertiles of the reference) and,
+    when the protocol asks for them, the regression-based limits of agreement."""
+    ref = rows["reference"].to_numpy()
+    cuts = protocol.bias_intervals.get(name)
+    source = "protocol" if cuts else "tertiles of the reference values"
+    err = rows["error_pct"].fill_null(float("nan")).to_numpy()
+    diff = (rows["predicted"] - rows["reference"]).to_numpy()
+
+    def by_interval() -> dict[str, Any]:
+        edges = cuts or bias_range.tertile_cuts(ref)
+        rows_out = bias_range.bias_by_interval(ref, diff, err, edges, protocol.confidence)
+        return {"cuts": list(edges), "source": source, "intervals": to_jsonable(rows_out)}
+
+    out: dict[str, Any] = {"bias_by_interval": _attempt(by_interval)}
+    if protocol.difference_limits == "regression":
+        means = ((rows["reference"] + rows["predicted"]) / 2).to_numpy()
+        out["regression_limits"] = _attempt(lambda: bias_range.regression_limits(means, diff, 0.95))
+    return out
+
+
+def _outlier_screen(rows: pl.DataFrame, protocol: Protocol) -> OutlierScreen:
+    return screen_outliers(rows, protocol.outliers or OutlierRule())
+
+
 def decide(table: pl.DataFrame, protocol: Protocol) -> tuple[list[MeasurandVerdict], dict[str, Any]]:
-    """Verdict and statistics per measurand, in protocol order."""
+    """Verdict and statistics per measurand, in protocol order.
+
+    Outliers (generalized ESD on the differences, ``wbcv.validation.comparison_outliers``) are
+    listed under ``outliers`` of each measurand's statistics. With ``outliers.verdict: without``
+    the coverage, the regression criterion and every statistic are computed without them, and
+    ``verdict_with_all_samples`` holds the verdict on all samples; otherwise all samples count.
+    """
     verdicts: list[MeasurandVerdict] = []
     stats: dict[str, Any] = {}
-    for name, rule in protocol.measurands.items():
-        rows = table.filter(pl.col("measurand") == name)
-        n = rows.height
-        common: dict[str, Any] = {
-            "measurand": name,
-            "n": n,
-            "confidence": protocol.confidence,
-            "required_coverage": protocol.required_coverage,
-            "basis": protocol.basis,
-            "allowable_error_pct": rule.allowable_error_pct,
-            "absolute_limit": rule.absolute_limit,
-        }
-        if n == 0:
-            verdicts.append(
-                MeasurandVerdict(
-                    **common,
-                    n_within=0,
-                    coverage=None,
-                    coverage_lower=None,
-                    coverage_upper=None,
-                    coverage_error_pct=None,
-                    sampling_floor=None,
-                    passed=False,
-                    reason="no sample could be compared (see the excluded list)",
-                )
-            )
+    drop = protocol.outliers is not None and protocol.outliers.verdict == "without"
+    for name in protocol.measurands:
+        all_rows = table.filter(pl.col("measurand") == name)
+        if all_rows.height == 0:
+            verdicts.append(_coverage_verdict(all_rows, protocol, name))
             continue
-        k = int(rows["within_limit"].sum())
-        ci = agreement.clopper_pearson(k, n, protocol.confidence)
-        floor_values = rows["counting_coverage"].drop_nulls()
-        floor = float(floor_values.mean()) if floor_values.len() == n else None  # type: ignore[arg-type]
+        screen = _outlier_screen(all_rows, protocol)
+        rows = without_outliers(all_rows, screen) if drop else all_rows
         st = measurand_statistics(rows, protocol, name)
+        v = _coverage_verdict(rows, protocol, name, st)
+        st.update(_range_statistics(rows, protocol, name))
+        st.update(_counting_interval_statistics(rows, protocol.confidence))
+        st["outliers"] = to_jsonable(screen)
         # Planning: if the true coverage were what this batch shows, how many samples would show
         # the criterion at the Clopper-Pearson lower bound? (Undefined when it is not above the requirement.)
         st["samples_needed_at_observed_coverage"] = _attempt(
             functools.partial(
                 sampling.samples_needed,
-                expected_coverage=ci.estimate,
+                expected_coverage=v.coverage or 0.0,  # n > 0 here: the coverage is a number
                 required_coverage=protocol.required_coverage,
                 confidence=protocol.confidence,
             )
         )
-        stats[name] = st
-        ce = st["coverage_error"].get("error_pct") if isinstance(st["coverage_error"], dict) else None
-        judged = ci.estimate if protocol.basis == "point_estimate" else ci.lower
-        passed = judged >= protocol.required_coverage
-        limit = f"±{rule.allowable_error_pct:g} %" + (
-            f" or ±{rule.absolute_limit:g} (absolute)" if rule.absolute_limit is not None else ""
-        )
-        what = "observed coverage" if protocol.basis == "point_estimate" else "lower confidence bound of the coverage"
-        reason = (
-            f"{k} of {n} samples within {limit}: coverage {100 * ci.estimate:.1f} % "
-            f"({100 * protocol.confidence:g} % CI {100 * ci.lower:.1f}–{100 * ci.upper:.1f} %); "
-            f"{what} {100 * judged:.1f} % {'≥' if passed else '<'} required {100 * protocol.required_coverage:g} %"
-        )
-        if not passed and floor is not None:
-            if floor < protocol.required_coverage:
-                reason += (
-                    f"; even a perfect classifier would be expected to reach only {100 * floor:.1f} % with these "
-                    "cell counts (sampling floor): count more cells per slide"
-                )
-            else:
-                reason += f"; the sampling floor is {100 * floor:.1f} %, so the shortfall is the classifier's"
-        verdicts.append(
-            MeasurandVerdict(
-                **common,
-                n_within=k,
-                coverage=ci.estimate,
-                coverage_lower=ci.lower,
-                coverage_upper=ci.upper,
-                coverage_error_pct=ce,
-                sampling_floor=floor,
-                passed=passed,
-                reason=reason,
+        v = dataclasses.replace(_with_regression(v, st, protocol), n_outliers=len(screen.outliers))
+        if drop and screen.outliers:
+            st_all = measurand_statistics(all_rows, protocol, name)
+            full = _with_regression(_coverage_verdict(all_rows, protocol, name, st_all), st_all, protocol)
+            st["verdict_with_all_samples"] = to_jsonable(full)
+            v = dataclasses.replace(
+                v,
+                outliers_removed=True,
+                reason=f"judged without {len(screen.outliers)} outlier(s) (generalized ESD, listed): {v.reason}; "
+                f"with all {all_rows.height} samples: {'PASS' if full.passed else 'FAIL'}",
             )
-        )
+        stats[name] = st
+        verdicts.append(v)
     return verdicts, stats
 
 
@@ -225,7 +324,8 @@ def domain_failure(domain: DomainCheck, protocol: Protocol) -> str | None:
             f"batch out of domain: score {domain.score:.2f} above the model's threshold {domain.threshold:.2f} "
             f"({len(domain.slides_out_of_domain)} slide(s) out of domain); the protocol requires require_in_domain"
         )
-    return "batch domain not checked (the model has no domain profile); the protocol requires require_in_domain"
+    why = domain.method.removeprefix("none: ") if domain.method.startswith("none:") else "too few cells scored"
+    return f"batch domain not checked ({why}); the protocol requires require_in_domain"
 
 
 def coverage_error_label(required_coverage: float) -> str:

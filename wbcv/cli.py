@@ -20,7 +20,10 @@ from wbcv.base.errors import WbcvError
 
 if TYPE_CHECKING:
     from wbcv.base.records import DomainCheck
+    from wbcv.inference.fields import FieldParams
+    from wbcv.inference.segment import SegmentSummary
     from wbcv.validation.report import Signatory
+    from wbcv.validation.results.run import ImportOptions
 
 EXIT_OK = 0
 EXIT_INPUT_ERROR = 2
@@ -28,6 +31,10 @@ EXIT_FAILED_ACCEPTANCE = 3
 EXIT_TAMPERED = 4
 LIBRARY_HELP = "labelled library: manifest.csv (path,label) or one sub-folder per label"
 EXIT_INTERRUPTED = 130
+STUDY_OUT_HELP = (
+    "also seal the study as a run in this folder (the table's sha256, result.json, excluded.parquet); "
+    "`wbcv report RUN` writes its report, `wbcv verify RUN` checks it"
+)
 
 
 def _positive_int(text: str) -> int:
@@ -134,15 +141,26 @@ def cmd_infer(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _field_params(args: argparse.Namespace) -> FieldParams:
+    from wbcv.inference.fields import FieldParams
+
+    return FieldParams(
+        method=args.method or "od", rbc_diameter_px=args.rbc_diameter_px or FieldParams().rbc_diameter_px
+    )
+
+
 def cmd_segment(args: argparse.Namespace) -> int:
     from wbcv.inference.decode import DEFAULT_MAX_PIXELS
-    from wbcv.inference.fields import FieldParams
     from wbcv.inference.segment import segment_batch
 
-    params = FieldParams(method=args.method, rbc_diameter_px=args.rbc_diameter_px or FieldParams().rbc_diameter_px)
     s = segment_batch(
-        args.fields_dir, args.out, params, args.max_image_pixels or DEFAULT_MAX_PIXELS, args.drop_edge_wbc
+        args.fields_dir, args.out, _field_params(args), args.max_image_pixels or DEFAULT_MAX_PIXELS, args.drop_edge_wbc
     )
+    _print_segment(s)
+    return EXIT_OK
+
+
+def _print_segment(s: SegmentSummary) -> None:
     print(
         f"segmented {s.n_fields} field(s) of {s.n_samples} sample(s): {s.n_analysed} analysed, "
         f"{s.n_crops} white-cell crop(s), {s.n_rbc} red cells, {s.n_platelets} platelets"
@@ -168,7 +186,28 @@ def cmd_segment(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     print(f"  batch for `wbcv infer`: {s.out_dir}")
-    return EXIT_OK
+
+
+def _segment_for_run(args: argparse.Namespace) -> None:
+    """`run --fields`: segment FIELDS_DIR into BATCH_DIR (or reuse BATCH_DIR when it is that batch)."""
+    from wbcv.inference.decode import DEFAULT_MAX_PIXELS
+    from wbcv.inference.segment import segment_or_reuse
+
+    if args.fields is None:
+        if args.method or args.rbc_diameter_px or args.drop_edge_wbc:
+            raise WbcvError("--method, --rbc-diameter-px and --drop-edge-wbc apply with --fields FIELDS_DIR only")
+        return
+    s = segment_or_reuse(
+        args.fields,
+        args.batch_dir,
+        _field_params(args),
+        args.max_image_pixels or DEFAULT_MAX_PIXELS,
+        args.drop_edge_wbc,
+    )
+    if s is None:
+        print(f"batch {args.batch_dir}: already segmented from {args.fields} with these settings (segment.json)")
+    else:
+        _print_segment(s)
 
 
 def _print_comparison(result: object) -> int:
@@ -186,10 +225,69 @@ def _print_comparison(result: object) -> int:
     return EXIT_OK if result.passed else EXIT_FAILED_ACCEPTANCE
 
 
-def cmd_compare(args: argparse.Namespace) -> int:
-    from wbcv.validation.study import run_comparison
+def _import_options(args: argparse.Namespace, protocol: Path | None) -> ImportOptions:
+    from wbcv.validation.results.mapping import choose_mapping
+    from wbcv.validation.results.run import ImportOptions
 
-    return _print_comparison(run_comparison(args.run_dir, args.reference, args.protocol, args.out))
+    analyzer = {k: getattr(args, k) for k in ("make", "model", "software_version", "serial")}
+    return ImportOptions(choose_mapping(args.mapping, protocol), analyzer, args.total_cells)
+
+
+def _print_import(result: object) -> None:
+    from wbcv.validation.results.run import ResultsRun
+
+    assert isinstance(result, ResultsRun)
+    r, s = result.record, result.record.summary
+    print(
+        f"results run {r.run_id}: {s.n_samples} samples from {r.input.path.name} ({r.input.format}, "
+        f"counted from {r.counted_from}); analyzer {r.analyzer.label}; mapping: {r.mapping.source}"
+    )
+    print(
+        f"  {s.n_cells_reported} cells reported: {s.n_classified} classified, {s.n_unclassified} unclassified, "
+        f"{s.n_cells_excluded} excluded; {s.n_samples_excluded} sample(s) excluded as a whole"
+    )
+    if s.unmapped_classes:
+        listed = ", ".join(f"{name!r} {n}" for name, n in list(s.unmapped_classes.items())[:10])
+        print(f"  classes not in the mapping (cells excluded): {listed}", file=sys.stderr)
+    if s.n_rows_excluded:
+        print(f"  {s.n_rows_excluded} exclusion(s), each with its reason: {result.run_dir / 'import_excluded.parquet'}")
+    print(f"  {result.run_dir}")
+
+
+def cmd_import_results(args: argparse.Namespace) -> int:
+    from wbcv.validation.results.run import import_results
+
+    options = _import_options(args, args.protocol)
+    _print_import(import_results(args.results, args.format, args.out, options))
+    return EXIT_OK
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from wbcv.validation.study import compare_export, run_comparison
+
+    if (args.run_dir is None) == (args.results is None):
+        raise WbcvError("give either RUN_DIR (an inference or results run) or --results FILE --format F, not both")
+    if args.results is None:
+        return _print_comparison(
+            run_comparison(args.run_dir, args.reference, args.protocol, args.out, plan_dir=args.plan)
+        )
+    if args.format is None:
+        raise WbcvError("--results needs --format (csv, cells, hl7 or astm)")
+    options = _import_options(args, args.protocol)
+    out = args.out or Path("runs")
+    imported, result = compare_export(args.results, args.format, options, args.reference, args.protocol, out)
+    _print_import(imported)
+    return _print_comparison(result)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from wbcv.base.atomic import sha256_file
+    from wbcv.validation.plan import write_plan
+
+    manifest = write_plan(args.protocol, args.out)
+    print(f"plan: {args.out} (plan.html, plan.pdf, plan.json)")
+    print(f"  plan manifest {manifest} sha256 {sha256_file(manifest)}: give the folder to `wbcv compare --plan`")
+    return EXIT_OK
 
 
 def _signatories(args: argparse.Namespace) -> list[Signatory]:
@@ -208,9 +306,9 @@ def _signatories(args: argparse.Namespace) -> list[Signatory]:
 
 
 def _report(run_dir: Path, args: argparse.Namespace) -> None:
-    from wbcv.validation.report import write_report
+    from wbcv.validation.study_report import write_run_report
 
-    result = write_report(run_dir, _signatories(args), out_dir=getattr(args, "report_out", None))
+    result = write_run_report(run_dir, _signatories(args), out_dir=getattr(args, "report_out", None))
     print(f"report {result.document_id}: {result.html}")
     print(f"  PDF: {result.pdf}")
     print(f"  report manifest {result.manifest} sha256 {result.manifest_sha256}")
@@ -229,8 +327,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     # Check the protocol and the reference before spending time on inference.
     protocol = load_protocol(args.protocol)
     reference = read_reference(args.reference)
+    _segment_for_run(args)
     run_dir = _infer(args)
-    result = run_comparison(run_dir, args.reference, args.protocol, args.out, reference=reference, protocol=protocol)
+    result = run_comparison(
+        run_dir, args.reference, args.protocol, args.out, reference=reference, protocol=protocol, plan_dir=args.plan
+    )
     status = _print_comparison(result)
     try:
         _report(result.run_dir, args)
@@ -256,6 +357,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     metrics = qualify_model(model_dir, args.cells)
     print(format_report({**metrics, "skipped": {}}))
     print(f"model artifact: {model_dir} (metrics, ablation and stress test are in its model.json)")
+    return EXIT_OK
+
+
+def _named_dir(text: str) -> tuple[str, Path]:
+    name, sep, folder = text.partition("=")
+    if not sep or not name or not folder:
+        raise argparse.ArgumentTypeError(f"expected NAME=DIR, got {text!r}")
+    if not Path(folder).is_dir():
+        raise argparse.ArgumentTypeError(f"{folder}: not a folder")
+    return name, Path(folder)
+
+
+def cmd_qualify(args: argparse.Namespace) -> int:
+    from wbcv.validation.model_evaluation import format_report, qualify_model
+
+    metrics = qualify_model(args.model_dir, args.cells, other_labs=dict(args.lab), non_wbc=dict(args.non_wbc))
+    print(format_report({**metrics, "skipped": {}}))
+    print(f"model card: {args.model_dir / 'MODEL_CARD.md'}")
     return EXIT_OK
 
 
@@ -306,6 +425,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(f"report manifest {v.run_dir}/report/manifest.json sha256 {v.report_manifest_sha256}")
     for linked in v.linked_runs:
         print(f"made from run {linked}")
+    for log in v.verification_logs:
+        print(f"verification log {log.path}: {len(log.entries)} record(s), last line sha256 {log.head_sha256}")
     for f in v.findings:
         print(f)
     intact = v.intact
@@ -341,18 +462,32 @@ def cmd_precision(args: argparse.Namespace) -> int:
     from wbcv.validation.precision_table import format_report, parse_claim, report_payload, run_precision
 
     claims = [parse_claim(t, "sd") for t in args.claim_sd or []] + [parse_claim(t, "cv") for t in args.claim_cv or []]
-    report = run_precision(args.results, claims, confidence=args.confidence)
+    if args.out is None:
+        report = run_precision(args.results, claims, confidence=args.confidence)
+    else:
+        from wbcv.validation.study_run import precision_run
+
+        report, run = precision_run(args.results, args.out, claims, confidence=args.confidence)
     print(format_report(report))
     _write_json(args.json, report_payload(report))
+    if args.out is not None:
+        print(f"sealed precision run {run.run_dir} (report: `wbcv report {run.run_dir}`)")
     return EXIT_OK
 
 
 def cmd_qualitative(args: argparse.Namespace) -> int:
     from wbcv.validation.flag_table import format_report, report_payload, run_qualitative
 
-    report = run_qualitative(args.flags, confidence=args.confidence)
+    if args.out is None:
+        report = run_qualitative(args.flags, confidence=args.confidence)
+    else:
+        from wbcv.validation.study_run import qualitative_run
+
+        report, run = qualitative_run(args.flags, args.out, confidence=args.confidence)
     print(format_report(report))
     _write_json(args.json, report_payload(report))
+    if args.out is not None:
+        print(f"sealed qualitative run {run.run_dir} (report: `wbcv report {run.run_dir}`)")
     return EXIT_OK
 
 
@@ -406,6 +541,41 @@ def build_parser() -> argparse.ArgumentParser:
                 metavar="'NAME, FUNCTION'",
                 help=f"printed in the report's signature block ({flag.replace('-', ' ')}); blank lines otherwise",
             )
+
+    def results_options(p: argparse.ArgumentParser, required: bool) -> None:
+        if required:
+            p.add_argument("results", type=Path, metavar="FILE", help="the analyzer's exported results")
+        else:
+            p.add_argument("--results", type=Path, metavar="FILE", help="import this export first (needs --format)")
+        p.add_argument("--format", choices=("csv", "cells", "hl7", "astm"), required=required, help="the export's kind")
+        p.add_argument(
+            "--mapping", type=Path, metavar="M.yaml", help="class mapping (default: the protocol's or wbcv's)"
+        )
+        p.add_argument("--make", help="analyzer maker, e.g. CellaVision (default: from the protocol or the file)")
+        p.add_argument("--model", help="analyzer model, e.g. DC-1")
+        p.add_argument("--software-version", help="the analyzer's software version")
+        p.add_argument("--serial", help="the analyzer's serial number")
+        p.add_argument(
+            "--total-cells",
+            type=_positive_int,
+            help="cells counted per sample, for an export of percentages that does not state it",
+        )
+
+    def segment_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--method", choices=("od", "hsv"), help="od: the measured best (default); hsv: the Otsu baseline"
+        )
+        p.add_argument(
+            "--rbc-diameter-px",
+            type=_positive_float,
+            help="a red cell's diameter in field pixels, the scale of every size rule (default: 144, Raabin-WBC)",
+        )
+        p.add_argument(
+            "--drop-edge-wbc",
+            action="store_true",
+            help="do not crop white cells cut by the field's edge "
+            "(for overlapping tiles: each cell then counts in the tile that holds it whole)",
+        )
 
     def infer_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("batch_dir", type=Path, metavar="BATCH_DIR")
@@ -469,20 +639,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("fields_dir", type=Path, metavar="FIELDS_DIR")
     p.add_argument("--out", type=Path, required=True, metavar="BATCH_DIR", help="a new or empty folder")
-    p.add_argument(
-        "--method", choices=("od", "hsv"), default="od", help="od: the measured best (default); hsv: the Otsu baseline"
-    )
-    p.add_argument(
-        "--rbc-diameter-px",
-        type=_positive_float,
-        help="a red cell's diameter in field pixels, the scale of every size rule (default: 144, Raabin-WBC)",
-    )
-    p.add_argument(
-        "--drop-edge-wbc",
-        action="store_true",
-        help="do not crop white cells cut by the field's edge "
-        "(for overlapping tiles: each cell then counts in the tile that holds it whole)",
-    )
+    segment_options(p)
     p.add_argument("--max-image-pixels", type=_positive_int, help="refuse larger fields (default: 4096*4096)")
     p.set_defaults(func=cmd_segment)
 
@@ -499,38 +656,93 @@ def build_parser() -> argparse.ArgumentParser:
             "verdict table and write a comparison run record. " + compare_help
         ),
     )
-    p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    p.add_argument(
+        "run_dir", type=Path, nargs="?", metavar="RUN_DIR", help="an inference run or a results run (or --results)"
+    )
     p.add_argument("--reference", type=Path, required=True, metavar="REF.csv")
     p.add_argument("--protocol", type=Path, required=True, metavar="P.yaml")
     p.add_argument(
-        "--out", type=Path, metavar="RUNS_DIR", help="where the comparison run goes (default: beside RUN_DIR)"
+        "--out",
+        type=Path,
+        metavar="RUNS_DIR",
+        help="where the comparison run goes (default: beside RUN_DIR; with --results: ./runs, with the results run)",
+    )
+    results_options(p, required=False)
+    p.add_argument(
+        "--plan", type=Path, metavar="PLAN_DIR", help="the folder of `wbcv plan`: its hash goes into the run record"
     )
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser(
+        "import-results",
+        help="import an analyzer's exported results (CSV, per-cell table, HL7 ORU, ASTM) as a results run",
+        description=(
+            "Read a digital morphology analyzer's export in place of an inference run: a per-sample differential "
+            "table (csv), a per-cell table with pre-classified and verified classes (cells), HL7 v2 ORU^R01 "
+            "messages (hl7) or ASTM E1394 records (astm). Class names and observation codes are mapped to the five "
+            "classes, unclassified or excluded by --mapping, the protocol's results_import section, or the defaults "
+            "(README). Writes a sealed results run (counts.parquet as an inference run has, every exclusion with "
+            "its reason) that `wbcv compare` accepts in place of an inference run."
+        ),
+    )
+    results_options(p, required=True)
+    p.add_argument("--out", type=Path, default=Path("runs"), metavar="RUNS_DIR", help="where runs go (default: ./runs)")
+    p.add_argument("--protocol", type=Path, metavar="P.yaml", help="take the class mapping and analyzer from it")
+    p.set_defaults(func=cmd_import_results)
+
+    p = sub.add_parser(
+        "plan",
+        help="the validation plan before the data: criteria, statistics, sample size, case mix (HTML + PDF)",
+        description=(
+            "Write the plan of a protocol into DIR: plan.html, plan.pdf (Chromium), plan.json and manifest.json "
+            "(sha256 of each and of the protocol). Holds the acceptance criteria, the statistics to be used, the "
+            "sample-size calculation (exact Clopper-Pearson, with its assumptions), the case mix of plan.strata "
+            "and a signature block. An existing plan is never overwritten."
+        ),
+    )
+    p.add_argument("protocol", type=Path, metavar="P.yaml")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR")
+    p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser(
         "run",
         help="infer + compare in one command: a whole validation batch",
-        description="Classify the batch (as `wbcv infer`) and compare it (as `wbcv compare`). " + compare_help,
+        description="Classify the batch (as `wbcv infer`) and compare it (as `wbcv compare`). "
+        "With --fields FIELDS_DIR, first find the white cells in the whole fields of FIELDS_DIR "
+        "and write their crops to BATCH_DIR (as `wbcv segment`; a BATCH_DIR already segmented from the same "
+        "fields with the same settings is reused, so the command can be run again after an interruption). "
+        + compare_help,
     )
     infer_options(p)
+    p.add_argument(
+        "--fields",
+        type=Path,
+        metavar="FIELDS_DIR",
+        help="whole microscope fields to segment first; BATCH_DIR is then where the white-cell crops go",
+    )
+    segment_options(p)
     p.add_argument("--reference", type=Path, required=True, metavar="REF.csv")
     p.add_argument("--protocol", type=Path, required=True, metavar="P.yaml")
+    p.add_argument("--plan", type=Path, metavar="PLAN_DIR", help="the folder of `wbcv plan` (as for `wbcv compare`)")
     signature_options(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser(
         "report",
-        help="write the sign-off report (report.html + report.pdf) of a comparison run",
+        help="write the sign-off report (report.html + report.pdf) of a comparison, precision or qualitative run",
         description=(
             "Write RUN_DIR/report/report.html (self-contained, works offline), report.pdf (printed by the system "
             "Chromium, page numbers on every page) and manifest.json (their sha256 and run.json's). The report "
             "shows the verdict, the verification, Bland-Altman and regression plots of every measurand, the "
             "cell-level confusion matrix, every exclusion with its reason, the methods and a signature block. "
-            "`wbcv run` writes it too. An existing report is never overwritten (it may be signed): --out writes a "
-            "copy elsewhere."
+            "`wbcv run` writes it too. A precision or qualitative run (`--out` of those commands) gets its study "
+            "report: the variance components or the flag agreement, the excluded rows, the methods, a signature "
+            "block. An existing report is never overwritten (it may be signed): --out writes a copy elsewhere."
         ),
     )
-    p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a comparison run (of `wbcv compare` or `wbcv run`)")
+    p.add_argument(
+        "run_dir", type=Path, metavar="RUN_DIR", help="a comparison run (`wbcv compare`, `wbcv run`) or a study run"
+    )
     p.add_argument("--out", dest="report_out", type=Path, metavar="DIR", help="write the report here instead")
     signature_options(p)
     p.set_defaults(func=cmd_report)
@@ -539,11 +751,14 @@ def build_parser() -> argparse.ArgumentParser:
         "verify",
         help="check that no file of a finished run was changed, added or removed",
         description=(
-            "Recompute the sha256 of every file in a finished run (inference or comparison) against its run.json, "
-            "of its report against report/manifest.json, and, for a comparison, of the inference run it was made "
-            "from; name each file that was changed, added or removed; print the manifests' own sha256. With "
-            "--inputs, also re-hash the batch's input files (images, manifest, expert labels) against the inference "
-            "run's inputs.parquet and name images changed, removed or added since. Exit status 0 when intact, 4 "
+            "Recompute the sha256 of every file in a finished run (inference, results or comparison) against its "
+            "run.json, of its report against report/manifest.json, and, for a comparison, of the inference or results "
+            "run it was made from; name each file that was changed, added or removed; check the hash chain of the "
+            "dashboard's verification log of the cells (RUNS/.verification/RUN_ID.jsonl), naming each line edited or "
+            "removed; print the manifests' own sha256. With --inputs, also re-hash the batch's input files (images, "
+            "manifest, expert labels) against the "
+            "inference run's inputs.parquet and name images changed, removed or added since (for a results run: the "
+            "exported file against its recorded sha256). Exit status 0 when intact, 4 "
             "otherwise."
         ),
     )
@@ -634,6 +849,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser(
+        "qualify",
+        help="(re)write a trained model's card: test split, ablation, stress test, other labs, non-WBC rejection",
+        description=(
+            "Evaluate MODEL_DIR on the held-out test split of its training library (its split.csv), the decision-rule "
+            "ablation and the synthetic shift grid, and, when given, labelled cells of other laboratories "
+            "(--lab NAME=DIR) and folders of objects that are not white cells (--non-wbc KIND=DIR); write the figures "
+            "into model.json and MODEL_CARD.md. The weights are not touched."
+        ),
+    )
+    p.add_argument("model_dir", type=Path, metavar="MODEL_DIR")
+    p.add_argument("--cells", type=Path, required=True, help="the training library (for its test split)")
+    p.add_argument("--lab", type=_named_dir, action="append", default=[], metavar="NAME=DIR", help=LIBRARY_HELP)
+    p.add_argument("--non-wbc", type=_named_dir, action="append", default=[], metavar="KIND=DIR")
+    p.set_defaults(func=cmd_qualify)
+
+    p = sub.add_parser(
         "precision",
         help="precision study (CLSI EP05-A3 / EP15-A3): variance components and claim verification",
         description=(
@@ -657,6 +888,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
     p.add_argument("--confidence", type=_confidence, default=0.95, help="CI level (default 0.95)")
     p.add_argument("--json", type=Path, metavar="OUT.json", help="also write the results as JSON")
+    p.add_argument("--out", type=Path, metavar="RUNS", help=STUDY_OUT_HELP)
     p.set_defaults(func=cmd_precision)
 
     p = sub.add_parser(
@@ -672,6 +904,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("flags", type=Path, metavar="FLAGS.csv")
     p.add_argument("--confidence", type=_confidence, default=0.95, help="CI level (default 0.95)")
     p.add_argument("--json", type=Path, metavar="OUT.json", help="also write the results as JSON")
+    p.add_argument("--out", type=Path, metavar="RUNS", help=STUDY_OUT_HELP)
     p.set_defaults(func=cmd_qualitative)
 
     p = sub.add_parser(

@@ -1,7 +1,10 @@
 """The run records (``run.json``) as types: what a writer seals is what a reader gets back.
 
 Every finished run holds one ``run.json`` of format ``wbcv-run/1`` (``wbcv.base.runstore``). A
-writer builds an ``InferenceRecord`` or a ``ComparisonRecord``; sealing adds ``run_id`` and
+writer builds an ``InferenceRecord``, a ``ResultsRecord`` (an analyzer's exported results imported in
+place of an inference run, ``wbcv.validation.results``), a ``ComparisonRecord``, or a ``PrecisionRecord`` or
+``QualitativeRecord`` (a study sealed by `wbcv precision --out` / `wbcv qualitative --out`, kinds added
+2026-11-30: readers before them refuse such a run by its kind); sealing adds ``run_id`` and
 ``files`` and writes ``to_json(record)``. ``parse_record`` turns the document back into the same
 types and checks every field on the way, so no reader meets a missing key or a wrong type deep in
 the report or the dashboard: it gets one ``WbcvError`` naming the file, the field and what was
@@ -13,6 +16,9 @@ here that states what the runs written before it meant (``engine``: only the loc
 ``software.cpu``: not recorded). Keys a reader does not know are ignored, as the readers before
 them ignored the keys added since. Comparison runs written before the whole protocol was recorded
 (2026-11-26, commit e90eee3) read with a ``ProtocolSummary`` instead of a ``ProtocolRecord``.
+A comparison's ``inputs.inference_run`` is the run its counts came from: before results runs existed
+(2026-11-30) always an inference run, so a link without ``kind`` is ``kind: inference`` with its
+``model``; a results run's link has ``kind: results``, no model and the ``analyzer`` instead.
 
 The records are frozen dataclasses, like the project's other value types; wbcv.base needs nothing
 beyond polars for them (pydantic arrives only as a dependency of Dash), and the error messages
@@ -133,11 +139,32 @@ class InferenceRecord(RunRecord):
 
 
 @dataclass(frozen=True)
+class RegressionCriterion:
+    """Acceptance on the Passing–Bablok fit (``wbcv.validation.regression_acceptance``): the slope
+    within [low, high], |intercept| <= intercept_abs (measurand units); either may be absent."""
+
+    slope: tuple[float, float] | None = None
+    intercept_abs: float | None = None
+
+
+@dataclass(frozen=True)
 class MeasurandRule:
     """A measurand's acceptance rule in the protocol (``wbcv.validation.protocol``)."""
 
     allowable_error_pct: float
     absolute_limit: float | None = None
+    regression: RegressionCriterion | None = None  # recorded since the regression criterion exists
+
+
+@dataclass(frozen=True, kw_only=True)
+class OutlierRule:
+    """Outlier screening of the comparison (``wbcv.validation.comparison_outliers``)."""
+
+    method: Literal["esd"] = "esd"
+    alpha: float = 0.05
+    max_share: float = 0.05
+    differences: Literal["absolute", "relative"] = "absolute"
+    verdict: Literal["with", "without"] = "with"  # the acceptance is judged with or without the outliers
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -168,16 +195,55 @@ class ProtocolRecord(ProtocolSummary):
     decision_levels: dict[str, tuple[float, ...]]
     # the batch must be shown inside the model's operating domain (recorded since 2026-11-30; before: false)
     require_in_domain: bool = False
+    # Added with the EP09c additions; runs recorded before them read with these defaults, which say
+    # what they did: no outlier screening (None), tertiles, constant limits, no regression criterion.
+    outliers: OutlierRule | None = None
+    bias_intervals: dict[str, tuple[float, ...]] = field(default_factory=dict)  # cut points; none: tertiles
+    regression_basis: Literal["point_estimate", "ci"] = "point_estimate"
+    difference_limits: Literal["constant", "regression"] = "constant"
+    plan_strata: dict[str, int] = field(default_factory=dict)  # stratum -> minimum samples (wbcv plan)
+    plan_expected_coverage: float | None = None  # the coverage the sample-size plan assumes
+
+
+@dataclass(frozen=True, kw_only=True)
+class AnalyzerRef:
+    """The analyzer whose exported results a results run imported (each part None when not known)."""
+
+    make: str | None = None
+    model: str | None = None
+    software_version: str | None = None
+    serial: str | None = None
+    source: str  # where these came from, e.g. "command line", "protocol results_import.analyzer", "MSH-3"
+
+    @property
+    def label(self) -> str:
+        """'CellaVision DC-1 (software 7.1, serial 1234)' or 'analyzer not identified'."""
+        name = " ".join(p for p in (self.make, self.model) if p) or "analyzer not identified"
+        extra = [
+            f"{what} {value}" for what, value in (("software", self.software_version), ("serial", self.serial)) if value
+        ]
+        return f"{name} ({', '.join(extra)})" if extra else name
 
 
 @dataclass(frozen=True, kw_only=True)
 class InferenceLink:
-    """The inference run a comparison was made from: found by path or beside the comparison, trusted by hash."""
+    """The run a comparison took its counts from: an inference run (``kind`` inference, with its
+    ``model``) or a results run (``kind`` results, with the ``analyzer``). Found by path or beside
+    the comparison, trusted by hash. The key stays ``inputs.inference_run`` (keys are never renamed)."""
 
+    kind: Literal["inference", "results"] = "inference"  # absent in runs made before results runs existed
     run_id: str
     path: Path
     record_sha256: Sha256  # of its run.json when the comparison was made
-    model: ModelRef
+    model: ModelRef | None = None  # the inference run's model; None for a results run
+    analyzer: AnalyzerRef | None = None  # the results run's analyzer; None for an inference run
+
+    @property
+    def producer(self) -> str:
+        """What produced the counts, in words: the model's id or the analyzer's label."""
+        if self.model is not None:
+            return self.model.id
+        return self.analyzer.label if self.analyzer is not None else "unknown"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -197,10 +263,22 @@ class ProtocolInput:
 
 
 @dataclass(frozen=True, kw_only=True)
+class PlanInput:
+    """The validation plan (``wbcv plan``) a comparison was made under: its manifest's sha256 and the
+    sha256 of the protocol the plan was made from (``wbcv.validation.plan``)."""
+
+    path: Path
+    manifest_sha256: Sha256
+    protocol_sha256: Sha256
+    strata: dict[str, int]
+
+
+@dataclass(frozen=True, kw_only=True)
 class ComparisonInputs:
     inference_run: InferenceLink
     reference: ReferenceInput
     protocol: ProtocolInput
+    plan: PlanInput | None = None  # recorded since `wbcv compare --plan`; None: no plan given
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -242,9 +320,102 @@ class ComparisonRecord(RunRecord):
     domain: DomainCheck = field(default_factory=DomainCheck)  # the inference run's; not_checked before it was recorded
 
 
-RECORD_TYPES: Final[dict[str, type[InferenceRecord] | type[ComparisonRecord]]] = {
+@dataclass(frozen=True, kw_only=True)
+class ResultsInput:
+    """The exported results file a results run read."""
+
+    path: Path
+    sha256: Sha256
+    bytes: int
+    format: Literal["csv", "cells", "hl7", "astm"]
+    encoding: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class MappingRef:
+    """The class mapping applied (``wbcv.validation.results.mapping``): where it came from and, in
+    full, every export class name and observation code it knew."""
+
+    source: Literal["default", "protocol", "mapping file"]
+    path: Path | None = None
+    sha256: Sha256 | None = None
+    classes: dict[str, str]  # export class name (case-folded) -> wbcv class, 'unclassified' or 'excluded: reason'
+    codes: dict[str, str]  # HL7 OBX-3 / ASTM R-3 code -> export class name (or 'total')
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResultsSummary:
+    n_samples: int  # samples with a row in counts.parquet
+    n_samples_excluded: int  # samples of the file excluded as a whole (listed in import_excluded.parquet)
+    n_cells_reported: int  # cells the export reports, in every class (sum of n_files)
+    n_classified: int
+    n_unclassified: int
+    n_cells_excluded: int  # cells of classes mapped to 'excluded' or not mapped (sum of n_skipped)
+    unmapped_classes: dict[str, int]  # export class name -> cells, for names the mapping does not know
+    n_rows_excluded: int  # rows, segments or records excluded with a reason
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResultsRecord(RunRecord):
+    """run.json of `wbcv import-results` (``wbcv.validation.results``): an analyzer's exported results
+    as per-sample counts, in place of an inference run."""
+
+    kind: Literal["results"] = "results"
+    input: ResultsInput
+    reader: str  # the module that read the file, and the parser library with its version
+    analyzer: AnalyzerRef
+    mapping: MappingRef
+    # what the counts were made from: counts or percentages (x total cells) per sample, or per-cell
+    # rows counted by their verified or pre-classified class
+    counted_from: Literal["counts", "percentages", "verified", "preclassified", "mixed"]
+    summary: ResultsSummary
+
+
+@dataclass(frozen=True, kw_only=True)
+class StudyInput:
+    """The CSV table a precision or qualitative study read (``wbcv.validation.study_run``)."""
+
+    path: Path
+    sha256: Sha256
+    bytes: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class StudySummary:
+    n_rows: int  # data rows of the table
+    n_rows_excluded: int  # rows excluded with their line and reason (excluded.parquet)
+    n_groups: int  # (sample, measurand) groups of a precision study; flags of a qualitative one
+    n_groups_not_analysed: int  # groups whose design could not be analysed (precision), else 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class PrecisionRecord(RunRecord):
+    """run.json of `wbcv precision --out` (CLSI EP05-A3 / EP15-A3); its result is result.json."""
+
+    kind: Literal["precision"] = "precision"
+    input: StudyInput
+    confidence: float
+    claims: tuple[dict[str, Any], ...]  # the claims verified, as given (kind, repeatability, within_lab, measurand)
+    summary: StudySummary
+
+
+@dataclass(frozen=True, kw_only=True)
+class QualitativeRecord(RunRecord):
+    """run.json of `wbcv qualitative --out` (CLSI EP12-A2 flag agreement); its result is result.json."""
+
+    kind: Literal["qualitative"] = "qualitative"
+    input: StudyInput
+    confidence: float
+    summary: StudySummary
+
+
+AnyRecord = InferenceRecord | ComparisonRecord | ResultsRecord | PrecisionRecord | QualitativeRecord
+RECORD_TYPES: Final[dict[str, type[AnyRecord]]] = {
     "inference": InferenceRecord,
     "comparison": ComparisonRecord,
+    "results": ResultsRecord,
+    "precision": PrecisionRecord,
+    "qualitative": QualitativeRecord,
 }
 
 
@@ -267,7 +438,7 @@ def to_json(obj: Any) -> Any:
     raise TypeError(f"{type(obj).__name__} has no place in a run record")
 
 
-def parse_record(document: Any, source: str) -> InferenceRecord | ComparisonRecord:
+def parse_record(document: Any, source: str) -> AnyRecord:
     """A run.json document as its typed record; ``source`` names the file in the error."""
     try:
         if not isinstance(document, dict):

@@ -38,9 +38,20 @@ import polars as pl
 
 from wbcv.base.atomic import atomic_write_bytes, atomic_write_json, atomic_write_parquet, fsync_dir, sha256_file
 from wbcv.base.errors import WbcvError
-from wbcv.base.records import RUN_FORMAT, ComparisonRecord, InferenceRecord, RunRecord, parse_record, to_json
+from wbcv.base.records import (
+    RUN_FORMAT,
+    AnyRecord,
+    ComparisonRecord,
+    InferenceRecord,
+    PrecisionRecord,
+    QualitativeRecord,
+    ResultsRecord,
+    RunRecord,
+    parse_record,
+    to_json,
+)
 
-R = TypeVar("R", InferenceRecord, ComparisonRecord)
+R = TypeVar("R", InferenceRecord, ComparisonRecord, ResultsRecord, PrecisionRecord, QualitativeRecord)
 RUN_RECORD: Final[str] = "run.json"
 INCOMPLETE_PREFIX: Final[str] = ".incomplete-"
 
@@ -198,7 +209,7 @@ class Verification:
     """What ``verify_run`` found: files whose content changed, files added, files missing."""
 
     run_dir: Path
-    record: InferenceRecord | ComparisonRecord
+    record: AnyRecord
     record_sha256: str  # sha256 of run.json, the manifest of the run's files
     changed: tuple[str, ...]
     added: tuple[str, ...]
@@ -232,7 +243,7 @@ def verify_run(run_dir: Path) -> Verification:
 
 
 def locate_source_run(run_dir: Path, record: ComparisonRecord) -> Path:
-    """Where the inference run of a comparison is: at the path recorded, or else beside the
+    """Where the inference run (or results run) of a comparison is: at the path recorded, or else beside the
     comparison under its run id (a runs folder moved or copied whole). Whoever uses it checks
     its run.json against the sha256 the comparison recorded (``source_run_findings`` does)."""
     link = record.inputs.inference_run
@@ -247,7 +258,7 @@ def locate_source_run(run_dir: Path, record: ComparisonRecord) -> Path:
 MAX_RUN_RECORD_BYTES: Final[int] = 16 * 1024 * 1024
 
 
-def read_run_record(run_dir: Path) -> InferenceRecord | ComparisonRecord:
+def read_run_record(run_dir: Path) -> AnyRecord:
     """The typed record of a finished run, every field checked (``wbcv.base.records``).
 
     Hostile run.json files are refused as a ``WbcvError`` naming the file: one that is not a

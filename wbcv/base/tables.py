@@ -29,6 +29,9 @@ PREDICTION_SCHEMA: Final[dict[str, pl.DataType]] = {
     "source_mode": pl.String(),  # Pillow mode as stored: RGB, L, RGBA, I;16 ...
     "source_width": pl.Int32(),
     "source_height": pl.Int32(),
+    # the located cell's equivalent diameter (cell-framing models; µm only with the manifest's um_per_px)
+    "cell_diameter_px": pl.Float32(),
+    "cell_diameter_um": pl.Float32(),
     "expert_label": pl.String(),  # from cell_labels.csv, when given
     "predicted_class": pl.Enum(list(OUTCOMES)),
     "unclassified": pl.Boolean(),
@@ -52,9 +55,12 @@ SKIPPED_SCHEMA: Final[dict[str, pl.DataType]] = {
 SAMPLE_FIELDS: Final[dict[str, pl.DataType]] = {
     "imaged_volume_ul": pl.Float64(),
     "calibration_factor": pl.Float64(),
+    "um_per_px": pl.Float64(),  # the scanner's pixel size, when the manifest gives it
     "scanner": pl.String(),
     "date": pl.String(),
     "notes": pl.String(),
+    # the case-mix stratum (plan.strata); added 2026-11-30: counts of runs made before have no such column
+    "stratum": pl.String(),
 }
 COUNT_COLUMNS: Final[tuple[str, ...]] = (
     "sample_id",
@@ -72,6 +78,43 @@ COUNT_COLUMNS: Final[tuple[str, ...]] = (
     "domain_score",  # Float64: the slide's domain score (wbcv.inference.domain); null when not checked
 )
 
+# Results run (`wbcv import-results`): an analyzer's export in place of an inference run. It has
+# COUNTS_FILE with COUNT_COLUMNS (slide_dir and the manifest fields null; n_files = cells the export
+# reports, n_skipped = cells of excluded or unmapped classes, n_cells = n_files - n_skipped,
+# model_id = the analyzer's label), and:
+OBSERVATIONS_FILE: Final[str] = "observations.parquet"
+IMPORT_EXCLUDED_FILE: Final[str] = "import_excluded.parquet"
+CELLS_FILE: Final[str] = "cells.parquet"
+#: Every per-class value read from the export, with where it was and what it was mapped to.
+OBSERVATION_SCHEMA: Final[dict[str, pl.DataType]] = {
+    "sample_id": pl.String(),
+    "location": pl.String(),  # "row 12", "message 3 (line 40), OBX 7", "record 14 (R, line 14)"
+    "export_class": pl.String(),  # the class name (or observation code) as the export wrote it
+    "kind": pl.Enum(["count", "percent", "total"]),
+    "value": pl.Float64(),
+    "target": pl.String(),  # a CELL_CLASSES entry, 'unclassified', 'excluded', 'unmapped' or 'total'
+}
+#: What the import left out, each with its reason: unmapped and excluded classes (with their cells),
+#: rows or segments that could not be used, samples excluded as a whole (export_class null).
+IMPORT_EXCLUDED_SCHEMA: Final[dict[str, pl.DataType]] = {
+    "sample_id": pl.String(),
+    "location": pl.String(),
+    "export_class": pl.String(),
+    "n_cells": pl.Int64(),
+    "reason": pl.String(),
+}
+#: Per-cell input only: one row per cell of the export.
+CELL_SCHEMA: Final[dict[str, pl.DataType]] = {
+    "sample_id": pl.String(),
+    "cell_id": pl.String(),  # the cell id or image path as exported
+    "source_row": pl.Int64(),
+    "preclassified": pl.String(),  # the analyzer's class, as exported
+    "verified": pl.String(),  # the technologist's class, as exported (null: not verified)
+    "preclassified_target": pl.String(),  # mapped: a class, 'unclassified', 'excluded' or 'unmapped'
+    "verified_target": pl.String(),
+    "counted_target": pl.String(),  # the one counted (verified when the table has verified classes)
+}
+
 # Comparison run (`wbcv compare`)
 COMPARISON_FILE: Final[str] = "comparison.parquet"
 EXCLUDED_FILE: Final[str] = "excluded.parquet"
@@ -82,6 +125,7 @@ VERDICT_FILE: Final[str] = "verdict.json"
 # Smear-field stage (`wbcv segment`): written into the batch folder it makes, beside the manifest
 FIELDS_FILE: Final[str] = "fields.parquet"
 DETECTIONS_FILE: Final[str] = "detections.parquet"
+FIELD_SAMPLES_FILE: Final[str] = "field_samples.parquet"
 DETECTION_KINDS: Final[tuple[str, ...]] = ("wbc", "rbc", "platelet")
 
 #: One row per field file given (analysed or skipped). Counts are null for a skipped field.
@@ -98,6 +142,16 @@ FIELDS_SCHEMA: Final[dict[str, pl.DataType]] = {
     "rbc": pl.Int32(),
     "platelets": pl.Int32(),
     "skipped_reason": pl.String(),  # null when analysed; a field without any white cell says so here
+}
+#: One row per sample of the manifest: its fields and what was counted in those analysed.
+FIELD_SAMPLES_SCHEMA: Final[dict[str, pl.DataType]] = {
+    "sample_id": pl.String(),
+    "fields_given": pl.Int32(),
+    "fields_analysed": pl.Int32(),  # fields without a skipped reason, plus those without a white cell
+    "fields_skipped": pl.Int32(),  # not analysed (reason in fields.parquet)
+    "wbc_cropped": pl.Int32(),
+    "rbc_counted": pl.Int32(),  # sum over the analysed fields
+    "platelets_counted": pl.Int32(),
 }
 #: One row per object found in an analysed field.
 DETECTIONS_SCHEMA: Final[dict[str, pl.DataType]] = {

@@ -1,0 +1,55 @@
+"""Model selection on the PBC validation split only: clean and under the synthetic shift grid.
+
+    python benchmarks/select_model.py --cells ../shared/data/pbc --model A --model B [--json PATH]
+
+For each candidate artifact: balanced accuracy and unclassified rate on the *validation* split of its
+own ``split.csv`` (the same split for every model trained with the same seed), clean and under
+every shift of ``validation.model_evaluation.STRESS_SHIFTS``, and the mean over the shifts. The
+test split and other laboratories' cells are never looked at here: they are reported once, for
+the model chosen (``wbcv qualify``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from wbcv.inference.artifact import load_artifact  # noqa: E402
+from wbcv.inference.training import read_split  # noqa: E402
+from wbcv.validation.model_evaluation import stress_test  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cells", type=Path, default=REPO.parent / "shared" / "data" / "pbc")
+    ap.add_argument("--model", type=Path, action="append", required=True)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    report = {}
+    for model_dir in args.model:
+        model = load_artifact(model_dir)
+        figures = stress_test(model, read_split(model_dir, args.cells, "validation"))
+        shifted = [r["balanced_accuracy"] for name, r in figures.items() if name != "clean"]
+        report[model.model_id] = {
+            "clean": figures["clean"],
+            "mean_balanced_accuracy_under_shifts": round(sum(shifted) / len(shifted), 4),
+            "worst_shift": min((r["balanced_accuracy"], name) for name, r in figures.items()),
+            "shifts": figures,
+        }
+        print(
+            f"{model.model_id}: validation clean {figures['clean']['balanced_accuracy']:.4f} "
+            f"(unclassified {figures['clean']['unclassified_rate']:.4f}); mean under shifts "
+            f"{report[model.model_id]['mean_balanced_accuracy_under_shifts']:.4f}",
+            flush=True,
+        )
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
