@@ -53,6 +53,7 @@ COUNT_SCHEMA: Final[dict[str, pl.DataType]] = {
     "unclassified_fraction": pl.Float64(),
     **SAMPLE_FIELDS,
     "model_id": pl.String(),
+    "domain_score": pl.Float64(),  # null: the operating-domain check is of wbcv's model, not an analyzer's export
 }
 
 
