@@ -60,7 +60,8 @@ def mean_difference(differences: object, confidence: float = 0.95) -> MeanDiffer
     bias = d̄ = Σd / n; s = √(Σ(d − d̄)² / (n − 1)); CI = d̄ ± t_{1−α/2, n−1} · s / √n, α = 1 − confidence.
     Sources: Student (1908); Bland & Altman (1986) Lancet i:307, §"precision of the estimated limits";
     CLSI EP09c (2018) bias with its CI. Undefined values: n = 0 raises ValueError; n = 1 gives the
-    mean with sd and CI None (no spread can be estimated), as R's t.test refuses n = 1.
+    mean with sd and CI None (no spread can be estimated), as R's t.test refuses n = 1; identical
+    differences give sd 0 and the CI [d, d] exactly (their floating-point mean can miss d in the last bit).
     """
     d = _values(differences, "differences")
     _check_confidence(confidence)
@@ -70,6 +71,9 @@ def mean_difference(differences: object, confidence: float = 0.95) -> MeanDiffer
     mean = float(d.mean())
     if n == 1:
         return MeanDifference(1, mean, None, None, None, confidence)
+    if np.ptp(d) == 0:
+        value = float(d[0])
+        return MeanDifference(n, value, 0.0, value, value, confidence)
     sd = float(d.std(ddof=1))
     half = float(stats.t.ppf(1 - (1 - confidence) / 2, n - 1)) * sd / math.sqrt(n)
     return MeanDifference(n, mean, sd, mean - half, mean + half, confidence)

@@ -136,6 +136,7 @@ class _Checker:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.problems: list[str] = []
+        self._keys_listed: set[str] = set()  # sections whose valid keys a message already listed
 
     def fail(self, key: str, message: str) -> None:
         self.problems.append(f"{self.path}: {key}: {message}")
@@ -144,7 +145,9 @@ class _Checker:
         for k in mapping:
             if k not in allowed:
                 hint = suggest(str(k), allowed)
-                self.fail(f"{where}{clipped(str(k))}", f"unknown key{hint}; valid keys here: {', '.join(allowed)}")
+                valid = "as listed above" if where in self._keys_listed else ", ".join(allowed)
+                self._keys_listed.add(where)  # listed once: a thousand unknown keys stay a readable message
+                self.fail(f"{where}{clipped(str(k))}", f"unknown key{hint}; valid keys here: {valid}")
 
     def mapping(self, key: str, value: Any, required: bool = False) -> dict[str, Any]:
         if value is None:
