@@ -276,9 +276,10 @@ def read_card(model_dir: Path) -> dict[str, Any]:
     return card
 
 
-def load_artifact(spec: str | Path | None = None, with_domain: bool = True) -> LoadedModel:
+def load_artifact(spec: str | Path | None = None, with_domain: bool = True, fold: bool = True) -> LoadedModel:
     """Resolve, verify and load a model artifact for inference (eval mode, BatchNorm folded);
-    ``with_domain=False`` leaves its domain profile unread (``wbcv profile`` replacing it)."""
+    ``with_domain=False`` leaves its domain profile unread (``wbcv profile`` replacing it);
+    ``fold=False`` keeps the BatchNorm layers (``wbcv adapt`` re-estimates and trains them)."""
     model_dir = resolve_model_path(spec)
     card = read_card(model_dir)
     card_path = model_dir / CARD_FILE
@@ -315,7 +316,8 @@ def load_artifact(spec: str | Path | None = None, with_domain: bool = True) -> L
     except Exception as e:  # noqa: BLE001 - torch raises many types for bad files
         raise WbcvError(f"{weights}: weights do not fit the card's architecture: {e}") from None
     net.eval()
-    fold_batchnorm(net)
+    if fold:
+        fold_batchnorm(net)
     net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # accepted, missing from torch's overloads
     ood = _load_ood(model_dir, card)
     domain = load_profile(model_dir, card) if with_domain else None

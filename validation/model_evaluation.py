@@ -13,6 +13,7 @@ the shipped OVA + lineage combination, and the plain 5-way softmax head trained 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -386,6 +387,51 @@ def qualify_model(
     return metrics
 
 
+def requalify_adapted(
+    model_dir: Path, cells: Sequence[LabelledCell], log: Callable[[str], None] = print
+) -> dict[str, Any]:
+    """Evaluate an adapted artifact (``wbcv adapt``) and, when it still loads, its parent on the same
+    labelled cells, which the adaptation never saw; record both in the card (``metrics`` and
+    ``adaptation.evaluation``), mark it re-qualified, rewrite MODEL_CARD.md. Returns the section."""
+    model = load_artifact(model_dir)
+    lineage = model.card.get("adaptation")
+    if not isinstance(lineage, dict):
+        raise WbcvError(f"{model_dir}: not an adapted model (its card has no 'adaptation' section)")
+    adapted = evaluate_cells(model, cells)
+    adapted.pop("skipped")
+    parent_path = Path(lineage["parent"]["path"])
+    try:
+        parent = load_artifact(parent_path)
+    except WbcvError as e:
+        parent, why = None, str(e)
+    if parent is not None and parent.sha256 != lineage["parent"]["weights_sha256"]:
+        parent, why = None, f"{parent_path}: weights changed since the adaptation"
+    before = None
+    if parent is not None:
+        before = evaluate_cells(parent, cells)
+        before.pop("skipped")
+    section = {
+        "cells": len(cells),
+        "labelled_listing_sha256": _listing_sha256(cells),
+        "adapted": adapted,
+        "parent": before if before is not None else {"not_evaluated": why},
+    }
+    log(
+        f"adapted balanced accuracy {adapted['balanced_accuracy']}, unclassified {adapted['unclassified_rate']}"
+        + (f"; parent {before['balanced_accuracy']}, unclassified {before['unclassified_rate']}" if before else "")
+    )
+    update_card(model_dir, "metrics", {"split": "held-out labelled cells of the adaptation site", **adapted})
+    update_card(model_dir, "adaptation", {**lineage, "evaluation": section, "requalified": True})
+    (model_dir / "MODEL_CARD.md").write_text(render_model_card(read_card(model_dir)))
+    return section
+
+
+def _listing_sha256(cells: Sequence[LabelledCell]) -> str:
+    """sha256 over 'file sha256  label' lines: which labelled cells an evaluation used."""
+    lines = "".join(f"{hashlib.sha256(c.path.read_bytes()).hexdigest()}  {c.label}\n" for c in cells)
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
 def format_report(report: dict[str, Any]) -> str:
     """The evaluation as a readable table."""
 
@@ -457,7 +503,7 @@ def render_model_card(card: dict[str, Any]) -> str:
     if m:
         lines += [
             "",
-            f"## Held-out test split ({m.get('n')} cells)",
+            f"## Held-out {'test split' if m.get('split', 'test') == 'test' else m['split']} ({m.get('n')} cells)",
             "",
             "| metric | value |",
             "|---|---|",
@@ -501,7 +547,37 @@ def render_model_card(card: dict[str, Any]) -> str:
             ]
     lines += _other_labs_section(card.get("other_labs")) + _rejection_section(card.get("rejection"), card.get("ood"))
     lines += _pipeline_ablation_section(card.get("pipeline_ablation"))
+    lines += _adaptation_section(card.get("adaptation"))
     return "\n".join(lines) + "\n"
+
+
+def _adaptation_section(adaptation: dict[str, Any] | None) -> list[str]:
+    """Lineage of an adapted model (``wbcv adapt``) and, once re-qualified, adapted against parent."""
+    if not adaptation:
+        return []
+    parent = adaptation["parent"]
+    lines = [
+        "",
+        "## Adaptation to a new site",
+        "",
+        f"- parent: {parent['model_id']} (weights sha256 `{parent['weights_sha256']}`)",
+        f"- method: {adaptation['method']}; data: {json_inline(adaptation['data'])}",
+        f"- pseudo-labelled cells: {adaptation['pseudo_labelled_cells']}; recipe: {json_inline(adaptation['recipe'])}",
+    ]
+    evaluation = adaptation.get("evaluation")
+    if not adaptation.get("requalified") or not evaluation:
+        return [*lines, "", "**Not re-qualified**: no figures on labelled cells of the site that it did not see."]
+    lines += ["", f"Held-out labelled cells of the site: {evaluation['cells']}", ""]
+    lines += ["| model | balanced accuracy | accuracy | unclassified | ECE |", "|---|---|---|---|---|"]
+    for who in ("adapted", "parent"):
+        r = evaluation[who]
+        if "balanced_accuracy" in r:
+            lines.append(
+                f"| {who} | {r['balanced_accuracy']} | {r['accuracy']} | {r['unclassified_rate']} | {r['ece']} |"
+            )
+        else:
+            lines.append(f"| {who} | not evaluated: {r['not_evaluated']} | | | |")
+    return lines
 
 
 def _other_labs_section(labs: dict[str, Any] | None) -> list[str]:

@@ -136,6 +136,37 @@ def cmd_profile(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_adapt(args: argparse.Namespace) -> int:
+    from wbcv.inference.adapt import AdaptRecipe, adapt, unlabelled_files
+    from wbcv.inference.artifact import read_card, resolve_model_path
+    from wbcv.inference.library import read_cell_library
+    from wbcv.validation.model_evaluation import render_model_card, requalify_adapted
+
+    unlabelled = [f for d in args.unlabelled for f in unlabelled_files(d)]
+    labelled = read_cell_library(args.labelled) if args.labelled else []
+    held_out = read_cell_library(args.evaluate) if args.evaluate else []
+    overlap = {c.path.resolve() for c in labelled} & {c.path.resolve() for c in held_out}
+    if overlap:
+        raise WbcvError(
+            f"{args.evaluate}: {len(overlap)} cell(s) also in --labelled, e.g. {sorted(overlap)[0]}; "
+            "the evaluation must use cells the adaptation did not see"
+        )
+    recipe = AdaptRecipe(self_training=not args.no_self_training)
+    out = adapt(resolve_model_path(args.model), args.out, unlabelled, labelled, recipe)
+    if held_out:
+        requalify_adapted(out, held_out)
+        print(
+            f"adapted model {out}: re-qualified on {len(held_out)} held-out labelled cells (model.json, MODEL_CARD.md)"
+        )
+    else:
+        (out / "MODEL_CARD.md").write_text(render_model_card(read_card(out)))
+        print(
+            f"adapted model {out}: NOT re-qualified; evaluate it on labelled cells of the site it did not see "
+            "(`wbcv adapt ... --evaluate LIBRARY`) before use"
+        )
+    return EXIT_OK
+
+
 def cmd_infer(args: argparse.Namespace) -> int:
     _infer(args)
     return EXIT_OK
@@ -832,6 +863,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model_dir", type=Path, metavar="MODEL_DIR")
     p.add_argument("--cells", type=Path, required=True, metavar="LIBRARY", help="the library the model was trained on")
     p.set_defaults(func=cmd_profile)
+
+    p = sub.add_parser(
+        "adapt",
+        help="adapt a model to a new site (scanner, stain) from its own images; writes a new artifact",
+        description=(
+            "Re-estimate the batch-normalisation statistics on the site's cells (--unlabelled, --labelled), "
+            "self-train on the unlabelled cells the model is sure of, fine-tune on the labelled cells, re-fit the "
+            "out-of-distribution density and the domain profile on the site; write a new artifact whose model.json "
+            "records the parent (id, sha256), the data's hashes and the method. With --evaluate, evaluate it and its "
+            "parent on labelled cells it did not see and write the figures into its card (re-qualification)."
+        ),
+    )
+    p.add_argument(
+        "--model", help="the parent: artifact directory or bundled model name (default: the bundled default)"
+    )
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="where the adapted artifact is written")
+    p.add_argument(
+        "--unlabelled", type=Path, action="append", default=[], metavar="DIR", help="folder of the site's cell images"
+    )
+    p.add_argument("--labelled", type=Path, metavar="LIBRARY", help=f"the site's labelled cells ({LIBRARY_HELP})")
+    p.add_argument(
+        "--evaluate",
+        type=Path,
+        metavar="LIBRARY",
+        help="labelled cells of the site, not in --labelled, to re-qualify on",
+    )
+    p.add_argument("--no-self-training", action="store_true", help="do not pseudo-label the unlabelled cells")
+    p.set_defaults(func=cmd_adapt)
 
     p = sub.add_parser(
         "evaluate",
