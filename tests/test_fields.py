@@ -42,8 +42,8 @@ from wbcv.inference.fields import (
     _working,
     analyse_field,
     grown_white_cells,
-    red_cell_area_features,
     red_cell_count,
+    red_cell_regions,
     suppress_overlaps,
 )
 from wbcv.inference.segment import read_segment_record, segment_or_reuse, staging_dir
@@ -190,7 +190,7 @@ def _disc(mask: np.ndarray, cy: float, cx: float, r: float) -> None:
     mask |= (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
 
 
-def test_red_cell_area_features_split_inner_and_edge_regions():
+def test_red_cell_regions_split_inner_and_edge_regions():
     r = WORK_RBC_PX / 2
     fg = np.zeros((150, 150), bool)
     _disc(fg, 50, 50, r)
@@ -198,16 +198,19 @@ def test_red_cell_area_features_split_inner_and_edge_regions():
     _disc(fg, 110, 100, r)
     _disc(fg, 0, 120, r)  # half cut by the top edge
     fg[140:142, 10:12] = True  # a speck, left out
-    inner, edge, n_edge = red_cell_area_features(fg)
-    assert n_edge == 1
-    assert edge == pytest.approx(0.5, abs=0.05)
-    assert 2.7 <= inner <= 3.0  # three discs less the overlap of the touching pair
-    assert red_cell_count((inner, edge, n_edge)) in (4, 5, 6)
+    regions = sorted(red_cell_regions(fg))
+    assert [edge for _, edge in regions] == [True, False, False]
+    assert regions[0][0] == pytest.approx(0.5, abs=0.05)
+    assert regions[1][0] == pytest.approx(1.0, abs=0.05)
+    assert 1.7 <= regions[2][0] <= 2.0  # two discs less their overlap
+    # area division: the pair counts 2 (1.3 x 1.85), the single disc 1, the cut one 1 (1.2 x 0.5 + 0.5)
+    assert red_cell_count(tuple(regions)) == 4
 
 
-def test_red_cell_count_is_zero_without_red_cells_and_grows_with_area():
-    assert red_cell_count((0.0, 0.0, 0)) == 0
-    assert red_cell_count((10.0, 0.0, 0)) > red_cell_count((5.0, 0.0, 0)) > 0
+def test_red_cell_count_is_zero_without_red_cells_at_least_one_per_region_and_grows_with_area():
+    assert red_cell_count(()) == 0
+    assert red_cell_count(((0.3, False), (0.2, True))) == 2
+    assert red_cell_count(((10.0, False),)) > red_cell_count(((5.0, False),)) > 1
 
 
 def test_the_hsv_baseline_also_runs():
