@@ -46,6 +46,8 @@ from wbcv.base.software import software_info
 from wbcv.base.tables import (
     COUNT_COLUMNS,
     COUNTS_FILE,
+    FIELD_COUNT_COLUMNS,
+    FIELD_SAMPLES_FILE,
     INPUTS_FILE,
     PREDICTION_SCHEMA,
     PREDICTIONS_FILE,
@@ -384,16 +386,38 @@ def _counts(
         pl.col("^n_.*$", "^k_.*$").fill_null(0)
     )
     n_classified = pl.col("n_cells") - pl.col("n_unclassified")
-    counts = counts.with_columns(n_classified=n_classified).with_columns(
-        *(
-            pl.when(pl.col("n_classified") > 0).then(pl.col(f"k_{c}") / pl.col("n_classified")).alias(f"fraction_{c}")
-            for c in CELL_CLASSES
-        ),
-        unclassified_fraction=pl.when(pl.col("n_cells") > 0).then(pl.col("n_unclassified") / pl.col("n_cells")),
-        model_id=pl.lit(model_id),
-        domain_score=pl.Series([(domain_scores or {}).get(s.sample_id) for s in slides.samples], dtype=pl.Float64),
+    counts = (
+        counts.with_columns(n_classified=n_classified)
+        .with_columns(
+            *(
+                pl.when(pl.col("n_classified") > 0)
+                .then(pl.col(f"k_{c}") / pl.col("n_classified"))
+                .alias(f"fraction_{c}")
+                for c in CELL_CLASSES
+            ),
+            unclassified_fraction=pl.when(pl.col("n_cells") > 0).then(pl.col("n_unclassified") / pl.col("n_cells")),
+            model_id=pl.lit(model_id),
+            domain_score=pl.Series([(domain_scores or {}).get(s.sample_id) for s in slides.samples], dtype=pl.Float64),
+        )
+        .select(COUNT_COLUMNS)
     )
-    return counts.select(COUNT_COLUMNS)
+    return _with_field_counts(counts, slides)
+
+
+def _with_field_counts(counts: pl.DataFrame, slides: SlideSet) -> pl.DataFrame:
+    """``counts`` with FIELD_COUNT_COLUMNS appended from the batch's FIELD_SAMPLES_FILE, when the
+    batch was made by ``wbcv segment`` (red cells, platelets and their concentrations per sample)."""
+    path = slides.root / FIELD_SAMPLES_FILE
+    if not path.is_file():
+        return counts
+    try:
+        fields = pl.read_parquet(path, columns=["sample_id", *FIELD_COUNT_COLUMNS])
+    except (pl.exceptions.PolarsError, OSError) as e:
+        raise WbcvError(
+            f"{path}: cannot read the smear-field counts ({type(e).__name__}); expected the table "
+            f"wbcv segment writes, with columns {', '.join(FIELD_COUNT_COLUMNS)}"
+        ) from None
+    return counts.join(fields, on="sample_id", how="left", maintain_order="left")
 
 
 def _skipped(slides: SlideSet, parts: pl.DataFrame) -> pl.DataFrame:

@@ -20,6 +20,13 @@ imaged_volume_ul       no        blood volume imaged on the slide (µL), for the
 calibration_factor     no        WBC (10^3/µL) per cell found, the volumetric alternative
 um_per_px              no        the scanner's pixel size (µm per pixel, at most 5): cell sizes in µm,
                                  and objects of a size no white cell has are left unclassified
+field_area_um2         no        smear fields (``wbcv segment``): one field's area in µm², when um_per_px
+                                 is not given (um_per_px wins when both are)
+smear_thickness_um     no        smear fields: the smear's blood volume per area, as an effective
+                                 thickness in µm (imaged blood volume = analysed area x thickness);
+                                 with the area it gives RBC and PLT concentrations. It depends on the
+                                 spreading technique, the region of the smear scanned and the
+                                 haematocrit: calibrate it per laboratory against the analyzer's RBC
 scanner                no        scanner id or model
 date                   no        acquisition date, ISO 8601 (YYYY-MM-DD)
 notes                  no        free text
@@ -75,13 +82,21 @@ OPTIONAL_FIELDS: Final[tuple[str, ...]] = (
     "imaged_volume_ul",
     "calibration_factor",
     "um_per_px",
+    "field_area_um2",
+    "smear_thickness_um",
     "scanner",
     "date",
     "notes",
     "stratum",
 )
 MANIFEST_FIELDS: Final[tuple[str, ...]] = REQUIRED_FIELDS + OPTIONAL_FIELDS
-POSITIVE_NUMBER_FIELDS: Final[tuple[str, ...]] = ("imaged_volume_ul", "calibration_factor", "um_per_px")
+POSITIVE_NUMBER_FIELDS: Final[tuple[str, ...]] = (
+    "imaged_volume_ul",
+    "calibration_factor",
+    "um_per_px",
+    "field_area_um2",
+    "smear_thickness_um",
+)
 #: The largest pixel size accepted (µm): a coarser pixel could not image a white cell (7-20 µm) at all.
 MAX_UM_PER_PX: Final[float] = 5.0
 #: Fields that are text as written (never numbers, booleans or dates), in both manifest formats.

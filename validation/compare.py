@@ -39,9 +39,10 @@ from typing import Any, Final
 import polars as pl
 
 from wbcv.base.errors import WbcvError
+from wbcv.base.tables import SMEAR_CONCENTRATIONS
 from wbcv.validation import sampling
 from wbcv.validation.examiner_check import within_counting_interval
-from wbcv.validation.measurands import MEASURANDS
+from wbcv.validation.measurands import MEASURANDS, Measurand
 from wbcv.validation.protocol import MeasurandRule, Protocol, effective_limit_pct, within_limit
 from wbcv.validation.reference import MARKS, ReferenceData, implausibility
 
@@ -149,7 +150,9 @@ def _flag_reason(flags: list[str], protocol: Protocol) -> str | None:
 def check_reference_columns(ref: ReferenceData, protocol: Protocol) -> None:
     """Refuse (WbcvError) a reference that lacks a quantity the protocol needs, naming each."""
     missing = [m for m in protocol.measurands if m not in ref.quantities and m != "WBC"]
-    needs_wbc = protocol.count_mode == "relative" and any(MEASURANDS[m].kind == "count" for m in protocol.measurands)
+    needs_wbc = protocol.count_mode == "relative" and any(
+        MEASURANDS[m].kind == "count" and MEASURANDS[m].cell_class is not None for m in protocol.measurands
+    )
     if needs_wbc and "WBC" not in ref.quantities:
         missing.append("WBC (needed to turn fractions into counts in relative mode)")
     if "WBC" in protocol.measurands and "WBC" not in ref.quantities:
@@ -206,10 +209,13 @@ def compare(counts: pl.DataFrame, ref: ReferenceData, protocol: Protocol) -> Com
         r = ref_by_id.get(sid)
         if r is None:
             continue
-        sample_reason = _sample_reason(c, r, protocol)
+        cells_reason = _cells_reason(c, protocol)
+        reference_reason = _reference_reason(r, protocol)
         wbc_pred = _volumetric_wbc(c) if protocol.count_mode == "volumetric" else None
         for name, rule in protocol.measurands.items():
             row, reason = _one_value(name, rule, c, r, protocol, wbc_pred)
+            # red cells and platelets are counted in the fields, not among the classified white cells
+            sample_reason = reference_reason if MEASURANDS[name].smear_object else cells_reason or reference_reason
             if sample_reason or reason:
                 would_be = {k: row[k] for k in ("reference", "predicted", "error_pct", "n_classified")}
                 excluded.append(
@@ -235,12 +241,17 @@ def compare(counts: pl.DataFrame, ref: ReferenceData, protocol: Protocol) -> Com
     return Comparison(table, ex, len(run_by_id), ref.table["sample_id"].n_unique())
 
 
-def _sample_reason(c: dict[str, Any], r: dict[str, Any], protocol: Protocol) -> str | None:
-    """Why a sample in both the run and the reference is excluded as a whole; None when it is not."""
+def _cells_reason(c: dict[str, Any], protocol: Protocol) -> str | None:
+    """Why the white-cell measurands of a sample are excluded (too few classified cells); None when not."""
     if c["n_classified"] == 0:
         return f"no classified cells on the slide ({c['n_cells']} decoded, all unclassified or skipped)"
     if c["n_classified"] < protocol.min_cells:
         return f"{c['n_classified']} classified cells, below the protocol's min_cells {protocol.min_cells}"
+    return None
+
+
+def _reference_reason(r: dict[str, Any], protocol: Protocol) -> str | None:
+    """Why every measurand of a sample is excluded by its reference row (implausible, flagged); None when not."""
     why = implausibility(r)
     if why:
         return f"implausible reference values (row {r['source_row']}): {why}"
@@ -291,6 +302,8 @@ def _predicted(
 ) -> tuple[float | None, float | None, str | None]:
     """(predicted value, the reference's WBC in relative count mode, why the value cannot be used)."""
     m = MEASURANDS[name]
+    if m.smear_object is not None:
+        return _smear_concentration(m, c)
     fraction = c[f"fraction_{m.cell_class}"] if m.cell_class else None
     if m.cell_class is not None and fraction is None:
         return None, None, None  # no classified cells: the sample's own reason says so
@@ -304,6 +317,20 @@ def _predicted(
         what = "the volumetric WBC count" if m.cell_class is None else "the volumetric count"
         return None, None, f"no imaged_volume_ul or calibration_factor in the manifest for {what}"
     return (wbc_pred if fraction is None else fraction * wbc_pred), None, None
+
+
+def _smear_concentration(m: Measurand, c: dict[str, Any]) -> tuple[float | None, None, str | None]:
+    """RBC or PLT from the smear fields: the counts table's concentration column (``wbcv segment``,
+    ``segment.SMEAR_CONCENTRATIONS``), null when it could not be computed."""
+    column = SMEAR_CONCENTRATIONS[m.name]
+    value = c.get(column)
+    if value is None:
+        why = (
+            f"no {column} in the counts: {m.name} needs a batch made by wbcv segment from fields whose "
+            "manifest gives um_per_px or field_area_um2, and smear_thickness_um"
+        )
+        return None, None, why
+    return float(value), None, None
 
 
 def _one_value(

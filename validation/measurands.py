@@ -1,6 +1,9 @@
 """Measurands and units: the one place that names what is compared and in which unit.
 
-Canonical units: counts in 10^3 cells/µL (numerically equal to 10^9/L), differentials in %.
+Canonical units: counts in 10^3 cells/µL (numerically equal to 10^9/L), except red cells in 10^6/µL
+(10^12/L), as the Sysmex XN reports them (``RBC(10^6/uL)``, ``PLT(10^3/uL)``); differentials in %.
+RBC and PLT are counted in smear fields (``wbcv segment``: red cells and platelets per imaged blood
+volume, ``smear_object``), the others from the classified white cells.
 A Sysmex header such as ``NEUT#(10^3/uL)``, ``NEUT#(10^9/L)``, ``NEUT%(%)`` or ``NEUT%(10^(-1)%)``
 is split into the measurand name and a factor that converts the file's numbers to canonical units.
 """
@@ -23,11 +26,15 @@ PERCENT_UNIT: Final[str] = "%"
 class Measurand:
     name: str  # as the analyzer names it: WBC, NEUT#, NEUT% ...
     kind: Kind
-    cell_class: str | None  # the CELL_CLASSES entry it counts; None for the WBC total
+    cell_class: str | None  # the CELL_CLASSES entry it counts; None for the WBC total, RBC and PLT
+    #: a count's canonical unit is 10^unit_exponent cells/µL
+    unit_exponent: int = 3
+    #: the smear-field object counted (``wbcv segment``'s kinds ``rbc``, ``platelet``); None: white cells
+    smear_object: str | None = None
 
     @property
     def unit(self) -> str:
-        return COUNT_UNIT if self.kind == "count" else PERCENT_UNIT
+        return f"10^{self.unit_exponent}/uL" if self.kind == "count" else PERCENT_UNIT
 
 
 #: Sysmex abbreviation of each class.
@@ -40,10 +47,14 @@ SYSMEX_CODE: Final[dict[str, str]] = {
 }
 
 WBC: Final[Measurand] = Measurand("WBC", "count", None)
+RBC: Final[Measurand] = Measurand("RBC", "count", None, unit_exponent=6, smear_object="rbc")
+PLT: Final[Measurand] = Measurand("PLT", "count", None, smear_object="platelet")
 MEASURANDS: Final[dict[str, Measurand]] = {
     "WBC": WBC,
     **{f"{SYSMEX_CODE[c]}#": Measurand(f"{SYSMEX_CODE[c]}#", "count", c) for c in CELL_CLASSES},
     **{f"{SYSMEX_CODE[c]}%": Measurand(f"{SYSMEX_CODE[c]}%", "percent", c) for c in CELL_CLASSES},
+    "RBC": RBC,
+    "PLT": PLT,
 }
 #: Reference-only quantities the protocol may use (immature granulocytes, for the class mapping).
 AUXILIARY: Final[dict[str, Measurand]] = {
@@ -63,10 +74,12 @@ class UnitError(ValueError):
     pass
 
 
-def unit_factor(unit: str, kind: Kind) -> float:
-    """Factor from the file's unit to the canonical unit of a measurand of this kind.
+def unit_factor(unit: str, kind: Kind, exponent: int = 3) -> float:
+    """Factor from the file's unit to the canonical unit of a measurand of this kind (counts:
+    10^exponent/uL, ``Measurand.unit_exponent``).
 
-    10^3/uL -> 1; 10^9/L -> 1; 10^2/uL -> 0.1; /uL -> 0.001; % -> 1; 10^(-1)% -> 0.1.
+    Exponent 3: 10^3/uL -> 1; 10^9/L -> 1; 10^2/uL -> 0.1; /uL -> 0.001. Exponent 6 (red cells):
+    10^6/uL -> 1; 10^12/L -> 1; 10^4/uL -> 0.01. % -> 1; 10^(-1)% -> 0.1.
     """
     m = _UNIT.match(unit.replace(" ", ""))
     if not m:
@@ -78,9 +91,9 @@ def unit_factor(unit: str, kind: Kind) -> float:
             raise UnitError(f"unit {unit!r} is not a percentage")
         return 10.0**exp
     if base == "/ul":
-        return 10.0 ** (exp - 3)
+        return 10.0 ** (exp - exponent)
     if base == "/l":
-        return 10.0 ** (exp - 9)  # 10^9/L equals 10^3/uL
+        return 10.0 ** (exp - 6 - exponent)  # 1 L = 10^6 uL: 10^9/L equals 10^3/uL
     raise UnitError(f"unit {unit!r} is not a count per volume")
 
 

@@ -291,7 +291,7 @@ def _measurand_columns(path: Path, header: list[str], header_row: int) -> list[_
         if any(c.quantity == name for c in columns):
             raise WbcvError(f"{path} row {header_row}: column {shown(h)} appears twice (as {name})")
         try:
-            factor = unit_factor(unit, q.kind) if unit else 1.0
+            factor = unit_factor(unit, q.kind, q.unit_exponent) if unit else 1.0
         except UnitError as e:
             raise WbcvError(f"{path} row {header_row}, column {shown(h)}: {clipped(str(e), 200)}") from None
         mark = marks.get(name) or marks.get(h.upper())

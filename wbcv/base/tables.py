@@ -152,7 +152,26 @@ FIELD_SAMPLES_SCHEMA: Final[dict[str, pl.DataType]] = {
     "wbc_cropped": pl.Int32(),
     "rbc_counted": pl.Int32(),  # sum over the analysed fields
     "platelets_counted": pl.Int32(),
+    # added 2026-12: the analysed fields' area (um_per_px^2 x pixels, or field_area_um2 each; null
+    # without either), the blood volume imaged (area x smear_thickness_um; null without it) and the
+    # concentrations that follow (null when the volume is)
+    "analysed_area_um2": pl.Float64(),
+    "imaged_blood_ul": pl.Float64(),
+    "rbc_10e6_per_ul": pl.Float64(),
+    "plt_10e3_per_ul": pl.Float64(),
 }
+#: Columns of FIELD_SAMPLES_SCHEMA that ``wbcv infer`` appends to COUNTS_FILE (after COUNT_COLUMNS)
+#: when the batch holds FIELD_SAMPLES_FILE (a batch made by ``wbcv segment``).
+FIELD_COUNT_COLUMNS: Final[tuple[str, ...]] = (
+    "fields_analysed",
+    "rbc_counted",
+    "platelets_counted",
+    "imaged_blood_ul",
+    "rbc_10e6_per_ul",
+    "plt_10e3_per_ul",
+)
+#: The counts column holding each smear measurand's predicted value (``validation.measurands``).
+SMEAR_CONCENTRATIONS: Final[dict[str, str]] = {"RBC": "rbc_10e6_per_ul", "PLT": "plt_10e3_per_ul"}
 #: One row per object found in an analysed field.
 DETECTIONS_SCHEMA: Final[dict[str, pl.DataType]] = {
     "sample_id": pl.String(),
