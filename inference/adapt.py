@@ -9,14 +9,15 @@ there:
    running mean and variance are re-estimated on the site's framed cells (AdaBN: Li et al. 2016,
    "Revisiting batch normalization for practical domain adaptation", arXiv:1603.04779): the
    features of another scanner and stain are re-centred without a single label.
-2. **Self-training** (unlabelled images): the re-normalised model labels the site's cells; those
-   it calls with calibrated confidence ≥ ``pseudo_label_confidence`` become training cells
-   (confidence-filtered pseudo-labelling: Lee 2013; Xie et al. 2020 "Self-training with Noisy
-   Student", arXiv:1911.04252, whose augmentation of the student this follows).
-3. **Supervised fine-tuning** (labelled cells): the whole network is fine-tuned at a low learning
-   rate on the labelled cells (weighted ``labelled_weight`` times a pseudo-labelled one), with
-   the training augmentation, class-balanced sampling, and the training loss
-   (``wbcv.inference.training``).
+2. **Supervised fine-tuning** (labelled cells): the whole network is fine-tuned at a low learning
+   rate on the labelled cells, with the training augmentation, class-balanced sampling, and the
+   training loss (``wbcv.inference.training``); then the statistics of step 1 again.
+3. **Self-training** (unlabelled images): the best model so far (after step 2 when there are
+   labelled cells: a teacher that has seen the site's labels) labels the site's cells; those it
+   calls with calibrated confidence ≥ ``pseudo_label_confidence`` become training cells, and the
+   network is fine-tuned on them with the labelled ones (each labelled cell ``labelled_weight``
+   times as likely to be drawn) (confidence-filtered pseudo-labelling: Lee 2013; Xie et al. 2020
+   "Self-training with Noisy Student", arXiv:1911.04252, whose augmented student this follows).
 
 The parent's calibration and abstention threshold are kept (a few hundred cells cannot re-fit them
 reliably; the evaluation on held-out labelled cells shows how well they still hold). The
@@ -271,12 +272,12 @@ def refit_profile(model: LoadedModel, site: SiteData, labels: torch.Tensor, out_
 
 
 def method_name(site: SiteData, recipe: AdaptRecipe) -> str:
-    """The steps applied, in order: 'batchnorm-statistics', '+self-training', '+supervised-fine-tuning'."""
+    """The steps applied, in order: 'batchnorm-statistics', '+supervised-fine-tuning', '+self-training'."""
     steps = ["batchnorm-statistics"]
-    if recipe.self_training and site.record["used_unlabelled"]:
-        steps.append("self-training")
     if site.record["used_labelled"]:
         steps.append("supervised-fine-tuning")
+    if recipe.self_training and site.record["used_unlabelled"]:
+        steps.append("self-training")
     return "+".join(steps)
 
 
@@ -302,6 +303,11 @@ def adapt(
     layers = renormalise_batchnorm(model.net, site.pixels)
     log(f"re-estimated the statistics of {layers} batch-normalisation layers on {len(site.pixels)} cells")
     labels = site.labels.clone()
+    losses: list[float] = []
+    if site.record["used_labelled"]:  # supervised first: the teacher of the self-training is the best model so far
+        losses += fine_tune(model.net, site.pixels, labels, torch.ones(len(labels)), recipe)
+        renormalise_batchnorm(model.net, site.pixels)  # the fine-tuned layers' statistics on the site
+        log(f"fine-tuned on the labelled cells: loss per epoch {losses}")
     pseudo = 0
     if recipe.self_training and site.record["used_unlabelled"]:
         guess = pseudo_labels(model, site.pixels, recipe.pseudo_label_confidence)
@@ -309,12 +315,11 @@ def adapt(
         labels[take] = guess[take]
         pseudo = int(take.sum())
         log(f"self-training: {pseudo} of {site.record['used_unlabelled']} unlabelled cells pseudo-labelled")
-    losses: list[float] = []
-    if (labels >= 0).any() and method_name(site, recipe) != "batchnorm-statistics":
-        weight = torch.where(site.labels >= 0, recipe.labelled_weight, 1.0)
-        losses = fine_tune(model.net, site.pixels, labels, weight, recipe)
-        renormalise_batchnorm(model.net, site.pixels)  # the fine-tuned layers' statistics on the site
-        log(f"fine-tuned: loss per epoch {losses}")
+        if pseudo:
+            weight = torch.where(site.labels >= 0, recipe.labelled_weight, 1.0)
+            losses += fine_tune(model.net, site.pixels, labels, weight, recipe)
+            renormalise_batchnorm(model.net, site.pixels)
+            log(f"fine-tuned on labelled and pseudo-labelled cells: loss per epoch {losses}")
     card = adapted_card(model, site, recipe, pseudo, losses, time.perf_counter() - t0)
     if out_dir.exists():
         shutil.rmtree(out_dir)
