@@ -59,6 +59,7 @@ from wbcv.inference.artifact import CARD_FILE, InputSpec, make_card, save_artifa
 from wbcv.inference.augment import AugmentConfig, augment
 from wbcv.inference.combine import Calibration, Thresholds, calibrated_scores, combine
 from wbcv.inference.decode import IMAGE_EXTENSIONS, CellRejected, decode_cell, max_file_bytes, read_cell_file
+from wbcv.inference.domain_fit import add_domain_profile
 from wbcv.inference.ensemble import EnsembleLogits, WbcEnsembleNet
 from wbcv.inference.framing import frame_cells, ring_mask, work_size
 from wbcv.inference.library import LabelledCell, read_cell_library
@@ -566,6 +567,11 @@ def train(
     log(f"out-of-distribution threshold {card['ood']['threshold']:.1f}: {card['ood']['validation_rejected']}")
     save_artifact(net.eval(), card, out_dir)
     log(f"saved {out_dir} ({training['training_seconds']} s)")
+    try:  # what the model was qualified on: every later run checks its batch against it
+        profile = add_domain_profile(out_dir, root)
+        log(f"domain profile: threshold {profile['threshold']:.3f} ({profile['threshold_from']})")
+    except WbcvError as e:  # the weights are good; the card says the check cannot be done
+        log(f"no domain profile: {e}")
     return out_dir
 
 

@@ -298,3 +298,24 @@ def test_wbcv_profile_adds_a_verified_profile_from_the_split_file(model_dir, tmp
     (m / "split.csv").unlink()
     assert wbcv_main(["profile", str(m), "--cells", str(PBC)]) == 2
     assert "split file split.csv is missing" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # two real batches through the bundled model and its profile
+def test_the_bundled_model_finds_pbc_test_cells_in_domain_and_tecom_cells_out(pbc_cells, tecom_dir, tmp_path, capsys):
+    """The issue's acceptance, on real cells: a batch of held-out PBC test cells is in domain; a
+    batch of the other laboratory's (Tecom) cells is out of domain, with the warning line."""
+    model = load_artifact(None)
+    test_paths = set(read_split(model.path, model.card).filter(pl.col("split") == "test")["path"].to_list())
+    test_cells = [c for c in pbc_cells if c.path.relative_to(PBC).as_posix() in test_paths]
+    for name, cells in (("pbc", test_cells), ("tecom", read_cell_library(tecom_dir))):
+        batch = build_slide_set(cells, tmp_path / name, n_samples=2, cells_per_slide=100, seed=4)
+        assert wbcv_main(["infer", str(batch), "--out", str(tmp_path / f"runs-{name}"), "--no-progress"]) == EXIT_OK
+        run = next((tmp_path / f"runs-{name}").iterdir())
+        domain = json.loads((run / "run.json").read_text())["domain"]
+        err = capsys.readouterr().err
+        if name == "pbc":
+            assert domain["verdict"] == "in_domain" and domain["slides_out_of_domain"] == [], domain
+            assert "out of domain" not in err
+        else:
+            assert domain["verdict"] == "out_of_domain" and len(domain["slides_out_of_domain"]) == 2, domain
+            assert "out of domain" in err

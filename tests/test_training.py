@@ -78,6 +78,9 @@ def test_training_writes_a_loadable_calibrated_artifact_with_its_split(trained, 
         rows = list(csv.DictReader(f))
     assert {r["split"] for r in rows} == {"train", "validation", "test"}
     assert all((library / r["path"]).is_file() for r in rows)
+    # the operating-domain profile is fitted on the split's train/validation cells and verified on load
+    assert card["domain_profile"]["fitted_on"]["library"] == str(library)
+    assert model.domain is not None and model.domain.threshold == card["domain_profile"]["threshold"]
 
 
 def test_training_is_reproducible(trained, library, tmp_path):
