@@ -226,10 +226,10 @@ def refit_ood(model: LoadedModel, site: SiteData, labels: torch.Tensor, out_dir:
     feats = predict_logits(model.net, site.pixels[order]).features
     assert feats is not None
     y = labels[order].numpy()
-    present = sorted(set(y.tolist()))
-    dense = np.searchsorted(present, y)  # class index -> index among the present classes
     half = len(order) // 2
-    means, precision = fit_density(feats.numpy()[:half], dense[:half], len(present))
+    present = sorted(set(y[:half].tolist()))  # the classes of the half the density is fitted on
+    dense = np.searchsorted(present, y[:half])  # class index -> index among the present classes
+    means, precision = fit_density(feats.numpy()[:half], dense, len(present))
     density = FeatureDensity(means, precision, threshold_for(distances(feats[half:], means, precision)))
     figures = {
         "quantile": QUANTILE,

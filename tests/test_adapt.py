@@ -11,15 +11,17 @@ import json
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from tests.conftest import run_wbcv, write_test_artifact
 from wbcv.base.errors import WbcvError
 from wbcv.base.taxonomy import CELL_CLASSES
-from wbcv.inference.adapt import AdaptRecipe, adapt, renormalise_batchnorm
+from wbcv.inference.adapt import AdaptRecipe, SiteData, adapt, refit_ood, renormalise_batchnorm
 from wbcv.inference.artifact import load_artifact
 from wbcv.inference.library import LabelledCell
+from wbcv.inference.ood import FeatureDensity
 from wbcv.inference.predict import decode_files
 from wbcv.validation.model_evaluation import requalify_adapted
 
@@ -123,3 +125,22 @@ def test_the_command_line_adapts_and_refuses_evaluation_cells_it_trained_on(pare
     )
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "c" / "model.json").read_text())["adaptation"]["requalified"] is True
+
+
+def test_the_site_density_is_finite_when_a_class_has_a_single_cell(parent, pbc_cells, tmp_path):
+    """One basophil at the site lands in the fitted half or the threshold half, depending on the
+    shuffle; either way the density and its threshold are finite (an empty class once made every
+    distance NaN, which silently switched the out-of-distribution rule off)."""
+    model = load_artifact(parent, fold=False)
+    cells = sample(pbc_cells, 8, 11)
+    decoded = decode_files(model, [c.path for c in cells])
+    site = SiteData(
+        torch.from_numpy(decoded.pixels), torch.zeros(40, dtype=torch.long), np.zeros((40, 3)), np.zeros(40), {}
+    )
+    for where in range(0, 40, 5):  # the single basophil at several positions: some fall in each half
+        labels = torch.tensor([i % 4 for i in range(40)])
+        labels[where] = CELL_CLASSES.index("basophil")
+        section = refit_ood(model, site, labels, tmp_path / str(where))
+        assert section is not None and np.isfinite(section["threshold"])
+        density = FeatureDensity.load(str(tmp_path / str(where) / "ood.npz"))
+        assert np.isfinite(density.means).all() and np.isfinite(density.precision).all()
