@@ -396,13 +396,30 @@ def test_report_says_what_the_export_has(fmt, tmp_path, capsys):
 def test_verify_inputs_rehashes_the_results_file(tmp_path, capsys):
     export = tmp_path / "oru.hl7"
     shutil.copy(SAMPLES / "oru.hl7", export)
-    code, _, err = wbcv(capsys, "import-results", export, "--format", "hl7", "--out", tmp_path / "runs")
-    assert code == 0, err
-    run = runs_of(tmp_path / "runs", "results")[0]
-    assert main(["verify", "--inputs", str(run)]) == 0
+    runs = tmp_path / "runs"
+    code, _, err = wbcv(
+        capsys, "compare", "--results", export, "--format", "hl7",
+        "--reference", REFERENCE, "--protocol", PROTOCOL, "--out", runs,
+    )  # fmt: skip
+    assert code in (0, 3), err
+    (run,), (comparison,) = runs_of(runs, "results"), runs_of(runs, "compare")
+    record = read_run_record(run)
+    assert isinstance(record, ResultsRecord)
+    # the wording of a results run: one exported file with its sha256, not a batch of cell folders
+    expected = (
+        f"input: the exported results file {export.resolve()} (hl7, {export.stat().st_size} bytes, recorded sha256 "
+        f"{record.input.sha256}) re-hashed (results run {run})"
+    )
+    for checked in (run, comparison):  # the results run itself, or the comparison made from it
+        code, out, _ = wbcv(capsys, "verify", "--inputs", checked)
+        assert code == 0, out
+        assert expected in out and "batch" not in out and "inference run" not in out
     export.write_bytes(export.read_bytes().replace(b"|87.6|", b"|78.6|", 1))
-    assert main(["verify", "--inputs", str(run)]) == 4
-    assert "input changed: oru.hl7" in capsys.readouterr().out
+    code, out, _ = wbcv(capsys, "verify", "--inputs", comparison)
+    assert code == 4 and "input changed: oru.hl7 (content differs from the recorded sha256)" in out
+    export.unlink()
+    code, out, _ = wbcv(capsys, "verify", "--inputs", run)
+    assert code == 4 and "input missing: oru.hl7" in out and "NOT INTACT" in out
 
 
 # --- hostile input: never a traceback -------------------------------------------------------------
