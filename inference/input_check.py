@@ -63,7 +63,10 @@ class InputVerification:
                 f"input: the exported results file {e.path} ({e.format}, {e.bytes} bytes, recorded sha256 "
                 f"{e.sha256}) re-hashed (results run {self.inference_run})"
             )
-        return f"inputs: {self.n_checked} recorded files of batch {self.batch} re-hashed (inference run {self.inference_run})"
+        return (
+            f"inputs: {self.n_checked} recorded files of batch {self.batch} re-hashed "
+            f"(inference run {self.inference_run})"
+        )
 
 
 def _inside(root: Path, rel: str) -> Path | None:

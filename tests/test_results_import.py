@@ -257,7 +257,7 @@ def test_astm_plain_records_without_frames(tmp_path, capsys):
     assert row["sample_id"] == "S|1"  # &F& is the escaped field delimiter
     assert (row["k_neutrophil"], row["k_lymphocyte"], row["k_monocyte"]) == (60, 35, 5)
     left = pl.read_parquet(run / IMPORT_EXCLUDED_FILE)
-    assert left["reason"].to_list() == ["R LYMPH#: result status 'X' (test cannot be done); F, C, V or empty are used"]
+    assert left["reason"].to_list() == ["R LYMPH#: result status 'X' (order cannot be done); F, C, V or empty are used"]
 
 
 def test_cells_without_a_verified_class_are_excluded_with_the_reason(tmp_path, capsys, truth):
