@@ -370,7 +370,7 @@ def test_compare_needs_a_run_or_results_not_both(capsys, tmp_path):
 # --- the report of a results comparison --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("fmt", ["cells", "csv"])
+@pytest.mark.parametrize("fmt", list(FILES))
 def test_report_says_what_the_export_has(fmt, tmp_path, capsys):
     from wbcv.validation.report import load_report_data, render_html
 
@@ -465,19 +465,38 @@ def test_a_fifo_is_refused_without_blocking(tmp_path, capsys):
     assert code == 2 and "not a regular file; expected a file of HL7 or ASTM messages" in err
 
 
-def test_the_dashboard_names_the_analyzer_and_says_why_there_are_no_cells(tmp_path, capsys):
-    from wbcv.dashboards.app import _gallery
+@pytest.mark.parametrize("fmt", list(FILES))
+def test_the_dashboard_shows_each_export_kind(fmt, tmp_path, capsys):
+    """For each input kind, the comparison in the dashboard: listed with the analyzer, its verdict
+    table and verification plot, the gallery saying why there are no cells, and the
+    pre-classification tab (figures for a per-cell table, the reason otherwise). The browser test
+    of that tab is tests/test_dashboard_preclassification.py."""
+    from wbcv.dashboards.app import _gallery, _verification_view
     from wbcv.dashboards.data import RunCatalog
+    from wbcv.dashboards.preclassification import preclassification_view
 
     code, _, err = wbcv(
-        capsys, "compare", "--results", SAMPLES / "results.astm", "--format", "astm",
+        capsys, "compare", "--results", SAMPLES / FILES[fmt], "--format", fmt,
         "--reference", REFERENCE, "--protocol", PROTOCOL, "--out", tmp_path,
     )  # fmt: skip
     assert code in (0, 3), err
     catalog = RunCatalog(tmp_path)
     (summary,) = catalog.summaries()  # the results run is not a comparison: not listed, and not "unreadable"
     assert catalog.unreadable() == []
-    assert summary.model == "DI-60 (software 1.2.3, serial SN4711)"
+    results = read_run_record(runs_of(tmp_path, "results")[0])
+    assert isinstance(results, ResultsRecord)
+    assert summary.model == results.analyzer.label and summary.verdict == ("pass" if code == 0 else "fail")
+    if fmt == "astm":
+        assert summary.model == "DI-60 (software 1.2.3, serial SN4711)"
     run = catalog.get(summary.run_id)
+    figure, verdict = _verification_view(run, run.measurands[0], [])
+    (samples,) = [t for t in figure.data if t.name == "samples"]
+    assert len(samples.x) == run.verdicts[run.measurands[0]]["n"] > 0
+    assert f"overall {summary.verdict.upper()}" in str(verdict)
     (paragraph,) = _gallery(run, run.table["sample_id"][0])
-    assert "cells not available (the counts are an analyzer's exported results (DI-60" in str(paragraph.children)
+    assert "cells not available (the counts are an analyzer's exported results (" in str(paragraph.children)
+    tab = " ".join(str(c) for c in preclassification_view(run))
+    if fmt == "cells":
+        assert "preclass-summary" in tab and "preclass-matrix" in tab
+    else:
+        assert "No pre-classification figures" in tab and "per-sample export" in tab
