@@ -105,6 +105,19 @@ def test_tab_shows_nothing_from_an_altered_statistics_file(runs, tmp_path):
     assert "differs from its run.json: altered; nothing is shown" in text and "99.9 %" not in text
 
 
+def test_tab_of_wbcvs_own_run_says_where_its_verification_figures_are(runs):
+    """A comparison of wbcv's own model (its link's kind) has no figures in statistics.json: the tab
+    says the report computes them from the verification log. The run is the per-sample one with its
+    link's kind changed in memory (making a model run needs a whole inference)."""
+    import dataclasses
+
+    run = RunCatalog(runs).get(run_dirs(runs)["csv"].name)
+    link = dataclasses.replace(run.record.inputs.inference_run, kind="inference", analyzer=None)
+    run.record = dataclasses.replace(run.record, inputs=dataclasses.replace(run.record.inputs, inference_run=link))
+    text = text_of(preclassification_view(run))
+    assert "wbcv's own model" in text and "computes the figures of that verification from the verification log" in text
+
+
 # --- in the browser -------------------------------------------------------------------------------
 
 
