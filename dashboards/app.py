@@ -4,7 +4,8 @@
 Page, top to bottom: the runs list (a click opens a run); the measurand and the toggles (excluded
 samples, sampling-floor band); tabs: run review (verdict and verification plot), method comparison
 (Bland–Altman, Passing–Bablok), samples (table with CSV export), cells against expert labels
-(confusion matrix), compare two runs, coverage across runs (drift); below them the gallery of the
+(confusion matrix), pre-classification against verification (``wbcv.dashboards.preclassification``),
+compare two runs, coverage across runs (drift); below them the gallery of the
 clicked sample's cells. The newest run's verification plot comes with the page (``build_layout``);
 every other view is built by its own callback when its tab is open. How the page loads fast:
 ``wbcv.dashboards.page``.
@@ -29,6 +30,8 @@ from wbcv.dashboards.auth import Credentials, require_basic_auth
 from wbcv.dashboards.cells import cell_url, register_cell_route
 from wbcv.dashboards.data import TABLE_COLUMNS, ComparisonRun, InferenceRun, RunCatalog, RunSummary, coverage_trend
 from wbcv.dashboards.page import LeanDash, PageMemo, load_library_js
+from wbcv.dashboards.preclassification import TAB_ID as PRECLASS_VIEW
+from wbcv.dashboards.preclassification import preclassification_view
 from wbcv.dashboards.table import NUMBER_FILTERS, TEXT_FILTERS, apply_view, block
 from wbcv.dashboards.verify import NO_SIGN_IN, register_verify_route, verify_url
 from wbcv.validation import cell_metrics
@@ -78,6 +81,7 @@ REVIEW_TAB, METHODS_TAB, SAMPLES_TAB, CELLS_TAB, COMPARE_TAB, DRIFT_TAB = (
     "drift",
 )
 STUDIES_TAB: Final[str] = "studies"  # static: built with the page
+PRECLASS_TAB: Final[str] = "preclassification"
 NO_SAMPLE: Final[html.P] = html.P(
     "No sample selected: click a point of the verification plot or a row of the sample table.", className="note"
 )
@@ -417,6 +421,7 @@ def build_layout(catalog: RunCatalog, runs: list[RunSummary]) -> html.Div:
         # samples_view() once AG Grid's code is loaded, which happens when the tab is first opened
         ("samples", SAMPLES_TAB, [html.Div(html.P("loading the sample table…", className="note"), id="samples-view")]),
         ("cells against expert labels", CELLS_TAB, [html.Div(id="cell-metrics"), _graph("confusion")]),
+        ("pre-classification against verification", PRECLASS_TAB, [html.Div(id=PRECLASS_VIEW)]),
         (
             "compare two runs",
             COMPARE_TAB,
@@ -723,6 +728,16 @@ def create_app(runs_dir: Path, credentials: Credentials | None = None) -> Dash:
             + (f" · {labelled.n_outside} cells labelled outside the five classes" if labelled.n_outside else "")
         )
         return confusion_matrix_plot(cm), html.P(summary)
+
+    @app.callback(
+        Output(PRECLASS_VIEW, "children"),
+        Input("view", "value"),
+        Input("run", "data"),
+        prevent_initial_call=True,
+    )
+    def preclassification(view: str, run_id: str | None) -> list[Component]:
+        only_in(PRECLASS_TAB, view)
+        return preclassification_view(get_run(run_id))
 
     @app.callback(
         Output("compare-a", "figure"),

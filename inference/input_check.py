@@ -27,7 +27,7 @@ from pathlib import Path, PurePosixPath
 import polars as pl
 
 from wbcv.base.errors import WbcvError
-from wbcv.base.records import ComparisonRecord, InferenceRecord, ResultsRecord
+from wbcv.base.records import ComparisonRecord, InferenceRecord, ResultsInput, ResultsRecord
 from wbcv.base.runstore import locate_source_run, read_run_record
 from wbcv.base.tables import INPUTS_FILE, SKIPPED_FILE
 from wbcv.inference.decode import CellRejected, read_cell_file
@@ -45,14 +45,28 @@ class InputFinding:
 
 @dataclass(frozen=True)
 class InputVerification:
-    inference_run: Path
-    batch: Path
+    inference_run: Path  # the run whose inputs were checked: an inference run or a results run
+    batch: Path  # the batch folder; for a results run, the folder of its exported file
     n_checked: int  # recorded files re-hashed
     findings: tuple[InputFinding, ...]
+    export: ResultsInput | None = None  # a results run's one input: the analyzer's exported file
 
     @property
     def intact(self) -> bool:
         return not self.findings
+
+    def describe(self) -> str:
+        """What was checked, in the words of the run's kind (printed by `wbcv verify --inputs`)."""
+        if self.export is not None:
+            e = self.export
+            return (
+                f"input: the exported results file {e.path} ({e.format}, {e.bytes} bytes, recorded sha256 "
+                f"{e.sha256}) re-hashed (results run {self.inference_run})"
+            )
+        return (
+            f"inputs: {self.n_checked} recorded files of batch {self.batch} re-hashed "
+            f"(inference run {self.inference_run})"
+        )
 
 
 def _inside(root: Path, rel: str) -> Path | None:
@@ -122,7 +136,7 @@ def verify_inputs(run_dir: Path) -> InputVerification:
     if isinstance(record, ResultsRecord):  # an analyzer's export: its one input file
         source = record.input.path
         finding = _check_recorded(source.parent, source.name, record.input.sha256, record.input.bytes)
-        return InputVerification(run, source.parent, 1, (finding,) if finding else ())
+        return InputVerification(run, source.parent, 1, (finding,) if finding else (), export=record.input)
     if not isinstance(record, InferenceRecord):  # pragma: no cover - inference_run_of returns one
         raise WbcvError(f"{run}: not an inference run")
     batch = record.batch.path

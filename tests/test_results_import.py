@@ -257,7 +257,7 @@ def test_astm_plain_records_without_frames(tmp_path, capsys):
     assert row["sample_id"] == "S|1"  # &F& is the escaped field delimiter
     assert (row["k_neutrophil"], row["k_lymphocyte"], row["k_monocyte"]) == (60, 35, 5)
     left = pl.read_parquet(run / IMPORT_EXCLUDED_FILE)
-    assert left["reason"].to_list() == ["R LYMPH#: result status 'X' (test cannot be done); F, C, V or empty are used"]
+    assert left["reason"].to_list() == ["R LYMPH#: result status 'X' (order cannot be done); F, C, V or empty are used"]
 
 
 def test_cells_without_a_verified_class_are_excluded_with_the_reason(tmp_path, capsys, truth):
@@ -370,7 +370,7 @@ def test_compare_needs_a_run_or_results_not_both(capsys, tmp_path):
 # --- the report of a results comparison --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("fmt", ["cells", "csv"])
+@pytest.mark.parametrize("fmt", list(FILES))
 def test_report_says_what_the_export_has(fmt, tmp_path, capsys):
     from wbcv.validation.report import load_report_data, render_html
 
@@ -396,13 +396,30 @@ def test_report_says_what_the_export_has(fmt, tmp_path, capsys):
 def test_verify_inputs_rehashes_the_results_file(tmp_path, capsys):
     export = tmp_path / "oru.hl7"
     shutil.copy(SAMPLES / "oru.hl7", export)
-    code, _, err = wbcv(capsys, "import-results", export, "--format", "hl7", "--out", tmp_path / "runs")
-    assert code == 0, err
-    run = runs_of(tmp_path / "runs", "results")[0]
-    assert main(["verify", "--inputs", str(run)]) == 0
+    runs = tmp_path / "runs"
+    code, _, err = wbcv(
+        capsys, "compare", "--results", export, "--format", "hl7",
+        "--reference", REFERENCE, "--protocol", PROTOCOL, "--out", runs,
+    )  # fmt: skip
+    assert code in (0, 3), err
+    (run,), (comparison,) = runs_of(runs, "results"), runs_of(runs, "compare")
+    record = read_run_record(run)
+    assert isinstance(record, ResultsRecord)
+    # the wording of a results run: one exported file with its sha256, not a batch of cell folders
+    expected = (
+        f"input: the exported results file {export.resolve()} (hl7, {export.stat().st_size} bytes, recorded sha256 "
+        f"{record.input.sha256}) re-hashed (results run {run})"
+    )
+    for checked in (run, comparison):  # the results run itself, or the comparison made from it
+        code, out, _ = wbcv(capsys, "verify", "--inputs", checked)
+        assert code == 0, out
+        assert expected in out and "batch" not in out and "inference run" not in out
     export.write_bytes(export.read_bytes().replace(b"|87.6|", b"|78.6|", 1))
-    assert main(["verify", "--inputs", str(run)]) == 4
-    assert "input changed: oru.hl7" in capsys.readouterr().out
+    code, out, _ = wbcv(capsys, "verify", "--inputs", comparison)
+    assert code == 4 and "input changed: oru.hl7 (content differs from the recorded sha256)" in out
+    export.unlink()
+    code, out, _ = wbcv(capsys, "verify", "--inputs", run)
+    assert code == 4 and "input missing: oru.hl7" in out and "NOT INTACT" in out
 
 
 # --- hostile input: never a traceback -------------------------------------------------------------
@@ -448,19 +465,38 @@ def test_a_fifo_is_refused_without_blocking(tmp_path, capsys):
     assert code == 2 and "not a regular file; expected a file of HL7 or ASTM messages" in err
 
 
-def test_the_dashboard_names_the_analyzer_and_says_why_there_are_no_cells(tmp_path, capsys):
-    from wbcv.dashboards.app import _gallery
+@pytest.mark.parametrize("fmt", list(FILES))
+def test_the_dashboard_shows_each_export_kind(fmt, tmp_path, capsys):
+    """For each input kind, the comparison in the dashboard: listed with the analyzer, its verdict
+    table and verification plot, the gallery saying why there are no cells, and the
+    pre-classification tab (figures for a per-cell table, the reason otherwise). The browser test
+    of that tab is tests/test_dashboard_preclassification.py."""
+    from wbcv.dashboards.app import _gallery, _verification_view
     from wbcv.dashboards.data import RunCatalog
+    from wbcv.dashboards.preclassification import preclassification_view
 
     code, _, err = wbcv(
-        capsys, "compare", "--results", SAMPLES / "results.astm", "--format", "astm",
+        capsys, "compare", "--results", SAMPLES / FILES[fmt], "--format", fmt,
         "--reference", REFERENCE, "--protocol", PROTOCOL, "--out", tmp_path,
     )  # fmt: skip
     assert code in (0, 3), err
     catalog = RunCatalog(tmp_path)
     (summary,) = catalog.summaries()  # the results run is not a comparison: not listed, and not "unreadable"
     assert catalog.unreadable() == []
-    assert summary.model == "DI-60 (software 1.2.3, serial SN4711)"
+    results = read_run_record(runs_of(tmp_path, "results")[0])
+    assert isinstance(results, ResultsRecord)
+    assert summary.model == results.analyzer.label and summary.verdict == ("pass" if code == 0 else "fail")
+    if fmt == "astm":
+        assert summary.model == "DI-60 (software 1.2.3, serial SN4711)"
     run = catalog.get(summary.run_id)
+    figure, verdict = _verification_view(run, run.measurands[0], [])
+    (samples,) = [t for t in figure.data if t.name == "samples"]
+    assert len(samples.x) == run.verdicts[run.measurands[0]]["n"] > 0
+    assert f"overall {summary.verdict.upper()}" in str(verdict)
     (paragraph,) = _gallery(run, run.table["sample_id"][0])
-    assert "cells not available (the counts are an analyzer's exported results (DI-60" in str(paragraph.children)
+    assert "cells not available (the counts are an analyzer's exported results (" in str(paragraph.children)
+    tab = " ".join(str(c) for c in preclassification_view(run))
+    if fmt == "cells":
+        assert "preclass-summary" in tab and "preclass-matrix" in tab
+    else:
+        assert "No pre-classification figures" in tab and "per-sample export" in tab

@@ -798,7 +798,7 @@ def render_html(data: ReportData, signatories: Sequence[Signatory] = ()) -> str:
         "confusion": confusion,
         "labels_outside": cells.labelled.outside_classes if cells.labelled else {},
         "results": cells.results,
-        "preclassification": _preclassification_view(data.statistics.get("preclassification")),
+        "preclassification": preclassification_rows(data.statistics.get("preclassification")),
         "verification_log": data.statistics.get("verification_log"),
     }
     return (
@@ -834,9 +834,10 @@ def _interval_text(ci: list[float] | None) -> str:
     return "–" if not ci else f"{fmt(ci[0])} to {fmt(ci[1])}"
 
 
-def _preclassification_view(st: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The pre-classification statistics of a per-cell export (``wbcv.validation.preclassification``) as
-    report rows: estimates in %, Wilson intervals at the protocol's confidence."""
+def preclassification_rows(st: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The pre-classification statistics of statistics.json (``wbcv.validation.preclassification``) as
+    text rows: estimates in %, Wilson intervals at the protocol's confidence. The report and the
+    dashboard's pre-classification tab (``wbcv.dashboards.preclassification``) both show these."""
     if not st:
         return None
     if "not_computed" in st:
@@ -873,6 +874,8 @@ def _preclassification_view(st: dict[str, Any] | None) -> dict[str, Any] | None:
             for r in st["per_sample"][:MAX_LISTED_ROWS]
         ],
         "per_sample_more": max(0, len(st["per_sample"]) - MAX_LISTED_ROWS),
+        "categories": st["categories"],
+        "matrix": st["matrix"],  # rows verified, columns pre-classified
     }
 
 

@@ -468,14 +468,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _verify_inputs(run_dir: Path, run_intact: bool) -> bool:
-    """`wbcv verify --inputs`: the batch's images against the run's inputs.parquet."""
+    """`wbcv verify --inputs`: the batch's images against the run's inputs.parquet, or a results run's
+    exported file against its recorded sha256."""
     from wbcv.inference.input_check import verify_inputs
 
     if not run_intact:  # inputs.parquet itself may be what was changed: it cannot be trusted
         print("inputs not checked: the run record is not intact")
         return False
     iv = verify_inputs(run_dir)
-    print(f"inputs: {iv.n_checked} recorded files of batch {iv.batch} re-hashed (inference run {iv.inference_run})")
+    print(iv.describe())
     for finding in iv.findings:
         print(finding)
     return iv.intact
@@ -797,7 +798,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--inputs",
         action="store_true",
-        help="also re-hash the batch folder's files against the run's inputs.parquet (reads every image)",
+        help="also re-hash the run's inputs: the batch folder's files against its inputs.parquet (reads every "
+        "image); for a results run, the exported results file against its recorded sha256",
     )
     p.set_defaults(func=cmd_verify)
 

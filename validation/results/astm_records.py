@@ -22,8 +22,10 @@ escape sequences ``&F&``, ``&S&``, ``&R&``, ``&E&`` are decoded. Read:
   component, the manufacturer's test code: ``^^^NEUT%``), mapped by the mapping's ``codes``,
   else taken as the class name; R-4 the value (one, a number); R-5 the unit (``%`` a percentage;
   ``#``, ``cells``, ``{cells}`` or none with a code ending ``#`` a count; a count per volume is
-  excluded); R-9 the status: F (final), C (correction), V (operator verified) or empty are used,
-  others excluded with their meaning;
+  excluded); R-9 the result status (E1394 section 10.1.9): F (final), V (operator verified) or
+  empty are used; C (correction of previously transmitted results) replaces the value of the same
+  test (R-3) of the sample read before it (``wbcv.validation.results.status``), which is then
+  listed as excluded; P, X, I, S, M, R, N, Q and W are excluded with their meaning;
 * L: ends the message; a message without L is truncated (an error);
 * P, C, Q, M and manufacturer records are read past.
 """
@@ -39,22 +41,27 @@ from wbcv.base.errors import WbcvError, clipped, shown
 from wbcv.validation.results.counting import Collected
 from wbcv.validation.results.hl7_oru import COUNT_UNITS, PERCENT_UNITS
 from wbcv.validation.results.mapping import TOTAL, ClassMapping
+from wbcv.validation.results.status import HeldResult, ResultLedger
 from wbcv.validation.results.textfile import read_message_text
 
 STX, ETX, ETB, EOT, ENQ, ACK, NAK = "\x02", "\x03", "\x17", "\x04", "\x05", "\x06", "\x15"
 LINK_CONTROL: Final[str] = EOT + ENQ + ACK + NAK
 _FRAME = re.compile(r"\x02(?P<fn>[0-7])(?P<body>[^\x02\x03\x17]*)(?P<end>[\x03\x17])(?P<cs>[0-9A-Fa-f]{2})\r\n")
+#: E1394 R-9 result status: the ones used, the correction, and the meaning of the others.
 ACCEPTED_STATUS: Final[tuple[str, ...]] = ("F", "C", "V", "")
 STATUS: Final[dict[str, str]] = {
-    "P": "preliminary",
-    "X": "test cannot be done",
-    "I": "pending in the instrument",
-    "S": "partial",
+    "C": "correction of previously transmitted results",
+    "P": "preliminary results",
+    "F": "final results",
+    "X": "order cannot be done",
+    "I": "in instrument, results pending",
+    "S": "partial results",
     "M": "MIC level",
-    "R": "previously transmitted",
-    "N": "new result not yet final",
-    "Q": "response to a query",
-    "W": "warning: validity questionable",
+    "R": "this result was previously transmitted",
+    "N": "contains information to run a new order",
+    "Q": "response to an outstanding query",
+    "V": "operator verified",
+    "W": "warning: validity is questionable",
 }
 _CONCENTRATION = re.compile(r"/\s*(u|µ|μ|m|n)?l\s*$", re.IGNORECASE)
 
@@ -153,6 +160,7 @@ def read_astm(path: Path, mapping: ClassMapping, collected: Collected) -> tuple[
     d: _Delimiters | None = None
     sample: str | None = None
     open_message = 0
+    ledger = ResultLedger()
     for rec in records:
         kind = rec.text[:1].upper()
         if kind == "H":
@@ -174,13 +182,14 @@ def read_astm(path: Path, mapping: ClassMapping, collected: Collected) -> tuple[
         elif kind == "R":
             if sample is None:
                 raise WbcvError(f"{path} line {rec.line}: R record before any O record; expected O (the sample) first")
-            _result(path, rec, fields, d, sample, mapping, collected)
+            _result(path, rec, fields, d, sample, mapping, (collected, ledger))
         elif kind == "L":
             open_message, d = 0, None
     if open_message:
         raise WbcvError(f"{path} line {open_message}: the message has no L (terminator) record: truncated file?")
     if not records:
         raise WbcvError(f"{path}: no ASTM records; expected H, P, O, R and L records")
+    ledger.emit(collected)
     return encoding, identity
 
 
@@ -193,18 +202,28 @@ def _identity(d: _Delimiters, fields: list[str]) -> dict[str, str]:
 
 
 def _result(
-    path: Path, rec: _Record, fields: list[str], d: _Delimiters, sample: str, mapping: ClassMapping, c: Collected
+    path: Path,
+    rec: _Record,
+    fields: list[str],
+    d: _Delimiters,
+    sample: str,
+    mapping: ClassMapping,
+    sink: tuple[Collected, ResultLedger],
 ) -> None:
     if len(fields) < 4:
         raise WbcvError(f"{path} line {rec.line}: R record with {len(fields)} fields; expected at least R-1 to R-4")
+    c, ledger = sink
     code = d.component_of(fields[2], 3) or d.component_of(fields[2], 0)
     name = mapping.code_name(code) or code
     where = f"line {rec.line}, R {fields[1] or '?'}"
+    key = (sample, d.unescape(fields[2]).strip())  # the test: R-3, universal test ID
+    status = fields[8].strip() if len(fields) > 8 else ""
 
     def skip(reason: str) -> None:
         c.exclude(sample, where, name, None, f"R {code}: {reason}")
+        if status == "C":  # the value it corrects is wrong, and the correction cannot be read
+            ledger.withdraw(key, f"corrected at {where}, whose value cannot be used ({reason})")
 
-    status = fields[8].strip() if len(fields) > 8 else ""
     if status not in ACCEPTED_STATUS:
         return skip(f"result status {status!r} ({STATUS.get(status, 'unknown status')}); F, C, V or empty are used")
     if d.repeat in fields[3]:
@@ -224,5 +243,9 @@ def _result(
     if kind is None:
         what = "a concentration" if _CONCENTRATION.search(unit) else "an unknown unit"
         return skip(f"unit {unit!r}: {what}; expected %, # or cells")
-    c.observe(sample, where, name.rstrip("%#") if kind != TOTAL else name, kind, value)
+    held = HeldResult(sample, where, name.rstrip("%#") if kind != TOTAL else name, kind, value, status or "empty")
+    if status == "C":
+        ledger.correct(key, held, "R-9 C")
+    else:
+        ledger.final(key, held)
     return None

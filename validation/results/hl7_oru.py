@@ -19,8 +19,11 @@ A file holds one or many messages (segments ended by CR, LF or CRLF; MLLP framin
   value (a repetition ``~`` is excluded: one value expected); OBX-6 the unit: ``%`` a
   percentage, ``{cells}``, ``cells``, ``#``, ``{#}``, ``1`` a count; a count per volume
   (``10*9/L``, ``/uL``) is excluded as a concentration; without a unit, a LOINC percentage code is
-  a percentage and anything else is excluded. OBX-11 must be F (final) or C (corrected); P
-  (preliminary), X, D, W and others are excluded with their meaning. An OBX cut before OBX-11, an
+  a percentage and anything else is excluded. OBX-11 (HL7 v2.5 Table 0085) must be F (final) or
+  C (corrected): a C replaces the value of the same observation (OBX-3 and OBX-4 of the sample)
+  read before it, D (deletes the OBX record) and W (posts the original as wrong) take that value
+  back (``wbcv.validation.results.status``); P (preliminary), X (cannot be obtained), U, I, R and
+  the others are excluded with their meaning, as is every value a C, D or W replaced. An OBX cut before OBX-11, an
   OBR without OBX, or a message without OBR is a truncated message: an error naming the file, the
   message and the segment's line.
 
@@ -39,24 +42,34 @@ import hl7
 from wbcv.base.errors import WbcvError, clipped, shown
 from wbcv.validation.results.counting import Collected
 from wbcv.validation.results.mapping import LOINC_CONCENTRATION, LOINC_PERCENT, TOTAL, ClassMapping
+from wbcv.validation.results.status import HeldResult, ResultLedger
 from wbcv.validation.results.textfile import read_message_text
 
 ENVELOPE: Final[tuple[str, ...]] = ("FHS", "BHS", "BTS", "FTS")
 PERCENT_UNITS: Final[frozenset[str]] = frozenset({"%", "percent"})
 COUNT_UNITS: Final[frozenset[str]] = frozenset({"{cells}", "cells", "#", "{#}", "1", "{count}", "count"})
 _CONCENTRATION = re.compile(r"/\s*(u|µ|μ|m|n)?l\s*$", re.IGNORECASE)
+#: HL7 v2.5 Table 0085 (observation result status), OBX-11; A, B and V were added in v2.8.
 STATUS: Final[dict[str, str]] = {
+    "C": "a correction that replaces a final result",
+    "D": "deletes the OBX record",
+    "F": "final result",
+    "I": "specimen in lab, results pending",
+    "N": "not asked",
+    "O": "order detail description only, no result",
     "P": "preliminary result",
-    "X": "result cannot be obtained",
-    "D": "result deleted",
-    "W": "result wrong (post-original)",
-    "I": "specimen in lab, result pending",
     "R": "result entered, not verified",
     "S": "partial result",
-    "U": "status changed to final without retransmitting",
-    "N": "not asked",
+    "U": "status changed to final without retransmitting the preliminary result",
+    "W": "posts the original as wrong",
+    "X": "result cannot be obtained",
+    "A": "amended (HL7 v2.8), not read by this v2.5 reader",
+    "B": "appended report (HL7 v2.8), not read by this v2.5 reader",
+    "V": "verified final result (HL7 v2.8), not read by this v2.5 reader",
 }
 ACCEPTED_STATUS: Final[tuple[str, ...]] = ("F", "C")
+#: Statuses that take back the earlier result of the same observation (wbcv.validation.results.status).
+WITHDRAWING_STATUS: Final[tuple[str, ...]] = ("D", "W")
 #: Fields an OBX must reach (OBX-11, observation result status, is required).
 OBX_FIELDS: Final[int] = 11
 
@@ -119,6 +132,7 @@ def read_hl7(path: Path, mapping: ClassMapping, collected: Collected) -> tuple[s
     identity found in the file)."""
     text, encoding = read_message_text(path)
     identity: dict[str, str] = {}
+    ledger = ResultLedger()
     for n, segments in enumerate(_messages(path, _segments(text)), start=1):
         sep, enc = _check_msh(path, n, segments[0])
         message = hl7.parse("\r".join(s.text for s in segments))
@@ -129,8 +143,9 @@ def read_hl7(path: Path, mapping: ClassMapping, collected: Collected) -> tuple[s
                 None, f"message {n} (line {segments[0].line})", None, None, f"message type {kind} not read"
             )
             continue
-        _read_message(path, n, segments, sep, enc, message, mapping, collected)
+        _read_message(path, n, segments, sep, enc, message, mapping, _Sink(collected, ledger))
         identity = identity or _identity(message)
+    ledger.emit(collected)
     return encoding, identity
 
 
@@ -157,7 +172,7 @@ def _read_message(
     enc: str,
     message: hl7.Message,
     mapping: ClassMapping,
-    collected: Collected,
+    sink: _Sink,
 ) -> None:
     parsed = list(message)
     sample: str | None = None
@@ -180,7 +195,7 @@ def _read_message(
                 raise WbcvError(f"{path} {where}: truncated: {len(fields) - 1} fields, OBX-11 (result status) missing")
             obx_seen = True
             _observation(
-                seg, fields, enc, sample, f"message {n} (line {raw.line}), OBX {fields[1] or '?'}", mapping, collected
+                seg, fields, enc, sample, f"message {n} (line {raw.line}), OBX {fields[1] or '?'}", mapping, sink
             )
     if sample is None:
         raise WbcvError(f"{path} message {n} (line {segments[0].line}): no OBR segment: truncated message?")
@@ -188,17 +203,30 @@ def _read_message(
         raise WbcvError(f"{path} message {n} (line {obr_line}), OBR: no OBX follows: truncated message?")
 
 
+@dataclass(frozen=True)
+class _Sink:
+    """Where an OBX goes: excluded rows to ``collected``, usable values to ``ledger`` by their status."""
+
+    collected: Collected
+    ledger: ResultLedger
+
+
 def _observation(
-    seg: Any, fields: list[str], enc: str, sample: str, where: str, mapping: ClassMapping, collected: Collected
+    seg: Any, fields: list[str], enc: str, sample: str, where: str, mapping: ClassMapping, sink: _Sink
 ) -> None:
     code, text = seg.extract_field(1, 3, 1, 1), seg.extract_field(1, 3, 1, 2)
     name = mapping.code_name(code) or text or code
     label = f"{code} ({text})" if text and text != code else code
+    key = (sample, code or text, seg.extract_field(1, 4, 1, 1))  # the observation: OBX-3 and OBX-4 sub-ID
+    status = seg.extract_field(1, 11, 1, 1)
 
     def skip(reason: str) -> None:
-        collected.exclude(sample, where, name, None, f"OBX {label}: {reason}")
+        sink.collected.exclude(sample, where, name, None, f"OBX {label}: {reason}")
+        if status == "C":  # the value it corrects is wrong, and the correction cannot be read
+            sink.ledger.withdraw(key, f"corrected at {where}, whose value cannot be used ({reason})")
 
-    status = seg.extract_field(1, 11, 1, 1)
+    if status in WITHDRAWING_STATUS:
+        sink.ledger.withdraw(key, f"OBX-11 {status} ({STATUS[status]}) at {where}")
     if status not in ACCEPTED_STATUS:
         return skip(f"result status {status!r} ({STATUS.get(status, 'unknown status')}); only F or C are used")
     if seg.extract_field(1, 2, 1, 1) != "NM":
@@ -218,7 +246,11 @@ def _observation(
         return skip(f"unit {unit!r}: {what}; expected %, {{cells}} or #")
     if mapping.target(name)[0] == TOTAL:
         kind = TOTAL
-    collected.observe(sample, where, name, kind, value)
+    held = HeldResult(sample, where, name, kind, value, status)
+    if status == "C":
+        sink.ledger.correct(key, held, "OBX-11 C")
+    else:
+        sink.ledger.final(key, held)
     return None
 
 
