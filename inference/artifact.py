@@ -25,7 +25,7 @@ from typing import Any, Final
 import torch
 from torch import nn
 
-from wbcv.base.atomic import atomic_write_bytes, sha256_file
+from wbcv.base.atomic import atomic_write_bytes, sha256_file, verified_sidecar
 from wbcv.base.errors import WbcvError
 from wbcv.base.taxonomy import CELL_CLASSES, LINEAGES
 from wbcv.inference.combine import Calibration, Thresholds
@@ -326,17 +326,9 @@ def load_artifact(spec: str | Path | None = None, with_domain: bool = True, fold
 
 def _load_ood(model_dir: Path, card: dict[str, Any]) -> FeatureDensity | None:
     """The artifact's feature density, its sha256 checked against the card; None when it has none."""
-    entry = card.get("ood")
-    if not entry:
+    path = verified_sidecar(model_dir, card, "ood", OOD_FILE, "out-of-distribution")
+    if path is None:
         return None
-    path = model_dir / str(entry.get("file", OOD_FILE))
-    if not path.is_file():
-        raise WbcvError(f"{model_dir}: out-of-distribution file {path.name} named in the card is missing")
-    digest = sha256_file(path)
-    if digest != entry.get("sha256"):
-        raise WbcvError(
-            f"{path}: sha256 {digest} does not match the model card's {entry.get('sha256')}; the file was modified"
-        )
     try:
         return FeatureDensity.load(str(path))
     except (OSError, ValueError, KeyError) as e:

@@ -49,7 +49,7 @@ import numpy as np
 import torch
 from scipy.stats import trim_mean
 
-from wbcv.base.atomic import sha256_file
+from wbcv.base.atomic import sha256_file, verified_sidecar
 from wbcv.base.errors import WbcvError
 from wbcv.inference.ood import distances, fit_density
 
@@ -350,20 +350,9 @@ def save_profile(profile: DomainProfile, model_dir: Path, figures: dict[str, Any
 
 def load_profile(model_dir: Path, card: dict[str, Any]) -> DomainProfile | None:
     """The artifact's domain profile, its sha256 checked against the card; None when it has none."""
-    entry = card.get("domain_profile")
-    if not entry:
+    path = verified_sidecar(model_dir, card, "domain_profile", DOMAIN_FILE, "domain profile")
+    if path is None:
         return None
-    if not isinstance(entry, dict):
-        raise WbcvError(f"{model_dir}/model.json: 'domain_profile' should be an object, got {type(entry).__name__}")
-    path = model_dir / str(entry.get("file", DOMAIN_FILE))
-    if not path.is_file():
-        raise WbcvError(f"{model_dir}: domain profile file {path.name} named in the card is missing")
-    digest = sha256_file(path)
-    if digest != entry.get("sha256"):
-        raise WbcvError(
-            f"{path}: sha256 {digest} does not match the model card's domain_profile.sha256 "
-            f"{entry.get('sha256')}; the file was modified"
-        )
     try:
         return DomainProfile.load(path)
     except (OSError, ValueError, KeyError) as e:

@@ -14,6 +14,8 @@ from typing import Any
 
 import polars as pl
 
+from wbcv.base.errors import WbcvError
+
 
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
@@ -51,3 +53,24 @@ def sha256_file(path: Path) -> str:
         while block := f.read(1 << 20):
             h.update(block)
     return h.hexdigest()
+
+
+def verified_sidecar(folder: Path, card: dict[str, Any], key: str, default_name: str, what: str) -> Path | None:
+    """The file that ``card[key]`` names beside the card (``file``, else ``default_name``), after
+    checking its sha256 against ``card[key]["sha256"]``; None when the card has no such section.
+    Raises WbcvError naming the file when the section is malformed, the file missing or changed."""
+    entry = card.get(key)
+    if not entry:
+        return None
+    if not isinstance(entry, dict):
+        raise WbcvError(f"{folder}/model.json: {key!r} should be an object, got {type(entry).__name__}")
+    path = folder / str(entry.get("file", default_name))
+    if not path.is_file():
+        raise WbcvError(f"{folder}: {what} file {path.name} named in the card is missing")
+    digest = sha256_file(path)
+    if digest != entry.get("sha256"):
+        raise WbcvError(
+            f"{path}: sha256 {digest} does not match the model card's {key}.sha256 {entry.get('sha256')}; "
+            "the file was modified"
+        )
+    return path
