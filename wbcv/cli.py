@@ -249,6 +249,11 @@ def _print_comparison(result: object) -> int:
     print(format_verdicts(result.verdicts))
     if result.domain_failure:
         print(f"FAIL: {result.domain_failure}")
+    plan = result.record.inputs.plan
+    if plan is not None and plan.changed_fields:
+        print(f"WARNING: the protocol differs from the signed plan in {len(plan.changed_fields)} field(s):")
+        for change in plan.changed_fields:
+            print(f"  {change}")
     print(
         f"comparison run: {result.run_dir} ({result.record.summary.exclusions_text}, each with its reason, "
         "in excluded.parquet)"

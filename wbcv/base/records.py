@@ -271,6 +271,10 @@ class PlanInput:
     manifest_sha256: Sha256
     protocol_sha256: Sha256
     strata: dict[str, int]
+    # the protocol fields applied otherwise than the plan fixed them, "key: planned (plan) → applied
+    # (applied)" (``wbcv.validation.plan.protocol_changes``); empty: every field as planned. Recorded
+    # since 2026-12-01; None in runs made before (only the protocol file's sha256 was compared then).
+    changed_fields: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
