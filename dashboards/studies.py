@@ -17,6 +17,7 @@ from typing import Any, Final
 
 from wbcv.base.atomic import sha256_file
 from wbcv.base.records import PrecisionRecord, QualitativeRecord
+from wbcv.validation.study_report import kappa_text
 from wbcv.validation.study_run import RESULT_FILE
 
 #: Figures listed per study run; a study with more groups says how many more there are.
@@ -69,6 +70,7 @@ def qualitative_figures(result: dict[str, Any]) -> list[str]:
     return [
         f"{f['flag']} (n={f['n']}): "
         + ", ".join(_proportion(n.upper(), f[n]) for n in ("ppa", "npa", "opa"))
+        + f" · kappa {kappa_text(f)}"
         + f" · TP {f['true_positive']} FP {f['false_positive']} FN {f['false_negative']} TN {f['true_negative']}"
         for f in result["flags"]
     ]

@@ -90,6 +90,13 @@ def _pct(p: AgreementProportion) -> str:
     )
 
 
+def _kappa(f: FlagAgreement) -> str:
+    if f.kappa is None:
+        return "undefined (every sample has one finding on both sides)"
+    ci = "" if f.kappa_ci is None else f" ({f.kappa_ci[0]:.3f} to {f.kappa_ci[1]:.3f})"
+    return f"{f.kappa:.3f}{ci}"
+
+
 def format_report(report: FlagReport) -> str:
     lines = [f"flag agreement {report.path}: {report.n_rows} rows, {len(report.excluded)} excluded"]
     for f in report.flags:
@@ -98,7 +105,7 @@ def format_report(report: FlagReport) -> str:
             f"{f.flag}: n={f.n}  TP {f.true_positive}  FP {f.false_positive}  FN {f.false_negative}  "
             f"TN {f.true_negative}  ({pct}% CIs)"
         )
-        lines += [f"  PPA {_pct(f.ppa)}", f"  NPA {_pct(f.npa)}", f"  OPA {_pct(f.opa)}"]
+        lines += [f"  PPA {_pct(f.ppa)}", f"  NPA {_pct(f.npa)}", f"  OPA {_pct(f.opa)}", f"  kappa {_kappa(f)}"]
     for e in report.excluded[:50]:
         lines.append(f"excluded line {e.line}: {e.reason}")
     if len(report.excluded) > 50:
@@ -116,6 +123,8 @@ def report_payload(report: FlagReport) -> dict[str, Any]:
             "rules": {
                 "empty_margin": "undefined: estimate and intervals null",
                 "interval": "Wilson score; Clopper-Pearson",
+                "kappa": "Cohen 1960 on the 2x2 table; Wald interval with the Fleiss-Cohen-Everitt 1969 SE; "
+                "null when undefined",
             },
         }
     )

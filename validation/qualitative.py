@@ -10,7 +10,8 @@ analyzer negative        c (FN)              d (TN)
 ================  ===================  ===================
 
 PPA = a / (a + c), NPA = d / (b + d), OPA = (a + d) / n, each with a Wilson score interval (the one
-EP12-A2 uses) and a Clopper–Pearson exact interval.
+EP12-A2 uses) and a Clopper–Pearson exact interval; Cohen's kappa of the 2×2 table with its Wald
+interval (the large-sample standard error of Fleiss, Cohen & Everitt 1969: ``cell_metrics``).
 
 **Empty margin** (stated once): a proportion whose denominator is 0 (no reference-positive sample
 for PPA, no reference-negative one for NPA, no sample at all for OPA) is undefined: its estimate
@@ -22,9 +23,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 from scipy import stats
 
 from wbcv.validation.agreement import clopper_pearson
+from wbcv.validation.cell_metrics import kappa_interval, weighted_kappa
 
 __all__ = ["AgreementProportion", "FlagAgreement", "flag_agreement", "proportion", "wilson_interval"]
 
@@ -90,6 +93,8 @@ class FlagAgreement:
     npa: AgreementProportion
     opa: AgreementProportion
     confidence: float
+    kappa: float | None = None  # None: undefined (every sample in one row and the same column: p_e = 1)
+    kappa_ci: tuple[float, float] | None = None  # Wald interval, not clipped to [-1, 1]
 
     @property
     def n(self) -> int:
@@ -105,6 +110,7 @@ def flag_agreement(flag: str, a: int, b: int, c: int, d: int, confidence: float 
     for name, v in (("a", a), ("b", b), ("c", c), ("d", d)):
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             raise ValueError(f"cell {name} of the 2×2 table must be a whole number ≥ 0, got {v!r}")
+    kappa, kappa_ci = _kappa(a, b, c, d, confidence)
     return FlagAgreement(
         flag=flag,
         true_positive=a,
@@ -115,4 +121,19 @@ def flag_agreement(flag: str, a: int, b: int, c: int, d: int, confidence: float 
         npa=proportion(d, b + d, confidence),
         opa=proportion(a + d, a + b + c + d, confidence),
         confidence=confidence,
+        kappa=kappa,
+        kappa_ci=kappa_ci,
     )
+
+
+def _kappa(a: int, b: int, c: int, d: int, confidence: float) -> tuple[float | None, tuple[float, float] | None]:
+    """Cohen's kappa of the 2×2 table, (p_o − p_e)/(1 − p_e) (Cohen 1960), and its interval; None when
+    undefined (no sample, or p_e = 1). Through ``cell_metrics.weighted_kappa(…, "none")``, the one kappa."""
+    table = np.array([[a, b], [c, d]], dtype=np.float64)
+    if table.sum() == 0:
+        return None, None
+    k = weighted_kappa(table, "none")
+    if not math.isfinite(k):
+        return None, None
+    lo, hi = kappa_interval(table, "none", confidence)
+    return k, ((lo, hi) if math.isfinite(lo) and math.isfinite(hi) else None)
