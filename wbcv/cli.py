@@ -316,6 +316,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return _print_comparison(result)
 
 
+def cmd_file(args: argparse.Namespace) -> int:
+    from wbcv.base.atomic import sha256_file
+    from wbcv.validation.validation_file import FILE_HTML, FILE_PDF, write_validation_file
+
+    manifest = write_validation_file(args.runs, args.plan, args.out)
+    print(f"validation file: {args.out / FILE_HTML}")
+    print(f"  PDF: {args.out / FILE_PDF}")
+    print(f"  manifest {manifest} sha256 {sha256_file(manifest)}")
+    return EXIT_OK
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     from wbcv.base.atomic import sha256_file
     from wbcv.validation.plan import write_plan
@@ -739,6 +750,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("protocol", type=Path, metavar="P.yaml")
     p.add_argument("--out", type=Path, required=True, metavar="DIR")
     p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser(
+        "file",
+        help="the validation file: one document with a section per study (plan, comparisons, precision, flags)",
+        description=(
+            "Gather sealed study runs (comparison runs of `wbcv compare`/`wbcv run`, precision and qualitative "
+            "runs of `wbcv precision --out`/`wbcv qualitative --out`) and optionally the plan of `wbcv plan` "
+            "into one document: validation_file.html, validation_file.pdf and manifest.json in a new folder. "
+            "A summary line per study with its outcome, then a section per study with its key results, citing "
+            "each run record and its own report by sha256. Every run is verified first; an altered one is refused."
+        ),
+    )
+    p.add_argument("runs", type=Path, nargs="+", metavar="RUN")
+    p.add_argument("--plan", type=Path, metavar="PLAN_DIR", help="the folder of `wbcv plan` the studies follow")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="a new folder for the validation file")
+    p.set_defaults(func=cmd_file)
 
     p = sub.add_parser(
         "run",
