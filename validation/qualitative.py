@@ -26,10 +26,19 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
+from wbcv.base.records import FlagAcceptance
 from wbcv.validation.agreement import clopper_pearson
 from wbcv.validation.cell_metrics import kappa_interval, weighted_kappa
 
-__all__ = ["AgreementProportion", "FlagAgreement", "flag_agreement", "proportion", "wilson_interval"]
+__all__ = [
+    "AgreementProportion",
+    "FlagAgreement",
+    "FlagVerdict",
+    "flag_agreement",
+    "flag_verdict",
+    "proportion",
+    "wilson_interval",
+]
 
 
 def _check(k: int, n: int, confidence: float) -> None:
@@ -137,3 +146,33 @@ def _kappa(a: int, b: int, c: int, d: int, confidence: float) -> tuple[float | N
         return None, None
     lo, hi = kappa_interval(table, "none", confidence)
     return k, ((lo, hi) if math.isfinite(lo) and math.isfinite(hi) else None)
+
+
+@dataclass(frozen=True)
+class FlagVerdict:
+    flag: str
+    passed: bool
+    reason: str
+
+
+def _judged(name: str, p: AgreementProportion, minimum: float, basis: str) -> tuple[bool, str]:
+    if p.estimate is None or p.wilson is None:
+        return False, f"{name} undefined ({p.k}/{p.n}: no sample in this margin): not shown ≥ {100 * minimum:g} %"
+    value = p.estimate if basis == "point_estimate" else p.wilson[0]
+    what = f"{name} {100 * p.estimate:.1f} %" + (
+        "" if basis == "point_estimate" else f" (lower bound {100 * value:.1f} %)"
+    )
+    ok = value >= minimum - 1e-12
+    return ok, f"{what} {'≥' if ok else '<'} required {100 * minimum:g} %"
+
+
+def flag_verdict(f: FlagAgreement, acceptance: FlagAcceptance) -> FlagVerdict:
+    """A flag passes when its PPA and its NPA each reach the protocol's minimum, judged on the point
+    estimate or on the lower bound of the Wilson interval (``acceptance.basis``; boundary included).
+    An undefined proportion (empty margin) fails: agreement that was not observed is not shown.
+
+    Source: CLSI EP12-A2 (2008): the acceptance of a qualitative comparison is fixed before the study.
+    """
+    ppa_ok, ppa_reason = _judged("PPA", f.ppa, acceptance.min_ppa, acceptance.basis)
+    npa_ok, npa_reason = _judged("NPA", f.npa, acceptance.min_npa, acceptance.basis)
+    return FlagVerdict(f.flag, ppa_ok and npa_ok, f"{ppa_reason}; {npa_reason}")

@@ -124,6 +124,7 @@ def kappa_text(flag: dict[str, Any]) -> str:
 def qualitative_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     """One entry per flag: the 2×2 table and PPA, NPA, OPA with both intervals (None: undefined)."""
     out = []
+    verdicts = {v["flag"]: v for v in result.get("verdicts", [])}  # runs before flag_acceptance: none
     for f in result["flags"]:
         props = []
         for name in ("ppa", "npa", "opa"):
@@ -135,7 +136,16 @@ def qualitative_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
                 (name.upper(), f"{p['k']}/{p['n']}", estimate, _pct_ci(p["wilson"]), _pct_ci(p["clopper_pearson"]))
             )
         cells = (f["true_positive"], f["false_positive"], f["false_negative"], f["true_negative"])
-        out.append({"flag": f["flag"], "n": f["n"], "cells": cells, "proportions": props, "kappa": kappa_text(f)})
+        out.append(
+            {
+                "flag": f["flag"],
+                "n": f["n"],
+                "cells": cells,
+                "proportions": props,
+                "kappa": kappa_text(f),
+                "verdict": verdicts.get(f["flag"]),
+            }
+        )
     return out
 
 
@@ -158,6 +168,7 @@ def render_study_html(run: StudyRun, record_sha256: str, signatories: Sequence[S
             confidence=f"{100 * record.confidence:g} %",
             groups=precision_rows(result) if precision else [],
             flags=[] if precision else qualitative_rows(result),
+            overall=result.get("overall"),
             rules=result["rules"],
             excluded=excluded.head(MAX_LISTED_ROWS).rows(),
             excluded_more=max(0, excluded.height - MAX_LISTED_ROWS),

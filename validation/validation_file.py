@@ -147,7 +147,13 @@ def _study(run_dir: Path, record: PrecisionRecord | QualitativeRecord) -> Sectio
         body: dict[str, Any] = {"groups": groups}
     else:
         flags = qualitative_rows(result)
-        outcome, passed = f"{len(flags)} flag(s): agreement estimated (no acceptance limit in the study)", None
+        overall = result.get("overall")
+        if overall is None:
+            outcome, passed = f"{len(flags)} flag(s): agreement estimated (no acceptance limit given)", None
+        else:
+            passed = overall == "pass"
+            failed = sum(1 for f in flags if f["verdict"] is not None and not f["verdict"]["passed"])
+            outcome = "PASS" if passed else f"FAIL ({failed} of {len(flags)} flags)"
         body = {"flags": flags}
     return Section(
         record.kind,

@@ -524,18 +524,18 @@ def cmd_precision(args: argparse.Namespace) -> int:
 
 def cmd_qualitative(args: argparse.Namespace) -> int:
     from wbcv.validation.flag_table import format_report, report_payload, run_qualitative
+    from wbcv.validation.study_run import flag_protocol, qualitative_run
 
     if args.out is None:
-        report = run_qualitative(args.flags, confidence=args.confidence)
+        acceptance = None if args.protocol is None else flag_protocol(args.protocol)[1]
+        report = run_qualitative(args.flags, confidence=args.confidence, acceptance=acceptance)
     else:
-        from wbcv.validation.study_run import qualitative_run
-
-        report, run = qualitative_run(args.flags, args.out, confidence=args.confidence)
+        report, run = qualitative_run(args.flags, args.out, confidence=args.confidence, protocol=args.protocol)
     print(format_report(report))
     _write_json(args.json, report_payload(report))
     if args.out is not None:
         print(f"sealed qualitative run {run.run_dir} (report: `wbcv report {run.run_dir}`)")
-    return EXIT_OK
+    return EXIT_FAILED_ACCEPTANCE if report.passed is False else EXIT_OK
 
 
 def _confidence(text: str) -> float:
@@ -993,6 +993,12 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     p.add_argument("flags", type=Path, metavar="FLAGS.csv")
+    p.add_argument(
+        "--protocol",
+        type=Path,
+        metavar="P.yaml",
+        help="judge each flag against the protocol's flag_acceptance (min_ppa, min_npa, basis); exit 3 on a failure",
+    )
     p.add_argument("--confidence", type=_confidence, default=0.95, help="CI level (default 0.95)")
     p.add_argument("--json", type=Path, metavar="OUT.json", help="also write the results as JSON")
     p.add_argument("--out", type=Path, metavar="RUNS", help=STUDY_OUT_HELP)

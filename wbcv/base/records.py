@@ -404,6 +404,16 @@ class PrecisionRecord(RunRecord):
 
 
 @dataclass(frozen=True, kw_only=True)
+class FlagAcceptance:
+    """Acceptance of a flag-agreement study (protocol ``flag_acceptance``): every flag's PPA and NPA,
+    judged on the point estimate or on the lower bound of its Wilson interval, must reach these."""
+
+    min_ppa: float
+    min_npa: float
+    basis: Literal["point_estimate", "lower_bound"] = "point_estimate"
+
+
+@dataclass(frozen=True, kw_only=True)
 class QualitativeRecord(RunRecord):
     """run.json of `wbcv qualitative --out` (CLSI EP12-A2 flag agreement); its result is result.json."""
 
@@ -411,6 +421,9 @@ class QualitativeRecord(RunRecord):
     input: StudyInput
     confidence: float
     summary: StudySummary
+    # recorded since 2026-12-01 when `--protocol` is given: the protocol and its flag_acceptance; None before
+    protocol: ProtocolInput | None = None
+    acceptance: FlagAcceptance | None = None
 
 
 AnyRecord = InferenceRecord | ComparisonRecord | ResultsRecord | PrecisionRecord | QualitativeRecord
