@@ -17,6 +17,7 @@ from typing import Any, Final
 
 from wbcv.base.atomic import sha256_file
 from wbcv.base.records import PrecisionRecord, QualitativeRecord
+from wbcv.validation.study_report import kappa_text
 from wbcv.validation.study_run import RESULT_FILE
 
 #: Figures listed per study run; a study with more groups says how many more there are.
@@ -66,10 +67,17 @@ def _proportion(name: str, p: dict[str, Any]) -> str:
 
 
 def qualitative_figures(result: dict[str, Any]) -> list[str]:
+    verdicts = {v["flag"]: v for v in result.get("verdicts", [])}  # judged against flag_acceptance, if given
     return [
         f"{f['flag']} (n={f['n']}): "
         + ", ".join(_proportion(n.upper(), f[n]) for n in ("ppa", "npa", "opa"))
+        + f" · kappa {kappa_text(f)}"
         + f" · TP {f['true_positive']} FP {f['false_positive']} FN {f['false_negative']} TN {f['true_negative']}"
+        + (
+            f" · {'PASS' if verdicts[f['flag']]['passed'] else 'FAIL'}: {verdicts[f['flag']]['reason']}"
+            if f["flag"] in verdicts
+            else ""
+        )
         for f in result["flags"]
     ]
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from tests.conftest import PBC_DIR
 from wbcv.base.runstore import read_run_record
 from wbcv.fixtures.demo import main
@@ -27,6 +29,14 @@ def test_demo_runs_the_whole_validation(tmp_path, capsys):
     planned = [load_comparison(p) for p in runs if "-compare-" in p.name]
     assert sorted(r.inputs.plan is not None for r in planned) == [False, True]
     assert sorted(set(r.protocol.measurands) == {"NEUT#", "NEUT%"} for r in planned) == [False, True]
+    # 6. the validation file: the plan and a section per study, citing each run
+    manifest = json.loads((demo / "validation-file" / "manifest.json").read_text())
+    studies = {p.name for p in runs if read_run_record(p).kind != "inference"}
+    assert set(manifest["runs"]) == studies and manifest["plan_manifest_sha256"] is not None
+    html = (demo / "validation-file" / "validation_file.html").read_text()
+    for title in ("1. Validation plan", "Precision study", "Flag agreement study", "counting floor"):
+        assert title in html
+    assert "claim repeatability SD" in out  # the precision step verifies the demo's NEUT% claim (EP15-A3 UVL)
 
 
 def test_demo_without_a_library_says_how_to_give_one(tmp_path, capsys):

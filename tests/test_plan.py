@@ -15,7 +15,14 @@ from scipy import stats
 from tests.test_report import study_run  # noqa: F401  (the module-scoped simulated study run)
 from wbcv.base.errors import WbcvError
 from wbcv.validation.agreement import clopper_pearson
-from wbcv.validation.plan import least_passing_count, pass_probability, plan_size, read_plan, write_plan
+from wbcv.validation.plan import (
+    least_passing_count,
+    pass_probability,
+    plan_size,
+    protocol_changes,
+    read_plan,
+    write_plan,
+)
 from wbcv.validation.protocol import load_protocol
 from wbcv.validation.report import load_report_data, render_html
 from wbcv.validation.study import load_comparison, run_comparison
@@ -91,22 +98,72 @@ def test_plan_files_manifest_and_tampering(tmp_path):
 
 @pytest.mark.slow
 def test_compare_records_the_plan_and_the_report_warns_when_the_protocol_changed(study_run, tmp_path):  # noqa: F811
+    """End to end: plans made from the applied protocol, from a copy differing in a comment only, and
+    from one whose NEUT# allowable error and required coverage were different when the plan was signed
+    (the criteria were changed after the plan): the run records the changed fields, the report warns and
+    names them, the command line prints them."""
     record = load_comparison(study_run["compare"])
     protocol_file = record.inputs.protocol.path
-    write_plan(protocol_file, tmp_path / "same")
-    changed = tmp_path / "changed.yaml"
-    changed.write_text(protocol_file.read_text() + "\n# edited after the plan\n")
-    write_plan(changed, tmp_path / "other")
-    for plan, expected in (("same", "criteria unchanged since the plan"), ("other", "the protocol differs")):
+    text = protocol_file.read_text()
+    comment_only = tmp_path / "comment-only.yaml"
+    comment_only.write_text(text + "\n# edited after the plan\n")
+    criteria = tmp_path / "criteria.yaml"
+    planned_text = text.replace("NEUT#: {allowable_error_pct: 10,", "NEUT#: {allowable_error_pct: 15,")
+    criteria.write_text(planned_text.replace("required_coverage: 0.95", "required_coverage: 0.9"))
+    assert criteria.read_text().count("allowable_error_pct: 15") == 1
+    cases = {
+        "same": (protocol_file, (), "criteria unchanged since the plan"),
+        "comment": (comment_only, (), "every field applied is as planned"),
+        "criteria": (
+            criteria,
+            (
+                "measurands.NEUT#.allowable_error_pct: 15.0 (plan) → 10.0 (applied)",
+                "required_coverage: 0.9 (plan) → 0.95 (applied)",
+            ),
+            "warning: the protocol differs from the signed plan",
+        ),
+    }
+    for name, (planned_from, changes, expected) in cases.items():
+        write_plan(planned_from, tmp_path / name)
         result = run_comparison(
             study_run["infer"],
             record.inputs.reference.path,
             protocol_file,
-            tmp_path / f"runs-{plan}",
-            plan_dir=tmp_path / plan,
+            tmp_path / f"runs-{name}",
+            plan_dir=tmp_path / name,
         )
-        assert result.record.inputs.plan is not None
-        assert result.record.inputs.plan.manifest_sha256 == read_plan(tmp_path / plan).manifest_sha256
+        plan = result.record.inputs.plan
+        assert plan is not None and plan.manifest_sha256 == read_plan(tmp_path / name).manifest_sha256
+        assert plan.changed_fields == changes
         html = re.sub(r"<script.*?</script>", "", render_html(load_report_data(result.run_dir)), flags=re.S)
         assert expected in html
+        for change in changes:
+            assert change.replace("→", "&rarr;") in html or change in html
     assert dataclasses.fields(type(record.inputs))[-1].name == "plan"
+
+
+def test_protocol_changes_lists_each_differing_field():
+    planned = {"required_coverage": 0.95, "measurands": {"NEUT#": {"allowable_error_pct": 10.0}}, "min_cells": 100}
+    applied = {"required_coverage": 0.95, "measurands": {"NEUT#": {"allowable_error_pct": 12.0}, "MONO#": {"a": 1}}}
+    assert protocol_changes(planned, applied) == (
+        "measurands.MONO#.a: absent (plan) → 1 (applied)",
+        "measurands.NEUT#.allowable_error_pct: 10.0 (plan) → 12.0 (applied)",
+        "min_cells: 100 (plan) → absent (applied)",
+    )
+    assert protocol_changes(planned, planned) == ()
+
+
+def test_protocol_changes_are_capped():
+    planned = {f"k{i:03d}": i for i in range(120)}
+    changes = protocol_changes(planned, {})
+    assert len(changes) == 51 and changes[-1] == "… and 70 more fields"
+
+
+def test_protocol_changes_of_a_real_protocol_edit(tmp_path):
+    from wbcv.base.records import to_json
+
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text(PROTOCOL)
+    b.write_text(PROTOCOL.replace("slope: [0.8, 1.2]", "slope: [0.7, 1.3]"))
+    changes = protocol_changes(to_json(load_protocol(a).as_record()), to_json(load_protocol(b).as_record()))
+    assert changes == ("measurands.NEUT#.regression.slope: [0.8, 1.2] (plan) → [0.7, 1.3] (applied)",)

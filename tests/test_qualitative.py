@@ -66,3 +66,27 @@ def test_empty_margin_is_undefined_not_zero():
 def test_bad_cells(bad):
     with pytest.raises(ValueError, match="2×2"):
         flag_agreement("x", bad, 0, 0, 1)
+
+
+def test_kappa_of_the_cohen_worked_example():
+    """Cohen's kappa worked example (Wikipedia, "Cohen's kappa", Example: 50 grant proposals, both
+    readers yes 20, A yes / B no 5, A no / B yes 10, both no 15): p_o = 0.7, p_e = 0.5, kappa = 0.4."""
+    f = flag_agreement("x", 20, 5, 10, 15)
+    assert f.kappa == pytest.approx(0.4, abs=1e-12)
+    assert f.kappa_ci is not None and f.kappa_ci[0] < 0.4 < f.kappa_ci[1]
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(0, 40), st.integers(0, 40), st.integers(0, 40), st.integers(0, 40))
+def test_kappa_matches_sklearn(a, b, c, d):
+    from sklearn.metrics import cohen_kappa_score
+
+    f = flag_agreement("x", a, b, c, d)
+    analyzer = [1] * a + [1] * b + [0] * c + [0] * d
+    reference = [1] * a + [0] * b + [1] * c + [0] * d
+    n = a + b + c + d
+    p_e = ((a + b) * (a + c) + (c + d) * (b + d)) / n**2 if n else 1.0
+    if p_e >= 1.0:
+        assert f.kappa is None and f.kappa_ci is None  # undefined, never 0 or 1
+    else:
+        assert f.kappa == pytest.approx(cohen_kappa_score(reference, analyzer, labels=[0, 1]), abs=1e-12)

@@ -99,8 +99,8 @@ def test_the_file_changing_while_read_is_refused(tmp_path, monkeypatch):
     shutil.copy(SAMPLES / "flags.csv", table)
     real = flag_table.run_qualitative
 
-    def and_then_changed(path, confidence=0.95):
-        out = real(path, confidence=confidence)
+    def and_then_changed(path, confidence=0.95, acceptance=None):
+        out = real(path, confidence=confidence, acceptance=acceptance)
         with open(path, "a", encoding="utf-8") as f:
             f.write("S999,blasts,1,1\n")
         return out

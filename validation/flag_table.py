@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, Final
 
 from wbcv.base.errors import WbcvError, shown
-from wbcv.validation.qualitative import AgreementProportion, FlagAgreement, flag_agreement
+from wbcv.base.records import FlagAcceptance
+from wbcv.validation.qualitative import AgreementProportion, FlagAgreement, FlagVerdict, flag_agreement, flag_verdict
 from wbcv.validation.study_csv import json_safe, read_study_csv
 
 REQUIRED: Final[tuple[str, ...]] = ("sample_id", "flag", "analyzer", "reference")
@@ -35,6 +36,19 @@ class FlagReport:
     flags: tuple[FlagAgreement, ...]
     excluded: tuple[Excluded, ...]
     n_rows: int
+    acceptance: FlagAcceptance | None = None  # the protocol's flag_acceptance, when one was given
+
+    @property
+    def verdicts(self) -> tuple[FlagVerdict, ...]:
+        """Each flag judged against the acceptance; empty without one."""
+        if self.acceptance is None:
+            return ()
+        return tuple(flag_verdict(f, self.acceptance) for f in self.flags)
+
+    @property
+    def passed(self) -> bool | None:
+        """Every flag passes; None without an acceptance (the agreement is then only estimated)."""
+        return None if self.acceptance is None else all(v.passed for v in self.verdicts)
 
 
 def _finding(text: str) -> bool | None:
@@ -47,7 +61,7 @@ def _abcd(counts: list[int]) -> tuple[int, int, int, int]:
     return a, b, c, d
 
 
-def run_qualitative(path: Path | str, confidence: float = 0.95) -> FlagReport:
+def run_qualitative(path: Path | str, confidence: float = 0.95, acceptance: FlagAcceptance | None = None) -> FlagReport:
     path = Path(path)
     cells: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])  # a, b, c, d
     seen: dict[tuple[str, str], int] = {}
@@ -77,7 +91,7 @@ def run_qualitative(path: Path | str, confidence: float = 0.95) -> FlagReport:
             f"{path}: no usable row ({len(excluded)} excluded); expected sample_id, flag, analyzer, reference"
         )
     flags = tuple(flag_agreement(f, *_abcd(cells[f]), confidence=confidence) for f in sorted(cells))
-    return FlagReport(path, flags, tuple(excluded), n_rows)
+    return FlagReport(path, flags, tuple(excluded), n_rows, acceptance)
 
 
 def _pct(p: AgreementProportion) -> str:
@@ -90,6 +104,13 @@ def _pct(p: AgreementProportion) -> str:
     )
 
 
+def _kappa(f: FlagAgreement) -> str:
+    if f.kappa is None:
+        return "undefined (every sample has one finding on both sides)"
+    ci = "" if f.kappa_ci is None else f" ({f.kappa_ci[0]:.3f} to {f.kappa_ci[1]:.3f})"
+    return f"{f.kappa:.3f}{ci}"
+
+
 def format_report(report: FlagReport) -> str:
     lines = [f"flag agreement {report.path}: {report.n_rows} rows, {len(report.excluded)} excluded"]
     for f in report.flags:
@@ -98,7 +119,11 @@ def format_report(report: FlagReport) -> str:
             f"{f.flag}: n={f.n}  TP {f.true_positive}  FP {f.false_positive}  FN {f.false_negative}  "
             f"TN {f.true_negative}  ({pct}% CIs)"
         )
-        lines += [f"  PPA {_pct(f.ppa)}", f"  NPA {_pct(f.npa)}", f"  OPA {_pct(f.opa)}"]
+        lines += [f"  PPA {_pct(f.ppa)}", f"  NPA {_pct(f.npa)}", f"  OPA {_pct(f.opa)}", f"  kappa {_kappa(f)}"]
+    for v in report.verdicts:
+        lines.append(f"{v.flag}: {'PASS' if v.passed else 'FAIL'}: {v.reason}")
+    if report.passed is not None:
+        lines.append(f"OVERALL: {'PASS' if report.passed else 'FAIL'} (flag_acceptance of the protocol)")
     for e in report.excluded[:50]:
         lines.append(f"excluded line {e.line}: {e.reason}")
     if len(report.excluded) > 50:
@@ -113,9 +138,14 @@ def report_payload(report: FlagReport) -> dict[str, Any]:
             "rows": report.n_rows,
             "excluded": [asdict(e) for e in report.excluded],
             "flags": [{**asdict(f), "n": f.n} for f in report.flags],
+            "acceptance": None if report.acceptance is None else asdict(report.acceptance),
+            "verdicts": [asdict(v) for v in report.verdicts],
+            "overall": None if report.passed is None else ("pass" if report.passed else "fail"),
             "rules": {
                 "empty_margin": "undefined: estimate and intervals null",
                 "interval": "Wilson score; Clopper-Pearson",
+                "kappa": "Cohen 1960 on the 2x2 table; Wald interval with the Fleiss-Cohen-Everitt 1969 SE; "
+                "null when undefined",
             },
         }
     )

@@ -19,7 +19,7 @@ from typing import Any, Final
 from scipy import stats
 
 from wbcv.base.atomic import atomic_write_bytes, atomic_write_json, sha256_file
-from wbcv.base.errors import WbcvError
+from wbcv.base.errors import WbcvError, shown
 from wbcv.base.records import to_json
 from wbcv.base.runstore import write_manifest
 from wbcv.base.software import software_info
@@ -161,6 +161,39 @@ class PlanCheck:
     manifest_sha256: str
     protocol_sha256: str  # of the protocol the plan was made from
     strata: dict[str, int]
+    protocol_record: dict[str, Any]  # the protocol as the plan fixed it (plan.json protocol.record)
+
+
+#: At most this many changed fields are listed (a protocol rewritten wholesale still gives a short list).
+MAX_CHANGES_LISTED: Final[int] = 50
+
+
+def _flattened(doc: Any, prefix: str = "") -> dict[str, Any]:
+    """Key path -> value of every leaf of a JSON document (lists are leaves: compared whole; an empty
+    mapping has no leaves, so ``{}`` against ``{"NEUT#": [2, 7.5]}`` is the one field ``….NEUT#``)."""
+    if isinstance(doc, dict):
+        out: dict[str, Any] = {}
+        for k, v in doc.items():
+            out.update(_flattened(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: doc}
+
+
+def protocol_changes(planned: dict[str, Any], applied: dict[str, Any]) -> tuple[str, ...]:
+    """The protocol fields whose applied value differs from the signed plan's, one line each:
+    ``"measurands.NEUT#.allowable_error_pct: 10.0 (plan) → 15.0 (applied)"``; a field only on one side
+    reads "absent" on the other. Both sides are the JSON record of a protocol (``to_json(as_record())``).
+    Sorted by key path; at most :data:`MAX_CHANGES_LISTED`, then one line saying how many more."""
+    a, b = _flattened(planned), _flattened(applied)
+    missing = object()
+    changed = sorted(k for k in a.keys() | b.keys() if a.get(k, missing) != b.get(k, missing))
+    lines = [
+        f"{k}: {shown(a[k]) if k in a else 'absent'} (plan) → {shown(b[k]) if k in b else 'absent'} (applied)"
+        for k in changed[:MAX_CHANGES_LISTED]
+    ]
+    if len(changed) > MAX_CHANGES_LISTED:
+        lines.append(f"… and {len(changed) - MAX_CHANGES_LISTED} more fields")
+    return tuple(lines)
 
 
 def read_plan(plan_dir: Path) -> PlanCheck:
@@ -186,4 +219,10 @@ def read_plan(plan_dir: Path) -> PlanCheck:
                 f"{plan_dir / name}: missing or changed since the plan was made (sha256 differs from the manifest)"
             )
     document = json.loads((plan_dir / PLAN_JSON).read_text(encoding="utf-8"))
-    return PlanCheck(sha256_file(manifest_path), str(protocol_sha), dict(document.get("strata", {})))
+    record = document.get("protocol", {}).get("record", {}) if isinstance(document, dict) else {}
+    return PlanCheck(
+        sha256_file(manifest_path),
+        str(protocol_sha),
+        dict(document.get("strata", {})),
+        record if isinstance(record, dict) else {},
+    )

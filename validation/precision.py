@@ -45,6 +45,7 @@ __all__ = [
     "VarianceComponent",
     "binomial_floor_sd_pct",
     "chi_square_sd_interval",
+    "components_from_anova",
     "nested_anova",
     "precision_study",
     "satterthwaite_df",
@@ -293,7 +294,12 @@ def precision_study(
 
     Sources: CLSI EP05-A3 (2014), Appendix; CLSI EP15-A3 (2014); Searle et al. (1992).
     """
-    t = nested_anova(day, value, run)
+    return components_from_anova(nested_anova(day, value, run), confidence)
+
+
+def components_from_anova(t: NestedAnova, confidence: float = 0.95) -> PrecisionResult:
+    """The variance components, SDs, CVs and intervals of an ANOVA table (:func:`precision_study` without
+    the data: a table printed in a guideline's worked example can be checked directly)."""
     d = _ems_matrix(t)
     ms, df = _mean_squares(t)
     raw = np.linalg.solve(d, ms)

@@ -34,6 +34,7 @@ Example (every key that exists; ``wbcv`` refuses unknown keys and suggests the c
     bias_intervals: {NEUT#: [2.0, 7.5]}   # cut points of the reference value; default: tertiles
     difference_plot: {limits: constant}   # constant | regression (Bland & Altman 1999 §3.2)
     plan: {strata: {normal: 40, leukopenic: 20, abnormal: 20}, expected_coverage: 0.99}   # wbcv plan
+    flag_acceptance: {min_ppa: 0.8, min_npa: 0.9, basis: point_estimate}   # wbcv qualitative --protocol
 
 The file is read by ``wbcv.base.yamlfile`` (the one YAML reader: size and alias-expansion caps,
 duplicate keys refused, YAML 1.2 scalars). Ids, versions, titles, the study's entries, flag and
@@ -51,7 +52,7 @@ from typing import Any, Final
 import numpy as np
 
 from wbcv.base.errors import WbcvError, clipped, listing, shown, suggest
-from wbcv.base.records import MeasurandRule, OutlierRule, ProtocolRecord, RegressionCriterion
+from wbcv.base.records import FlagAcceptance, MeasurandRule, OutlierRule, ProtocolRecord, RegressionCriterion
 from wbcv.base.yamlfile import number_hint, read_yaml
 from wbcv.validation.measurands import MEASURANDS
 from wbcv.validation.reference import MARKS
@@ -73,6 +74,7 @@ TOP_KEYS: Final[tuple[str, ...]] = (
     "bias_intervals",
     "difference_plot",
     "plan",
+    "flag_acceptance",
 )
 PROTOCOL_KEYS: Final[tuple[str, ...]] = ("id", "version", "title")
 STUDY_KEYS: Final[tuple[str, ...]] = ("id", "site", "reference_analyzer", "description", "investigator")
@@ -82,6 +84,7 @@ REGRESSION_KEYS: Final[tuple[str, ...]] = ("slope", "intercept_abs")
 OUTLIER_KEYS: Final[tuple[str, ...]] = ("method", "alpha", "max_share", "differences", "verdict")
 DIFFERENCE_PLOT_KEYS: Final[tuple[str, ...]] = ("limits",)
 PLAN_KEYS: Final[tuple[str, ...]] = ("strata", "expected_coverage")
+FLAG_ACCEPTANCE_KEYS: Final[tuple[str, ...]] = ("min_ppa", "min_npa", "basis")
 EXCLUSION_KEYS: Final[tuple[str, ...]] = ("flags", "marks", "min_cells", "min_reference")
 CLASS_MAPPING_KEYS: Final[tuple[str, ...]] = ("immature_granulocytes",)
 #: Keys whose values are text as written, never numbers, booleans or dates (wbcv.base.yamlfile).
@@ -126,6 +129,9 @@ class Protocol(ProtocolRecord):
     #: the ``results_import`` section as written (checked by ``wbcv.validation.results.mapping``);
     #: recorded by a results run, not by the comparison
     results_import: dict[str, Any] | None = None
+    #: the acceptance of a flag-agreement study (`wbcv qualitative --protocol`); recorded by that run,
+    #: not by a comparison
+    flag_acceptance: FlagAcceptance | None = None
 
     def as_record(self) -> ProtocolRecord:
         """The protocol as a comparison run records it: every field but the path."""
@@ -296,6 +302,7 @@ def load_protocol(path: Path | str) -> Protocol:
     c.problems += [f"{path}: {p}" for p in check_section(doc.get("results_import"), "results_import.")]
 
     extras = _ep09_extras(c, doc, acc)
+    flag_acceptance = _flag_acceptance(c, doc.get("flag_acceptance"))
     if c.problems:
         head = f"{path}: the protocol has {len(c.problems)} problem{'s' if len(c.problems) > 1 else ''}:"
         raise WbcvError("\n".join([head, *(f"  - {p}" for p in listing(c.problems))]))
@@ -319,8 +326,29 @@ def load_protocol(path: Path | str) -> Protocol:
         decision_levels=levels,
         require_in_domain=require_in_domain,
         results_import=doc.get("results_import"),
+        flag_acceptance=flag_acceptance,
         **extras,
     )
+
+
+def _flag_acceptance(c: _Checker, raw: Any) -> FlagAcceptance | None:
+    """``flag_acceptance: {min_ppa: 0.8, min_npa: 0.9, basis: point_estimate | lower_bound}`` (both
+    limits required, proportions in [0, 1]); None when the section is absent."""
+    if raw is None:
+        return None
+    section = c.mapping("flag_acceptance", raw)
+    c.keys("flag_acceptance.", section, FLAG_ACCEPTANCE_KEYS)
+    limits = {}
+    for key in ("min_ppa", "min_npa"):
+        if key not in section:
+            c.fail(f"flag_acceptance.{key}", "is required (a proportion in [0, 1], e.g. 0.9)")
+            continue
+        limits[key] = c.number(f"flag_acceptance.{key}", section[key], 0.0, 1.0)
+    basis = c.choice("flag_acceptance.basis", section.get("basis"), ("point_estimate", "lower_bound"), "point_estimate")
+    ppa, npa = limits.get("min_ppa"), limits.get("min_npa")
+    if ppa is None or npa is None:
+        return None
+    return FlagAcceptance(min_ppa=ppa, min_npa=npa, basis=basis)  # type: ignore[arg-type]
 
 
 def _regression_criterion(c: _Checker, key: str, value: Any) -> RegressionCriterion | None:

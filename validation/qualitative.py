@@ -10,7 +10,8 @@ analyzer negative        c (FN)              d (TN)
 ================  ===================  ===================
 
 PPA = a / (a + c), NPA = d / (b + d), OPA = (a + d) / n, each with a Wilson score interval (the one
-EP12-A2 uses) and a Clopper–Pearson exact interval.
+EP12-A2 uses) and a Clopper–Pearson exact interval; Cohen's kappa of the 2×2 table with its Wald
+interval (the large-sample standard error of Fleiss, Cohen & Everitt 1969: ``cell_metrics``).
 
 **Empty margin** (stated once): a proportion whose denominator is 0 (no reference-positive sample
 for PPA, no reference-negative one for NPA, no sample at all for OPA) is undefined: its estimate
@@ -22,11 +23,22 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 from scipy import stats
 
+from wbcv.base.records import FlagAcceptance
 from wbcv.validation.agreement import clopper_pearson
+from wbcv.validation.cell_metrics import kappa_interval, weighted_kappa
 
-__all__ = ["AgreementProportion", "FlagAgreement", "flag_agreement", "proportion", "wilson_interval"]
+__all__ = [
+    "AgreementProportion",
+    "FlagAgreement",
+    "FlagVerdict",
+    "flag_agreement",
+    "flag_verdict",
+    "proportion",
+    "wilson_interval",
+]
 
 
 def _check(k: int, n: int, confidence: float) -> None:
@@ -90,6 +102,8 @@ class FlagAgreement:
     npa: AgreementProportion
     opa: AgreementProportion
     confidence: float
+    kappa: float | None = None  # None: undefined (every sample in one row and the same column: p_e = 1)
+    kappa_ci: tuple[float, float] | None = None  # Wald interval, not clipped to [-1, 1]
 
     @property
     def n(self) -> int:
@@ -105,6 +119,7 @@ def flag_agreement(flag: str, a: int, b: int, c: int, d: int, confidence: float 
     for name, v in (("a", a), ("b", b), ("c", c), ("d", d)):
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             raise ValueError(f"cell {name} of the 2×2 table must be a whole number ≥ 0, got {v!r}")
+    kappa, kappa_ci = _kappa(a, b, c, d, confidence)
     return FlagAgreement(
         flag=flag,
         true_positive=a,
@@ -115,4 +130,49 @@ def flag_agreement(flag: str, a: int, b: int, c: int, d: int, confidence: float 
         npa=proportion(d, b + d, confidence),
         opa=proportion(a + d, a + b + c + d, confidence),
         confidence=confidence,
+        kappa=kappa,
+        kappa_ci=kappa_ci,
     )
+
+
+def _kappa(a: int, b: int, c: int, d: int, confidence: float) -> tuple[float | None, tuple[float, float] | None]:
+    """Cohen's kappa of the 2×2 table, (p_o − p_e)/(1 − p_e) (Cohen 1960), and its interval; None when
+    undefined (no sample, or p_e = 1). Through ``cell_metrics.weighted_kappa(…, "none")``, the one kappa."""
+    table = np.array([[a, b], [c, d]], dtype=np.float64)
+    if table.sum() == 0:
+        return None, None
+    k = weighted_kappa(table, "none")
+    if not math.isfinite(k):
+        return None, None
+    lo, hi = kappa_interval(table, "none", confidence)
+    return k, ((lo, hi) if math.isfinite(lo) and math.isfinite(hi) else None)
+
+
+@dataclass(frozen=True)
+class FlagVerdict:
+    flag: str
+    passed: bool
+    reason: str
+
+
+def _judged(name: str, p: AgreementProportion, minimum: float, basis: str) -> tuple[bool, str]:
+    if p.estimate is None or p.wilson is None:
+        return False, f"{name} undefined ({p.k}/{p.n}: no sample in this margin): not shown ≥ {100 * minimum:g} %"
+    value = p.estimate if basis == "point_estimate" else p.wilson[0]
+    what = f"{name} {100 * p.estimate:.1f} %" + (
+        "" if basis == "point_estimate" else f" (lower bound {100 * value:.1f} %)"
+    )
+    ok = value >= minimum - 1e-12
+    return ok, f"{what} {'≥' if ok else '<'} required {100 * minimum:g} %"
+
+
+def flag_verdict(f: FlagAgreement, acceptance: FlagAcceptance) -> FlagVerdict:
+    """A flag passes when its PPA and its NPA each reach the protocol's minimum, judged on the point
+    estimate or on the lower bound of the Wilson interval (``acceptance.basis``; boundary included).
+    An undefined proportion (empty margin) fails: agreement that was not observed is not shown.
+
+    Source: CLSI EP12-A2 (2008): the acceptance of a qualitative comparison is fixed before the study.
+    """
+    ppa_ok, ppa_reason = _judged("PPA", f.ppa, acceptance.min_ppa, acceptance.basis)
+    npa_ok, npa_reason = _judged("NPA", f.npa, acceptance.min_npa, acceptance.basis)
+    return FlagVerdict(f.flag, ppa_ok and npa_ok, f"{ppa_reason}; {npa_reason}")

@@ -261,11 +261,11 @@ def load_report_data(run_dir: Path) -> ReportData:
         comparison=comparison,
         excluded=pl.read_parquet(run_dir / EXCLUDED_FILE),
         cells=cells,
-        strata=_strata(run_dir, record, comparison),
+        strata=achieved_strata(run_dir, record, comparison),
     )
 
 
-def _strata(run_dir: Path, record: ComparisonRecord, comparison: pl.DataFrame) -> list[StratumAchieved] | None:
+def achieved_strata(run_dir: Path, record: ComparisonRecord, comparison: pl.DataFrame) -> list[StratumAchieved] | None:
     """Samples compared per stratum against the plan's (``wbcv.validation.strata``), when a plan was given."""
     if record.inputs.plan is None:
         return None

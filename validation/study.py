@@ -23,7 +23,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import polars as pl
 
@@ -61,6 +61,9 @@ from wbcv.validation.reference import ReferenceData, read_reference
 from wbcv.validation.results.run import Format, ImportOptions, ResultsRun, import_results
 from wbcv.validation.verdict import MeasurandVerdict, decide, domain_failure, overall, to_jsonable
 
+if TYPE_CHECKING:
+    from wbcv.validation.plan import PlanCheck
+
 #: The operating-domain check of a results run: it is of wbcv's own model, and an analyzer's exported
 #: results were not made by it.
 RESULTS_DOMAIN: Final[DomainCheck] = DomainCheck(
@@ -93,9 +96,10 @@ def run_comparison(
         raise WbcvError(
             f"{inference_run}: this is a {record.kind} run; give the run of `wbcv infer` or `wbcv import-results`"
         )
-    plan = None if plan_dir is None else _plan_input(Path(plan_dir))
+    plan_check = None if plan_dir is None else _read_plan(Path(plan_dir))
     require_intact(inference_run, "a comparison would validate counts that are not what was computed")
     protocol = protocol or load_protocol(protocol_path)
+    plan = None if plan_check is None else _plan_input(Path(plan_dir or "."), plan_check, protocol)
     reference = reference or read_reference(reference_path)
     counts = pl.read_parquet(inference_run / COUNTS_FILE)
     result = compare(counts, reference, protocol)
@@ -230,16 +234,23 @@ def _preclassification(results_run: Path, confidence: float) -> dict[str, object
     return {"preclassification": preclassification_statistics(pl.read_parquet(results_run / CELLS_FILE), confidence)}
 
 
-def _plan_input(plan_dir: Path) -> PlanInput:
+def _read_plan(plan_dir: Path) -> PlanCheck:
     """The plan folder, verified against its manifest (``wbcv.validation.plan.read_plan``)."""
     from wbcv.validation.plan import read_plan
 
-    check = read_plan(plan_dir)
+    return read_plan(plan_dir)
+
+
+def _plan_input(plan_dir: Path, check: PlanCheck, protocol: Protocol) -> PlanInput:
+    """What the comparison records of its plan, with the protocol fields applied otherwise than planned."""
+    from wbcv.validation.plan import protocol_changes
+
     return PlanInput(
         path=plan_dir.resolve(),
         manifest_sha256=check.manifest_sha256,
         protocol_sha256=check.protocol_sha256,
         strata=check.strata,
+        changed_fields=protocol_changes(check.protocol_record, to_json(protocol.as_record())),
     )
 
 

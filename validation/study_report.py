@@ -11,6 +11,7 @@ excluded.parquet), checked intact first; no clock, no random ids: the same run g
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -53,6 +54,22 @@ def _pct_ci(pair: Sequence[float] | None) -> str:
     return "–" if not pair else f"{100 * pair[0]:.1f} to {100 * pair[1]:.1f} %"
 
 
+def fixed(value: float | None, decimals: int) -> str:
+    """A number with a fixed count of decimals (CV %, degrees of freedom: 117.85, 23.8, never 1.2e+02)."""
+    if value is None or not math.isfinite(value):
+        return "–"
+    return f"{value:.{decimals}f}".replace("-", "−")
+
+
+def design_text(days: int, runs: int, n: int, balanced: bool) -> str:
+    """'5 days × 5 replicates (one run a day: EP15-A3)' or '20 days × 2 runs × 2 replicates (EP05-A3)'."""
+    if not balanced:
+        return f"{days} days, {runs} runs in all, {n} results (unbalanced)"
+    if runs == days:
+        return f"{days} days × {n // days} replicates (one run a day: the EP15-A3 design)"
+    return f"{days} days × {runs // days} runs × {n // runs} replicates (the EP05-A3 design)"
+
+
 def precision_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     """One entry per (sample, measurand) group: its design and a row per variance component."""
     out = []
@@ -65,15 +82,13 @@ def precision_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
         }
         if g["problem"] is None:
             entry["mean"] = fmt(g["mean"])
-            entry["design"] = f"{g['design']['days']} days, {g['design']['runs']} runs" + (
-                "" if g["balanced"] else " (unbalanced)"
-            )
+            entry["design"] = design_text(g["design"]["days"], g["design"]["runs"], g["n"], g["balanced"])
             entry["components"] = [
                 (
                     c["name"],
                     fmt(c["sd"]),
-                    fmt(c["cv_pct"], 2),
-                    fmt(c["df"], 1),
+                    fixed(c["cv_pct"], 2),
+                    fixed(c["df"], 1),
                     _ci(c["sd_lower"], c["sd_upper"]),
                     "negative estimate set to 0" if c["raw_variance"] < 0 else "",
                 )
@@ -96,9 +111,20 @@ def precision_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def kappa_text(flag: dict[str, Any]) -> str:
+    """Cohen's kappa of a flag's 2×2 table with its interval; runs sealed before kappa existed say so."""
+    if "kappa" not in flag:
+        return "not computed (run sealed before kappa was added)"
+    if flag["kappa"] is None:
+        return "undefined (every sample has the same finding on both sides)"
+    ci = flag.get("kappa_ci")
+    return f"{flag['kappa']:.3f}" + ("" if not ci else f" (Wald CI {ci[0]:.3f} to {ci[1]:.3f})")
+
+
 def qualitative_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     """One entry per flag: the 2×2 table and PPA, NPA, OPA with both intervals (None: undefined)."""
     out = []
+    verdicts = {v["flag"]: v for v in result.get("verdicts", [])}  # runs before flag_acceptance: none
     for f in result["flags"]:
         props = []
         for name in ("ppa", "npa", "opa"):
@@ -110,7 +136,16 @@ def qualitative_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
                 (name.upper(), f"{p['k']}/{p['n']}", estimate, _pct_ci(p["wilson"]), _pct_ci(p["clopper_pearson"]))
             )
         cells = (f["true_positive"], f["false_positive"], f["false_negative"], f["true_negative"])
-        out.append({"flag": f["flag"], "n": f["n"], "cells": cells, "proportions": props})
+        out.append(
+            {
+                "flag": f["flag"],
+                "n": f["n"],
+                "cells": cells,
+                "proportions": props,
+                "kappa": kappa_text(f),
+                "verdict": verdicts.get(f["flag"]),
+            }
+        )
     return out
 
 
@@ -133,6 +168,7 @@ def render_study_html(run: StudyRun, record_sha256: str, signatories: Sequence[S
             confidence=f"{100 * record.confidence:g} %",
             groups=precision_rows(result) if precision else [],
             flags=[] if precision else qualitative_rows(result),
+            overall=result.get("overall"),
             rules=result["rules"],
             excluded=excluded.head(MAX_LISTED_ROWS).rows(),
             excluded_more=max(0, excluded.height - MAX_LISTED_ROWS),

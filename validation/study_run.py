@@ -29,7 +29,15 @@ import polars as pl
 
 from wbcv.base.atomic import sha256_file
 from wbcv.base.errors import WbcvError
-from wbcv.base.records import PrecisionRecord, QualitativeRecord, StudyInput, StudySummary, to_json
+from wbcv.base.records import (
+    FlagAcceptance,
+    PrecisionRecord,
+    ProtocolInput,
+    QualitativeRecord,
+    StudyInput,
+    StudySummary,
+    to_json,
+)
 from wbcv.base.runstore import AlreadySealed, WorkingRun, read_run_record
 from wbcv.base.software import software_info
 from wbcv.validation import flag_table, precision_table
@@ -118,12 +126,14 @@ def precision_run(
 
 
 def qualitative_run(
-    path: Path | str, runs_dir: Path, confidence: float = 0.95
+    path: Path | str, runs_dir: Path, confidence: float = 0.95, protocol: Path | None = None
 ) -> tuple[flag_table.FlagReport, StudyRun]:
-    """Analyse a flag table (``run_qualitative``) and seal the result as a qualitative run."""
+    """Analyse a flag table (``run_qualitative``) and seal the result as a qualitative run; with a
+    protocol, each flag is judged against its ``flag_acceptance`` and the run records both."""
     path = Path(path)
     source = _input(path)
-    report = flag_table.run_qualitative(path, confidence=confidence)
+    protocol_input, acceptance = (None, None) if protocol is None else flag_protocol(Path(protocol))
+    report = flag_table.run_qualitative(path, confidence=confidence, acceptance=acceptance)
     _unchanged(source, path)
     summary = StudySummary(
         n_rows=report.n_rows, n_rows_excluded=len(report.excluded), n_groups=len(report.flags), n_groups_not_analysed=0
@@ -131,12 +141,34 @@ def qualitative_run(
 
     def build(created: str) -> QualitativeRecord:
         return QualitativeRecord(
-            created_utc=created, software=software_info(), input=source, confidence=confidence, summary=summary
+            created_utc=created,
+            software=software_info(),
+            input=source,
+            confidence=confidence,
+            summary=summary,
+            protocol=protocol_input,
+            acceptance=acceptance,
         )
 
     key_doc = {"kind": "qualitative", "input": to_json(source), "confidence": confidence}
+    if protocol_input is not None:
+        key_doc["protocol"] = to_json(protocol_input)
     run = _seal(runs_dir, "qualitative", key_doc, build, flag_table.report_payload(report), report.excluded)
     return report, run
+
+
+def flag_protocol(path: Path) -> tuple[ProtocolInput, FlagAcceptance]:
+    """The protocol of a flag study and its flag_acceptance (a protocol without one is an error)."""
+    from wbcv.validation.protocol import load_protocol
+
+    protocol = load_protocol(path)
+    if protocol.flag_acceptance is None:
+        raise WbcvError(
+            f"{path}: flag_acceptance: the protocol has no flag_acceptance section; expected e.g. "
+            "flag_acceptance: {min_ppa: 0.8, min_npa: 0.9} (or leave out --protocol to estimate only)"
+        )
+    source = ProtocolInput(path=path.resolve(), sha256=sha256_file(path), id=protocol.id, version=protocol.version)
+    return source, protocol.flag_acceptance
 
 
 def load_study(run_dir: Path) -> StudyRun:

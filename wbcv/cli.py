@@ -249,6 +249,11 @@ def _print_comparison(result: object) -> int:
     print(format_verdicts(result.verdicts))
     if result.domain_failure:
         print(f"FAIL: {result.domain_failure}")
+    plan = result.record.inputs.plan
+    if plan is not None and plan.changed_fields:
+        print(f"WARNING: the protocol differs from the signed plan in {len(plan.changed_fields)} field(s):")
+        for change in plan.changed_fields:
+            print(f"  {change}")
     print(
         f"comparison run: {result.run_dir} ({result.record.summary.exclusions_text}, each with its reason, "
         "in excluded.parquet)"
@@ -309,6 +314,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
     imported, result = compare_export(args.results, args.format, options, args.reference, args.protocol, out)
     _print_import(imported)
     return _print_comparison(result)
+
+
+def cmd_file(args: argparse.Namespace) -> int:
+    from wbcv.base.atomic import sha256_file
+    from wbcv.validation.validation_file import FILE_HTML, FILE_PDF, write_validation_file
+
+    manifest = write_validation_file(args.runs, args.plan, args.out)
+    print(f"validation file: {args.out / FILE_HTML}")
+    print(f"  PDF: {args.out / FILE_PDF}")
+    print(f"  manifest {manifest} sha256 {sha256_file(manifest)}")
+    return EXIT_OK
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -509,18 +525,18 @@ def cmd_precision(args: argparse.Namespace) -> int:
 
 def cmd_qualitative(args: argparse.Namespace) -> int:
     from wbcv.validation.flag_table import format_report, report_payload, run_qualitative
+    from wbcv.validation.study_run import flag_protocol, qualitative_run
 
     if args.out is None:
-        report = run_qualitative(args.flags, confidence=args.confidence)
+        acceptance = None if args.protocol is None else flag_protocol(args.protocol)[1]
+        report = run_qualitative(args.flags, confidence=args.confidence, acceptance=acceptance)
     else:
-        from wbcv.validation.study_run import qualitative_run
-
-        report, run = qualitative_run(args.flags, args.out, confidence=args.confidence)
+        report, run = qualitative_run(args.flags, args.out, confidence=args.confidence, protocol=args.protocol)
     print(format_report(report))
     _write_json(args.json, report_payload(report))
     if args.out is not None:
         print(f"sealed qualitative run {run.run_dir} (report: `wbcv report {run.run_dir}`)")
-    return EXIT_OK
+    return EXIT_FAILED_ACCEPTANCE if report.passed is False else EXIT_OK
 
 
 def _confidence(text: str) -> float:
@@ -735,6 +751,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("protocol", type=Path, metavar="P.yaml")
     p.add_argument("--out", type=Path, required=True, metavar="DIR")
     p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser(
+        "file",
+        help="the validation file: one document with a section per study (plan, comparisons, precision, flags)",
+        description=(
+            "Gather sealed study runs (comparison runs of `wbcv compare`/`wbcv run`, precision and qualitative "
+            "runs of `wbcv precision --out`/`wbcv qualitative --out`) and optionally the plan of `wbcv plan` "
+            "into one document: validation_file.html, validation_file.pdf and manifest.json in a new folder. "
+            "A summary line per study with its outcome, then a section per study with its key results, citing "
+            "each run record and its own report by sha256. Every run is verified first; an altered one is refused."
+        ),
+    )
+    p.add_argument("runs", type=Path, nargs="+", metavar="RUN")
+    p.add_argument("--plan", type=Path, metavar="PLAN_DIR", help="the folder of `wbcv plan` the studies follow")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="a new folder for the validation file")
+    p.set_defaults(func=cmd_file)
 
     p = sub.add_parser(
         "run",
@@ -963,6 +995,12 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     p.add_argument("flags", type=Path, metavar="FLAGS.csv")
+    p.add_argument(
+        "--protocol",
+        type=Path,
+        metavar="P.yaml",
+        help="judge each flag against the protocol's flag_acceptance (min_ppa, min_npa, basis); exit 3 on a failure",
+    )
     p.add_argument("--confidence", type=_confidence, default=0.95, help="CI level (default 0.95)")
     p.add_argument("--json", type=Path, metavar="OUT.json", help="also write the results as JSON")
     p.add_argument("--out", type=Path, metavar="RUNS", help=STUDY_OUT_HELP)

@@ -271,6 +271,10 @@ class PlanInput:
     manifest_sha256: Sha256
     protocol_sha256: Sha256
     strata: dict[str, int]
+    # the protocol fields applied otherwise than the plan fixed them, "key: planned (plan) → applied
+    # (applied)" (``wbcv.validation.plan.protocol_changes``); empty: every field as planned. Recorded
+    # since 2026-12-01; None in runs made before (only the protocol file's sha256 was compared then).
+    changed_fields: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -400,6 +404,16 @@ class PrecisionRecord(RunRecord):
 
 
 @dataclass(frozen=True, kw_only=True)
+class FlagAcceptance:
+    """Acceptance of a flag-agreement study (protocol ``flag_acceptance``): every flag's PPA and NPA,
+    judged on the point estimate or on the lower bound of its Wilson interval, must reach these."""
+
+    min_ppa: float
+    min_npa: float
+    basis: Literal["point_estimate", "lower_bound"] = "point_estimate"
+
+
+@dataclass(frozen=True, kw_only=True)
 class QualitativeRecord(RunRecord):
     """run.json of `wbcv qualitative --out` (CLSI EP12-A2 flag agreement); its result is result.json."""
 
@@ -407,6 +421,9 @@ class QualitativeRecord(RunRecord):
     input: StudyInput
     confidence: float
     summary: StudySummary
+    # recorded since 2026-12-01 when `--protocol` is given: the protocol and its flag_acceptance; None before
+    protocol: ProtocolInput | None = None
+    acceptance: FlagAcceptance | None = None
 
 
 AnyRecord = InferenceRecord | ComparisonRecord | ResultsRecord | PrecisionRecord | QualitativeRecord
