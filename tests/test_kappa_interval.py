@@ -72,7 +72,17 @@ def test_matches_vcds_formula_for_any_table(x):
         vcd_ase(x, equal_spacing), rel=1e-9, abs=1e-6
     )  # a variance of 0 up to rounding
     low, high = kappa_interval(x, "none", 0.95)
-    assert low <= weighted_kappa(x, "none") <= high
+    assert -1.0 <= low <= weighted_kappa(x, "none") <= high <= 1.0  # clipped to kappa's range, as vcd
+
+
+def test_an_interval_reaching_past_one_is_clipped_as_vcd_does():
+    """Near-perfect agreement on few samples: the Wald interval runs past 1 (vcd's confint.Kappa
+    clips it: ``min(1, kappa + q * ASE)``)."""
+    table = np.array([[9, 1], [0, 10]])
+    kappa, se = weighted_kappa(table, "none"), kappa_standard_error(table, "none")
+    assert kappa + 1.96 * se > 1.0  # the unclipped bound would leave kappa's range
+    low, high = kappa_interval(table, "none", 0.95)
+    assert high == 1.0 and low == pytest.approx(kappa - 1.959964 * se, rel=1e-6)
 
 
 def test_undefined_kappa_has_no_interval():

@@ -250,11 +250,12 @@ def kappa_standard_error(cm: np.ndarray, weights: str) -> float:
 
 def kappa_interval(cm: np.ndarray, weights: str, confidence: float) -> tuple[float, float]:
     """Wald interval kappa_w -/+ z_(1+confidence)/2 x ``kappa_standard_error`` (Fleiss, Cohen & Everitt
-    1969; vcd's ``confint.Kappa``), not clipped to [-1, 1]; (NaN, NaN) when kappa is undefined."""
+    1969), clipped to kappa's range [-1, 1] as vcd's ``confint.Kappa`` does (``max(-1, ...)``,
+    ``min(1, ...)``); (NaN, NaN) when kappa is undefined."""
     from scipy.stats import norm
 
     kw, se = weighted_kappa(cm, weights), kappa_standard_error(cm, weights)
     if not (np.isfinite(kw) and np.isfinite(se)):
         return float("nan"), float("nan")
     z = float(norm.ppf(0.5 + confidence / 2))
-    return kw - z * se, kw + z * se
+    return max(-1.0, kw - z * se), min(1.0, kw + z * se)
