@@ -34,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -290,10 +291,12 @@ def adapt(
     log: Callable[[str], None] = print,
 ) -> Path:
     """Adapt the ``parent`` artifact to the site of ``unlabelled`` and ``labelled`` cells; write the
-    new artifact to ``out_dir`` (module docstring). Returns ``out_dir``."""
+    new artifact to ``out_dir``, which must not exist yet (module docstring). Returns ``out_dir``."""
     recipe = recipe or AdaptRecipe()
     if not unlabelled and not labelled:
         raise WbcvError("nothing to adapt on: give unlabelled images (--unlabelled) and/or labelled cells (--labelled)")
+    if out_dir.exists():  # never write over (or delete) a folder: it may be the parent or a qualified model
+        raise WbcvError(f"{out_dir}: already exists; give a new folder for the adapted model")
     t0 = time.perf_counter()
     torch.manual_seed(recipe.seed)
     torch.set_num_threads(recipe.threads)
@@ -302,39 +305,56 @@ def adapt(
     log(f"site: {site.record}")
     layers = renormalise_batchnorm(model.net, site.pixels)
     log(f"re-estimated the statistics of {layers} batch-normalisation layers on {len(site.pixels)} cells")
+    labels, pseudo, losses = train_on_site(model, site, recipe, log)
+    card = adapted_card(model, site, recipe, pseudo, losses, time.perf_counter() - t0)
+    write_adapted(model, site, labels, card, out_dir)
+    log(f"saved {out_dir} ({time.perf_counter() - t0:.0f} s); it must be re-qualified on labelled cells it did not see")
+    return out_dir
+
+
+def train_on_site(
+    model: LoadedModel, site: SiteData, recipe: AdaptRecipe, log: Callable[[str], None]
+) -> tuple[torch.Tensor, int, list[float]]:
+    """Steps 2 and 3 of the module docstring, in place on ``model.net``: (labels with the
+    pseudo-labels filled in, the number of pseudo-labelled cells, the loss per epoch)."""
     labels = site.labels.clone()
     losses: list[float] = []
     if site.record["used_labelled"]:  # supervised first: the teacher of the self-training is the best model so far
         losses += fine_tune(model.net, site.pixels, labels, torch.ones(len(labels)), recipe)
         renormalise_batchnorm(model.net, site.pixels)  # the fine-tuned layers' statistics on the site
         log(f"fine-tuned on the labelled cells: loss per epoch {losses}")
-    pseudo = 0
-    if recipe.self_training and site.record["used_unlabelled"]:
-        guess = pseudo_labels(model, site.pixels, recipe.pseudo_label_confidence)
-        take = (labels < 0) & (guess >= 0)
-        labels[take] = guess[take]
-        pseudo = int(take.sum())
-        log(f"self-training: {pseudo} of {site.record['used_unlabelled']} unlabelled cells pseudo-labelled")
-        if pseudo:
-            weight = torch.where(site.labels >= 0, recipe.labelled_weight, 1.0)
-            losses += fine_tune(model.net, site.pixels, labels, weight, recipe)
-            renormalise_batchnorm(model.net, site.pixels)
-            log(f"fine-tuned on labelled and pseudo-labelled cells: loss per epoch {losses}")
-    card = adapted_card(model, site, recipe, pseudo, losses, time.perf_counter() - t0)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True)
-    ood = refit_ood(model, site, labels, out_dir)
-    card["ood"] = ood
+    if not (recipe.self_training and site.record["used_unlabelled"]):
+        return labels, 0, losses
+    guess = pseudo_labels(model, site.pixels, recipe.pseudo_label_confidence)
+    take = (labels < 0) & (guess >= 0)
+    labels[take] = guess[take]
+    pseudo = int(take.sum())
+    log(f"self-training: {pseudo} of {site.record['used_unlabelled']} unlabelled cells pseudo-labelled")
+    if pseudo:
+        weight = torch.where(site.labels >= 0, recipe.labelled_weight, 1.0)
+        losses += fine_tune(model.net, site.pixels, labels, weight, recipe)
+        renormalise_batchnorm(model.net, site.pixels)
+        log(f"fine-tuned on labelled and pseudo-labelled cells: loss per epoch {losses}")
+    return labels, pseudo, losses
+
+
+def write_adapted(
+    model: LoadedModel, site: SiteData, labels: torch.Tensor, card: dict[str, Any], out_dir: Path
+) -> None:
+    """Weights, card, site density and profile into a staging folder beside ``out_dir``, then
+    renamed into place: an interrupted adaptation leaves no half-written artifact under its name."""
+    staging = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)  # our own leftover of an interrupted run
+    staging.mkdir(parents=True)
+    card["ood"] = refit_ood(model, site, labels, staging)
     card.pop("domain_profile", None)
-    profile = refit_profile(model, site, labels, out_dir)
+    profile = refit_profile(model, site, labels, staging)
     if "sha256" in profile:
         card["domain_profile"] = profile
     else:
         card["adaptation"]["domain_profile_not_fitted"] = profile["reason"]
-    save_artifact(model.net.eval(), card, out_dir)
-    log(f"saved {out_dir} ({time.perf_counter() - t0:.0f} s); it must be re-qualified on labelled cells it did not see")
-    return out_dir
+    save_artifact(model.net.eval(), card, staging)
+    os.rename(staging, out_dir)
 
 
 #: Card sections that describe the parent's qualification: not true of the adapted weights.

@@ -144,3 +144,14 @@ def test_the_site_density_is_finite_when_a_class_has_a_single_cell(parent, pbc_c
         assert section is not None and np.isfinite(section["threshold"])
         density = FeatureDensity.load(str(tmp_path / str(where) / "ood.npz"))
         assert np.isfinite(density.means).all() and np.isfinite(density.precision).all()
+
+
+def test_an_existing_output_folder_is_never_written_over(parent, pbc_cells, tmp_path):
+    """--out naming the parent (or any existing folder) is refused before anything is read or written."""
+    before = (parent / "model.json").read_bytes()
+    with pytest.raises(WbcvError, match="already exists; give a new folder"):
+        adapt(parent, parent, [], sample(pbc_cells, 1, 0), QUICK)
+    assert (parent / "model.json").read_bytes() == before and (parent / "weights.pt").is_file()
+    out = adapt(parent, tmp_path / "new", [], sample(pbc_cells, 2, 0), QUICK, log=lambda _m: None)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left behind
+    load_artifact(out)
