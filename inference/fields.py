@@ -84,8 +84,6 @@ NUCLEUS_FLOOR: Final[float] = 0.45
 LOBE_GAP: Final[float] = 0.12
 #: Smallest nucleus cluster of a white cell, in red-cell areas (pi d^2 / 4).
 WBC_MIN_NUCLEUS_AREA: Final[float] = 0.25
-#: The same for a cluster cut by the field's edge (only part of the nucleus is in view).
-WBC_MIN_EDGE_NUCLEUS_AREA: Final[float] = 0.1
 #: Smallest platelet, in red-cell areas (smaller specks are stain debris or noise).
 PLT_MIN_AREA: Final[float] = 0.01
 #: A platelet's nucleus cue peaks at least this high (pale purple tints of red cells stay below).

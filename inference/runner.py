@@ -447,6 +447,8 @@ def _skipped(slides: SlideSet, parts: pl.DataFrame) -> pl.DataFrame:
 def _inputs(slides: SlideSet, parts: pl.DataFrame) -> tuple[pl.DataFrame, str]:
     """Every input file with its content hash, and one hash over the whole list (sha256sum style)."""
     side = [slides.manifest_path] + ([slides.cell_labels_path] if slides.cell_labels_path else [])
+    if (slides.root / FIELD_SAMPLES_FILE).is_file():  # counts.parquet takes the smear-field counts from it
+        side.append(slides.root / FIELD_SAMPLES_FILE)
     extra = pl.DataFrame(
         {
             "path": [p.name for p in side],

@@ -132,3 +132,26 @@ def test_rbc_and_plt_are_compared_or_excluded_with_the_reason(smear_run, tmp_pat
     s2 = result.excluded.filter(pl.col("sample_id") == "S2")
     assert sorted(s2["measurand"].to_list()) == ["PLT", "RBC"]
     assert all("smear_thickness_um" in r for r in s2["reason"].to_list())
+
+
+def test_the_field_counts_are_a_hashed_input_of_the_run_and_a_change_is_found(smear_run):
+    """counts.parquet takes red cells and platelets from field_samples.parquet: the run lists that file
+    with its sha256 among its inputs, and `wbcv verify --inputs` finds it changed."""
+    from wbcv.base.tables import INPUTS_FILE
+    from wbcv.inference.input_check import verify_inputs
+
+    batch, _ = smear_run
+    (run,) = list((batch.parent / "runs").iterdir())
+    inputs = pl.read_parquet(run / INPUTS_FILE)
+    path = batch / FIELD_SAMPLES_FILE
+    row = inputs.filter(pl.col("path") == FIELD_SAMPLES_FILE).row(0, named=True)
+    assert row["bytes"] == path.stat().st_size
+    assert not verify_inputs(run).findings
+    original = path.read_bytes()
+    try:
+        fs = pl.read_parquet(path).with_columns(pl.col("rbc_counted") * 2)
+        fs.write_parquet(path)
+        findings = verify_inputs(run).findings
+        assert [(f.kind, f.path) for f in findings] == [("changed", FIELD_SAMPLES_FILE)]
+    finally:
+        path.write_bytes(original)
