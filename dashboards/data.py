@@ -28,7 +28,7 @@ import polars as pl
 
 from wbcv.base.errors import WbcvError
 from wbcv.base.records import ComparisonRecord, InferenceRecord, PrecisionRecord, QualitativeRecord
-from wbcv.base.runstore import INCOMPLETE_PREFIX, RUN_RECORD, read_record_of, read_run_record
+from wbcv.base.runstore import INCOMPLETE_PREFIX, RUN_RECORD, read_record_of, read_run_record, verify_run
 from wbcv.base.tables import (
     COMPARISON_FILE,
     COUNTS_FILE,
@@ -140,6 +140,7 @@ class RunCatalog:
                             raise WbcvError(f"run id {record.run_id!r} is also the run of folder {seen[record.run_id]}")
                         seen[record.run_id] = name
                         if isinstance(record, ComparisonRecord):
+                            _require_sealed_files(self.runs_dir / name)
                             found.append(_summary(self.runs_dir / name, record))
                         elif isinstance(record, PrecisionRecord | QualitativeRecord):
                             studies.append(study_line(self.runs_dir / name, record))
@@ -228,6 +229,16 @@ class InferenceRun:
     def labelled(self) -> LabelledCells | None:
         """The cells against their expert labels (the report's confusion matrix), when there are any."""
         return None if self.predictions.is_empty() else labelled_cells(self.predictions)
+
+
+def _require_sealed_files(run_dir: Path) -> None:
+    """Refuse a comparison run whose sealed files (comparison table, statistics, verdict ...) changed
+    or went missing since it was sealed: the runs list must never show an altered verdict as the
+    run's own. (Files added later, such as its report, are `wbcv verify`'s to judge.)"""
+    v = verify_run(run_dir)
+    if v.changed or v.missing:
+        what = [f"{n} changed" for n in v.changed] + [f"{n} missing" for n in v.missing]
+        raise WbcvError(f"altered since it was sealed ({', '.join(what[:5])}); `wbcv verify {run_dir}` lists it all")
 
 
 class ComparisonRun:

@@ -98,11 +98,17 @@ def test_tab_shows_nothing_from_an_altered_statistics_file(runs, tmp_path):
     copy = tmp_path / "runs"
     shutil.copytree(runs, copy)
     target = run_dirs(copy)["cells"]
+    catalog = RunCatalog(copy)
+    catalog.summaries()  # listed while intact; the file is altered while the dashboard is serving
     stats = json.loads((target / STATISTICS_FILE).read_text())
     stats["preclassification"]["agreement"]["estimate"] = 0.999
     (target / STATISTICS_FILE).write_text(json.dumps(stats))
-    text = text_of(preclassification_view(RunCatalog(copy).get(target.name)))
+    text = text_of(preclassification_view(catalog.get(target.name)))
     assert "differs from its run.json: altered; nothing is shown" in text and "99.9 %" not in text
+    # a fresh listing leaves the altered run out and says why
+    fresh = RunCatalog(copy)
+    assert target.name not in {s.run_id for s in fresh.summaries()}
+    assert any(name == target.name and "statistics.json changed" in why for name, why in fresh.unreadable())
 
 
 def test_tab_of_wbcvs_own_run_says_where_its_verification_figures_are(runs):

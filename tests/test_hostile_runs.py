@@ -122,3 +122,25 @@ def test_dashboard_builds_with_a_bad_run(good_runs, tmp_path, variant):
     assert name in text and reason in text
     first = RunCatalog(good_runs).summaries()[0].run_id
     assert first in text
+
+
+@pytest.mark.parametrize("tamper", ["edit", "delete"])
+def test_a_comparison_run_whose_sealed_statistics_changed_is_not_shown_as_its_own(good_runs, tmp_path, tamper):
+    """statistics.json (or any sealed file) edited or deleted after sealing: the run leaves the runs
+    list and is listed as unreadable, 'altered since it was sealed', naming the file."""
+    runs = tmp_path / "runs"
+    shutil.copytree(good_runs, runs)
+    run = _comparison(runs)
+    stats = run / "statistics.json"
+    if tamper == "edit":
+        stats.write_text(stats.read_text().replace("0", "1", 1))
+    else:
+        stats.unlink()
+    catalog = RunCatalog(runs)
+    assert run.name not in {s.run_id for s in catalog.summaries()}
+    [(bad_name, reason)] = catalog.unreadable()
+    assert bad_name == run.name
+    assert (
+        "altered since it was sealed" in reason
+        and f"statistics.json {'changed' if tamper == 'edit' else 'missing'}" in reason
+    )
