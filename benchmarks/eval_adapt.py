@@ -57,10 +57,9 @@ def stratified_order(cells: list[LabelledCell], seed: int) -> list[LabelledCell]
         by[c.label].append(c)
     for v in by.values():
         rng.shuffle(v)
-    total = len(cells)
-    # each class's cells spread evenly over the sequence (position (i + 0.5) / n_class)
+    # each class's cells spread evenly over the sequence (cell i of n at position (i + U(0, 1)) / n)
     keyed = [((i + rng.random()) / len(v), c) for v in by.values() for i, c in enumerate(v)]
-    return [c for _, c in sorted(keyed, key=lambda t: t[0])][:total]
+    return [c for _, c in sorted(keyed, key=lambda t: t[0])]
 
 
 def figures(report: dict[str, Any]) -> dict[str, Any]:
@@ -141,7 +140,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path, required=True)
     args = ap.parse_args()
     model_path = resolve_model_path(args.model)
-    cells = [c for c in read_cell_library(args.tecom)]
+    cells = read_cell_library(args.tecom)
     report: dict[str, Any] = {"model": load_artifact(model_path).model_id, "cells": len(cells), "splits": []}
     with tempfile.TemporaryDirectory() as tmp:
         for split in range(args.first_split, args.first_split + args.splits):

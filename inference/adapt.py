@@ -215,22 +215,29 @@ def fine_tune(
     return losses
 
 
-def refit_ood(model: LoadedModel, site: SiteData, labels: torch.Tensor, out_dir: Path) -> dict[str, Any] | None:
+def site_features(model: LoadedModel, site: SiteData) -> np.ndarray:
+    """(N, D) float32 backbone features of every site cell under the adapted network."""
+    feats = predict_logits(model.net, site.pixels).features
+    assert feats is not None  # WbcEnsembleNet always returns its features
+    return feats.numpy()
+
+
+def refit_ood(features: np.ndarray, labels: torch.Tensor, out_dir: Path) -> dict[str, Any] | None:
     """The feature density of the site's labelled and pseudo-labelled cells (half fitted, half for
     the threshold) over the classes they hold, or None when fewer than 20 cells carry a label. A
     class absent from the site's cells has no density: its cells come out out_of_distribution,
-    unclassified (a refusal, never a miscount); the card lists such classes."""
+    unclassified (a refusal, never a miscount); the card lists such classes. ``features``: the
+    adapted network's features of every site cell (``site_features``)."""
     has = torch.nonzero(labels >= 0).flatten()
     if len(has) < 20:
         return None
     order = has[torch.randperm(len(has), generator=torch.Generator().manual_seed(0))]
-    feats = predict_logits(model.net, site.pixels[order]).features
-    assert feats is not None
+    feats = features[order.numpy()]
     y = labels[order].numpy()
     half = len(order) // 2
     present = sorted(set(y[:half].tolist()))  # the classes of the half the density is fitted on
     dense = np.searchsorted(present, y[:half])  # class index -> index among the present classes
-    means, precision = fit_density(feats.numpy()[:half], dense, len(present))
+    means, precision = fit_density(feats[:half], dense, len(present))
     density = FeatureDensity(means, precision, threshold_for(distances(feats[half:], means, precision)))
     figures = {
         "quantile": QUANTILE,
@@ -241,21 +248,18 @@ def refit_ood(model: LoadedModel, site: SiteData, labels: torch.Tensor, out_dir:
     return save_ood(density, out_dir, figures)
 
 
-def refit_profile(model: LoadedModel, site: SiteData, labels: torch.Tensor, out_dir: Path) -> dict[str, Any]:
+def refit_profile(site: SiteData, features: np.ndarray, labels: torch.Tensor, out_dir: Path) -> dict[str, Any]:
     """The operating-domain profile of the site (``wbcv.inference.domain``) from its labelled and
     pseudo-labelled cells (half for the class densities, half for the threshold), or the reason
     there is none (too few cells, or a class missing from either half)."""
     has = torch.nonzero(labels >= 0).flatten()
     if len(has) < MIN_PROFILE_CELLS:
         return {"reason": f"{len(has)} labelled or pseudo-labelled cells; a profile needs {MIN_PROFILE_CELLS}"}
-    feats = predict_logits(model.net, site.pixels[has]).features
-    assert feats is not None
     idx = has.numpy()[np.random.default_rng(0).permutation(len(has))]
     halves = idx[: len(idx) // 2], idx[len(idx) // 2 :]
-    row_of = {int(i): r for r, i in enumerate(has.tolist())}
     samples = [
         CellSample(
-            feats.numpy()[[row_of[int(i)] for i in part]],
+            features[part],
             site.surround_lab[part],
             site.diameter_px[part],
             np.zeros(len(part), bool),
@@ -346,9 +350,10 @@ def write_adapted(
     staging = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)  # our own leftover of an interrupted run
     staging.mkdir(parents=True)
-    card["ood"] = refit_ood(model, site, labels, staging)
+    features = site_features(model, site)  # once, for the density and the profile
+    card["ood"] = refit_ood(features, labels, staging)
     card.pop("domain_profile", None)
-    profile = refit_profile(model, site, labels, staging)
+    profile = refit_profile(site, features, labels, staging)
     if "sha256" in profile:
         card["domain_profile"] = profile
     else:

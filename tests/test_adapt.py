@@ -18,7 +18,7 @@ import torch
 from tests.conftest import run_wbcv, write_test_artifact
 from wbcv.base.errors import WbcvError
 from wbcv.base.taxonomy import CELL_CLASSES
-from wbcv.inference.adapt import AdaptRecipe, SiteData, adapt, refit_ood, renormalise_batchnorm
+from wbcv.inference.adapt import AdaptRecipe, SiteData, adapt, refit_ood, renormalise_batchnorm, site_features
 from wbcv.inference.artifact import load_artifact
 from wbcv.inference.library import LabelledCell
 from wbcv.inference.ood import FeatureDensity
@@ -140,7 +140,7 @@ def test_the_site_density_is_finite_when_a_class_has_a_single_cell(parent, pbc_c
     for where in range(0, 40, 5):  # the single basophil at several positions: some fall in each half
         labels = torch.tensor([i % 4 for i in range(40)])
         labels[where] = CELL_CLASSES.index("basophil")
-        section = refit_ood(model, site, labels, tmp_path / str(where))
+        section = refit_ood(site_features(model, site), labels, tmp_path / str(where))
         assert section is not None and np.isfinite(section["threshold"])
         density = FeatureDensity.load(str(tmp_path / str(where) / "ood.npz"))
         assert np.isfinite(density.means).all() and np.isfinite(density.precision).all()

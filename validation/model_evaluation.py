@@ -13,7 +13,6 @@ the shipped OVA + lineage combination, and the plain 5-way softmax head trained 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -26,6 +25,7 @@ from PIL import Image, ImageEnhance, ImageFilter
 
 from wbcv.base.errors import WbcvError
 from wbcv.base.taxonomy import CELL_CLASSES, OUTCOMES, UNCLASSIFIED
+from wbcv.inference.adapt import listing_sha256
 from wbcv.inference.artifact import LoadedModel, load_artifact, read_card
 from wbcv.inference.combine import ABSTAIN_REASONS, UNCLASSIFIED_INDEX
 from wbcv.inference.decode import ACCEPTED_FORMATS_TEXT, IMAGE_EXTENSIONS
@@ -412,7 +412,7 @@ def requalify_adapted(
         before.pop("skipped")
     section = {
         "cells": len(cells),
-        "labelled_listing_sha256": _listing_sha256(cells),
+        "labelled_listing_sha256": listing_sha256([c.path for c in cells], [c.label for c in cells]),
         "adapted": adapted,
         "parent": before if before is not None else {"not_evaluated": why},
     }
@@ -424,12 +424,6 @@ def requalify_adapted(
     update_card(model_dir, "adaptation", {**lineage, "evaluation": section, "requalified": True})
     (model_dir / "MODEL_CARD.md").write_text(render_model_card(read_card(model_dir)))
     return section
-
-
-def _listing_sha256(cells: Sequence[LabelledCell]) -> str:
-    """sha256 over 'file sha256  label' lines: which labelled cells an evaluation used."""
-    lines = "".join(f"{hashlib.sha256(c.path.read_bytes()).hexdigest()}  {c.label}\n" for c in cells)
-    return hashlib.sha256(lines.encode()).hexdigest()
 
 
 def format_report(report: dict[str, Any]) -> str:
