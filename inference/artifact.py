@@ -34,6 +34,8 @@ from wbcv.inference.ensemble import WbcEnsembleNet
 from wbcv.inference.ood import METHOD as OOD_METHOD
 from wbcv.inference.ood import OOD_FILE, FeatureDensity
 from wbcv.inference.res2net import Res2NetConfig, fold_batchnorm
+from wbcv.inference.wbc_gate import GATE_FILE, WbcGate
+from wbcv.inference.wbc_gate import METHOD as GATE_METHOD
 
 ARTIFACT_FORMAT: Final[str] = "wbcv-model/1"
 CARD_FILE: Final[str] = "model.json"
@@ -59,6 +61,9 @@ class InputSpec:
     # cell framing: Reinhard target (lαβ mean and std) of the pixels around the cell; None: no normalisation
     stain_mean: tuple[float, float, float] | None = None
     stain_std: tuple[float, float, float] | None = None
+    # image framing: run the cell locator on each image only to refuse those without a white cell
+    # (``no_cell_found``: blank, red cells only, out of focus); cell framing always locates
+    locate_check: bool = False
 
     def __post_init__(self) -> None:
         if self.framing not in ("image", "cell"):
@@ -86,6 +91,7 @@ class LoadedModel:
     sha256: str
     ood: FeatureDensity | None = None  # the out-of-distribution score's density (wbcv.inference.ood)
     domain: DomainProfile | None = None  # what the model was qualified on (wbcv.inference.domain)
+    gate: WbcGate | None = None  # is it a white cell at all (wbcv.inference.wbc_gate)
 
     @property
     def name(self) -> str:
@@ -120,6 +126,7 @@ def _input_kwargs(d: dict[str, Any]) -> dict[str, Any]:
         "cell_fraction": float(d.get("cell_fraction", 0.7)),
         "stain_mean": tuple(stain["mean"]) if stain else None,
         "stain_std": tuple(stain["std"]) if stain else None,
+        "locate_check": bool(d.get("locate_check", False)),
     }
 
 
@@ -128,6 +135,8 @@ def input_card(spec: InputSpec) -> dict[str, Any]:
     card: dict[str, Any] = {"size": spec.size, "mean": list(spec.mean), "std": list(spec.std), "crop": spec.crop}
     if spec.framing != "image":
         card |= {"framing": spec.framing, "cell_fraction": spec.cell_fraction}
+    elif spec.locate_check:
+        card["locate_check"] = True
     if spec.stain_mean is not None and spec.stain_std is not None:
         card["stain_target"] = {
             "space": "lab-ruderman-log10",
@@ -321,7 +330,7 @@ def load_artifact(spec: str | Path | None = None, with_domain: bool = True, fold
     net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # accepted, missing from torch's overloads
     ood = _load_ood(model_dir, card)
     domain = load_profile(model_dir, card) if with_domain else None
-    return LoadedModel(net, card, model_dir, spec_in, cal, thr, digest, ood, domain)
+    return LoadedModel(net, card, model_dir, spec_in, cal, thr, digest, ood, domain, _load_gate(model_dir, card))
 
 
 def _load_ood(model_dir: Path, card: dict[str, Any]) -> FeatureDensity | None:
@@ -333,6 +342,29 @@ def _load_ood(model_dir: Path, card: dict[str, Any]) -> FeatureDensity | None:
         return FeatureDensity.load(str(path))
     except (OSError, ValueError, KeyError) as e:
         raise WbcvError(f"{path}: unreadable out-of-distribution density: {e}") from None
+
+
+def _load_gate(model_dir: Path, card: dict[str, Any]) -> WbcGate | None:
+    """The artifact's white-cell gate, its sha256 checked against the card; None when it has none."""
+    path = verified_sidecar(model_dir, card, "wbc_gate", GATE_FILE, "white-cell gate")
+    if path is None:
+        return None
+    try:
+        gate = WbcGate.load(str(path))
+    except (OSError, ValueError, KeyError) as e:
+        raise WbcvError(f"{path}: unreadable white-cell gate: {e}") from None
+    dim = card["architecture"]["backbone"]["stage_channels"][-1]
+    if gate.weight.shape != (dim,):
+        raise WbcvError(f"{path}: the gate weighs {gate.weight.shape[0]} features; the backbone gives {dim}")
+    return gate
+
+
+def save_gate(gate: WbcGate, model_dir: Path, figures: dict[str, Any]) -> dict[str, Any]:
+    """Write the gate beside the weights; returns the card's ``wbc_gate`` section (with ``figures``)."""
+    path = model_dir / GATE_FILE
+    gate.save(str(path))
+    digest = sha256_file(path)
+    return {"method": GATE_METHOD, "file": GATE_FILE, "sha256": digest, "threshold": gate.threshold, **figures}
 
 
 def save_ood(density: FeatureDensity, model_dir: Path, figures: dict[str, Any]) -> dict[str, Any]:

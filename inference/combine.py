@@ -15,9 +15,10 @@ Definitions (one cell, classes c in ``CELL_CLASSES``, lineage L(c) in ``LINEAGES
    - ``lineage_disagreement``: argmax_l q_l is not the lineage of argmax_c s_c;
    - ``low_confidence``: max_c p(c) is below the confidence threshold chosen on validation data.
    Otherwise the prediction is argmax_c p(c). After the rule, whatever the heads say, a cell far
-   from every class in feature space is ``out_of_distribution`` (``wbcv.inference.ood``) and an
-   image in which a cell-framing model found no white cell is ``no_cell_found``
-   (``force_unclassified``; ``wbcv.inference.predict.decide`` applies both).
+   from every class in feature space is ``out_of_distribution`` (``wbcv.inference.ood``), one
+   the white-cell gate refuses is ``not_a_wbc`` (``wbcv.inference.wbc_gate``) and an image in
+   which the locator found no white cell is ``no_cell_found`` (``force_unclassified``;
+   ``wbcv.inference.predict.decide`` applies them, each overriding the one before).
 
 The renormalisation in step 3 alone would hand a confident-looking distribution to a cell that
 every head rejects; that is why the "no head fires" rule comes first.
@@ -42,6 +43,7 @@ ABSTAIN_REASONS: Final[tuple[str, ...]] = (
     "low_confidence",
     "no_cell_found",  # set after the rule: the locator found no white cell (wbcv.inference.framing)
     "out_of_distribution",  # set after the rule: far from every class in feature space (wbcv.inference.ood)
+    "not_a_wbc",  # set after the rule: the white-cell gate says it is no white cell (wbcv.inference.wbc_gate)
 )
 UNCLASSIFIED_INDEX: Final[int] = -1
 
@@ -122,6 +124,7 @@ def combine(logits: EnsembleLogits, cal: Calibration, thr: Thresholds) -> Combin
 
 NO_CELL_FOUND: Final[int] = ABSTAIN_REASONS.index("no_cell_found")
 OUT_OF_DISTRIBUTION: Final[int] = ABSTAIN_REASONS.index("out_of_distribution")
+NOT_A_WBC: Final[int] = ABSTAIN_REASONS.index("not_a_wbc")
 
 
 def force_unclassified(out: CombinedOutput, mask: torch.Tensor | None, reason: int) -> CombinedOutput:

@@ -19,7 +19,9 @@ A model's input spec (``wbcv.inference.artifact.InputSpec``) names its framing:
 An image in which no cell is found (blank, only red cells, noise, out of focus, a nucleus too small
 for a WBC) is not guessed at: it is framed as the plain centre crop so that the batch keeps its
 shape, and flagged ``no_cell`` with the locator's reason; the combination rule then marks it
-unclassified with reason ``no_cell_found`` (``wbcv.inference.combine.force_unclassified``).
+unclassified with reason ``no_cell_found`` (``wbcv.inference.combine.force_unclassified``). Image
+framing does the same when the spec's ``locate_check`` is set: the locator then runs on the
+decoded image (at the input's size) only for this verdict, and the image is shown as it is.
 
 Training and inference call the same function (``frame_cells``), so the network is trained on
 exactly what it will be shown.
@@ -113,7 +115,12 @@ def frame_cells(images: Sequence[np.ndarray], spec: InputSpec) -> FramedCells:
     if spec.framing == "image" or n == 0:
         pixels = np.stack(images) if n else np.empty((0, size, size, 3), np.uint8)
         surround = surround_colour(pixels, spec.cell_fraction)
-        return FramedCells(pixels, np.zeros(n, bool), ("",) * n, np.full(n, np.nan, np.float32), surround)
+        no_cell, reasons = np.zeros(n, bool), ("",) * n
+        if spec.locate_check and n:  # only the verdict: the image is shown as it is
+            located = locate_cells(images, work_size=size)
+            no_cell = np.array([not where.found for where in located])
+            reasons = tuple(where.reason if not where.found else "" for where in located)
+        return FramedCells(pixels, no_cell, reasons, np.full(n, np.nan, np.float32), surround)
     located = locate_cells(images, work_size=max(16, work_size(spec) // LOCATE_STRIDE))
     out = np.empty((n, size, size, 3), np.uint8)
     no_cell = np.zeros(n, bool)

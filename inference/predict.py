@@ -16,7 +16,14 @@ import numpy as np
 import torch
 
 from wbcv.inference.artifact import LoadedModel
-from wbcv.inference.combine import NO_CELL_FOUND, OUT_OF_DISTRIBUTION, CombinedOutput, combine, force_unclassified
+from wbcv.inference.combine import (
+    NO_CELL_FOUND,
+    NOT_A_WBC,
+    OUT_OF_DISTRIBUTION,
+    CombinedOutput,
+    combine,
+    force_unclassified,
+)
 from wbcv.inference.decode import CellRejected, decode_cell, max_file_bytes, read_cell_file
 from wbcv.inference.ensemble import EnsembleLogits
 from wbcv.inference.framing import frame_cells, work_size
@@ -49,13 +56,17 @@ def score_pixels(
 
 
 def decide(model: LoadedModel, logits: EnsembleLogits, no_cell: np.ndarray | None = None) -> CombinedOutput:
-    """The combination rule, then the two rules before it: a cell far from every class in feature
-    space is ``out_of_distribution`` (when the artifact has a feature density), and an image in
-    which no white cell was found is ``no_cell_found`` (the last word: it was never a cell)."""
+    """The combination rule, then the rules after it, each overriding the one before: a cell far
+    from every class in feature space is ``out_of_distribution`` (when the artifact has a feature
+    density), one the white-cell gate refuses is ``not_a_wbc`` (when it has a gate: the more
+    specific reason), and an image in which no white cell was found is ``no_cell_found`` (the last
+    word: it was never a cell)."""
     out = combine(logits, model.calibration, model.thresholds)
     if model.ood is not None and logits.features is not None:
         far = distances(logits.features, model.ood.means, model.ood.precision) > model.ood.threshold
         out = force_unclassified(out, torch.from_numpy(far), OUT_OF_DISTRIBUTION)
+    if model.gate is not None and logits.features is not None:
+        out = force_unclassified(out, torch.from_numpy(model.gate.refuses(logits.features)), NOT_A_WBC)
     return force_unclassified(out, None if no_cell is None else torch.from_numpy(no_cell), NO_CELL_FOUND)
 
 

@@ -419,13 +419,16 @@ def train(
     log: Callable[[str], None] = print,
     limit_per_class: int | None = None,
     negative_folders: Sequence[Path] = (),
+    other_lab_wbc_folders: Sequence[Path] = (),
 ) -> Path:
     """Train, calibrate and save an artifact (weights, card, split). Returns the artifact path.
 
     ``limit_per_class`` keeps only that many images per class (for quick tests of the loop).
     ``negative_folders``: images that are not white cells (red cells, platelets, debris),
     framed as inference frames them; those in which a cell is found join the background crops as
-    negatives on which every OVA head must stay silent (see ``read_negatives``).
+    negatives on which every OVA head must stay silent (see ``read_negatives``); with
+    ``other_lab_wbc_folders`` (other laboratories' white cells) they also fit the white-cell gate
+    (``wbcv.inference.rejection_fit``).
     """
     recipe = recipe or Recipe()
     t_start = time.perf_counter()
@@ -572,6 +575,11 @@ def train(
         log(f"domain profile: threshold {profile['threshold']:.3f} ({profile['threshold_from']})")
     except WbcvError as e:  # the weights are good; the card says the check cannot be done
         log(f"no domain profile: {e}")
+    if negative_folders:  # the same negatives, and other labs' white cells, fit the white-cell gate
+        from wbcv.inference.rejection_fit import add_rejection  # imports adapt, which imports this module
+
+        gate = add_rejection(out_dir, root, negative_folders, other_lab_wbc_folders)["wbc_gate"]
+        log(f"white-cell gate: threshold {gate['threshold']:.3f}, refused {gate['refused']}")
     return out_dir
 
 

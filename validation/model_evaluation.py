@@ -329,6 +329,12 @@ def _variants(model: LoadedModel) -> dict[str, LoadedModel]:
         )
     if model.ood is not None:
         out["without the out-of-distribution score"] = dataclasses.replace(model, ood=None)
+    if model.gate is not None:
+        out["without the white-cell gate"] = dataclasses.replace(model, gate=None)
+    if model.input.locate_check:
+        out["without the locator check"] = dataclasses.replace(
+            model, input=dataclasses.replace(model.input, locate_check=False)
+        )
     return out
 
 
@@ -378,7 +384,7 @@ def qualify_model(
     if non_wbc:
         log(f"objects that are not white cells: {', '.join(non_wbc)}")
         update_card(model_dir, "rejection", rejection_figures(model, non_wbc))
-    if model.input.framing == "cell":
+    if len(_variants(model)) > 1:
         log("ablation of the input path and the rejection rules")
         sets = {"test split": test, **{name: read_cell_library(d) for name, d in (other_labs or {}).items()}}
         update_card(model_dir, "pipeline_ablation", pipeline_ablation(model, sets, non_wbc or {}))
@@ -540,6 +546,7 @@ def render_model_card(card: dict[str, Any]) -> str:
                 for name, r in card[key].items()
             ]
     lines += _other_labs_section(card.get("other_labs")) + _rejection_section(card.get("rejection"), card.get("ood"))
+    lines += _gate_section(card.get("wbc_gate"))
     lines += _pipeline_ablation_section(card.get("pipeline_ablation"))
     lines += _adaptation_section(card.get("adaptation"))
     return "\n".join(lines) + "\n"
@@ -621,6 +628,28 @@ def _rejection_section(rejection: dict[str, Any] | None, ood: dict[str, Any] | N
             share = "-" if r["unclassified_share"] is None else f"{100 * r['unclassified_share']:.1f} %"
             lines.append(f"| {kind} | {r['n']} | {share} | {reasons} | `{r['folder']}` |")
     return lines
+
+
+def _gate_section(gate: dict[str, Any] | None) -> list[str]:
+    """How the white-cell gate was fitted: its threshold and every folder with its listing hash."""
+    if not gate:
+        return []
+    pos = gate["positives"]
+    folders = [*pos.get("other_lab_wbc", []), *gate.get("negatives", [])]
+    return [
+        "",
+        "## White-cell gate (`not_a_wbc`)",
+        "",
+        f"{gate['method']}: threshold {gate['threshold']:.3f} (the {gate.get('quantile')} quantile on the validation "
+        f"split's white cells); refused {json_inline(gate.get('refused'))} (negatives and other labs' white cells: "
+        f"in sample, the cells it was fitted on); file `{gate['file']}`, sha256 `{gate['sha256']}`.",
+        f"Positives: {pos['training_split_cells']} training-split cells and the other labs' white cells below; "
+        "negatives below (only images in which the locator finds a cell reach the gate).",
+        "",
+        "| folder | files | reached the gate | listing sha256 |",
+        "|---|---|---|---|",
+        *(f"| `{f['folder']}` | {f['files']} | {f['reached_gate']} | `{f['listing_sha256']}` |" for f in folders),
+    ]
 
 
 def _pipeline_ablation_section(ablation: dict[str, dict[str, Any]] | None) -> list[str]:

@@ -125,6 +125,25 @@ def _print_domain(d: DomainCheck) -> None:
         print(f"  domain: in domain (score {d.score:.2f}, threshold {d.threshold:.2f})")
 
 
+def cmd_fit_rejection(args: argparse.Namespace) -> int:
+    from wbcv.inference.rejection_fit import add_rejection
+
+    card = add_rejection(args.model_dir, args.cells, args.negatives, args.other_lab_wbc)
+    gate = card["wbc_gate"]
+    print(
+        f"white-cell gate added to {args.model_dir}: threshold {gate['threshold']:.3f}; refused "
+        f"{gate['refused']['validation_wbc']:.2%} of the validation split's white cells and "
+        f"{gate['refused']['negatives_in_sample']:.2%} of the negatives it was fitted on"
+    )
+    ood = card["ood"]
+    rejected = ood.get("validation_rejected")
+    share = f"; refused {rejected:.2%} of validation cells" if isinstance(rejected, float) else ""
+    print(f"out-of-distribution score: threshold {ood['threshold']:.1f}{share}")
+    if card["input"].get("locate_check"):
+        print("locator check on: an image without a white cell is unclassified (no_cell_found)")
+    return EXIT_OK
+
+
 def cmd_profile(args: argparse.Namespace) -> int:
     from wbcv.inference.domain_fit import add_domain_profile
 
@@ -399,7 +418,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     changes = {k: v for k, v in (("epochs", args.epochs), ("seed", args.seed)) if v is not None}
     recipe = dataclasses.replace(recipe, **changes)
     model_dir = train(
-        args.cells, args.out, recipe, limit_per_class=args.limit_per_class, negative_folders=args.negatives
+        args.cells,
+        args.out,
+        recipe,
+        limit_per_class=args.limit_per_class,
+        negative_folders=args.negatives,
+        other_lab_wbc_folders=args.other_lab_wbc,
     )
     metrics = qualify_model(model_dir, args.cells)
     print(format_report({**metrics, "skipped": {}}))
@@ -880,9 +904,40 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="DIR",
         help="folders of images that are not white cells (red cells, platelets, debris) to train the heads to "
-        "stay silent on (e.g. from `python -m wbcv.fixtures.field_crops --split train`)",
+        "stay silent on and to fit the white-cell gate with (e.g. from `python -m wbcv.fixtures.field_crops "
+        "--split train`)",
+    )
+    p.add_argument(
+        "--other-lab-wbc",
+        type=Path,
+        nargs="+",
+        default=[],
+        metavar="DIR",
+        help="folders of white cells of other laboratories (any class): positives of the white-cell gate",
     )
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "fit-rejection",
+        help="add the refusal of what is not a mature white cell to a model artifact",
+        description=(
+            "Give the artifact the refusals it lacks, fitted on data named in its card: for image framing the "
+            "locator's verdict (an image without a white cell is no_cell_found), the out-of-distribution score "
+            "(training split's feature density, threshold on the validation split) when it has none, and the "
+            "white-cell gate (logistic regression on the backbone features: the training split's cells and "
+            "--other-lab-wbc against --negatives; threshold on the validation split). Writes the files beside "
+            "the weights with their sha256 in model.json."
+        ),
+    )
+    p.add_argument("model_dir", type=Path, metavar="MODEL_DIR")
+    p.add_argument("--cells", type=Path, required=True, metavar="LIBRARY", help="the library the model was trained on")
+    p.add_argument(
+        "--negatives", type=Path, nargs="+", required=True, metavar="DIR", help="folders: red cells, platelets, debris"
+    )
+    p.add_argument(
+        "--other-lab-wbc", type=Path, nargs="+", default=[], metavar="DIR", help="folders of other labs' white cells"
+    )
+    p.set_defaults(func=cmd_fit_rejection)
 
     p = sub.add_parser(
         "profile",
