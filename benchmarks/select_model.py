@@ -1,12 +1,16 @@
 """Model selection on the PBC validation split only: clean and under the synthetic shift grid.
 
-    python benchmarks/select_model.py --cells ../shared/data/pbc --model A --model B [--json PATH]
+    python benchmarks/select_model.py --cells ../shared/data/pbc --model A --model B [--json PATH] \
+        [--non-wbc red_cell=RAABIN_VAL/red_cell --non-wbc wbc_control=RAABIN_VAL/wbc ...]
 
 For each candidate artifact: balanced accuracy and unclassified rate on the *validation* split of its
 own ``split.csv`` (the same split for every model trained with the same seed), clean and under
 every shift of ``validation.model_evaluation.STRESS_SHIFTS``, and the mean over the shifts. The
 test split and other laboratories' cells are never looked at here: they are reported once, for
-the model chosen (``wbcv qualify``).
+the model chosen (``wbcv qualify``). ``--non-wbc KIND=DIR`` adds the unclassified share of each
+folder (crops of the *val* split of ``raabin_fields``: ``python -m wbcv.fixtures.field_crops
+--split val``), so that the refusal of non-white objects, and of another lab's white cells as a
+control, is part of the choice.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ sys.path.insert(0, str(REPO))
 
 from wbcv.inference.artifact import load_artifact  # noqa: E402
 from wbcv.inference.training import read_split  # noqa: E402
-from wbcv.validation.model_evaluation import stress_test  # noqa: E402
+from wbcv.validation.model_evaluation import rejection_figures, stress_test  # noqa: E402
 
 
 def main() -> None:
@@ -29,6 +33,7 @@ def main() -> None:
     ap.add_argument("--cells", type=Path, default=REPO.parent / "shared" / "data" / "pbc")
     ap.add_argument("--model", type=Path, action="append", required=True)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--non-wbc", action="append", default=[], metavar="KIND=DIR")
     args = ap.parse_args()
     report = {}
     for model_dir in args.model:
@@ -41,12 +46,17 @@ def main() -> None:
             "worst_shift": min((r["balanced_accuracy"], name) for name, r in figures.items()),
             "shifts": figures,
         }
+        if args.non_wbc:
+            folders = {kind: Path(d) for kind, d in (item.split("=", 1) for item in args.non_wbc)}
+            report[model.model_id]["non_wbc"] = rejection_figures(model, folders)
         print(
             f"{model.model_id}: validation clean {figures['clean']['balanced_accuracy']:.4f} "
             f"(unclassified {figures['clean']['unclassified_rate']:.4f}); mean under shifts "
             f"{report[model.model_id]['mean_balanced_accuracy_under_shifts']:.4f}",
             flush=True,
         )
+        for kind, r in report[model.model_id].get("non_wbc", {}).items():
+            print(f"  {kind}: {r['unclassified_share']:.3f} unclassified of {r['n']} ({r['reasons']})", flush=True)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
 

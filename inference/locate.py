@@ -22,7 +22,9 @@ hold across laboratories and stains:
    is 1-2.5 in nuclei and below 0.4 in red cells of both labs, whereas red-channel OD or
    saturation confuse Raabin's grey-purple red cells with nuclei. The threshold is the upper one of
    a three-class Otsu (background / red cells + cytoplasm / nucleus) of the image's own cue
-   distribution, never below ``NUCLEUS_FLOOR``. Nucleus pixels within about ``LOBE_GAP_FRAC`` of
+   distribution, never below ``NUCLEUS_FLOOR``. An image without colour (the cue's 99th percentile
+   below ``COLOURLESS_MAX``: a monochrome camera) uses the mean OD instead: its nucleus is the
+   darkest object. Nucleus pixels within about ``LOBE_GAP_FRAC`` of
    the long side of each other are one cluster (the lobes of a neutrophil; found at half
    resolution); the cluster with the largest nucleus area, discounted by its distance from the
    image centre, is the cell's nucleus.
@@ -92,6 +94,8 @@ SATURATED_MAX: Final[float] = 0.95
 DARK_MIN: Final[float] = 40.0
 #: Largest share of the stain cue's variance that is pixel-to-pixel (PBC at most 0.14, white noise 0.87).
 NOISE_MAX: Final[float] = 0.5
+#: Below this 99th percentile of |nucleus cue| an image has no colour: the cue falls back to mean OD.
+COLOURLESS_MAX: Final[float] = 0.08
 #: Smallest stain contrast (99th percentile of the summed OD) of an image with anything on it.
 CONTRAST_MIN: Final[float] = 0.15
 
@@ -396,6 +400,11 @@ def locate_batch(images: np.ndarray, work_size: int = WORK_SIZE) -> list[Located
     fg_raw += np.abs(lg)
     fg_raw += np.abs(lb)
     fg_cue = _box3(fg_raw)
+    # a colourless image (monochrome camera, grayscale export) has no nuclear-stain cue: its nucleus
+    # is the darkest object, so the cue becomes the mean OD (PBC in grayscale: nuclei 1-1.5, red cells < 0.4)
+    colourless = _kth_value(np.abs(nuc_cue), 0.99) < COLOURLESS_MAX
+    if colourless.any():
+        nuc_cue[colourless] = fg_cue[colourless] / 3.0
     # share of the stain cue's variance that is pixel-to-pixel (white noise: 8/9; images: far less)
     # (on every other row and column)
     raw_s = fg_raw[:, ::2, ::2]

@@ -138,8 +138,13 @@ def test_overexposed_dark_blurred_and_grayscale_cells(pbc_sample):
         locate_cell(np.asarray(Image.fromarray(x).filter(ImageFilter.GaussianBlur(15)))).blur for x in pbc_sample[::12]
     ]
     assert all(b > a for a, b in zip(sharp, soft, strict=True))
-    gray = np.asarray(Image.fromarray(im).convert("L"))
-    assert "no nucleus-like object" in locate_cell(gray).reason  # no colour, no nuclear stain
+    # no colour (a monochrome camera): the nucleus is the darkest object, the cell is still found
+    ratios = []
+    for x in pbc_sample[::2]:
+        gray = locate_cell(np.asarray(Image.fromarray(x).convert("L")))
+        assert gray.found, gray.reason
+        ratios.append(gray.diameter_px / locate_cell(x).diameter_px)
+    assert np.mean(np.abs(np.array(ratios) - 1) < 0.1) >= 0.85  # measured: 95 % of 222 PBC cells
     # mild blur still locates the cell
     assert locate_cell(np.asarray(Image.fromarray(im).filter(ImageFilter.GaussianBlur(3)))).found
 
