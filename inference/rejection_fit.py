@@ -78,8 +78,11 @@ def add_rejection(
     cells_dir: Path | str,
     negatives: Sequence[Path],
     other_lab_wbc: Sequence[Path] = (),
+    locate_check: bool = True,
 ) -> dict[str, Any]:
-    """Fit and store the refusals the artifact lacks (module docstring); returns the updated card."""
+    """Fit and store the refusals the artifact lacks (module docstring); returns the updated card.
+    ``locate_check=False`` leaves an image-framing artifact without the locator's verdict (the gate
+    then sees every decoded image)."""
     model_dir, cells_dir = Path(model_dir), Path(cells_dir)
     if not negatives:
         raise WbcvError("the white-cell gate needs at least one folder of negatives (red cells, platelets, debris)")
@@ -89,8 +92,8 @@ def add_rejection(
     card = read_card(model_dir)
     model = load_artifact(model_dir, with_domain=False)
     if model.input.framing == "image":
-        model = dataclasses.replace(model, input=dataclasses.replace(model.input, locate_check=True))
-        card["input"]["locate_check"] = True
+        model = dataclasses.replace(model, input=dataclasses.replace(model.input, locate_check=locate_check))
+        card["input"]["locate_check"] = locate_check
     split = read_split(model_dir, card)
     train = split_sample(model, split, cells_dir, "train")
     validation = split_sample(model, split, cells_dir, "validation")

@@ -152,3 +152,38 @@ def test_the_bundled_model_refuses_red_cells_of_another_lab_and_keeps_its_own_wh
     held_out = read_split(model.path, PBC_DIR, "test")[::3]
     report = evaluate_cells(model, held_out)
     assert report["unclassified_rate"] <= 0.03
+
+
+def _small_split(model_dir, pbc_cells, per_class: int = 12) -> None:
+    rows = ["path,label,split"]
+    for label in ("neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil"):
+        mine = [c for c in pbc_cells if c.label == label][: per_class + per_class // 2]
+        rows += [f"{c.path.relative_to(PBC_DIR).as_posix()},{label},train" for c in mine[:per_class]]
+        rows += [f"{c.path.relative_to(PBC_DIR).as_posix()},{label},validation" for c in mine[per_class:]]
+    (model_dir / "split.csv").write_text("\n".join(rows) + "\n")
+
+
+def test_fit_rejection_gives_an_artifact_the_three_refusals_and_says_so(tmp_path, pbc_cells):
+    from tests.conftest import run_wbcv
+    from wbcv.fixtures.field_crops import field_crops
+
+    model_dir = write_test_artifact(tmp_path / "m")
+    negatives = tmp_path / "red_cell"
+    negatives.mkdir()
+    for i, data in enumerate(field_crops("train", limit_per_kind=40)["red_cell"]):
+        (negatives / f"r{i:02d}.jpg").write_bytes(data)
+    args = ("fit-rejection", str(model_dir), "--cells", str(PBC_DIR), "--negatives", str(negatives))
+    missing = run_wbcv(*args)
+    assert missing.returncode == 2 and "split file split.csv is missing" in missing.stderr
+    assert "Traceback" not in missing.stderr
+    _small_split(model_dir, pbc_cells)
+    done = run_wbcv(*args)
+    assert done.returncode == 0, done.stderr
+    assert "white-cell gate added" in done.stdout and "locator check on" in done.stdout
+    card = read_card(model_dir)
+    assert card["input"]["locate_check"] is True and card["ood"]["validation_rejected"] is not None
+    gate = card["wbc_gate"]
+    assert gate["positives"]["training_split_cells"] == 60
+    assert gate["negatives"][0]["files"] == 40 and len(gate["negatives"][0]["listing_sha256"]) == 64
+    model = load_artifact(model_dir)
+    assert model.gate is not None and model.ood is not None and model.input.locate_check

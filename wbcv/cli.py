@@ -128,7 +128,7 @@ def _print_domain(d: DomainCheck) -> None:
 def cmd_fit_rejection(args: argparse.Namespace) -> int:
     from wbcv.inference.rejection_fit import add_rejection
 
-    card = add_rejection(args.model_dir, args.cells, args.negatives, args.other_lab_wbc)
+    card = add_rejection(args.model_dir, args.cells, args.negatives, args.other_lab_wbc, not args.no_locate_check)
     gate = card["wbc_gate"]
     print(
         f"white-cell gate added to {args.model_dir}: threshold {gate['threshold']:.3f}; refused "
@@ -936,6 +936,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--other-lab-wbc", type=Path, nargs="+", default=[], metavar="DIR", help="folders of other labs' white cells"
+    )
+    p.add_argument(
+        "--no-locate-check", action="store_true", help="image framing: do not run the locator for its no-cell verdict"
     )
     p.set_defaults(func=cmd_fit_rejection)
 
