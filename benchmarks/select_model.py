@@ -40,7 +40,8 @@ def main() -> None:
         model = load_artifact(model_dir)
         figures = stress_test(model, read_split(model_dir, args.cells, "validation"))
         shifted = [r["balanced_accuracy"] for name, r in figures.items() if name != "clean"]
-        report[model.model_id] = {
+        key = f"{model.model_id} ({model_dir.name})"  # one set of weights may come with different rules
+        report[key] = {
             "clean": figures["clean"],
             "mean_balanced_accuracy_under_shifts": round(sum(shifted) / len(shifted), 4),
             "worst_shift": min((r["balanced_accuracy"], name) for name, r in figures.items()),
@@ -48,14 +49,14 @@ def main() -> None:
         }
         if args.non_wbc:
             folders = {kind: Path(d) for kind, d in (item.split("=", 1) for item in args.non_wbc)}
-            report[model.model_id]["non_wbc"] = rejection_figures(model, folders)
+            report[key]["non_wbc"] = rejection_figures(model, folders)
         print(
-            f"{model.model_id}: validation clean {figures['clean']['balanced_accuracy']:.4f} "
+            f"{key}: validation clean {figures['clean']['balanced_accuracy']:.4f} "
             f"(unclassified {figures['clean']['unclassified_rate']:.4f}); mean under shifts "
-            f"{report[model.model_id]['mean_balanced_accuracy_under_shifts']:.4f}",
+            f"{report[key]['mean_balanced_accuracy_under_shifts']:.4f}",
             flush=True,
         )
-        for kind, r in report[model.model_id].get("non_wbc", {}).items():
+        for kind, r in report[key].get("non_wbc", {}).items():
             print(f"  {kind}: {r['unclassified_share']:.3f} unclassified of {r['n']} ({r['reasons']})", flush=True)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")

@@ -11,8 +11,12 @@ refusals of ``wbcv.inference.predict.decide`` that it lacks, each fitted on data
    and the ``other_lab_wbc`` folders (white cells of other laboratories) against the
    ``negatives`` folders (red cells, platelets, debris), threshold on the validation split.
 
-Only images in which the locator finds a cell reach the gate, in fitting as in use. The card
-records every folder with its file count and the sha256 of its listing (``adapt.listing_sha256``).
+Both are fitted on the cells as they are *and* on ``AUGMENTED_COPIES`` draws of each under the
+augmentation the model was trained with (its card's recipe; ``nuisance_features``), thresholds
+likewise: they are to refuse new kinds of object, not the acquisition variation the classifier
+was trained to tolerate. Only images in which the locator finds a cell reach the gate, in fitting
+as in use. The card records every folder with its file count and the sha256 of its listing
+(``adapt.listing_sha256``).
 ``wbcv fit-rejection MODEL_DIR --cells LIBRARY --negatives DIR ... [--other-lab-wbc DIR ...]``
 calls it; so does ``wbcv train`` when given negatives.
 """
@@ -26,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import polars as pl
 import torch
 
 from wbcv.base.atomic import atomic_write_bytes
@@ -33,44 +38,62 @@ from wbcv.base.errors import WbcvError
 from wbcv.base.taxonomy import CELL_CLASSES
 from wbcv.inference.adapt import listing_sha256, unlabelled_files
 from wbcv.inference.artifact import CARD_FILE, LoadedModel, load_artifact, read_card, save_gate, save_ood
-from wbcv.inference.domain import CellSample
-from wbcv.inference.domain_fit import cell_sample, read_split, split_sample
-from wbcv.inference.ood import QUANTILE, FeatureDensity, distances, fit_density, threshold_for
+from wbcv.inference.domain_fit import read_split
+from wbcv.inference.nuisance import AUGMENTED_COPIES, fit_nuisance_ood, nuisance_features, recipe_augmentation
+from wbcv.inference.predict import decode_files
 from wbcv.inference.wbc_gate import GATE_QUANTILE, fit_gate, with_threshold
 
 
-def _found(sample: CellSample) -> np.ndarray:
-    """Features of the cells in which the locator found a white cell (those that reach the heads)."""
-    return sample.features[~sample.no_cell]
+def framed_pixels(model: LoadedModel, paths: Sequence[Path], batch: int = 512) -> tuple[np.ndarray, int]:
+    """The framed pixels of the images in which a cell is found (those that reach the heads), and
+    how many images were decoded."""
+    kept, decoded_n = [], 0
+    for start in range(0, len(paths), batch):
+        decoded = decode_files(model, paths[start : start + batch])
+        kept.append(decoded.pixels[~decoded.no_cell])
+        decoded_n += len(decoded.pixels)
+    size = model.input.size
+    return (np.concatenate(kept) if kept else np.empty((0, size, size, 3), np.uint8)), decoded_n
 
 
-def folder_features(model: LoadedModel, folders: Sequence[Path]) -> tuple[list[np.ndarray], list[dict[str, Any]]]:
-    """Per folder: the features of its images that reach the gate, and what was read."""
-    feats, record = [], []
+def folder_pixels(model: LoadedModel, folders: Sequence[Path]) -> tuple[list[np.ndarray], list[dict[str, Any]]]:
+    """Per folder: the framed pixels of its images that reach the gate, and what was read."""
+    pixels, record = [], []
     for folder in folders:
         files = unlabelled_files(Path(folder))
-        sample = cell_sample(model, files, [-1] * len(files))
-        feats.append(_found(sample))
+        found, decoded_n = framed_pixels(model, files)
+        pixels.append(found)
         record.append(
             {
                 "folder": str(Path(folder).resolve()),
                 "files": len(files),
-                "decoded": len(sample.labels),
-                "reached_gate": len(feats[-1]),
+                "decoded": decoded_n,
+                "reached_gate": len(found),
                 "listing_sha256": listing_sha256(files),
             }
         )
-    return feats, record
+    return pixels, record
 
 
-def fit_missing_ood(model: LoadedModel, train: CellSample, validation: CellSample) -> dict[str, Any]:
-    """The card's ``ood`` section of a density fitted on the training split's located cells."""
-    keep = ~train.no_cell
-    means, precision = fit_density(train.features[keep], train.labels[keep], len(CELL_CLASSES))
-    val_d = distances(torch.from_numpy(_found(validation)), means, precision)
-    density = FeatureDensity(means, precision, threshold_for(val_d))
-    rejected = float(np.mean(val_d > density.threshold))
-    return save_ood(density, model.path, {"quantile": QUANTILE, "validation_rejected": round(rejected, 5)})
+def split_pixels(
+    model: LoadedModel, card: dict[str, Any], cells_dir: Path, which: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Framed pixels and class indices of the split's ``which`` cells in which a cell is found."""
+    rows = read_split(model.path, card).filter(pl.col("split") == which)
+    if rows.height == 0:
+        raise WbcvError(f"{model.path}: the split file has no {which!r} cells")
+    paths = [cells_dir / p for p in rows["path"]]
+    absent = [p for p in paths if not p.is_file()]
+    if absent:
+        raise WbcvError(f"{cells_dir}: {len(absent)} {which} cell(s) of the split are missing, e.g. {absent[0]}")
+    pixels, labels = [], []
+    for start in range(0, len(paths), 512):
+        decoded = decode_files(model, paths[start : start + 512])
+        kept = [i for i in range(len(paths[start : start + 512])) if i not in decoded.rejected]
+        pixels.append(decoded.pixels[~decoded.no_cell])
+        names = [rows["label"][start + i] for i in kept]
+        labels += [CELL_CLASSES.index(n) for n, nc in zip(names, decoded.no_cell, strict=True) if not nc]
+    return np.concatenate(pixels), np.array(labels, np.int64)
 
 
 def add_rejection(
@@ -94,30 +117,35 @@ def add_rejection(
     if model.input.framing == "image":
         model = dataclasses.replace(model, input=dataclasses.replace(model.input, locate_check=locate_check))
         card["input"]["locate_check"] = locate_check
-    split = read_split(model_dir, card)
-    train = split_sample(model, split, cells_dir, "train")
-    validation = split_sample(model, split, cells_dir, "validation")
+    cfg = recipe_augmentation(card)
+    train = split_pixels(model, card, cells_dir, "train")
+    validation, _ = split_pixels(model, card, cells_dir, "validation")
     if model.ood is None:
-        card["ood"] = fit_missing_ood(model, train, validation)
-    neg, neg_record = folder_features(model, negatives)
-    pos, pos_record = folder_features(model, other_lab_wbc)
-    if not sum(len(n) for n in neg):
+        density, figures = fit_nuisance_ood(model.net, train, validation, cfg)
+        card["ood"] = save_ood(density, model_dir, figures)
+    neg_pixels, neg_record = folder_pixels(model, negatives)
+    pos_pixels, pos_record = folder_pixels(model, other_lab_wbc)
+    if not sum(len(n) for n in neg_pixels):
         raise WbcvError(f"no image of the negatives folders {[str(n) for n in negatives]} reaches the gate")
-    gate = fit_gate([_found(train), *pos], np.concatenate(neg))
-    gate = with_threshold(gate, gate.logit(_found(validation)))
+    pos = [nuisance_features(model.net, p, cfg, seed=10 + i) for i, p in enumerate([train[0], *pos_pixels])]
+    neg = np.concatenate([nuisance_features(model.net, p, cfg, seed=20 + i) for i, p in enumerate(neg_pixels)])
+    val = nuisance_features(model.net, validation, cfg, seed=3)
+    gate = fit_gate(pos, neg)
+    gate = with_threshold(gate, gate.logit(val))
     refused = {
-        "validation_wbc": round(float(np.mean(gate.refuses(_found(validation)))), 5),
-        "negatives_in_sample": round(float(np.mean(gate.refuses(np.concatenate(neg)))), 5),
+        "validation_wbc": round(float(np.mean(gate.refuses(val[: len(validation)]))), 5),
+        "negatives_in_sample": round(float(np.mean(gate.refuses(neg))), 5),
     }
-    if pos:
-        refused["other_lab_wbc_in_sample"] = round(float(np.mean(gate.refuses(np.concatenate(pos)))), 5)
+    if pos_pixels:
+        refused["other_lab_wbc_in_sample"] = round(float(np.mean(gate.refuses(np.concatenate(pos[1:])))), 5)
     card["wbc_gate"] = save_gate(
         gate,
         model_dir,
         {
             "quantile": GATE_QUANTILE,
+            "augmented_copies": AUGMENTED_COPIES if cfg is not None else 0,
             "refused": refused,
-            "positives": {"training_split_cells": len(_found(train)), "other_lab_wbc": pos_record},
+            "positives": {"training_split_cells": len(train[1]), "other_lab_wbc": pos_record},
             "negatives": neg_record,
         },
     )

@@ -63,7 +63,7 @@ from wbcv.inference.domain_fit import add_domain_profile
 from wbcv.inference.ensemble import EnsembleLogits, WbcEnsembleNet
 from wbcv.inference.framing import frame_cells, ring_mask, work_size
 from wbcv.inference.library import LabelledCell, read_cell_library
-from wbcv.inference.ood import QUANTILE, FeatureDensity, distances, fit_density, threshold_for
+from wbcv.inference.nuisance import fit_nuisance_ood
 from wbcv.inference.res2net import Res2NetConfig, variant
 from wbcv.inference.stain import StainStats, stain_target
 
@@ -371,17 +371,16 @@ def _averaged_net(ema: torch.optim.swa_utils.AveragedModel) -> WbcEnsembleNet:
     return net
 
 
-def fit_ood(net: WbcEnsembleNet, train_cache: Cache, val_cache: Cache, out_dir: Path) -> dict[str, Any]:
-    """The feature density of the training split and its threshold on the validation split
-    (``wbcv.inference.ood``), written beside the weights; returns the card's ``ood`` section."""
-    train_f = predict_logits(net, train_cache.images).features
-    val_f = predict_logits(net, val_cache.images).features
-    assert train_f is not None and val_f is not None  # WbcEnsembleNet always returns its features
-    means, precision = fit_density(train_f.numpy(), train_cache.labels.numpy(), len(CELL_CLASSES))
-    val_d = distances(val_f, means, precision)
-    density = FeatureDensity(means, precision, threshold_for(val_d))
-    rejected = float(np.mean(val_d > density.threshold))
-    return save_ood(density, out_dir, {"quantile": QUANTILE, "validation_rejected": round(rejected, 5)})
+def fit_ood(
+    net: WbcEnsembleNet, train_cache: Cache, val_cache: Cache, out_dir: Path, cfg: AugmentConfig
+) -> dict[str, Any]:
+    """The feature density of the training split and its threshold on the validation split, both
+    with augmented draws under the training augmentation (``wbcv.inference.nuisance``), written
+    beside the weights; returns the card's ``ood`` section."""
+    density, figures = fit_nuisance_ood(
+        net, (train_cache.images.numpy(), train_cache.labels.numpy()), val_cache.images.numpy(), cfg
+    )
+    return save_ood(density, out_dir, figures)
 
 
 def write_split(path: Path, data: PreparedData, root: Path) -> str:
@@ -566,7 +565,7 @@ def train(
         training=training,
         description="Res2Net-style OVA + 3-class ensemble trained by `wbcv train` (inference/training.py)",
     )
-    card["ood"] = fit_ood(net, train_cache, val_cache, out_dir)
+    card["ood"] = fit_ood(net, train_cache, val_cache, out_dir, recipe.augment)
     log(f"out-of-distribution threshold {card['ood']['threshold']:.1f}: {card['ood']['validation_rejected']}")
     save_artifact(net.eval(), card, out_dir)
     log(f"saved {out_dir} ({training['training_seconds']} s)")

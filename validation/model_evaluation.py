@@ -281,6 +281,8 @@ def stress_test(model: LoadedModel, cells: Sequence[LabelledCell]) -> dict[str, 
         results[name] = {
             k: r[k] for k in ("n", "balanced_accuracy", "accuracy", "selective_accuracy", "unclassified_rate")
         }
+        why = Counter(ABSTAIN_REASONS[int(i)] for i in scored.combined.abstain_reason if int(i))
+        results[name]["unclassified_reasons"] = dict(sorted(why.items()))
     return results
 
 
