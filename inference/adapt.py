@@ -381,6 +381,7 @@ def adapted_card(
     card = json.loads(json.dumps(model.card))
     for key in PARENT_ONLY:
         card.pop(key, None)
+    gate = card.pop("wbc_gate", None)  # fitted on the parent's features, which adaptation changes
     card["name"] = f"{model.name}-adapted"
     card["description"] = (
         f"{model.card.get('description', '')} Adapted to a new site by `wbcv adapt` (inference/adapt.py)."
@@ -396,4 +397,9 @@ def adapted_card(
         "kept_from_parent": ["calibration", "thresholds", "input (framing and stain target)"],
         "requalified": False,  # set by the evaluation on held-out labelled cells (wbcv adapt --evaluate)
     }
+    if gate is not None:
+        card["adaptation"]["wbc_gate_dropped"] = (
+            "the parent's white-cell gate was fitted on the parent's features, which adaptation changes; the "
+            "adapted model refuses non-white objects by the locator check and its site density only"
+        )
     return card

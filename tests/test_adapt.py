@@ -155,3 +155,24 @@ def test_an_existing_output_folder_is_never_written_over(parent, pbc_cells, tmp_
     out = adapt(parent, tmp_path / "new", [], sample(pbc_cells, 2, 0), QUICK, log=lambda _m: None)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left behind
     load_artifact(out)
+
+
+def test_a_parent_gate_is_dropped_not_carried_over_to_changed_features(pbc_cells, tmp_path):
+    """The white-cell gate weighs the parent's features; an adapted model must still load, without it."""
+    import shutil
+
+    from wbcv.inference.artifact import read_card, save_gate
+    from wbcv.inference.wbc_gate import WbcGate
+
+    gated = write_test_artifact(tmp_path / "gated", seed=3)
+    dim = load_artifact(gated).card["architecture"]["backbone"]["stage_channels"][-1]
+    card = read_card(gated)
+    ones = np.ones(dim, np.float32)
+    card["wbc_gate"] = save_gate(WbcGate(ones * 0, ones, ones, 0.0, -1e9), gated, {})
+    (gated / "model.json").write_text(json.dumps(card))
+    assert load_artifact(gated).gate is not None
+    out = adapt(gated, tmp_path / "adapted", [], sample(pbc_cells, 3, 6), QUICK, log=lambda _m: None)
+    adapted = load_artifact(out)
+    assert adapted.gate is None and "wbc_gate" not in adapted.card
+    assert "fitted on the parent's features" in adapted.card["adaptation"]["wbc_gate_dropped"]
+    shutil.rmtree(gated)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from scipy.spatial.distance import mahalanobis
 
 from tests.conftest import write_test_artifact
@@ -91,3 +93,40 @@ def test_a_modified_density_file_is_refused(model_with_density):
     path.unlink()
     with pytest.raises(WbcvError, match="is missing"):
         load_artifact(model_with_density)
+
+
+def test_a_density_fitted_under_the_training_augmentation_does_not_refuse_a_darker_scan():
+    """The bundled model's features of real cells: fitted on clean cells only, a 20 % darker copy
+    of held-out cells is refused far more often than when the density also saw augmented draws."""
+    from PIL import ImageEnhance
+
+    from wbcv.inference.artifact import read_card
+    from wbcv.inference.nuisance import fit_nuisance_ood, nuisance_features, recipe_augmentation
+    from wbcv.inference.predict import decode_files
+
+    model = load_artifact(None)
+    cfg = recipe_augmentation(read_card(model.path))
+    assert cfg is not None
+    from tests.conftest import PBC_DIR
+    from wbcv.inference.training import read_split
+
+    train = read_split(model.path, PBC_DIR, "train")[::2]  # a density needs thousands of cells in 256 dimensions
+    held = read_split(model.path, PBC_DIR, "validation")[::2]
+    classes = sorted({c.label for c in train})
+    pixels = decode_files(model, [c.path for c in train]).pixels
+    labels = np.array([classes.index(c.label) for c in train])
+    held_pixels = decode_files(model, [c.path for c in held]).pixels
+
+    def darker(data: bytes) -> bytes:
+        buf = io.BytesIO()
+        ImageEnhance.Brightness(Image.open(io.BytesIO(data)).convert("RGB")).enhance(0.8).save(buf, format="PNG")
+        return buf.getvalue()
+
+    dark = decode_files(model, [c.path for c in held], transform=darker).pixels
+    refused = {}
+    for name, used in (("clean", None), ("augmented", cfg)):
+        density, figures = fit_nuisance_ood(model.net, (pixels, labels), held_pixels, used)
+        assert figures["validation_rejected"] <= 0.01
+        far = distances(nuisance_features(model.net, dark, None, seed=0), density.means, density.precision)
+        refused[name] = float(np.mean(far > density.threshold))
+    assert refused["clean"] >= 0.1 and refused["augmented"] < 0.5 * refused["clean"], refused
