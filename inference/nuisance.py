@@ -32,7 +32,8 @@ def recipe_augmentation(card: dict[str, Any]) -> AugmentConfig | None:
     cfg = card.get("training", {}).get("recipe", {}).get("augment")
     if not isinstance(cfg, dict):
         return None
-    return AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
+    values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}
+    return AugmentConfig(**values)
 
 
 def nuisance_features(
