@@ -80,15 +80,21 @@ def cell_sample(
     )
 
 
-def split_sample(model: LoadedModel, split: pl.DataFrame, cells_dir: Path, which: str) -> CellSample:
+def split_cells(model_dir: Path, split: pl.DataFrame, cells_dir: Path, which: str) -> tuple[list[Path], list[int]]:
+    """Paths and class indices of the split's ``which`` cells; an error when there are none or
+    one of them is missing from ``cells_dir``."""
     rows = split.filter(pl.col("split") == which)
     if rows.height == 0:
-        raise WbcvError(f"{model.path}: the split file has no {which!r} cells; a domain profile needs them")
+        raise WbcvError(f"{model_dir}: the split file has no {which!r} cells; they are needed here")
     paths = [cells_dir / p for p in rows["path"]]
     absent = [p for p in paths if not p.is_file()]
     if absent:
         raise WbcvError(f"{cells_dir}: {len(absent)} {which} cell(s) of the split are missing, e.g. {absent[0]}")
-    return cell_sample(model, paths, [CELL_CLASSES.index(label) for label in rows["label"]])
+    return paths, [CELL_CLASSES.index(label) for label in rows["label"]]
+
+
+def split_sample(model: LoadedModel, split: pl.DataFrame, cells_dir: Path, which: str) -> CellSample:
+    return cell_sample(model, *split_cells(model.path, split, cells_dir, which))
 
 
 def add_domain_profile(model_dir: Path | str, cells_dir: Path | str, seed: int = 0) -> dict[str, Any]:

@@ -30,30 +30,36 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import polars as pl
 import torch
 
 from wbcv.base.atomic import atomic_write_bytes
 from wbcv.base.errors import WbcvError
-from wbcv.base.taxonomy import CELL_CLASSES
 from wbcv.inference.adapt import listing_sha256, unlabelled_files
 from wbcv.inference.artifact import CARD_FILE, LoadedModel, load_artifact, read_card, save_gate, save_ood
-from wbcv.inference.domain_fit import read_split
+from wbcv.inference.domain_fit import read_split, split_cells
 from wbcv.inference.nuisance import AUGMENTED_COPIES, fit_nuisance_ood, nuisance_features, recipe_augmentation
 from wbcv.inference.predict import decode_files
 from wbcv.inference.wbc_gate import GATE_QUANTILE, fit_gate, with_threshold
 
 
-def framed_pixels(model: LoadedModel, paths: Sequence[Path], batch: int = 512) -> tuple[np.ndarray, int]:
-    """The framed pixels of the images in which a cell is found (those that reach the heads), and
-    how many images were decoded."""
-    kept, decoded_n = [], 0
+def framed_pixels(
+    model: LoadedModel, paths: Sequence[Path], labels: Sequence[int] | None = None, batch: int = 512
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """The framed pixels of the images in which a cell is found (those that reach the heads), their
+    ``labels`` (-1 when none are given), and how many images were decoded."""
+    tags = np.asarray(labels if labels is not None else [-1] * len(paths), np.int64)
+    kept, kept_tags, decoded_n = [], [], 0
     for start in range(0, len(paths), batch):
         decoded = decode_files(model, paths[start : start + batch])
-        kept.append(decoded.pixels[~decoded.no_cell])
+        found = ~decoded.no_cell
+        read = [start + i for i in range(len(paths[start : start + batch])) if i not in decoded.rejected]
+        kept.append(decoded.pixels[found])
+        kept_tags.append(tags[read][found])
         decoded_n += len(decoded.pixels)
     size = model.input.size
-    return (np.concatenate(kept) if kept else np.empty((0, size, size, 3), np.uint8)), decoded_n
+    if not kept:
+        return np.empty((0, size, size, 3), np.uint8), np.empty(0, np.int64), 0
+    return np.concatenate(kept), np.concatenate(kept_tags), decoded_n
 
 
 def folder_pixels(model: LoadedModel, folders: Sequence[Path]) -> tuple[list[np.ndarray], list[dict[str, Any]]]:
@@ -61,7 +67,7 @@ def folder_pixels(model: LoadedModel, folders: Sequence[Path]) -> tuple[list[np.
     pixels, record = [], []
     for folder in folders:
         files = unlabelled_files(Path(folder))
-        found, decoded_n = framed_pixels(model, files)
+        found, _, decoded_n = framed_pixels(model, files)
         pixels.append(found)
         record.append(
             {
@@ -73,27 +79,6 @@ def folder_pixels(model: LoadedModel, folders: Sequence[Path]) -> tuple[list[np.
             }
         )
     return pixels, record
-
-
-def split_pixels(
-    model: LoadedModel, card: dict[str, Any], cells_dir: Path, which: str
-) -> tuple[np.ndarray, np.ndarray]:
-    """Framed pixels and class indices of the split's ``which`` cells in which a cell is found."""
-    rows = read_split(model.path, card).filter(pl.col("split") == which)
-    if rows.height == 0:
-        raise WbcvError(f"{model.path}: the split file has no {which!r} cells")
-    paths = [cells_dir / p for p in rows["path"]]
-    absent = [p for p in paths if not p.is_file()]
-    if absent:
-        raise WbcvError(f"{cells_dir}: {len(absent)} {which} cell(s) of the split are missing, e.g. {absent[0]}")
-    pixels, labels = [], []
-    for start in range(0, len(paths), 512):
-        decoded = decode_files(model, paths[start : start + 512])
-        kept = [i for i in range(len(paths[start : start + 512])) if i not in decoded.rejected]
-        pixels.append(decoded.pixels[~decoded.no_cell])
-        names = [rows["label"][start + i] for i in kept]
-        labels += [CELL_CLASSES.index(n) for n, nc in zip(names, decoded.no_cell, strict=True) if not nc]
-    return np.concatenate(pixels), np.array(labels, np.int64)
 
 
 def add_rejection(
@@ -118,8 +103,10 @@ def add_rejection(
         model = dataclasses.replace(model, input=dataclasses.replace(model.input, locate_check=locate_check))
         card["input"]["locate_check"] = locate_check
     cfg = recipe_augmentation(card)
-    train = split_pixels(model, card, cells_dir, "train")
-    validation, _ = split_pixels(model, card, cells_dir, "validation")
+    split = read_split(model_dir, card)
+    train_pixels, train_labels, _ = framed_pixels(model, *split_cells(model_dir, split, cells_dir, "train"))
+    train = (train_pixels, train_labels)
+    validation, _, _ = framed_pixels(model, *split_cells(model_dir, split, cells_dir, "validation"))
     if model.ood is None:
         density, figures = fit_nuisance_ood(model.net, train, validation, cfg)
         card["ood"] = save_ood(density, model_dir, figures)
