@@ -28,6 +28,7 @@ from torch import nn
 from wbcv.base.atomic import atomic_write_bytes, sha256_file, verified_sidecar
 from wbcv.base.errors import WbcvError
 from wbcv.base.taxonomy import CELL_CLASSES, LINEAGES
+from wbcv.inference.acquisition import AcquisitionReference
 from wbcv.inference.combine import Calibration, Thresholds
 from wbcv.inference.domain import DomainProfile, load_profile
 from wbcv.inference.ensemble import WbcEnsembleNet
@@ -64,6 +65,10 @@ class InputSpec:
     # image framing: run the cell locator on each image only to refuse those without a white cell
     # (``no_cell_found``: blank, red cells only, out of focus); cell framing always locates
     locate_check: bool = False
+    # image framing: the training library's median cell diameter (share of the short side), overall
+    # and per class, and background OD per channel (``AcquisitionReference.to_list``); set: each
+    # sample's magnification and light are corrected to it (wbcv.inference.acquisition)
+    acquisition_reference: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.framing not in ("image", "cell"):
@@ -127,7 +132,15 @@ def _input_kwargs(d: dict[str, Any]) -> dict[str, Any]:
         "stain_mean": tuple(stain["mean"]) if stain else None,
         "stain_std": tuple(stain["std"]) if stain else None,
         "locate_check": bool(d.get("locate_check", False)),
+        "acquisition_reference": _acquisition_reference(d),
     }
+
+
+def _acquisition_reference(d: dict[str, Any]) -> tuple[float, ...] | None:
+    values = d.get("acquisition_reference")
+    if values is None:
+        return None
+    return tuple(AcquisitionReference.from_list([float(v) for v in values]).to_list())
 
 
 def input_card(spec: InputSpec) -> dict[str, Any]:
@@ -137,6 +150,8 @@ def input_card(spec: InputSpec) -> dict[str, Any]:
         card |= {"framing": spec.framing, "cell_fraction": spec.cell_fraction}
     elif spec.locate_check:
         card["locate_check"] = True
+    if spec.acquisition_reference is not None:
+        card["acquisition_reference"] = list(spec.acquisition_reference)
     if spec.stain_mean is not None and spec.stain_std is not None:
         card["stain_target"] = {
             "space": "lab-ruderman-log10",

@@ -15,6 +15,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from wbcv.inference.acquisition import (
+    SampleCorrection,
+    decode_corrected,
+    decode_measured,
+    evenly_spaced,
+    fit_correction,
+    identity,
+)
 from wbcv.inference.artifact import LoadedModel
 from wbcv.inference.combine import (
     NO_CELL_FOUND,
@@ -24,7 +32,7 @@ from wbcv.inference.combine import (
     combine,
     force_unclassified,
 )
-from wbcv.inference.decode import CellRejected, decode_cell, max_file_bytes, read_cell_file
+from wbcv.inference.decode import DEFAULT_MAX_PIXELS, CellRejected, decode_cell, max_file_bytes, read_cell_file
 from wbcv.inference.ensemble import EnsembleLogits
 from wbcv.inference.framing import frame_cells, work_size
 from wbcv.inference.ood import distances
@@ -77,6 +85,38 @@ class DecodedFiles:
     no_cell: np.ndarray  # (N,) bool, aligned with pixels: no white cell found (cell framing)
     diameter_px: np.ndarray | None = None  # (N,) float32, the locator's cell diameter (NaN: none)
     surround_lab: np.ndarray | None = None  # (N, 3) float32, the surroundings' colour as scanned
+    correction: SampleCorrection | None = None  # the files' acquisition correction, as one sample
+
+
+def _read(path: Path, transform: Callable[[bytes], bytes] | None) -> bytes:
+    data = read_cell_file(path, max_file_bytes())
+    return data if transform is None else transform(data)
+
+
+def sample_correction(
+    model: LoadedModel,
+    paths: Sequence[Path],
+    transform: Callable[[bytes], bytes] | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> SampleCorrection:
+    """The acquisition correction (``wbcv.inference.acquisition``) of ``paths`` taken as one sample,
+    measured on up to ``MAX_MEASURED`` of them; the identity for a model without a reference."""
+    if model.input.acquisition_reference is None or model.input.framing != "image":
+        return identity(model.input)
+    datas = []
+    for i in evenly_spaced(len(paths)):
+        try:
+            datas.append(_read(paths[i], transform))
+        except (CellRejected, OSError):
+            continue  # reported by the framing pass
+    return fit_correction(decode_measured(datas, max_pixels), model.input, lambda px: called_classes(model, px))
+
+
+def called_classes(model: LoadedModel, pixels: np.ndarray) -> np.ndarray:
+    """The class each framed cell is closest to (argmax of the combined probabilities; refusals ignored)."""
+    with torch.inference_mode():
+        logits = model.net(torch.from_numpy(np.ascontiguousarray(pixels)))
+    return combine(logits, model.calibration, model.thresholds).probabilities.argmax(dim=1).numpy()
 
 
 def decode_files(
@@ -86,16 +126,17 @@ def decode_files(
     workers: int = 2,
 ) -> DecodedFiles:
     """Decode ``paths`` (optionally after ``transform`` of the file bytes) and frame them with the
-    model's input spec, exactly as the batch runner does."""
+    model's input spec, exactly as the batch runner does (the files being one sample)."""
     spec = model.input
     size = work_size(spec)
     crop = spec.crop if spec.framing == "image" else 1.0
+    correction = sample_correction(model, paths, transform)
 
     def one(path: Path) -> np.ndarray | str:
         try:
-            data = read_cell_file(path, max_file_bytes())
-            if transform is not None:
-                data = transform(data)
+            data = _read(path, transform)
+            if not correction.is_identity:
+                return decode_corrected(data, spec, correction, DEFAULT_MAX_PIXELS).pixels
             return decode_cell(data, size, crop=crop).pixels
         except CellRejected as e:
             return str(e)
@@ -106,4 +147,4 @@ def decode_files(
         results = list(pool.map(one, paths))
     rejected = {i: r for i, r in enumerate(results) if isinstance(r, str)}
     framed = frame_cells([r for r in results if not isinstance(r, str)], spec)
-    return DecodedFiles(framed.pixels, rejected, framed.no_cell, framed.diameter_px, framed.surround_lab)
+    return DecodedFiles(framed.pixels, rejected, framed.no_cell, framed.diameter_px, framed.surround_lab, correction)

@@ -48,6 +48,7 @@ from tqdm import tqdm
 
 from wbcv.base.errors import WbcvError
 from wbcv.base.runstore import WorkingRun
+from wbcv.inference.acquisition import SampleCorrection
 from wbcv.inference.artifact import InputSpec, LoadedModel
 from wbcv.inference.runner import (
     InferenceParams,
@@ -57,6 +58,7 @@ from wbcv.inference.runner import (
     decode_chunk,
     execute_run,
     no_cell_mask,
+    sample_correction,
     write_slide,
 )
 from wbcv.inference.slideset import CellEntry, Sample, SlideSet
@@ -167,7 +169,8 @@ def _decode_row(row: dict[str, Any], spec: InputSpec, max_pixels: int) -> dict[s
     entries = tuple(
         CellEntry(r, Path(a), s, m, rej, dev, ino, ok) for r, a, s, m, rej, dev, ino, ok in json.loads(row["entries"])
     )
-    meta, pixels = decode_chunk(entries, spec, max_pixels, um_per_px)
+    correction = SampleCorrection.from_dict(json.loads(row["correction"]))
+    meta, pixels = decode_chunk(entries, spec, max_pixels, um_per_px, correction)
     size = spec.size
     return {
         "sample_index": row["sample_index"],
@@ -214,6 +217,7 @@ def _process(
         return
     items: list[dict[str, Any]] = []
     n_chunks: dict[int, int] = {}
+    corrections = {i: json.dumps(sample_correction(s, model, params.max_image_pixels).to_dict()) for i, s in todo}
     for index, _last, cells in chunks(todo, params.chunk_size):
         n_chunks[index] = n_chunks.get(index, 0) + 1
         items.append(
@@ -222,6 +226,7 @@ def _process(
                 "chunk_index": n_chunks[index] - 1,
                 "entries": _entry_json(cells),
                 "um_per_px": slides.samples[index].fields.get("um_per_px") or 0.0,
+                "correction": corrections[index],
             }
         )
 

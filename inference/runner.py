@@ -56,12 +56,20 @@ from wbcv.base.tables import (
     SKIPPED_SCHEMA,
 )
 from wbcv.base.taxonomy import CELL_CLASSES, LINEAGES, OUTCOMES
+from wbcv.inference.acquisition import (
+    SampleCorrection,
+    decode_corrected,
+    decode_measured,
+    evenly_spaced,
+    fit_correction,
+    identity,
+)
 from wbcv.inference.artifact import InputSpec, LoadedModel
 from wbcv.inference.combine import ABSTAIN_REASONS, UNCLASSIFIED_INDEX
 from wbcv.inference.decode import DEFAULT_MAX_PIXELS, CellRejected, decode_cell, max_file_bytes, read_cell_file
 from wbcv.inference.domain import DomainVerdict, check, feature_cells, image_cells
 from wbcv.inference.framing import frame_cells, wbc_size_reason, work_size
-from wbcv.inference.predict import decide
+from wbcv.inference.predict import called_classes, decide
 from wbcv.inference.slideset import CellEntry, Sample, SlideSet
 
 #: Part files hold both: prediction columns plus the skip reason (null for a decoded cell), and
@@ -129,7 +137,11 @@ class _Chunk:
 
 
 def decode_chunk(
-    entries: tuple[CellEntry, ...], spec: InputSpec, max_pixels: int, um_per_px: float | None = None
+    entries: tuple[CellEntry, ...],
+    spec: InputSpec,
+    max_pixels: int,
+    um_per_px: float | None = None,
+    correction: SampleCorrection | None = None,
 ) -> tuple[list[dict[str, Any]], np.ndarray | None]:
     """Read, hash, decode and frame one chunk: one meta entry per file, pixels of the decoded ones in order.
 
@@ -138,7 +150,8 @@ def decode_chunk(
     locator's reason) in its meta entry: it is classified as unclassified, ``no_cell_found``.
     The located cell's diameter is recorded in pixels of the file and, with the sample's
     ``um_per_px``, in µm; a cell whose size no white cell has (``framing.wbc_size_reason``) is
-    treated as no cell found.
+    treated as no cell found. ``correction`` (``sample_correction``) frames the sample's images at
+    its magnification and light.
     """
     size = work_size(spec)
     crop = spec.crop if spec.framing == "image" else 1.0
@@ -166,11 +179,16 @@ def decode_chunk(
         if entry.rejected is not None:
             continue
         try:
-            cell = decode_cell(data, size, max_pixels, crop)
+            if correction is not None and not correction.is_identity:
+                cell = decode_corrected(data, spec, correction, max_pixels)
+            else:
+                cell = decode_cell(data, size, max_pixels, crop)
         except CellRejected as e:
             m["skip_reason"] = str(e)
             continue
         m.update(source_mode=cell.source_mode, source_width=cell.source_width, source_height=cell.source_height)
+        if correction is not None and spec.acquisition_reference is not None:
+            m["acquisition_scale"] = correction.scale
         images.append(cell.pixels)
     if not images:
         return meta, None
@@ -193,6 +211,24 @@ def decode_chunk(
     return meta, framed.pixels
 
 
+def sample_correction(sample: Sample, model: LoadedModel, max_pixels: int) -> SampleCorrection:
+    """The sample's acquisition correction, measured on up to ``MAX_MEASURED`` of its cells
+    (identity for a model without a reference); files that cannot be read are left to the framing
+    pass, which records why."""
+    spec = model.input
+    if spec.acquisition_reference is None or spec.framing != "image":
+        return identity(spec)
+    openable = [e for e in sample.cells if e.openable and e.rejected is None]
+    datas = []
+    for i in evenly_spaced(len(openable)):
+        entry = openable[i]
+        try:
+            datas.append(read_cell_file(entry.abs_path, max_file_bytes(max_pixels), (entry.dev, entry.ino)))
+        except (CellRejected, OSError):
+            continue
+    return fit_correction(decode_measured(datas, max_pixels), spec, lambda px: called_classes(model, px))
+
+
 def no_cell_mask(meta: list[dict[str, Any]]) -> np.ndarray:
     """Bool per decoded cell of a chunk (in pixel order): no white cell was found in it."""
     return np.array([bool(m.get("no_cell")) for m in meta if m["skip_reason"] is None], dtype=bool)
@@ -205,8 +241,9 @@ def _decode_and_classify(
     model: LoadedModel,
     max_pixels: int,
     um_per_px: float | None = None,
+    correction: SampleCorrection | None = None,
 ) -> _Chunk:
-    meta, pixels = decode_chunk(entries, model.input, max_pixels, um_per_px)
+    meta, pixels = decode_chunk(entries, model.input, max_pixels, um_per_px, correction)
     scores = classify(model, pixels, no_cell=no_cell_mask(meta)) if pixels is not None else None
     return _Chunk(sample_index, is_last, meta, scores)
 
@@ -275,6 +312,7 @@ def _slide_frame(
         "cell_diameter_px": [m.get("cell_diameter_px") for m in metas],
         "cell_diameter_um": [m.get("cell_diameter_um") for m in metas],
         "expert_label": [labels.get((sample.sample_id, m["cell_path"].rsplit("/", 1)[-1])) for m in metas],
+        "acquisition_scale": [m.get("acquisition_scale") for m in metas],
         "model_id": [model_id] * len(metas),
         "skip_reason": [m["skip_reason"] for m in metas],
         **{
@@ -599,8 +637,26 @@ def _process(
     slides_done, t_start = 0, time.perf_counter()
     try:
         with ThreadPoolExecutor(params.workers, thread_name_prefix="wbcv-infer") as pool:
+            corrections: dict[int, SampleCorrection] = {}
+
+            def correction_of(i: int) -> SampleCorrection:  # measured once, when its first chunk is queued
+                if i not in corrections:
+                    corrections.clear()
+                    corrections[i] = sample_correction(slides.samples[i], model, params.max_image_pixels)
+                    if corrections[i].note:
+                        work.log(f"sample {slides.samples[i].sample_id}: {corrections[i].note}")
+                return corrections[i]
+
             jobs = (
-                (i, last, cells, model, params.max_image_pixels, slides.samples[i].fields.get("um_per_px"))
+                (
+                    i,
+                    last,
+                    cells,
+                    model,
+                    params.max_image_pixels,
+                    slides.samples[i].fields.get("um_per_px"),
+                    correction_of(i),
+                )
                 for i, last, cells in chunks(todo, params.chunk_size)
             )
             for chunk in _prefetched(pool, jobs, depth=2 * params.workers + 1, fn=_decode_and_classify):

@@ -87,7 +87,8 @@ def class_report(y_true: np.ndarray, y_pred: np.ndarray, confidence: np.ndarray)
 
 
 def evaluate_cells(model: LoadedModel, cells: Sequence[LabelledCell], workers: int = 2) -> dict[str, Any]:
-    """The evaluation report (keys ``EVALUATION_KEYS``) plus ``skipped`` for undecodable files.
+    """The evaluation report (keys ``EVALUATION_KEYS``) plus ``skipped`` for undecodable files and,
+    for a model with an acquisition reference, ``acquisition_correction`` (the cells as one sample).
     Raises WbcvError, with the reasons, when not one cell could be decoded."""
     decoded = decode_files(model, [c.path for c in cells], workers=workers)
     rejected = decoded.rejected
@@ -117,6 +118,8 @@ def evaluate_cells(model: LoadedModel, cells: Sequence[LabelledCell], workers: i
     report["out_of_scope"] = out_of_scope
     ordered = {key: report[key] for key in EVALUATION_KEYS}
     ordered["skipped"] = {cells[i].path.as_posix(): reason for i, reason in sorted(rejected.items())}
+    if decoded.correction is not None and model.input.acquisition_reference is not None:
+        ordered["acquisition_correction"] = decoded.correction.to_dict()  # the cells taken as one sample
     return ordered
 
 
@@ -269,7 +272,8 @@ STRESS_SHIFTS: Final[dict[str, Callable[[bytes], bytes]]] = {
 
 
 def stress_test(model: LoadedModel, cells: Sequence[LabelledCell]) -> dict[str, dict[str, Any]]:
-    """Accuracy under each synthetic shift of the image files, next to the clean figure."""
+    """Accuracy under each synthetic shift of the image files, next to the clean figure. Each
+    shifted set is one sample (one scanner): a model with an acquisition reference corrects it as such."""
     scope = [c for c in cells if c.label in CELL_CLASSES]
     y_all = np.array([CELL_CLASSES.index(c.label) for c in scope])
     results: dict[str, dict[str, Any]] = {}
@@ -293,11 +297,14 @@ def other_lab_figures(model: LoadedModel, cells: Sequence[LabelledCell]) -> dict
     """The evaluation of labelled cells of another laboratory, as the card keeps it."""
     report = evaluate_cells(model, cells)
     keep = ("n", "balanced_accuracy", "accuracy", "selective_accuracy", "unclassified_rate", "ece", "per_class")
-    return {
+    out = {
         **{k: report[k] for k in keep},
         "confusion_matrix": report["confusion_matrix"],
         "skipped": len(report["skipped"]),
     }
+    if "acquisition_correction" in report:
+        out["acquisition_correction"] = report["acquisition_correction"]
+    return out
 
 
 def rejection_figures(model: LoadedModel, folders: Mapping[str, Path]) -> dict[str, dict[str, Any]]:
@@ -333,6 +340,10 @@ def _variants(model: LoadedModel) -> dict[str, LoadedModel]:
         out["without the out-of-distribution score"] = dataclasses.replace(model, ood=None)
     if model.gate is not None:
         out["without the white-cell gate"] = dataclasses.replace(model, gate=None)
+    if model.input.acquisition_reference is not None:
+        out["without the acquisition correction"] = dataclasses.replace(
+            model, input=dataclasses.replace(model.input, acquisition_reference=None)
+        )
     if model.input.locate_check:
         out["without the locator check"] = dataclasses.replace(
             model, input=dataclasses.replace(model.input, locate_check=False)
@@ -594,16 +605,27 @@ def _other_labs_section(labs: dict[str, Any] | None) -> list[str]:
         "",
         "## Other laboratories (never trained or tuned on)",
         "",
-        "| laboratory | n | balanced accuracy | accuracy | unclassified | ECE | sensitivity per class |",
-        "|---|---|---|---|---|---|---|",
+        "| laboratory | n | balanced accuracy | accuracy | unclassified | ECE | sensitivity per class |"
+        " acquisition correction |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, r in labs.items():
         sens = ", ".join(f"{c} {pct(v['sensitivity'])}" for c, v in (r.get("per_class") or {}).items())
+        correction = _correction_text(r.get("acquisition_correction"))
         lines.append(
             f"| {name} | {r['n']} | {pct(r['balanced_accuracy'])} | {pct(r['accuracy'])} | "
-            f"{pct(r['unclassified_rate'])} | {r['ece']} | {sens} |"
+            f"{pct(r['unclassified_rate'])} | {r['ece']} | {sens} | {correction} |"
         )
     return lines
+
+
+def _correction_text(c: dict[str, Any] | None) -> str:
+    if not c:
+        return "-"
+    shift = ", ".join(f"{v:+.2f}" for v in c["od_shift"])
+    return f"scale {c['scale']:.2f}, OD shift ({shift}), {c['n_measured']} cells" + (
+        f"; {c['note']}" if c["note"] else ""
+    )
 
 
 def _rejection_section(rejection: dict[str, Any] | None, ood: dict[str, Any] | None) -> list[str]:

@@ -144,6 +144,19 @@ def cmd_fit_rejection(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_fit_acquisition(args: argparse.Namespace) -> int:
+    from wbcv.base.taxonomy import CELL_CLASSES
+    from wbcv.inference.acquisition_fit import add_acquisition_reference
+
+    reference = add_acquisition_reference(args.model_dir, args.cells)["acquisition_reference"]
+    sizes = ", ".join(f"{c} {v:.3f}" for c, v in zip(CELL_CLASSES, reference[1:6], strict=True))
+    print(
+        f"acquisition reference added to {args.model_dir}: median cell {reference[0]:.3f} of the image's short "
+        f"side ({sizes}); background OD {', '.join(f'{v:.3f}' for v in reference[6:])}"
+    )
+    return EXIT_OK
+
+
 def cmd_profile(args: argparse.Namespace) -> int:
     from wbcv.inference.domain_fit import add_domain_profile
 
@@ -941,6 +954,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-locate-check", action="store_true", help="image framing: do not run the locator for its no-cell verdict"
     )
     p.set_defaults(func=cmd_fit_rejection)
+
+    p = sub.add_parser(
+        "fit-acquisition",
+        help="add the per-sample magnification and light correction to an image-framing model artifact",
+        description=(
+            "Measure the training split's cells (median located cell diameter as a share of the image, overall and "
+            "per class, and the background's optical density) and store them in model.json. Every later run, "
+            "evaluation and qualification then frames each sample's images at the training magnification and light "
+            "(wbcv.inference.acquisition); the weights, and so the model id, are unchanged."
+        ),
+    )
+    p.add_argument("model_dir", type=Path, metavar="MODEL_DIR")
+    p.add_argument("--cells", type=Path, required=True, metavar="LIBRARY", help="the library the model was trained on")
+    p.set_defaults(func=cmd_fit_acquisition)
 
     p = sub.add_parser(
         "profile",

@@ -33,6 +33,9 @@ PREDICTION_SCHEMA: Final[dict[str, pl.DataType]] = {
     "cell_diameter_px": pl.Float32(),
     "cell_diameter_um": pl.Float32(),
     "expert_label": pl.String(),  # from cell_labels.csv, when given
+    # the sample's magnification correction (wbcv.inference.acquisition): the factor its cells were
+    # scaled by to the training size; null: the model corrects nothing
+    "acquisition_scale": pl.Float32(),
     "predicted_class": pl.Enum(list(OUTCOMES)),
     "unclassified": pl.Boolean(),
     "abstain_reason": pl.String(),  # null when classified; see wbcv.inference.combine
