@@ -17,7 +17,6 @@ Figures count unclassified cells as errors, as the model card does.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
@@ -34,7 +33,11 @@ from wbcv.inference.artifact import LoadedModel, load_artifact  # noqa: E402
 from wbcv.inference.library import LabelledCell, read_cell_library  # noqa: E402
 from wbcv.inference.predict import decode_files, score_pixels  # noqa: E402
 from wbcv.inference.training import read_split  # noqa: E402
-from wbcv.validation.model_evaluation import STRESS_SHIFTS, class_report  # noqa: E402
+from wbcv.validation.model_evaluation import (  # noqa: E402
+    STRESS_SHIFTS,
+    class_report,
+    without_acquisition_correction,
+)
 
 #: Class shares (neutrophil, lymphocyte, monocyte, eosinophil, basophil) of the case-mix samples.
 MIXES: dict[str, tuple[int, ...]] = {
@@ -45,10 +48,6 @@ MIXES: dict[str, tuple[int, ...]] = {
     "eosinophilia": (50, 20, 5, 24, 1),
 }
 KEEP = ("n", "balanced_accuracy", "accuracy", "unclassified_rate", "ece")
-
-
-def without_correction(model: LoadedModel) -> LoadedModel:
-    return dataclasses.replace(model, input=dataclasses.replace(model.input, acquisition_reference=None))
 
 
 def evaluate(model: LoadedModel, cells: list[LabelledCell], transform: Any = None) -> dict[str, Any]:
@@ -106,7 +105,7 @@ def main() -> None:
     model = load_artifact(args.model)
     if model.input.acquisition_reference is None:
         sys.exit(f"{args.model}: the model has no acquisition reference (input.acquisition_reference)")
-    variants = {"corrected": model, "uncorrected": without_correction(model)}
+    variants = {"corrected": model, "uncorrected": without_acquisition_correction(model)}
     cells = [c for c in read_split(args.model, args.cells, args.split) if c.label in CELL_CLASSES]
     t0 = time.perf_counter()
     result: dict[str, Any] = {"model": model.model_id, "split": args.split, "n": len(cells)}

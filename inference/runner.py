@@ -241,9 +241,10 @@ def _decode_and_classify(
     model: LoadedModel,
     max_pixels: int,
     um_per_px: float | None = None,
-    correction: SampleCorrection | None = None,
+    correction: Future[SampleCorrection] | None = None,
 ) -> _Chunk:
-    meta, pixels = decode_chunk(entries, model.input, max_pixels, um_per_px, correction)
+    measured = None if correction is None else correction.result()
+    meta, pixels = decode_chunk(entries, model.input, max_pixels, um_per_px, measured)
     scores = classify(model, pixels, no_cell=no_cell_mask(meta)) if pixels is not None else None
     return _Chunk(sample_index, is_last, meta, scores)
 
@@ -637,14 +638,13 @@ def _process(
     slides_done, t_start = 0, time.perf_counter()
     try:
         with ThreadPoolExecutor(params.workers, thread_name_prefix="wbcv-infer") as pool:
-            corrections: dict[int, SampleCorrection] = {}
+            # measured in the pool, ahead of the sample's chunks (submitted before them, so a chunk
+            # waiting on it never waits on a job that has not started)
+            corrections: dict[int, Future[SampleCorrection]] = {}
 
-            def correction_of(i: int) -> SampleCorrection:  # measured once, when its first chunk is queued
+            def correction_of(i: int) -> Future[SampleCorrection]:
                 if i not in corrections:
-                    corrections.clear()
-                    corrections[i] = sample_correction(slides.samples[i], model, params.max_image_pixels)
-                    if corrections[i].note:
-                        work.log(f"sample {slides.samples[i].sample_id}: {corrections[i].note}")
+                    corrections[i] = pool.submit(sample_correction, slides.samples[i], model, params.max_image_pixels)
                 return corrections[i]
 
             jobs = (
@@ -667,6 +667,9 @@ def _process(
                 if not chunk.is_last:
                     continue
                 write_slide(slides, chunk.sample_index, metas, scores, model.model_id, work)
+                note = corrections.pop(chunk.sample_index).result().note
+                if note:
+                    work.log(f"sample {slides.samples[chunk.sample_index].sample_id}: {note}")
                 metas, scores = [], []
                 slides_done += 1
                 elapsed = time.perf_counter() - t_start

@@ -13,6 +13,7 @@ from wbcv.base.tables import PREDICTIONS_FILE
 from wbcv.base.taxonomy import CELL_CLASSES
 from wbcv.fixtures.slidesets import build_slide_set
 from wbcv.inference.acquisition import (
+    MAX_MEASURED,
     MIN_CELLS,
     AcquisitionReference,
     apply_colour,
@@ -101,6 +102,14 @@ def test_a_magnified_or_reduced_sample_is_framed_back(cell_bytes, reference, tru
     assert median_size(framed) == pytest.approx(median_size(plain), rel=0.12)
 
 
+def test_a_change_within_the_measurement_noise_is_not_applied(cell_bytes, reference, truth):
+    from wbcv.validation.model_evaluation import _pil_shift, _zoom
+
+    shifted = [_pil_shift(_zoom(1.03))(d) for d in cell_bytes]
+    assert _fit(shifted, _spec(reference), truth).is_identity
+    assert not _fit([_pil_shift(_zoom(1.2))(d) for d in cell_bytes], _spec(reference), truth).is_identity
+
+
 def test_a_yellow_light_is_undone(cell_bytes, reference, truth):
     shifted = [STRESS_SHIFTS["yellow cast (blue x0.8)"](d) for d in cell_bytes]
     c = _fit(shifted, _spec(reference), truth)
@@ -158,7 +167,7 @@ def test_card_round_trip_and_bad_reference(reference):
         _input_kwargs({**input_card(spec), "acquisition_reference": [1.5, *reference.to_list()[1:]]})
     with pytest.raises(ValueError, match="acquisition reference"):
         _input_kwargs({**input_card(spec), "acquisition_reference": [0.39, 0.0, 0.11, 0.23]})
-    assert evenly_spaced(5) == [0, 1, 2, 3, 4] and len(evenly_spaced(1000)) == 128
+    assert evenly_spaced(5) == [0, 1, 2, 3, 4] and len(evenly_spaced(1000)) == MAX_MEASURED
 
 
 def test_runner_and_evaluation_frame_a_sample_alike(tmp_path: Path, pbc_cells, reference):

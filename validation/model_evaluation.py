@@ -287,6 +287,8 @@ def stress_test(model: LoadedModel, cells: Sequence[LabelledCell]) -> dict[str, 
         }
         why = Counter(ABSTAIN_REASONS[int(i)] for i in scored.combined.abstain_reason if int(i))
         results[name]["unclassified_reasons"] = dict(sorted(why.items()))
+        if decoded.correction is not None and model.input.acquisition_reference is not None:
+            results[name]["acquisition_scale"] = round(decoded.correction.scale, 4)
     return results
 
 
@@ -329,6 +331,10 @@ def rejection_figures(model: LoadedModel, folders: Mapping[str, Path]) -> dict[s
     return out
 
 
+def without_acquisition_correction(model: LoadedModel) -> LoadedModel:
+    return dataclasses.replace(model, input=dataclasses.replace(model.input, acquisition_reference=None))
+
+
 def _variants(model: LoadedModel) -> dict[str, LoadedModel]:
     """The model as shipped and with one part of its input path or its rejection switched off."""
     out = {"as shipped": model}
@@ -341,9 +347,7 @@ def _variants(model: LoadedModel) -> dict[str, LoadedModel]:
     if model.gate is not None:
         out["without the white-cell gate"] = dataclasses.replace(model, gate=None)
     if model.input.acquisition_reference is not None:
-        out["without the acquisition correction"] = dataclasses.replace(
-            model, input=dataclasses.replace(model.input, acquisition_reference=None)
-        )
+        out["without the acquisition correction"] = without_acquisition_correction(model)
     if model.input.locate_check:
         out["without the locator check"] = dataclasses.replace(
             model, input=dataclasses.replace(model.input, locate_check=False)
@@ -390,6 +394,9 @@ def qualify_model(
     update_card(model_dir, "ablation", ablation(model, test))
     log("stress test under synthetic acquisition shifts")
     update_card(model_dir, "stress_test", stress_test(model, test))
+    if model.input.acquisition_reference is not None:
+        log("stress test without the acquisition correction (what it buys)")
+        update_card(model_dir, "stress_test_uncorrected", stress_test(without_acquisition_correction(model), test))
     if other_labs:
         log(f"other laboratories: {', '.join(other_labs)}")
         labs = {name: other_lab_figures(model, read_cell_library(d)) for name, d in other_labs.items()}
@@ -558,6 +565,7 @@ def render_model_card(card: dict[str, Any]) -> str:
                 f"{pct(r['selective_accuracy'])} | {pct(r['unclassified_rate'])} |"
                 for name, r in card[key].items()
             ]
+    lines += _correction_section(card.get("stress_test"), card.get("stress_test_uncorrected"))
     lines += _other_labs_section(card.get("other_labs")) + _rejection_section(card.get("rejection"), card.get("ood"))
     lines += _gate_section(card.get("wbc_gate"))
     lines += _pipeline_ablation_section(card.get("pipeline_ablation"))
@@ -591,6 +599,24 @@ def _adaptation_section(adaptation: dict[str, Any] | None) -> list[str]:
             )
         else:
             lines.append(f"| {who} | not evaluated: {r['not_evaluated']} | | | |")
+    return lines
+
+
+def _correction_section(corrected: dict[str, Any] | None, uncorrected: dict[str, Any] | None) -> list[str]:
+    """The stress test with and without the per-sample acquisition correction (same weights)."""
+    if not corrected or not uncorrected:
+        return []
+    lines = [
+        "",
+        "## What the acquisition correction buys (stress test, balanced accuracy, same weights)",
+        "",
+        "| shift | corrected | uncorrected | scale measured |",
+        "|---|---|---|---|",
+    ]
+    for name, r in corrected.items():
+        u = uncorrected.get(name, {}).get("balanced_accuracy")
+        shown = "-" if u is None else f"{100 * u:.2f} %"
+        lines.append(f"| {name} | {100 * r['balanced_accuracy']:.2f} % | {shown} | {r.get('acquisition_scale', '-')} |")
     return lines
 
 
