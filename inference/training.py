@@ -572,8 +572,11 @@ def train(
     if recipe.input.framing == "image":  # each sample's magnification and light are corrected to the library's
         from wbcv.inference.acquisition_fit import add_acquisition_reference
 
-        reference = add_acquisition_reference(out_dir, root)["acquisition_reference"]
-        log(f"acquisition reference: median cell {reference[0]:.3f} of the short side")
+        try:
+            reference = add_acquisition_reference(out_dir, root)["acquisition_reference"]
+            log(f"acquisition reference: median cell {reference[0]:.3f} of the short side")
+        except WbcvError as e:  # a library too small to measure: runs frame without correction
+            log(f"no acquisition reference: {e}")
     try:  # what the model was qualified on: every later run checks its batch against it
         profile = add_domain_profile(out_dir, root)
         log(f"domain profile: threshold {profile['threshold']:.3f} ({profile['threshold_from']})")

@@ -130,3 +130,10 @@ def test_wbcv_train_command_trains_and_qualifies(library, tmp_path):
     assert (out / "MODEL_CARD.md").is_file() and "balanced accuracy" in r.stdout
     r = run_wbcv("train", "--cells", str(tmp_path / "missing"), "--out", str(out), timeout=120)
     assert r.returncode == 2 and "cell library folder does not exist" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_library_too_small_to_measure_trains_without_an_acquisition_reference(trained):
+    # 24 cells a class leave about 17 in the training split, fewer than a per-class median needs:
+    # the model is saved, and runs frame its images without the per-sample correction
+    card = json.loads((trained / "model.json").read_text())
+    assert card["input"]["crop"] and "acquisition_reference" not in card["input"]
