@@ -103,8 +103,10 @@ def test_a_density_fitted_under_the_training_augmentation_does_not_refuse_a_dark
     from wbcv.inference.artifact import read_card
     from wbcv.inference.nuisance import fit_nuisance_ood, nuisance_features, recipe_augmentation
     from wbcv.inference.predict import decode_files
+    from wbcv.validation.model_evaluation import without_acquisition_correction
 
-    model = load_artifact(None)
+    # the scan's light as the network would see it without the per-sample correction (which undoes it)
+    model = without_acquisition_correction(load_artifact(None))
     cfg = recipe_augmentation(read_card(model.path))
     assert cfg is not None
     from tests.conftest import PBC_DIR
