@@ -21,9 +21,15 @@ from two quantities the locator (``wbcv.inference.locate``) measures on each ima
   becomes the median over cells of ``diameter / training median diameter of the class called``.
 * **illumination**: the median background optical density, per channel (the locator's brightest
   tenth of the image). Each pixel's OD is shifted by ``reference - sample`` (a per-channel gain
-  on the intensity): a yellow or dim light is undone; the stain's own colours are not touched.
-  Matching the nucleus colour as well (a two-point stain mapping) was tried and lost accuracy on
-  validation shifts (haematoxylin x1.6: 0.94 to 0.85; grayscale 0.81 to 0.45).
+  on the intensity): a yellow or dim light is undone. Matching the nucleus colour channel by
+  channel as well (a two-point stain mapping) was tried and lost accuracy on validation shifts
+  (haematoxylin x1.6: 0.94 to 0.85; grayscale 0.81 to 0.45).
+* **stain hue**: Romanowsky stains (May-Grünwald-Giemsa, Wright, rapid stains) differ in hue, and
+  nucleus and granules move together. The median nucleus colour's chroma angle (YIQ I/Q plane,
+  after the light correction) is turned to the training library's: a rotation of the I/Q plane
+  that keeps each pixel's luma and the colour differences between cells (an eosinophil stays more
+  orange than a neutrophil of the same sample). Not applied to an image without enough chroma
+  (grayscale) nor within ``HUE_DEAD_ZONE``.
 
 Why per sample and not per image: a per-image scale would make every cell the same size, and a
 per-image colour match would take away the colour of the cell's own granules (an eosinophil's
@@ -79,6 +85,14 @@ OD_DEAD_ZONE: Final[float] = 0.05
 #: Refinements of the scale by the classes the model calls (two, chosen before measuring; the
 #: case-mix figures of ``benchmarks/results/acquisition_validation.json`` were measured with them).
 REFINE_STEPS: Final[int] = 2
+#: The stain's hue: the nucleus's mean chroma angle in the YIQ plane (median over cells) is
+#: rotated to the training library's when the two differ by at least ``HUE_DEAD_ZONE`` degrees,
+#: and only when the sample's nucleus chroma is at least ``MIN_CHROMA_SHARE`` of the training
+#: one (a grayscale or washed-out image has no hue to measure).
+HUE_DEAD_ZONE: Final[float] = 10.0
+MIN_CHROMA_SHARE: Final[float] = 0.5
+#: RGB -> YIQ (NTSC); a hue rotation turns the I/Q plane and keeps the luma Y.
+_YIQ: Final[np.ndarray] = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
 _OD_FLOOR: Final[float] = 1.0 / 255.0
 
 
@@ -88,6 +102,7 @@ class CellMeasure:
 
     diameter_fraction: float | None  # cell diameter / the image's short side
     background_od: tuple[float, float, float]  # per channel, -ln(background / 255)
+    nucleus_rgb: tuple[float, float, float] | None = None  # mean colour of the nucleus pixels
 
 
 @dataclass(frozen=True)
@@ -101,16 +116,18 @@ class SampleCorrection:
     n_measured: int
     scale: float = 1.0
     note: str = ""
+    hue_degrees: float = 0.0  # rotation of the I/Q plane (YIQ) after the OD shift
 
     @property
     def is_identity(self) -> bool:
-        return self.scale == 1.0 and not any(self.od_shift)
+        return self.scale == 1.0 and not any(self.od_shift) and self.hue_degrees == 0.0
 
     def to_dict(self) -> dict[str, object]:
         return {
             "crop": self.crop,  # exact: the Ray engine frames with the driver's values, bit for bit
             "scale": self.scale,
             "od_shift": list(self.od_shift),
+            "hue_degrees": self.hue_degrees,
             "n_measured": self.n_measured,
             "note": self.note,
         }
@@ -119,7 +136,12 @@ class SampleCorrection:
     def from_dict(cls, d: dict[str, Any]) -> SampleCorrection:
         shift = [float(v) for v in d["od_shift"]]
         return cls(
-            float(d["crop"]), (shift[0], shift[1], shift[2]), int(d["n_measured"]), float(d["scale"]), str(d["note"])
+            float(d["crop"]),
+            (shift[0], shift[1], shift[2]),
+            int(d["n_measured"]),
+            float(d["scale"]),
+            str(d["note"]),
+            float(d.get("hue_degrees", 0.0)),
         )
 
 
@@ -137,8 +159,21 @@ def measure_images(images: Sequence[np.ndarray]) -> list[CellMeasure]:
     out = []
     for image, where in zip(images, locate_cells(images), strict=True):
         fraction = where.diameter_px / min(image.shape[:2]) if where.found else None
-        out.append(CellMeasure(fraction, _od(where.background)))
+        nucleus = where.nucleus_mask_at(image.shape[:2]) if where.found else None
+        colour = None
+        if nucleus is not None and nucleus.any():
+            mean = image[nucleus].astype(np.float64).mean(axis=0)
+            colour = (float(mean[0]), float(mean[1]), float(mean[2]))
+        out.append(CellMeasure(fraction, _od(where.background), colour))
     return out
+
+
+def nucleus_chroma(colours: Sequence[tuple[float, float, float]], od_shift: Sequence[float]) -> tuple[float, float]:
+    """Angle (degrees) and magnitude of the median nucleus colour's I/Q chroma, after ``od_shift``."""
+    rgb = np.asarray(colours, np.float64) * np.exp(-np.asarray(od_shift, np.float64))
+    yiq = rgb @ _YIQ.T
+    i, q = float(np.median(yiq[:, 1])), float(np.median(yiq[:, 2]))
+    return math.degrees(math.atan2(q, i)), math.hypot(i, q)
 
 
 def decode_measured(datas: Sequence[bytes], max_pixels: int) -> list[np.ndarray]:
@@ -162,28 +197,40 @@ def evenly_spaced(n: int, at_most: int = MAX_MEASURED) -> list[int]:
 @dataclass(frozen=True)
 class AcquisitionReference:
     """The training library's median cell diameter (share of the short side), overall and per
-    class (``CELL_CLASSES`` order), and its median background OD per channel.
+    class (``CELL_CLASSES`` order), its median background OD per channel, and its nucleus chroma
+    (angle in degrees and magnitude, ``nucleus_chroma``).
 
-    Flattened (``to_list``) into ``InputSpec.acquisition_reference``: overall, 5 classes, 3 ODs."""
+    Flattened (``to_list``) into ``InputSpec.acquisition_reference``: overall, 5 classes, 3 ODs,
+    hue angle, chroma."""
 
     diameter_fraction: float
     class_diameter_fraction: tuple[float, ...]
     background_od: tuple[float, float, float]
+    nucleus_hue: float
+    nucleus_chroma: float
 
     def to_list(self) -> list[float]:
-        return [self.diameter_fraction, *self.class_diameter_fraction, *self.background_od]
+        return [
+            self.diameter_fraction,
+            *self.class_diameter_fraction,
+            *self.background_od,
+            self.nucleus_hue,
+            self.nucleus_chroma,
+        ]
 
     @classmethod
     def from_list(cls, values: Sequence[float]) -> AcquisitionReference:
-        n = 1 + len(CELL_CLASSES) + 3
-        sizes = values[: 1 + len(CELL_CLASSES)]
-        if len(values) != n or not all(math.isfinite(v) for v in values) or not all(0 < v <= 1 for v in sizes):
+        k = 1 + len(CELL_CLASSES)
+        n = k + 5
+        ok = len(values) == n and all(math.isfinite(v) for v in values)
+        if not ok or not all(0 < v <= 1 for v in values[:k]) or values[-1] <= 0:
             raise ValueError(
                 f"acquisition reference must be {n} numbers: the median diameter share (0, 1], one per class "
-                f"{list(CELL_CLASSES)}, and 3 background ODs; got {list(values)}"
+                f"{list(CELL_CLASSES)}, 3 background ODs, the nucleus hue (degrees) and chroma (> 0); "
+                f"got {list(values)}"
             )
-        k = 1 + len(CELL_CLASSES)
-        return cls(float(values[0]), tuple(float(v) for v in values[1:k]), (values[k], values[k + 1], values[k + 2]))
+        od = (float(values[k]), float(values[k + 1]), float(values[k + 2]))
+        return cls(float(values[0]), tuple(float(v) for v in values[1:k]), od, float(values[-2]), float(values[-1]))
 
 
 def reference_from(measures: Sequence[CellMeasure], labels: Sequence[str]) -> AcquisitionReference:
@@ -200,7 +247,9 @@ def reference_from(measures: Sequence[CellMeasure], labels: Sequence[str]) -> Ac
         per_class.append(float(np.median(mine)))
     bg = np.median(np.array([b for _, b, _ in found]), axis=0)
     overall = float(np.median(sizes))
-    return AcquisitionReference(overall, tuple(per_class), (float(bg[0]), float(bg[1]), float(bg[2])))
+    hue, chroma = nucleus_chroma([m.nucleus_rgb for m in measures if m.nucleus_rgb is not None], (0.0, 0.0, 0.0))
+    od = (float(bg[0]), float(bg[1]), float(bg[2]))
+    return AcquisitionReference(overall, tuple(per_class), od, hue, chroma)
 
 
 #: Class called by the model for each framed cell (an index into CELL_CLASSES): the combined
@@ -227,26 +276,47 @@ def fit_correction(images: Sequence[np.ndarray], spec: InputSpec, classify: Clas
         float(ref.background_od[2] - bg[2]),
     )
     scale = float(np.median(sizes)) / ref.diameter_fraction
+    hue = _hue_rotation(ref, [m.nucleus_rgb for _, m in kept if m.nucleus_rgb is not None], shift)
     class_sizes = np.asarray(ref.class_diameter_fraction)
     for _ in range(REFINE_STEPS):
-        trial = _as_applied(spec, scale, shift, len(kept))
+        trial = _as_applied(spec, scale, shift, len(kept), hue)
         called = classify(np.stack([frame_measured(im, trial, spec.size) for im, _ in kept]))
         scale = float(np.median(sizes / class_sizes[called]))
-    return _as_applied(spec, scale, shift, len(kept))
+    return _as_applied(spec, scale, shift, len(kept), hue)
 
 
-def _as_applied(spec: InputSpec, scale: float, shift: tuple[float, float, float], n: int) -> SampleCorrection:
+def _hue_rotation(
+    ref: AcquisitionReference, colours: Sequence[tuple[float, float, float]], shift: tuple[float, float, float]
+) -> float:
+    """Degrees to turn the sample's I/Q plane by, measured after the light correction that will be
+    applied (0: too few nuclei, too little chroma, or within the dead zone)."""
+    if len(colours) < MIN_CELLS:
+        return 0.0
+    angle, chroma = nucleus_chroma(colours, shift if _applied_shift(shift) else (0.0, 0.0, 0.0))
+    if chroma < MIN_CHROMA_SHARE * ref.nucleus_chroma:
+        return 0.0
+    turn = (ref.nucleus_hue - angle + 180.0) % 360.0 - 180.0
+    return turn if abs(turn) >= HUE_DEAD_ZONE else 0.0
+
+
+def _applied_shift(shift: Sequence[float]) -> bool:
+    return max(abs(v) for v in shift) >= OD_DEAD_ZONE
+
+
+def _as_applied(
+    spec: InputSpec, scale: float, shift: tuple[float, float, float], n: int, hue: float = 0.0
+) -> SampleCorrection:
     """The correction with the dead zones and the bounds applied."""
     low, high = SCALE_BOUNDS
     note = ""
     if abs(scale - 1.0) < SCALE_DEAD_ZONE:
         scale = 1.0
-    if max(abs(v) for v in shift) < OD_DEAD_ZONE:
+    if not _applied_shift(shift):
         shift = (0.0, 0.0, 0.0)
     if not low <= scale <= high:
         note = f"cells {scale:.2f} x the training size: bounded to {min(max(scale, low), high):g}"
         scale = min(max(scale, low), high)
-    return SampleCorrection(spec.crop * scale, shift, n, scale, note)
+    return SampleCorrection(spec.crop * scale, shift, n, scale, note, hue)
 
 
 def frame_measured(image: np.ndarray, correction: SampleCorrection, size: int) -> np.ndarray:
@@ -272,11 +342,21 @@ def _od_lut(shift: tuple[float, float, float]) -> np.ndarray:
 
 
 def apply_colour(pixels: np.ndarray, correction: SampleCorrection) -> np.ndarray:
-    """The pixels (…, 3) uint8 with the correction's OD shift (returned unchanged without one)."""
-    if not any(correction.od_shift):
-        return pixels
-    lut = _od_lut(correction.od_shift)
-    return np.stack([lut[c][pixels[..., c]] for c in range(3)], axis=-1)
+    """The pixels (…, 3) uint8 with the correction's OD shift, then its hue rotation (unchanged without either)."""
+    if any(correction.od_shift):
+        lut = _od_lut(correction.od_shift)
+        pixels = np.stack([lut[c][pixels[..., c]] for c in range(3)], axis=-1)
+    if correction.hue_degrees:
+        turned = pixels.astype(np.float32) @ _hue_matrix(correction.hue_degrees).T
+        pixels = np.clip(np.rint(turned), 0, 255).astype(np.uint8)
+    return pixels
+
+
+def _hue_matrix(degrees: float) -> np.ndarray:
+    """(3, 3) float32 RGB -> RGB: the I/Q plane of YIQ turned by ``degrees``, the luma kept."""
+    t = math.radians(degrees)
+    turn = np.array([[1.0, 0.0, 0.0], [0.0, math.cos(t), -math.sin(t)], [0.0, math.sin(t), math.cos(t)]])
+    return (np.linalg.inv(_YIQ) @ turn @ _YIQ).astype(np.float32)
 
 
 def decode_corrected(data: bytes, spec: InputSpec, correction: SampleCorrection, max_pixels: int) -> DecodedCell:

@@ -207,3 +207,22 @@ def test_fit_acquisition_names_a_missing_library(tmp_path: Path, model_dir):
     done = run_wbcv("fit-acquisition", str(model_dir), "--cells", str(tmp_path / "nowhere"))
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert "nowhere" in done.stderr and "not a folder" in done.stderr
+
+
+def test_a_stain_of_another_hue_is_turned_back_and_a_grayscale_one_is_left(cell_bytes, reference, truth):
+    assert _fit(cell_bytes, _spec(reference), truth).hue_degrees == 0.0
+    turned = _fit([STRESS_SHIFTS["hue +40 degrees"](d) for d in cell_bytes], _spec(reference), truth)
+    assert 25 < turned.hue_degrees < 50  # Pillow's HSV hue turn, measured in the YIQ plane
+    gray = _fit([STRESS_SHIFTS["grayscale"](d) for d in cell_bytes], _spec(reference), truth)
+    assert gray.hue_degrees == 0.0  # no chroma to measure a hue from
+
+
+def test_the_hue_rotation_keeps_each_pixels_luma():
+    from wbcv.inference.acquisition import SampleCorrection
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(100, 156, (32, 32, 3), dtype=np.uint8)  # stain-like: turned, they stay in gamut
+    out = apply_colour(pixels, SampleCorrection(0.75, (0.0, 0.0, 0.0), 30, 1.0, "", 30.0))
+    luma = np.array([0.299, 0.587, 0.114])
+    assert not np.array_equal(out, pixels)
+    assert np.abs(out.astype(float) @ luma - pixels.astype(float) @ luma).max() < 0.75  # rounding only

@@ -152,7 +152,8 @@ def cmd_fit_acquisition(args: argparse.Namespace) -> int:
     sizes = ", ".join(f"{c} {v:.3f}" for c, v in zip(CELL_CLASSES, reference[1:6], strict=True))
     print(
         f"acquisition reference added to {args.model_dir}: median cell {reference[0]:.3f} of the image's short "
-        f"side ({sizes}); background OD {', '.join(f'{v:.3f}' for v in reference[6:])}"
+        f"side ({sizes}); background OD {', '.join(f'{v:.3f}' for v in reference[6:9])}; nucleus hue "
+        f"{reference[9]:.1f} degrees, chroma {reference[10]:.1f}"
     )
     return EXIT_OK
 
