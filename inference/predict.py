@@ -124,13 +124,16 @@ def decode_files(
     paths: Sequence[Path],
     transform: Callable[[bytes], bytes] | None = None,
     workers: int = 2,
+    correction: SampleCorrection | None = None,
 ) -> DecodedFiles:
     """Decode ``paths`` (optionally after ``transform`` of the file bytes) and frame them with the
-    model's input spec, exactly as the batch runner does (the files being one sample)."""
+    model's input spec, exactly as the batch runner does (the files being one sample, unless
+    ``correction`` gives the acquisition correction to frame them with)."""
     spec = model.input
     size = work_size(spec)
     crop = spec.crop if spec.framing == "image" else 1.0
-    correction = sample_correction(model, paths, transform)
+    if correction is None:
+        correction = sample_correction(model, paths, transform)
 
     def one(path: Path) -> np.ndarray | str:
         try:

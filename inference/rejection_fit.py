@@ -34,23 +34,29 @@ import torch
 
 from wbcv.base.atomic import atomic_write_bytes
 from wbcv.base.errors import WbcvError
+from wbcv.inference.acquisition import SampleCorrection
 from wbcv.inference.adapt import listing_sha256, unlabelled_files
 from wbcv.inference.artifact import CARD_FILE, LoadedModel, load_artifact, read_card, save_gate, save_ood
 from wbcv.inference.domain_fit import read_split, split_cells
 from wbcv.inference.nuisance import AUGMENTED_COPIES, fit_nuisance_ood, nuisance_features, recipe_augmentation
-from wbcv.inference.predict import decode_files
+from wbcv.inference.predict import decode_files, sample_correction
 from wbcv.inference.wbc_gate import GATE_QUANTILE, fit_gate, with_threshold
 
 
 def framed_pixels(
-    model: LoadedModel, paths: Sequence[Path], labels: Sequence[int] | None = None, batch: int = 512
+    model: LoadedModel,
+    paths: Sequence[Path],
+    labels: Sequence[int] | None = None,
+    batch: int = 512,
+    correction: SampleCorrection | None = None,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """The framed pixels of the images in which a cell is found (those that reach the heads), their
-    ``labels`` (-1 when none are given), and how many images were decoded."""
+    ``labels`` (-1 when none are given), and how many images were decoded; each batch is framed as
+    one sample, or with ``correction`` when given."""
     tags = np.asarray(labels if labels is not None else [-1] * len(paths), np.int64)
     kept, kept_tags, decoded_n = [], [], 0
     for start in range(0, len(paths), batch):
-        decoded = decode_files(model, paths[start : start + batch])
+        decoded = decode_files(model, paths[start : start + batch], correction=correction)
         found = ~decoded.no_cell
         read = [start + i for i in range(len(paths[start : start + batch])) if i not in decoded.rejected]
         kept.append(decoded.pixels[found])
@@ -62,12 +68,14 @@ def framed_pixels(
     return np.concatenate(kept), np.concatenate(kept_tags), decoded_n
 
 
-def folder_pixels(model: LoadedModel, folders: Sequence[Path]) -> tuple[list[np.ndarray], list[dict[str, Any]]]:
+def folder_pixels(
+    model: LoadedModel, folders: Sequence[Path], correction: SampleCorrection | None = None
+) -> tuple[list[np.ndarray], list[dict[str, Any]]]:
     """Per folder: the framed pixels of its images that reach the gate, and what was read."""
     pixels, record = [], []
     for folder in folders:
         files = unlabelled_files(Path(folder))
-        found, _, decoded_n = framed_pixels(model, files)
+        found, _, decoded_n = framed_pixels(model, files, correction=correction)
         pixels.append(found)
         record.append(
             {
@@ -112,6 +120,12 @@ def add_rejection(
         card["ood"] = save_ood(density, model_dir, figures)
     neg_pixels, neg_record = folder_pixels(model, negatives)
     pos_pixels, pos_record = folder_pixels(model, other_lab_wbc)
+    if other_lab_wbc and model.input.acquisition_reference is not None:
+        # in a run, a red cell or platelet is framed with its sample's correction, measured on the
+        # sample's white cells: the negatives are also shown as in a sample of the other labs' white cells
+        lab_cells = [f for folder in other_lab_wbc for f in unlabelled_files(Path(folder))]
+        in_lab, _ = folder_pixels(model, negatives, sample_correction(model, lab_cells))
+        neg_pixels = neg_pixels + in_lab
     if not sum(len(n) for n in neg_pixels):
         raise WbcvError(f"no image of the negatives folders {[str(n) for n in negatives]} reaches the gate")
     pos = [nuisance_features(model.net, p, cfg, seed=10 + i) for i, p in enumerate([train[0], *pos_pixels])]
