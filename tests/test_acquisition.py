@@ -226,3 +226,16 @@ def test_the_hue_rotation_keeps_each_pixels_luma():
     luma = np.array([0.299, 0.587, 0.114])
     assert not np.array_equal(out, pixels)
     assert np.abs(out.astype(float) @ luma - pixels.astype(float) @ luma).max() < 0.75  # rounding only
+
+
+def test_decode_files_frames_with_a_given_correction(tmp_path: Path, picked, reference):
+    """How the white-cell gate sees negatives as they would sit in a sample of their lab's white cells."""
+    from wbcv.inference.acquisition import SampleCorrection
+
+    model = load_artifact(write_test_artifact(tmp_path / "m", spec=_spec(reference), name="test-given"))
+    given = SampleCorrection(0.75 * 1.5, (0.0, 0.05, -0.1), 64, 1.5, "", 20.0)
+    paths = [c.path for c in picked[:6]]
+    decoded = decode_files(model, paths, correction=given)
+    assert decoded.correction is given
+    expected = [decode_corrected(p.read_bytes(), model.input, given, DEFAULT_MAX_PIXELS).pixels for p in paths]
+    assert np.array_equal(decoded.pixels, np.stack(expected))
