@@ -1,4 +1,4 @@
-"""Per-sample correction of magnification and illumination, fitted on the sample's own cells.
+"""Per-sample correction of magnification, illumination and stain hue, fitted on the sample's own cells.
 
 A model that frames the image (``InputSpec.framing == "image"``) learned how large a white cell is
 in the training laboratory's pixels and what colour its slide background has. Another scanner
@@ -7,7 +7,7 @@ half the magnification the bundled model fell from 0.98 to 0.54 balanced accurac
 cells (a cell fills 0.6 of the image against PBC's 0.4) lymphocytes were called monocytes.
 
 Cells of one sample come from one scanner, so the correction is fitted per sample, not per cell,
-from two quantities the locator (``wbcv.inference.locate``) measures on each image:
+from what the locator (``wbcv.inference.locate``) measures on each image:
 
 * **scale**: located cell diameters as a share of the image's short side, against the training
   library's. The crop each image is framed with becomes ``spec.crop * scale``: the cells of the
@@ -51,6 +51,7 @@ dead zones). Tecom (never tuned on) is in the model card.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -60,20 +61,21 @@ import numpy as np
 from PIL import Image
 
 from wbcv.base.taxonomy import CELL_CLASSES
-from wbcv.inference.decode import DecodedCell, decode_cell
+from wbcv.inference.decode import CellRejected, DecodedCell, decode_cell
 from wbcv.inference.locate import locate_cells
 
 if TYPE_CHECKING:
     from wbcv.inference.artifact import InputSpec
 
 #: Side of the whole-image decode on which cells are measured (a PBC cell is then about 25 px
-#: across: enough for a median; 96 px and 128 cells cost half the end-to-end throughput's margin).
+#: across: enough for a median; 96 px and 128 cells measured 747 cells/s end to end on 2 cores,
+#: below the 1,000 target, while the measurement still ran in the main thread).
 MEASURE_SIZE: Final[int] = 64
 #: Fewer located cells than this: no correction (a median of a handful of cells is noise).
 MIN_CELLS: Final[int] = 20
 #: At most this many cells of a sample are measured (evenly spaced over its list): the median of
-#: 64 cells whose diameters spread by about 15 % has a standard error near 2 %, and measuring
-#: costs a second decode.
+#: 64 cells whose diameters spread by about 15 % has a standard error near 1.25 x 15 % / 8 = 2 %,
+#: and measuring costs a second decode.
 MAX_MEASURED: Final[int] = 64
 #: The framing crop may change by at most these factors.
 SCALE_BOUNDS: Final[tuple[float, float]] = (0.4, 2.5)
@@ -108,9 +110,9 @@ class CellMeasure:
 
 @dataclass(frozen=True)
 class SampleCorrection:
-    """How one sample's images are framed: ``crop`` (share of the short side; above 1 padded) and
-    the per-channel OD shift; ``n_measured`` the cells it was fitted on, ``note`` why there is
-    none or why it was bounded."""
+    """How one sample's images are framed: ``crop`` (share of the short side; above 1 padded), the
+    per-channel OD shift and the hue rotation; ``n_measured`` the cells it was fitted on, ``note``
+    why there is none or why it was bounded."""
 
     crop: float
     od_shift: tuple[float, float, float]
@@ -142,7 +144,7 @@ class SampleCorrection:
             int(d["n_measured"]),
             float(d["scale"]),
             str(d["note"]),
-            float(d.get("hue_degrees", 0.0)),
+            float(d["hue_degrees"]),
         )
 
 
@@ -183,7 +185,7 @@ def decode_measured(datas: Sequence[bytes], max_pixels: int) -> list[np.ndarray]
     for data in datas:
         try:
             images.append(decode_cell(data, MEASURE_SIZE, max_pixels).pixels)
-        except Exception:  # noqa: BLE001 - the framing pass reports the reason for each file
+        except CellRejected:  # the framing pass reports the reason for each file
             continue
     return images
 
@@ -330,11 +332,17 @@ def frame_measured(image: np.ndarray, correction: SampleCorrection, size: int) -
         )
         pixels = np.asarray(pil)
     else:
-        inner = max(8, round(size / correction.crop))
+        inner = _inner_side(size, correction.crop)
         pixels = _pad_to(np.asarray(Image.fromarray(image).resize((inner, inner), Image.Resampling.BILINEAR)), size)
     return apply_colour(pixels, correction)
 
 
+def _inner_side(size: int, crop: float) -> int:
+    """Side of the image inside a ``size`` input framed with a crop wider than it (``crop`` > 1)."""
+    return max(8, round(size / crop))
+
+
+@functools.lru_cache(maxsize=16)  # one per sample: built once, not once per cell
 def _od_lut(shift: tuple[float, float, float]) -> np.ndarray:
     """(3, 256) uint8: each channel's intensity with its OD shifted by ``shift`` (a gain exp(-shift))."""
     levels = np.arange(256, dtype=np.float64)
@@ -353,6 +361,7 @@ def apply_colour(pixels: np.ndarray, correction: SampleCorrection) -> np.ndarray
     return pixels
 
 
+@functools.lru_cache(maxsize=16)
 def _hue_matrix(degrees: float) -> np.ndarray:
     """(3, 3) float32 RGB -> RGB: the I/Q plane of YIQ turned by ``degrees``, the luma kept."""
     t = math.radians(degrees)
@@ -361,14 +370,13 @@ def _hue_matrix(degrees: float) -> np.ndarray:
 
 
 def decode_corrected(data: bytes, spec: InputSpec, correction: SampleCorrection, max_pixels: int) -> DecodedCell:
-    """``decode_cell`` at the sample's crop (padded with the border colour above 1), then its colour shift."""
+    """``decode_cell`` at the sample's crop (padded with the border colour above 1), then its light and hue."""
     size = spec.size
     if correction.crop <= 1.0:
         cell = decode_cell(data, size, max_pixels, max(0.1, correction.crop))
         pixels = cell.pixels
     else:
-        inner = max(8, round(size / correction.crop))
-        cell = decode_cell(data, inner, max_pixels)
+        cell = decode_cell(data, _inner_side(size, correction.crop), max_pixels)
         pixels = _pad_to(cell.pixels, size)
     pixels = apply_colour(pixels, correction)
     return DecodedCell(pixels, cell.source_mode, cell.source_width, cell.source_height)

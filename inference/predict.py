@@ -7,6 +7,7 @@ batch runner does (the model's input spec), in parallel threads.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -99,16 +100,22 @@ def sample_correction(
     transform: Callable[[bytes], bytes] | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> SampleCorrection:
-    """The acquisition correction (``wbcv.inference.acquisition``) of ``paths`` taken as one sample,
-    measured on up to ``MAX_MEASURED`` of them; the identity for a model without a reference."""
+    """The acquisition correction (``wbcv.inference.acquisition``) of ``paths`` taken as one sample."""
+    return correction_of(model, [functools.partial(_read, p, transform) for p in paths], max_pixels)
+
+
+def correction_of(model: LoadedModel, readers: Sequence[Callable[[], bytes]], max_pixels: int) -> SampleCorrection:
+    """The correction of one sample whose files ``readers`` read, measured on up to ``MAX_MEASURED``
+    of them; the identity for a model without a reference. A file that cannot be read is left to
+    the framing pass, which records why."""
     if model.input.acquisition_reference is None or model.input.framing != "image":
         return identity(model.input)
     datas = []
-    for i in evenly_spaced(len(paths)):
+    for i in evenly_spaced(len(readers)):
         try:
-            datas.append(_read(paths[i], transform))
+            datas.append(readers[i]())
         except (CellRejected, OSError):
-            continue  # reported by the framing pass
+            continue
     return fit_correction(decode_measured(datas, max_pixels), model.input, lambda px: called_classes(model, px))
 
 

@@ -23,6 +23,7 @@ Output tables (Parquet) are described by ``PREDICTION_SCHEMA``, ``COUNT_COLUMNS`
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import json
 import os
@@ -56,20 +57,13 @@ from wbcv.base.tables import (
     SKIPPED_SCHEMA,
 )
 from wbcv.base.taxonomy import CELL_CLASSES, LINEAGES, OUTCOMES
-from wbcv.inference.acquisition import (
-    SampleCorrection,
-    decode_corrected,
-    decode_measured,
-    evenly_spaced,
-    fit_correction,
-    identity,
-)
+from wbcv.inference.acquisition import SampleCorrection, decode_corrected
 from wbcv.inference.artifact import InputSpec, LoadedModel
 from wbcv.inference.combine import ABSTAIN_REASONS, UNCLASSIFIED_INDEX
 from wbcv.inference.decode import DEFAULT_MAX_PIXELS, CellRejected, decode_cell, max_file_bytes, read_cell_file
 from wbcv.inference.domain import DomainVerdict, check, feature_cells, image_cells
 from wbcv.inference.framing import frame_cells, wbc_size_reason, work_size
-from wbcv.inference.predict import called_classes, decide
+from wbcv.inference.predict import correction_of, decide
 from wbcv.inference.slideset import CellEntry, Sample, SlideSet
 
 #: Part files hold both: prediction columns plus the skip reason (null for a decoded cell), and
@@ -151,7 +145,7 @@ def decode_chunk(
     The located cell's diameter is recorded in pixels of the file and, with the sample's
     ``um_per_px``, in µm; a cell whose size no white cell has (``framing.wbc_size_reason``) is
     treated as no cell found. ``correction`` (``sample_correction``) frames the sample's images at
-    its magnification and light.
+    its magnification, light and stain hue.
     """
     size = work_size(spec)
     crop = spec.crop if spec.framing == "image" else 1.0
@@ -212,21 +206,12 @@ def decode_chunk(
 
 
 def sample_correction(sample: Sample, model: LoadedModel, max_pixels: int) -> SampleCorrection:
-    """The sample's acquisition correction, measured on up to ``MAX_MEASURED`` of its cells
-    (identity for a model without a reference); files that cannot be read are left to the framing
-    pass, which records why."""
-    spec = model.input
-    if spec.acquisition_reference is None or spec.framing != "image":
-        return identity(spec)
+    """The sample's acquisition correction (``wbcv.inference.predict.correction_of``), from the
+    files the framing pass will open."""
     openable = [e for e in sample.cells if e.openable and e.rejected is None]
-    datas = []
-    for i in evenly_spaced(len(openable)):
-        entry = openable[i]
-        try:
-            datas.append(read_cell_file(entry.abs_path, max_file_bytes(max_pixels), (entry.dev, entry.ino)))
-        except (CellRejected, OSError):
-            continue
-    return fit_correction(decode_measured(datas, max_pixels), spec, lambda px: called_classes(model, px))
+    limit = max_file_bytes(max_pixels)
+    readers = [functools.partial(read_cell_file, e.abs_path, limit, (e.dev, e.ino)) for e in openable]
+    return correction_of(model, readers, max_pixels)
 
 
 def no_cell_mask(meta: list[dict[str, Any]]) -> np.ndarray:

@@ -171,14 +171,22 @@ def test_card_round_trip_and_bad_reference(reference):
 
 
 def test_runner_and_evaluation_frame_a_sample_alike(tmp_path: Path, pbc_cells, reference):
-    model_dir = write_test_artifact(tmp_path / "m", spec=_spec(reference), name="test-acquisition")
-    model = load_artifact(model_dir)
+    ref = reference.to_list()
+    # a library whose cells were 1.5 times smaller and whose stain hue was 25 degrees away: PBC
+    # samples are then corrected (scale, padding and hue), not framed as trained
+    spec = InputSpec(
+        size=64, crop=0.75, acquisition_reference=(*[v / 1.5 for v in ref[:6]], *ref[6:9], ref[9] + 25, ref[10])
+    )
+    model = load_artifact(write_test_artifact(tmp_path / "m", spec=spec, name="test-acquisition"))
     batch = build_slide_set(pbc_cells, tmp_path / "batch", n_samples=1, cells_per_slide=30, seed=11)
     result = run_inference(read_slide_set(batch), model, tmp_path / "runs", InferenceParams(chunk_size=8), False)
     pred = pl.read_parquet(result.run_dir / PREDICTIONS_FILE)
     assert pred["acquisition_scale"].null_count() == 0 and pred["acquisition_scale"].n_unique() == 1
+    assert pred["acquisition_scale"][0] == pytest.approx(1.5, rel=0.15)
     decoded = decode_files(model, [batch / p for p in pred["cell_path"]])
-    assert decoded.correction is not None
+    assert decoded.correction is not None and decoded.correction.hue_degrees == pytest.approx(
+        25, abs=6
+    )  # 30 cells vs the 125 of the reference
     assert decoded.correction.scale == pytest.approx(pred["acquisition_scale"][0], rel=1e-6)
     scored = score_pixels(model, decoded.pixels, decoded.no_cell)
     assert np.allclose(scored.combined.probabilities.numpy()[:, :5], pred.select("^p_.*$").to_numpy(), atol=1e-5)

@@ -242,3 +242,17 @@ def test_ray_options_only_with_the_ray_engine(batch, tmp_path, capsys):
     code = cli.main(["infer", str(batch), "--out", str(tmp_path), "--address", "auto"])
     assert code == cli.EXIT_INPUT_ERROR
     assert "--engine ray" in capsys.readouterr().err
+
+
+def test_ray_engine_frames_a_corrected_sample_like_the_local_engine(ray_cluster, slides, model, tmp_path):
+    """A model whose training cells were 1.5 times smaller and 25 degrees of hue away: every PBC
+    sample is corrected (crop above 1, padding, hue turn), measured on the driver for Ray."""
+    ref = list(model.input.acquisition_reference)
+    shifted = (*[v / 1.5 for v in ref[:6]], *ref[6:9], ref[9] + 25, ref[10])
+    other = replace(model, input=replace(model.input, acquisition_reference=shifted))
+    local = run_inference(slides, other, tmp_path / "local", PARAMS, progress=False)
+    distributed = run_inference_ray(slides, other, tmp_path / "ray", PARAMS, RayOptions(actors=1), progress=False)
+    pred = pl.read_parquet(local.run_dir / PREDICTIONS_FILE)
+    assert (pred["acquisition_scale"] > 1.2).all()
+    for name in RUN_TABLES:
+        assert_frame_equal(_tables(distributed.run_dir)[name], _tables(local.run_dir)[name], check_exact=True)

@@ -649,7 +649,8 @@ def _correction_text(c: dict[str, Any] | None) -> str:
     if not c:
         return "-"
     shift = ", ".join(f"{v:+.2f}" for v in c["od_shift"])
-    return f"scale {c['scale']:.2f}, OD shift ({shift}), {c['n_measured']} cells" + (
+    hue = f", hue {c['hue_degrees']:+.1f} degrees"
+    return f"scale {c['scale']:.2f}, OD shift ({shift}){hue}, {c['n_measured']} cells" + (
         f"; {c['note']}" if c["note"] else ""
     )
 

@@ -958,11 +958,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "fit-acquisition",
-        help="add the per-sample magnification and light correction to an image-framing model artifact",
+        help="add the per-sample magnification, light and stain-hue correction to an image-framing model artifact",
         description=(
             "Measure the training split's cells (median located cell diameter as a share of the image, overall and "
-            "per class, and the background's optical density) and store them in model.json. Every later run, "
-            "evaluation and qualification then frames each sample's images at the training magnification and light "
+            "per class, the background's optical density and the nucleus hue) and store them in model.json. Every "
+            "later run, evaluation and qualification then frames each sample's images at the training magnification, "
+            "light and stain hue "
             "(wbcv.inference.acquisition); the weights, and so the model id, are unchanged."
         ),
     )
